@@ -1,0 +1,20 @@
+# hvtrace_add_test(NAME <name> SOURCES ... [LIBS ...] [LABELS unit|integration|...] [TIMEOUT s])
+# One GoogleTest executable registered with CTest test by test. Integration tests boot the real
+# guest, so they are labelled, get a long timeout, and share a lock so two boots do not fight for
+# the machine's 2 cores.
+function(hvtrace_add_test)
+  cmake_parse_arguments(T "" "NAME;TIMEOUT" "SOURCES;LIBS;LABELS" ${ARGN})
+  add_executable(${T_NAME} ${T_SOURCES})
+  target_link_libraries(${T_NAME} PRIVATE ${T_LIBS} GTest::gtest GTest::gmock GTest::gtest_main hvtrace_warnings)
+  if(NOT T_LABELS)
+    set(T_LABELS unit)
+  endif()
+  if(NOT T_TIMEOUT)
+    set(T_TIMEOUT 60)
+  endif()
+  set(props LABELS "${T_LABELS}" TIMEOUT ${T_TIMEOUT})
+  if("integration" IN_LIST T_LABELS)
+    list(APPEND props RESOURCE_LOCK guest_vm)
+  endif()
+  gtest_discover_tests(${T_NAME} DISCOVERY_TIMEOUT 30 PROPERTIES ${props})
+endfunction()

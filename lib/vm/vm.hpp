@@ -1,0 +1,140 @@
+// Starting, reaching and stopping a guest under QEMU TCG: the lab every other part of hvtrace
+// stands on. A Vm owns one QEMU process and every file it needs, all inside one owner-only run
+// directory (<run_root>/<name>/: RAM file, QMP socket, serial log, vm.json, plus whatever the
+// monitor plugin puts there). Destroying the Vm, or its supervisor noticing QEMU died, removes the
+// whole directory; QEMU itself gets PR_SET_PDEATHSIG so it cannot outlive its owner.
+// Other processes attach to a running VM by name through the vm.json record.
+#pragma once
+
+#include "common/result.hpp"
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace hvtrace::vm {
+
+namespace fs = std::filesystem;
+
+// The default guest built by guest/build-image (kernel, initramfs, SSH key, manifest).
+struct GuestImage {
+  fs::path dir;
+  fs::path kernel;     // vmlinuz (Debian's linux-image-amd64, unmodified)
+  fs::path initrd;     // initrd.img
+  fs::path ssh_key;    // private key whose public half the image authorizes for root and the user
+  fs::path manifest;   // package versions used
+  std::string kernel_release;  // e.g. 6.1.0-28-amd64
+};
+// $HVTRACE_CACHE/guest/default (HVTRACE_CACHE defaults to /var/cache/hvtrace).
+[[nodiscard]] fs::path default_image_dir();
+[[nodiscard]] Result<GuestImage> load_image(const fs::path& dir);
+
+// A QEMU TCG plugin and its arguments: -plugin <path>,<arg>,<arg>...
+struct PluginSpec {
+  fs::path path;
+  std::vector<std::string> args;  // each "key=value"
+};
+
+struct VmConfig {
+  std::string name = "default";               // [A-Za-z0-9_-]{1,32}
+  unsigned smp = 1;
+  unsigned memory_mib = 256;
+  std::string cpu = "qemu64,+rdrand";         // "max" gives 5-level paging (LA57)
+  std::uint16_t ssh_port = 0;                 // 0: pick a free port on 127.0.0.1
+  std::optional<PluginSpec> plugin;
+  std::vector<std::string> kernel_args;       // appended to the kernel command line ("pti=on", "nokaslr")
+  std::vector<std::string> extra_qemu_args;
+  GuestImage image;
+  std::chrono::seconds boot_timeout{180};
+};
+
+// What a running VM looks like from outside; persisted as <run_dir>/vm.json.
+struct VmRecord {
+  std::string name;
+  pid_t owner_pid = 0;      // the process that owns the Vm object (supervisor of `vm up`)
+  pid_t qemu_pid = 0;
+  std::uint16_t ssh_port = 0;
+  unsigned smp = 1;
+  unsigned memory_mib = 256;
+  std::string cpu;
+  fs::path run_dir;         // owner-only directory holding everything below
+  fs::path ram_path;        // guest RAM, memory-backend-file share=on; offset == guest physical address
+  fs::path qmp_path;        // QMP unix socket
+  fs::path serial_log;      // guest serial console
+  fs::path ssh_key;
+  std::string kernel_release;
+  double boot_seconds = 0;  // QEMU start -> SSH answers
+  std::string plugin;       // "-plugin" argument as given to QEMU, empty if none
+};
+
+struct ExecResult {
+  int exit_status = -1;     // the remote command's exit status
+  std::string out;
+  std::string err;
+};
+
+// Progress lines for a person ("booting", "waiting for SSH"...). May be empty.
+using Progress = std::function<void(std::string_view)>;
+
+class Vm {
+ public:
+  // Launch QEMU and wait until the guest's SSH server answers. On failure nothing is left behind
+  // and the error carries the tail of the serial log.
+  [[nodiscard]] static Result<std::unique_ptr<Vm>> start(VmConfig config, const Progress& progress = {});
+  ~Vm();
+  Vm(const Vm&) = delete;
+  Vm& operator=(const Vm&) = delete;
+
+  [[nodiscard]] const VmRecord& record() const { return record_; }
+  [[nodiscard]] Result<ExecResult> exec(std::string_view command,
+                                        std::chrono::seconds timeout = std::chrono::seconds{60}) const;
+  // Is the QEMU process still alive? Reaps it if it exited.
+  [[nodiscard]] bool running();
+  // Block until QEMU exits or `deadline` passes (or a termination signal arrives); true if it exited.
+  bool wait_exit(std::chrono::milliseconds deadline);
+  // Clean shutdown: poweroff in the guest, then QMP quit, then SIGTERM, then SIGKILL. Always
+  // removes the run directory.
+  Result<void> shutdown(std::chrono::seconds timeout = std::chrono::seconds{20});
+  // The QEMU process's exit description after it ended ("exited with 1", "killed by signal 9").
+  [[nodiscard]] const std::string& exit_reason() const { return exit_reason_; }
+
+ private:
+  Vm() = default;
+  void cleanup_files();
+  VmRecord record_;
+  VmConfig config_;
+  bool reaped_ = false;
+  std::string exit_reason_;
+};
+
+// Root of all run directories: $HVTRACE_RUN_DIR or /dev/shm/hvtrace (tmpfs: the RAM file is memory).
+[[nodiscard]] fs::path run_root();
+[[nodiscard]] Result<void> validate_name(std::string_view name);
+
+// Attach to a VM started by another process. Fails if no such VM, or if its owner is gone (the
+// stale directory is then removed).
+[[nodiscard]] Result<VmRecord> find_vm(std::string_view name);
+[[nodiscard]] std::vector<VmRecord> list_vms();
+
+// Run a command in a VM over SSH (Debian's OpenSSH client, key auth as root).
+[[nodiscard]] Result<ExecResult> ssh_exec(const VmRecord& vm, std::string_view command,
+                                          std::chrono::seconds timeout);
+
+// Send one QMP command and return its "return" member as JSON text.
+[[nodiscard]] Result<std::string> qmp_command(const fs::path& socket, std::string_view command_json,
+                                              std::chrono::milliseconds timeout = std::chrono::milliseconds{5000});
+
+// Process-wide flag set by SIGINT/SIGTERM handlers installed with install_termination_handlers();
+// long waits in the library poll it and return an "interrupted" error so RAII can clean up.
+void install_termination_handlers();
+[[nodiscard]] bool termination_requested();
+
+}  // namespace hvtrace::vm

@@ -1,0 +1,1 @@
+// placeholder until cmd_vm lands
