@@ -1,4 +1,6 @@
 // Every hvtrace subcommand adds itself to the CLI11 app through one function, listed in main.cpp.
+// A subcommand that must exit with a specific status (e.g. `vm exec` passing on the guest
+// command's status) sets exit_code().
 #pragma once
 
 namespace CLI {
@@ -6,6 +8,7 @@ class App;
 }
 
 namespace hvtrace::tools {
+int& exit_code();
 void add_vm_command(CLI::App& app);    // cmd_vm.cpp: vm up|exec|down|status|list
 void add_run_command(CLI::App& app);   // cmd_run.cpp: the README's main job
 }  // namespace hvtrace::tools

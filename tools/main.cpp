@@ -11,6 +11,13 @@
 #include <cstdio>
 #include <exception>
 
+namespace hvtrace::tools {
+int& exit_code() {
+  static int code = 0;
+  return code;
+}
+}  // namespace hvtrace::tools
+
 int main(int argc, char** argv) {
   CLI::App app{"hvtrace: trace Linux guests from the hypervisor (QEMU TCG plugin + guest-memory introspection)"};
   app.require_subcommand(1);
@@ -30,5 +37,5 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "hvtrace: internal error: {}\n", e.what());
     return 1;
   }
-  return 0;
+  return hvtrace::tools::exit_code();
 }

@@ -32,6 +32,7 @@ struct GuestImage {
   fs::path ssh_key;    // private key whose public half the image authorizes for root and the user
   fs::path manifest;   // package versions used
   std::string kernel_release;  // e.g. 6.1.0-28-amd64
+  std::string cmdline;         // base kernel command line the image needs (console=ttyS0 ...)
 };
 // $HVTRACE_CACHE/guest/default (HVTRACE_CACHE defaults to /var/cache/hvtrace).
 [[nodiscard]] fs::path default_image_dir();
@@ -123,6 +124,15 @@ class Vm {
 // stale directory is then removed).
 [[nodiscard]] Result<VmRecord> find_vm(std::string_view name);
 [[nodiscard]] std::vector<VmRecord> list_vms();
+// The record as one line of JSON (the schema of vm.json).
+[[nodiscard]] std::string record_to_json(const VmRecord& vm);
+
+// Start a VM owned by a detached supervisor process that outlives the caller (`hvtrace vm up`).
+// The supervisor shuts the VM down cleanly on SIGTERM/SIGINT and removes everything when QEMU
+// exits for any reason. Returns once the guest answers SSH, or with the boot error.
+[[nodiscard]] Result<VmRecord> start_detached(VmConfig config, const Progress& progress = {});
+// Ask the owner of a VM to shut it down and wait until its run directory is gone.
+[[nodiscard]] Result<void> stop_vm(const VmRecord& vm, std::chrono::seconds timeout = std::chrono::seconds{30});
 
 // Run a command in a VM over SSH (Debian's OpenSSH client, key auth as root).
 [[nodiscard]] Result<ExecResult> ssh_exec(const VmRecord& vm, std::string_view command,

@@ -1,0 +1,223 @@
+// The guest lab on the real default guest: SSH commands, the RAM file, cleanup after QEMU is
+// killed, several vCPUs, and the CLI's errors for taken names and ports. Each test names its VMs
+// "itest-*" and checks that nothing of them is left behind.
+#include "vm/process.hpp"
+#include "vm/vm.hpp"
+
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fcntl.h>
+
+#include <thread>
+
+namespace hvtrace::vm {
+namespace {
+
+using namespace std::chrono_literals;
+
+ProcessResult cli(const std::vector<std::string>& args, std::chrono::seconds timeout = 240s) {
+  std::vector<std::string> argv = {HVTRACE_BIN};
+  argv.insert(argv.end(), args.begin(), args.end());
+  auto r = run_process(argv, timeout);
+  if (!r) return ProcessResult{-1, "", r.error().message};
+  return std::move(r).value();
+}
+
+// Any QEMU process whose -name belongs to this VM?
+bool qemu_running_for(const std::string& name) {
+  auto r = run_process({"pgrep", "-f", "-x", ".*qemu-system-x86_64 -name hvtrace-" + name + " .*"}, 10s);
+  return r && r->exit_code == 0;
+}
+
+bool wait_until(const std::function<bool()>& pred, std::chrono::seconds limit) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < end) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(100ms);
+  }
+  return pred();
+}
+
+class GuestLab : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto img = load_image(default_image_dir());
+    ASSERT_TRUE(img.ok()) << img.error().message;
+    VmConfig c;
+    c.name = "itest-lab";
+    c.image = std::move(img).value();
+    auto v = Vm::start(c);
+    ASSERT_TRUE(v.ok()) << v.error().message;
+    vm_ = std::move(v).value().release();
+  }
+  static void TearDownTestSuite() {
+    if (vm_ == nullptr) return;
+    const fs::path dir = vm_->record().run_dir;
+    EXPECT_TRUE(vm_->shutdown().ok());
+    delete vm_;
+    vm_ = nullptr;
+    EXPECT_FALSE(fs::exists(dir));
+    EXPECT_FALSE(qemu_running_for("itest-lab"));
+  }
+  void SetUp() override {
+    if (vm_ == nullptr) GTEST_SKIP() << "the shared guest did not boot";
+  }
+  static Vm* vm_;
+};
+Vm* GuestLab::vm_ = nullptr;
+
+TEST_F(GuestLab, CommandOverSshReturnsOutputAndExitStatus) {
+  auto r = vm_->exec("echo hello from $(hostname); echo to-stderr >&2; exit 7");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->out, "hello from hvtrace-guest\n");
+  EXPECT_EQ(r->err, "to-stderr\n");
+  EXPECT_EQ(r->exit_status, 7);
+}
+
+TEST_F(GuestLab, GuestRunsTheImagesDebianKernel) {
+  auto r = vm_->exec("uname -r");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->out, vm_->record().kernel_release + "\n");
+  EXPECT_EQ(r->out.rfind("6.1.", 0), 0u) << r->out;
+}
+
+TEST_F(GuestLab, UnprivilegedUserLogsInWithBash) {
+  auto r = vm_->exec("su -s /bin/sh alice -c 'id -u; getent passwd alice | cut -d: -f7'");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->out, "1000\n/bin/bash\n") << r->err;
+}
+
+TEST_F(GuestLab, RamFileIsOwnerOnlyAndHoldsTheRunningKernelsBanner) {
+  auto v = vm_->exec("cat /proc/version");
+  ASSERT_TRUE(v.ok()) << v.error().message;
+  std::string banner = v->out.substr(0, v->out.find('\n'));
+  ASSERT_EQ(banner.rfind("Linux version " + vm_->record().kernel_release, 0), 0u) << banner;
+
+  const auto& ram = vm_->record().ram_path;
+  struct stat st{};
+  ASSERT_EQ(stat(ram.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  EXPECT_EQ(static_cast<std::uint64_t>(st.st_size), std::uint64_t{vm_->record().memory_mib} << 20);
+
+  // pread (not mmap) so holes in the file are not allocated by this scan.
+  const int fd = open(ram.c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  std::string chunk(1 << 20, '\0');
+  bool found = false;
+  const std::size_t overlap = banner.size();
+  for (off_t off = 0; off < st.st_size && !found;) {
+    const ssize_t n = pread(fd, chunk.data(), chunk.size(), off);
+    if (n <= 0) break;
+    found = std::string_view(chunk.data(), static_cast<std::size_t>(n)).find(banner) != std::string_view::npos;
+    off += n - static_cast<off_t>(overlap);
+  }
+  close(fd);
+  EXPECT_TRUE(found) << "banner not in guest RAM: " << banner;
+}
+
+TEST_F(GuestLab, WorkloadCompilesAndRunsJanssonInTheGuest) {
+  auto r = vm_->exec("jansson-workload 1", 300s);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->exit_status, 0) << r->out << r->err;
+}
+
+TEST(GuestLabCli, SigkillOfQemuIsCleanedUpAndTheNameCanBeReused) {
+  const std::string name = "itest-kill";
+  auto up = cli({"vm", "up", "--name", name});
+  ASSERT_EQ(up.exit_code, 0) << up.out << up.err;
+  auto rec = find_vm(name);
+  ASSERT_TRUE(rec.ok()) << rec.error().message;
+
+  // A second VM with the same name is refused while the first runs.
+  auto dup = cli({"vm", "up", "--name", name});
+  EXPECT_EQ(dup.exit_code, 2);
+  EXPECT_NE(dup.err.find("already running"), std::string::npos) << dup.err;
+
+  auto ex = cli({"vm", "exec", "--name", name, "--", "uname", "-r"});
+  EXPECT_EQ(ex.exit_code, 0) << ex.err;
+  EXPECT_EQ(ex.out.rfind("6.1.", 0), 0u) << ex.out;
+
+  ASSERT_EQ(kill(rec->qemu_pid, SIGKILL), 0);
+  EXPECT_TRUE(wait_until([&] { return !fs::exists(rec->run_dir); }, 30s)) << "run dir left after QEMU was killed";
+  EXPECT_FALSE(qemu_running_for(name));
+  EXPECT_TRUE(wait_until([&] { return kill(rec->owner_pid, 0) != 0; }, 10s)) << "supervisor still alive";
+
+  auto again = cli({"vm", "up", "--name", name});
+  ASSERT_EQ(again.exit_code, 0) << again.out << again.err;
+  auto st = cli({"vm", "status", "--name", name});
+  EXPECT_EQ(st.exit_code, 0) << st.err;
+  auto down = cli({"vm", "down", "--name", name});
+  EXPECT_EQ(down.exit_code, 0) << down.err;
+  EXPECT_FALSE(fs::exists(run_root() / name));
+  EXPECT_FALSE(qemu_running_for(name));
+  EXPECT_EQ(cli({"vm", "status", "--name", name}).exit_code, 1);
+}
+
+TEST(GuestLabCli, TwoVcpusBoot) {
+  const std::string name = "itest-smp2";
+  auto up = cli({"vm", "up", "--name", name, "--smp", "2"});
+  ASSERT_EQ(up.exit_code, 0) << up.out << up.err;
+  auto ex = cli({"vm", "exec", "--name", name, "--", "grep", "-c", "^processor", "/proc/cpuinfo"});
+  EXPECT_EQ(ex.out, "2\n") << ex.err;
+  EXPECT_EQ(cli({"vm", "down", "--name", name}).exit_code, 0);
+  EXPECT_FALSE(fs::exists(run_root() / name));
+}
+
+TEST(GuestLabCli, PortThatCannotBeBoundIsAClearError) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(listen(fd, 1), 0);
+  socklen_t len = sizeof a;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  const auto port = std::to_string(ntohs(a.sin_port));
+  auto up = cli({"vm", "up", "--name", "itest-port", "--ssh-port", port});
+  close(fd);
+  EXPECT_EQ(up.exit_code, 2);
+  EXPECT_NE(up.err.find("cannot bind 127.0.0.1:" + port), std::string::npos) << up.err;
+  EXPECT_FALSE(fs::exists(run_root() / "itest-port"));
+}
+
+TEST(GuestLabCli, SigtermDuringRunLeavesNothingBehind) {
+  // `hvtrace run` owns its VM in-process: terminate it mid-boot and mid-command.
+  for (const char* phase : {"boot", "command"}) {
+    SCOPED_TRACE(phase);
+    const pid_t pid = fork();
+    if (pid == 0) {
+      const int devnull = open("/dev/null", O_WRONLY);
+      dup2(devnull, 1);
+      dup2(devnull, 2);
+      execl(HVTRACE_BIN, HVTRACE_BIN, "run", "--name", "itest-term", "-c", "sleep 600", static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    const fs::path dir = run_root() / "itest-term";
+    if (std::string_view(phase) == "boot") {
+      ASSERT_TRUE(wait_until([&] { return qemu_running_for("itest-term"); }, 60s));
+    } else {
+      ASSERT_TRUE(wait_until([&] { return fs::exists(dir / "vm.json"); }, 180s));
+      std::this_thread::sleep_for(1s);
+    }
+    kill(pid, SIGTERM);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0) << describe_wait_status(status);
+    EXPECT_FALSE(fs::exists(dir));
+    EXPECT_TRUE(wait_until([] { return !qemu_running_for("itest-term"); }, 10s));
+  }
+}
+
+TEST(GuestLabCli, MissingImageIsAClearError) {
+  auto r = cli({"vm", "up", "--name", "itest-noimg", "--image", "/nonexistent/image"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("vmlinuz is missing"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace hvtrace::vm

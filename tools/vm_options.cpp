@@ -1,0 +1,47 @@
+#include "vm_options.hpp"
+
+#include <CLI/CLI.hpp>
+#include <fmt/core.h>
+
+#include <cstdio>
+
+namespace hvtrace::tools {
+
+void add_vm_options(CLI::App& cmd, VmOptions& o) {
+  cmd.add_option("--name", o.config.name, "VM name (several VMs can run side by side)")->capture_default_str();
+  cmd.add_option("--smp", o.config.smp, "number of vCPUs")->check(CLI::Range(1u, 8u))->capture_default_str();
+  cmd.add_option("--memory", o.config.memory_mib, "guest RAM in MiB")->check(CLI::Range(128u, 3072u))->capture_default_str();
+  cmd.add_option("--cpu", o.config.cpu, "QEMU CPU model ('max' gives 5-level paging)")->capture_default_str();
+  cmd.add_option("--ssh-port", o.config.ssh_port, "host port on 127.0.0.1 forwarded to the guest's SSH (0: any free port)")
+      ->capture_default_str();
+  cmd.add_option("--image", o.image_dir, "guest image directory (default: the default guest in the setup cache)");
+  cmd.add_option("--append", o.config.kernel_args, "extra kernel command-line argument (repeatable), e.g. pti=on");
+  cmd.add_option("--plugin", o.plugin_path, "QEMU TCG plugin to load (the hvtrace monitor)");
+  cmd.add_option("--plugin-arg", o.plugin_args, "plugin argument key=value (repeatable)");
+  cmd.add_option("--boot-timeout", o.boot_timeout_s, "seconds to wait for the guest's SSH")->capture_default_str();
+}
+
+vm::VmConfig resolve_vm_options(VmOptions& o) {
+  value_or_throw(vm::validate_name(o.config.name));
+  const auto dir = o.image_dir.empty() ? vm::default_image_dir() : vm::fs::path(o.image_dir);
+  auto img = vm::load_image(dir);
+  if (!img) {
+    throw UserError(o.image_dir.empty()
+                        ? fmt::format("{}\n(the default guest is built by `guest/build-image`; the README's "
+                                      "first command does it)",
+                                      img.error().message)
+                        : img.error().message);
+  }
+  o.config.image = std::move(img).value();
+  if (!o.plugin_path.empty()) {
+    o.config.plugin = vm::PluginSpec{o.plugin_path, o.plugin_args};
+  } else if (!o.plugin_args.empty()) {
+    throw UserError("--plugin-arg given without --plugin");
+  }
+  o.config.boot_timeout = std::chrono::seconds{o.boot_timeout_s};
+  return o.config;
+}
+
+void print_progress(std::string_view message) { fmt::print(stderr, "[hvtrace] {}\n", message); }
+
+}  // namespace hvtrace::tools
