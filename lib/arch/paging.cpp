@@ -121,16 +121,11 @@ Result<GPA> AddressSpace::translate(GVA va) {
 }
 
 Result<void> AddressSpace::read(GVA va, std::span<std::byte> out) {
-  std::size_t done = 0;
-  while (done < out.size()) {
-    const std::uint64_t cur = va.value + done;
-    const std::size_t chunk = std::min<std::size_t>(out.size() - done, mem::kPageSize - cur % mem::kPageSize);
+  return mem::for_each_page_chunk(va.value, out.size(), [&](std::uint64_t cur, std::size_t done, std::size_t chunk) -> Result<void> {
     auto pa = translate(GVA{cur});
     if (!pa) return std::move(pa).error();
-    HVTRACE_TRY(mem_->read(*pa, out.subspan(done, chunk)));
-    done += chunk;
-  }
-  return {};
+    return mem_->read(*pa, out.subspan(done, chunk));
+  });
 }
 
 Result<PagingMode> detect_paging_mode(const mem::PhysMem& mem, Dtb dtb, GVA va, GPA expected_pa) {

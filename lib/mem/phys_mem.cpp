@@ -83,24 +83,18 @@ void FileMem::refresh_extents() {
 
 Result<void> FileMem::read(GPA gpa, std::span<std::byte> out) const {
   if (!in_range(gpa.value, out.size(), size_)) return out_of_range(gpa, out.size(), size_);
-  std::uint64_t pos = gpa.value;
-  std::size_t done = 0;
-  while (done < out.size()) {
-    const std::uint64_t page = pos / kPageSize;
-    const std::size_t chunk = static_cast<std::size_t>(std::min<std::uint64_t>(out.size() - done, kPageSize - pos % kPageSize));
-    if (page_is_data(page)) {
+  return for_each_page_chunk(gpa.value, out.size(), [&](std::uint64_t pos, std::size_t done, std::size_t chunk) -> Result<void> {
+    if (page_is_data(pos / kPageSize)) {
       std::memcpy(out.data() + done, map_ + pos, chunk);
-    } else {
-      // Possibly a hole: pread returns zeros for it without allocating a page.
-      ssize_t n = ::pread(fd_, out.data() + done, chunk, static_cast<off_t>(pos));
-      if (n != static_cast<ssize_t>(chunk))
-        return make_error("reading {:#x} bytes at physical {:#x} of {}: {}", chunk, pos, path_.string(),
-                          n < 0 ? std::strerror(errno) : "short read");
+      return {};
     }
-    done += chunk;
-    pos += chunk;
-  }
-  return {};
+    // Possibly a hole: pread returns zeros for it without allocating a page.
+    ssize_t n = ::pread(fd_, out.data() + done, chunk, static_cast<off_t>(pos));
+    if (n != static_cast<ssize_t>(chunk))
+      return make_error("reading {:#x} bytes at physical {:#x} of {}: {}", chunk, pos, path_.string(),
+                        n < 0 ? std::strerror(errno) : "short read");
+    return {};
+  });
 }
 
 void FileMem::for_each_extent(const std::function<bool(const Extent&)>& visit) const {
@@ -114,37 +108,25 @@ void FileMem::for_each_extent(const std::function<bool(const Extent&)>& visit) c
 
 Result<void> FakeMem::read(GPA gpa, std::span<std::byte> out) const {
   if (!in_range(gpa.value, out.size(), size_)) return out_of_range(gpa, out.size(), size_);
-  std::uint64_t pos = gpa.value;
-  std::size_t done = 0;
-  while (done < out.size()) {
-    const std::size_t off = static_cast<std::size_t>(pos % kPageSize);
-    const std::size_t chunk = std::min<std::size_t>(out.size() - done, kPageSize - off);
+  return for_each_page_chunk(gpa.value, out.size(), [&](std::uint64_t pos, std::size_t done, std::size_t chunk) -> Result<void> {
     auto it = pages_.find(pos / kPageSize);
     if (it == pages_.end()) std::memset(out.data() + done, 0, chunk);
-    else std::memcpy(out.data() + done, it->second.get() + off, chunk);
-    done += chunk;
-    pos += chunk;
-  }
-  return {};
+    else std::memcpy(out.data() + done, it->second.get() + pos % kPageSize, chunk);
+    return {};
+  });
 }
 
 Result<void> FakeMem::write(GPA gpa, std::span<const std::byte> in) {
   if (!in_range(gpa.value, in.size(), size_)) return out_of_range(gpa, in.size(), size_);
-  std::uint64_t pos = gpa.value;
-  std::size_t done = 0;
-  while (done < in.size()) {
-    const std::size_t off = static_cast<std::size_t>(pos % kPageSize);
-    const std::size_t chunk = std::min<std::size_t>(in.size() - done, kPageSize - off);
+  return for_each_page_chunk(gpa.value, in.size(), [&](std::uint64_t pos, std::size_t done, std::size_t chunk) -> Result<void> {
     auto& page = pages_[pos / kPageSize];
     if (!page) {
       page = std::make_unique<std::byte[]>(kPageSize);
       std::memset(page.get(), 0, kPageSize);
     }
-    std::memcpy(page.get() + off, in.data() + done, chunk);
-    done += chunk;
-    pos += chunk;
-  }
-  return {};
+    std::memcpy(page.get() + pos % kPageSize, in.data() + done, chunk);
+    return {};
+  });
 }
 
 void FakeMem::for_each_extent(const std::function<bool(const Extent&)>& visit) const {

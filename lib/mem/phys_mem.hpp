@@ -10,6 +10,7 @@
 #include "common/result.hpp"
 #include "common/types.hpp"
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -117,6 +118,21 @@ class FakeMem final : public PhysMem {
   std::uint64_t size_;
   std::map<std::uint64_t, std::unique_ptr<std::byte[]>> pages_;  // page number -> 4 KiB
 };
+
+// Split [addr, addr + len) at 4 KiB page boundaries: fn(page_addr, done, chunk) for each piece,
+// where `done` is the offset of the piece from addr. Stops at the first error.
+template <typename Fn>
+[[nodiscard]] Result<void> for_each_page_chunk(std::uint64_t addr, std::size_t len, Fn&& fn) {
+  std::size_t done = 0;
+  while (done < len) {
+    const std::uint64_t cur = addr + done;
+    const std::size_t chunk = static_cast<std::size_t>(
+        std::min<std::uint64_t>(len - done, kPageSize - cur % kPageSize));
+    HVTRACE_TRY(fn(cur, done, chunk));
+    done += chunk;
+  }
+  return {};
+}
 
 // Does [gpa, gpa+len) fit in [0, size)? Written to be overflow-safe for hostile values.
 [[nodiscard]] constexpr bool in_range(std::uint64_t gpa, std::uint64_t len, std::uint64_t size) {

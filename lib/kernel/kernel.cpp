@@ -1,0 +1,302 @@
+// Kernel discovery (cold: kallsyms + BTF from RAM; warm: cached profile matched by its banner)
+// and kernel virtual memory reads. See kernel.hpp.
+#include "kernel/kernel.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <system_error>
+#include <unordered_map>
+
+namespace hvtrace::kernel {
+namespace {
+
+constexpr std::uint64_t k2M = 1ULL << 21;
+constexpr std::uint64_t kMaxBtf = 64ULL << 20;
+constexpr std::uint64_t kMaxNotes = 64ULL << 10;
+constexpr std::size_t kMaxBanner = 512;
+constexpr std::size_t kMaxCachedProfiles = 64;
+constexpr std::uint64_t kKernelHalf = 0xffff800000000000ULL;
+
+std::optional<GVA> slid(const Profile& p, const std::string& name, GVA text_va) {
+  auto it = p.symbols.find(name);
+  if (it == p.symbols.end()) return std::nullopt;
+  return it->second.absolute ? GVA{it->second.value} : GVA{text_va.value + it->second.value};
+}
+
+// Everything that follows from knowing where _text is, virtually and physically: the kernel page
+// tables, the paging mode (checked by walking _text through them), the direct map.
+Result<KernelLayout> resolve_layout(const mem::PhysMem& mem, const Profile& p, GVA text_va, GPA text_pa) {
+  KernelLayout l;
+  l.text_va = text_va;
+  l.text_pa = text_pa;
+  l.virt_slide = static_cast<std::int64_t>(text_va.value - kDefaultTextVa);
+  l.phys_slide = static_cast<std::int64_t>(text_pa.value - kDefaultTextPa);
+  if (text_va.value < 0xffffffff80000000ULL || (text_va.value & 0xfff) != 0 || (text_pa.value & 0xfff) != 0 ||
+      text_pa.value >= mem.size())
+    return make_error("implausible kernel text: virtual {:#x}, physical {:#x}", text_va.value, text_pa.value);
+  auto end = slid(p, "_end", text_va);
+  auto top = slid(p, "init_top_pgt", text_va);
+  if (!end || !top) return make_error("profile lacks _end or init_top_pgt");
+  if (end->value <= text_va.value || end->value - text_va.value > (1ULL << 30) || top->value < text_va.value ||
+      top->value >= end->value)
+    return make_error("implausible kernel image bounds (_end={:#x}, init_top_pgt={:#x})", end->value, top->value);
+  l.end_va = *end;
+  l.kernel_dtb = Dtb{text_pa.value + (top->value - text_va.value)};
+  auto mode = arch::detect_paging_mode(mem, l.kernel_dtb, text_va, text_pa);
+  if (!mode) return std::move(mode).with_context("kernel page tables (init_top_pgt)").error();
+  l.paging = *mode;
+  if (auto pob = slid(p, "page_offset_base", text_va)) {
+    if (pob->value < text_va.value || pob->value >= end->value) return make_error("page_offset_base outside the image");
+    auto v = mem.read_u64(GPA{text_pa.value + (pob->value - text_va.value)});
+    if (!v) return std::move(v).error();
+    l.page_offset_base = *v;
+  } else {
+    l.page_offset_base = l.paging == arch::PagingMode::k5Level ? 0xff11000000000000ULL : 0xffff888000000000ULL;
+  }
+  if (!arch::is_canonical(GVA{l.page_offset_base}, l.paging) || (l.page_offset_base >> 63) == 0 ||
+      (l.page_offset_base & ((1ULL << 30) - 1)) != 0)
+    return make_error("implausible page_offset_base {:#x}", l.page_offset_base);
+  return l;
+}
+
+Result<std::vector<std::byte>> read_image_bytes(const mem::PhysMem& mem, const KernelLayout& l, GVA from, GVA to,
+                                                std::uint64_t max, const char* what) {
+  if (from.value < l.text_va.value || to.value < from.value || to.value > l.end_va.value || to.value - from.value > max)
+    return make_error("{} bounds {:#x}..{:#x} are implausible", what, from.value, to.value);
+  std::vector<std::byte> out(to.value - from.value);
+  HVTRACE_TRY(mem.read(GPA{l.text_pa.value + (from.value - l.text_va.value)}, out).with_context(what));
+  return out;
+}
+
+std::string read_banner(const mem::PhysMem& mem, GPA at) {
+  std::array<char, kMaxBanner> buf{};
+  if (!mem.read(at, std::as_writable_bytes(std::span(buf)))) return {};
+  std::string s(buf.data(), strnlen(buf.data(), buf.size()));
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
+  return s;
+}
+
+// GNU build id from the kernel's ELF notes (__start_notes..__stop_notes).
+std::string build_id(const mem::PhysMem& mem, const Profile& p, const KernelLayout& l) {
+  auto b = slid(p, "__start_notes", l.text_va);
+  auto e = slid(p, "__stop_notes", l.text_va);
+  if (!b || !e) return {};
+  auto notes = read_image_bytes(mem, l, *b, *e, kMaxNotes, "ELF notes");
+  if (!notes) return {};
+  std::size_t pos = 0;
+  auto u32 = [&](std::size_t at) {
+    std::uint32_t v;
+    std::memcpy(&v, notes->data() + at, 4);
+    return v;
+  };
+  while (pos + 12 <= notes->size()) {
+    const std::uint64_t namesz = u32(pos), descsz = u32(pos + 4), type = u32(pos + 8);
+    const std::uint64_t name_at = pos + 12, desc_at = name_at + ((namesz + 3) & ~3ULL);
+    const std::uint64_t next = desc_at + ((descsz + 3) & ~3ULL);
+    if (next > notes->size() || next <= pos) break;
+    if (type == 3 && namesz == 4 && std::memcmp(notes->data() + name_at, "GNU", 4) == 0 && descsz <= 64) {
+      std::string hex;
+      for (std::uint64_t i = 0; i < descsz; ++i) hex += fmt::format("{:02x}", static_cast<unsigned>((*notes)[desc_at + i]));
+      return hex;
+    }
+    pos = next;
+  }
+  return {};
+}
+
+Result<void> add_btf_fields(const mem::PhysMem& mem, Profile& p, const KernelLayout& l) {
+  auto b = slid(p, "__start_BTF", l.text_va);
+  auto e = slid(p, "__stop_BTF", l.text_va);
+  if (!b || !e) return make_error("kernel has no BTF (__start_BTF/__stop_BTF not in its symbols)");
+  auto blob = read_image_bytes(mem, l, *b, *e, kMaxBtf, "BTF");
+  if (!blob) return std::move(blob).error();
+  return add_fields_from_btf(p, *blob,
+                             fmt::format("BTF read from guest memory at {:#x}..{:#x}, {} bytes (__start_BTF..__stop_BTF)",
+                                         b->value, e->value, blob->size()));
+}
+
+// Where _text is, for a profile whose symbol offsets are known but whose slides are not: the
+// kernel is loaded at a 2 MiB-aligned physical address, so look for its banner there.
+std::optional<GPA> find_text_pa_by_banner(const mem::PhysMem& mem, const Profile& p, std::string_view banner) {
+  auto it = p.symbols.find("linux_banner");
+  if (it == p.symbols.end() || it->second.absolute || banner.empty()) return std::nullopt;
+  std::string buf(banner.size(), '\0');
+  for (std::uint64_t pa = 0; pa + k2M <= mem.size(); pa += k2M) {
+    if (!mem.read(GPA{pa + it->second.value}, std::as_writable_bytes(std::span(buf)))) continue;
+    if (buf == banner) return GPA{pa};
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+Kernel::Kernel(const mem::PhysMem& mem, Profile profile, KernelLayout layout, std::string how)
+    : mem_(&mem), profile_(std::move(profile)), layout_(layout), how_(std::move(how)),
+      kernel_as_(mem, layout.kernel_dtb, layout.paging) {}
+
+Result<std::unique_ptr<Kernel>> Kernel::discover(const mem::PhysMem& mem, bool keep_symbols) {
+  Profile p;
+  std::optional<KernelLayout> layout;
+  std::vector<Symbol> symbols;
+  std::string why_rejected;
+  auto accept = [&](const KallsymsTables& t) {
+    auto syms = decode_kallsyms(mem, t);
+    if (!syms) {
+      why_rejected = syms.error().message;
+      return false;
+    }
+    Profile cand;
+    std::unordered_map<std::string_view, const Symbol*> by_name;
+    for (const Symbol& s : *syms) by_name.emplace(s.name, &s);
+    const std::uint64_t text = t.relative_base;
+    const std::string origin = fmt::format("kallsyms in guest memory (token table at physical {:#x}, {} symbols)",
+                                           t.token_table.value, t.num_syms);
+    for (const std::string& n : wanted_symbols()) {
+      auto it = by_name.find(n);
+      if (it == by_name.end()) continue;
+      const std::uint64_t a = it->second->addr.value;
+      cand.symbols[n] = a >= kKernelHalf ? ProfileSymbol{a - text, false} : ProfileSymbol{a, true};
+      cand.sources["symbol " + n] = origin;
+    }
+    auto tt = cand.symbols.find("kallsyms_token_table");
+    if (tt == cand.symbols.end() || tt->second.absolute || tt->second.value > t.token_table.value) {
+      why_rejected = "kallsyms_token_table is not among the symbols";
+      return false;
+    }
+    const GPA text_pa{t.token_table.value - tt->second.value};
+    auto l = resolve_layout(mem, cand, GVA{text}, text_pa);
+    if (!l) {
+      why_rejected = l.error().message;
+      return false;
+    }
+    cand.kallsyms_relative_base_off = t.relative_base_at.value - text_pa.value;
+    cand.kallsyms_token_table_off = t.token_table.value - text_pa.value;
+    p = std::move(cand);
+    layout = *l;
+    symbols = std::move(*syms);
+    return true;
+  };
+  auto tables = locate_kallsyms(mem, {}, accept);
+  if (!tables) {
+    Error e = std::move(tables).error();
+    if (!why_rejected.empty()) e.message += " (last candidate: " + why_rejected + ")";
+    return e;
+  }
+  if (auto b = slid(p, "linux_banner", layout->text_va))
+    p.banner = read_banner(mem, GPA{layout->text_pa.value + (b->value - layout->text_va.value)});
+  p.build_id = build_id(mem, p, *layout);
+  HVTRACE_TRY(add_btf_fields(mem, p, *layout));
+  auto k = std::make_unique<Kernel>(mem, std::move(p), *layout, "cold discovery from guest memory");
+  k->kallsyms_ = *tables;
+  if (keep_symbols) k->symbols_ = std::move(symbols);
+  return k;
+}
+
+Result<std::unique_ptr<Kernel>> Kernel::attach(const mem::PhysMem& mem, const AttachOptions& opts) {
+  namespace fs = std::filesystem;
+  if (opts.profile_file) {
+    auto p = load_profile_file(*opts.profile_file);
+    if (!p) return std::move(p).error();
+    // A foreign profile knows symbol offsets but not this boot's slides: take them from kallsyms in
+    // memory, which also confirms the profile matches (same kallsyms_token_table offset).
+    auto tables = locate_kallsyms(mem);
+    if (!tables) return std::move(tables).error();
+    auto tt = p->symbols.find("kallsyms_token_table");
+    if (tt == p->symbols.end() || tt->second.absolute || tt->second.value > tables->token_table.value)
+      return make_error("profile {} has no usable kallsyms_token_table symbol to find the slides with",
+                        opts.profile_file->string());
+    auto l = resolve_layout(mem, *p, GVA{tables->relative_base}, GPA{tables->token_table.value - tt->second.value});
+    if (!l) return std::move(l).with_context(fmt::format("profile {} does not match this guest", opts.profile_file->string())).error();
+    if (p->fields.empty()) HVTRACE_TRY(add_btf_fields(mem, *p, *l).with_context("profile has no layouts"));
+    if (auto b = slid(*p, "linux_banner", l->text_va))
+      p->banner = read_banner(mem, GPA{l->text_pa.value + (b->value - l->text_va.value)});
+    auto k = std::make_unique<Kernel>(mem, std::move(*p), *l, "profile file " + opts.profile_file->string());
+    k->kallsyms_ = *tables;
+    return k;
+  }
+  if (opts.use_cache) {
+    std::error_code ec;
+    std::size_t seen = 0;
+    for (fs::directory_iterator it(opts.profile_dir, ec), end; !ec && it != end && seen < kMaxCachedProfiles; it.increment(ec)) {
+      if (it->path().extension() != ".json") continue;
+      ++seen;
+      auto p = load_profile_file(it->path());
+      if (!p || !p->kallsyms_relative_base_off || !p->kallsyms_token_table_off) continue;
+      auto text_pa = find_text_pa_by_banner(mem, *p, p->banner);
+      if (!text_pa) continue;
+      auto text_va = mem.read_u64(GPA{text_pa->value + *p->kallsyms_relative_base_off});
+      if (!text_va) continue;
+      auto l = resolve_layout(mem, *p, GVA{*text_va}, *text_pa);
+      if (!l) continue;
+      auto k = std::make_unique<Kernel>(mem, std::move(*p), *l, "cached profile " + it->path().string());
+      return k;
+    }
+  }
+  auto k = discover(mem, opts.keep_symbols);
+  if (!k) return k;
+  if (opts.save_cache) {
+    const fs::path file = opts.profile_dir / ((*k)->profile().key() + ".json");
+    if (auto saved = save_profile_file((*k)->profile(), file); saved) (*k)->how_ += ", profile saved to " + file.string();
+    else (*k)->how_ += ", profile not saved: " + saved.error().message;
+  }
+  return k;
+}
+
+Result<std::vector<Symbol>> Kernel::all_symbols() const {
+  if (symbols_) return *symbols_;
+  if (kallsyms_) return decode_kallsyms(*mem_, *kallsyms_);
+  if (profile_.kallsyms_relative_base_off && profile_.kallsyms_token_table_off) {
+    auto t = validate_kallsyms_at(*mem_, GPA{layout_.text_pa.value + *profile_.kallsyms_relative_base_off},
+                                  GPA{layout_.text_pa.value + *profile_.kallsyms_token_table_off});
+    if (!t) return std::move(t).error();
+    return decode_kallsyms(*mem_, *t);
+  }
+  auto t = locate_kallsyms(*mem_);
+  if (!t) return std::move(t).error();
+  return decode_kallsyms(*mem_, *t);
+}
+
+std::optional<GVA> Kernel::symbol(const std::string& name) const { return slid(profile_, name, layout_.text_va); }
+
+Result<GVA> Kernel::require_symbol(const std::string& name) const {
+  if (auto s = symbol(name)) return *s;
+  return make_error("kernel symbol {} not found ({})", name, how_);
+}
+
+Result<Field> Kernel::require_field(const std::string& name) const {
+  if (auto f = profile_.field(name)) return *f;
+  return make_error("structure field {} not in the profile ({})", name, how_);
+}
+
+Result<GPA> Kernel::to_phys(GVA va) const {
+  const KernelLayout& l = layout_;
+  if (va.value >= l.text_va.value && va.value < l.end_va.value) return GPA{l.text_pa.value + (va.value - l.text_va.value)};
+  if (va.value >= l.page_offset_base && va.value - l.page_offset_base < mem_->size())
+    return GPA{va.value - l.page_offset_base};
+  return kernel_as_.translate(va);
+}
+
+Result<void> Kernel::read(GVA va, std::span<std::byte> out) const {
+  return mem::for_each_page_chunk(va.value, out.size(), [&](std::uint64_t cur, std::size_t done, std::size_t chunk) -> Result<void> {
+    auto pa = to_phys(GVA{cur});
+    if (!pa) return std::move(pa).error();
+    return mem_->read(*pa, out.subspan(done, chunk));
+  });
+}
+
+Result<std::string> Kernel::read_string(GVA va, std::size_t max) const {
+  std::string s(max, '\0');
+  // Page by page, stopping at the NUL, so a string that ends before an unmapped page still reads.
+  bool ended = false;
+  auto r = mem::for_each_page_chunk(va.value, max, [&](std::uint64_t cur, std::size_t done, std::size_t chunk) -> Result<void> {
+    if (ended) return {};
+    HVTRACE_TRY(read(GVA{cur}, std::as_writable_bytes(std::span(s.data() + done, chunk))));
+    ended = std::memchr(s.data() + done, 0, chunk) != nullptr;
+    return {};
+  });
+  if (!r) return std::move(r).error();
+  s.resize(strnlen(s.data(), max));
+  return s;
+}
+
+}  // namespace hvtrace::kernel

@@ -1,0 +1,223 @@
+// See fake_guest.hpp. Everything is written through FakeMem, so the bytes are exactly what the
+// real readers parse; the BTF blob comes from libbpf's own writer.
+#include "linux/fake_guest.hpp"
+
+#include <bpf/btf.h>
+
+#include <algorithm>
+
+namespace hvtrace::fake {
+namespace {
+
+using L = FakeLayout;
+
+Result<std::vector<std::byte>> make_btf() {
+  btf* b = btf__new_empty();
+  if (b == nullptr) return make_error("btf__new_empty failed");
+  const int i32 = btf__add_int(b, "int", 4, BTF_INT_SIGNED);
+  const int u32 = btf__add_int(b, "unsigned int", 4, 0);
+  const int u64 = btf__add_int(b, "long long unsigned int", 8, 0);
+  const int chr = btf__add_int(b, "char", 1, BTF_INT_CHAR);
+  const int vptr = btf__add_ptr(b, 0);
+  const int comm = btf__add_array(b, i32, chr, 16);
+  const int list = btf__add_struct(b, "list_head", 16);
+  btf__add_field(b, "next", vptr, 0, 0);
+  btf__add_field(b, "prev", vptr, 64, 0);
+  const int kuid = btf__add_struct(b, nullptr, 4);
+  btf__add_field(b, "val", u32, 0, 0);
+  const int kuid_t = btf__add_typedef(b, "kuid_t", kuid);
+  const int cred = btf__add_struct(b, "cred", L::kCredSize);
+  btf__add_field(b, "usage", i32, 0, 0);
+  btf__add_field(b, "uid", kuid_t, L::kCredUid * 8, 0);
+  btf__add_field(b, "gid", kuid_t, L::kCredGid * 8, 0);
+  btf__add_field(b, "euid", kuid_t, L::kCredEuid * 8, 0);
+  (void)cred;
+  // mm_struct wraps its fields in an unnamed struct, as the real one does.
+  const int mm_inner = btf__add_struct(b, nullptr, 0x100);
+  btf__add_field(b, "mmap_base", u64, 0, 0);
+  btf__add_field(b, "pgd", vptr, L::kMmPgd * 8, 0);
+  btf__add_struct(b, "mm_struct", L::kMmSize);
+  btf__add_field(b, nullptr, mm_inner, 0, 0);
+  // pid and tgid sit in an unnamed struct here, to exercise the recursive member search.
+  const int ids = btf__add_struct(b, nullptr, 8);
+  btf__add_field(b, "pid", i32, 0, 0);
+  btf__add_field(b, "tgid", i32, 32, 0);
+  btf__add_struct(b, "task_struct", L::kTaskSize);
+  btf__add_field(b, "__state", u32, L::kState * 8, 0);
+  btf__add_field(b, "flags", u32, L::kFlags * 8, 0);
+  btf__add_field(b, "tasks", list, L::kTasks * 8, 0);
+  btf__add_field(b, "mm", vptr, L::kMm * 8, 0);
+  btf__add_field(b, "active_mm", vptr, L::kActiveMm * 8, 0);
+  btf__add_field(b, "exit_state", i32, L::kExitState * 8, 0);
+  btf__add_field(b, nullptr, ids, L::kPid * 8, 0);
+  btf__add_field(b, "real_parent", vptr, L::kRealParent * 8, 0);
+  btf__add_field(b, "parent", vptr, L::kParent * 8, 0);
+  btf__add_field(b, "group_leader", vptr, L::kGroupLeader * 8, 0);
+  btf__add_field(b, "start_time", u64, L::kStartTime * 8, 0);
+  btf__add_field(b, "start_boottime", u64, L::kStartBoottime * 8, 0);
+  btf__add_field(b, "real_cred", vptr, L::kRealCred * 8, 0);
+  btf__add_field(b, "cred", vptr, L::kCred * 8, 0);
+  const int last = btf__add_field(b, "comm", comm, L::kComm * 8, 0);
+  if (last < 0) {
+    btf__free(b);
+    return make_error("building the fake BTF failed ({})", last);
+  }
+  std::uint32_t size = 0;
+  const auto* raw = static_cast<const std::byte*>(btf__raw_data(b, &size));
+  std::vector<std::byte> out(raw, raw + size);
+  btf__free(b);
+  return out;
+}
+
+}  // namespace
+
+Result<GPA> FakeGuest::alloc(std::uint64_t bytes) {
+  const std::uint64_t at = next_free_;
+  next_free_ += (bytes + mem::kPageSize - 1) & ~(mem::kPageSize - 1);
+  if (next_free_ > o_.ram) return make_error("fake guest out of RAM");
+  HVTRACE_TRY(mem_->write_u64(GPA{at}, 0));
+  return GPA{at};
+}
+
+Result<std::unique_ptr<FakeGuest>> FakeGuest::build(const FakeGuestOptions& o) {
+  std::unique_ptr<FakeGuest> g(new FakeGuest());
+  g->o_ = o;
+  g->mem_ = std::make_unique<mem::FakeMem>(o.ram);
+  mem::FakeMem& m = *g->mem_;
+  const std::uint64_t tva = o.text_va, tpa = o.text_pa;
+  auto img = [&](std::uint64_t off) { return GPA{tpa + off}; };
+
+  // Kernel page tables: the image with 2 MiB pages, the direct map with 1 GiB pages.
+  g->kernel_pt_ = std::make_unique<arch::PageTableBuilder>(m, o.paging, img(kInitTopPgtOff), kPtPoolPages);
+  for (std::uint64_t off = 0; off < kImageSize; off += 1ULL << 21)
+    HVTRACE_TRY(g->kernel_pt_->map(GVA{tva + off}, GPA{tpa + off}, 1ULL << 21));
+  for (std::uint64_t pa = 0; pa < o.ram; pa += 1ULL << 30)
+    HVTRACE_TRY(g->kernel_pt_->map(GVA{o.page_offset_base + pa}, GPA{pa}, 1ULL << 30));
+
+  HVTRACE_TRY(m.write_u64(img(kPageOffsetBaseOff), o.page_offset_base));
+  std::string banner = o.banner + "\n";
+  HVTRACE_TRY(m.write(img(kBannerOff), std::as_bytes(std::span(banner.c_str(), banner.size() + 1))));
+
+  std::uint64_t btf_size = 0;
+  if (o.with_btf) {
+    auto btf = make_btf();
+    if (!btf) return std::move(btf).error();
+    HVTRACE_TRY(m.write(img(kBtfOff), *btf));
+    btf_size = btf->size();
+  }
+
+  // Symbols, sorted by address as kallsyms is. Two passes: the token table's own symbol needs its
+  // position, which does not depend on the addresses.
+  auto make_syms = [&](std::uint64_t rb_at, std::uint64_t tt_at) {
+    std::vector<kernel::Symbol> s = {
+        {"_text", 'T', GVA{tva}},
+        {"_end", 'B', GVA{tva + kImageSize}},
+        {"init_top_pgt", 'D', GVA{tva + kInitTopPgtOff}},
+        {"page_offset_base", 'D', GVA{tva + kPageOffsetBaseOff}},
+        {"linux_banner", 'R', GVA{tva + kBannerOff}},
+        {"__per_cpu_offset", 'D', GVA{tva + kPerCpuOffsetOff}},
+        {"init_task", 'D', GVA{tva + kInitTaskOff}},
+        {"current_task", 'D', GVA{L::kCurrentTask}},
+        {"fixed_percpu_data", 'D', GVA{0}},
+        {"kallsyms_relative_base", 'R', GVA{tva + rb_at}},
+        {"kallsyms_token_table", 'R', GVA{tva + tt_at}},
+        {"entry_SYSCALL_64", 'T', GVA{tva + 0xa00000 - 0x400000}},
+    };
+    if (o.with_btf) {
+      s.push_back({"__start_BTF", 'R', GVA{tva + kBtfOff}});
+      s.push_back({"__stop_BTF", 'R', GVA{tva + kBtfOff + btf_size}});
+    }
+    for (std::size_t i = 0; i < o.filler_symbols; ++i)
+      s.push_back({fmt::format("{}do_fake_thing_{}", i % 3 == 0 ? "__" : "", i), i % 2 != 0 ? 't' : 'T',
+                   GVA{tva + 0x1000 + 0x40 * i}});
+    s.push_back({std::string(140, 'x') + "_long_symbol", 'T', GVA{tva + 0x80000}});
+    std::stable_sort(s.begin(), s.end(), [](const auto& a, const auto& b) { return a.addr < b.addr; });
+    return s;
+  };
+  auto first = kernel::write_kallsyms_for_test(m, img(kKallsymsOff), make_syms(0, 0), tva, o.with_seqs);
+  if (!first) return std::move(first).error();
+  g->symbols_ = make_syms(first->relative_base_at.value - tpa, first->token_table.value - tpa);
+  auto second = kernel::write_kallsyms_for_test(m, img(kKallsymsOff), g->symbols_, tva, o.with_seqs);
+  if (!second) return std::move(second).error();
+
+  // init_task: pid 0, swapper, a kernel thread whose list points at itself.
+  g->init_task_ = GVA{tva + kInitTaskOff};
+  const GPA it = img(kInitTaskOff);
+  const GVA head{g->init_task_.value + L::kTasks};
+  auto cred = g->alloc(L::kCredSize);
+  if (!cred) return std::move(cred).error();
+  HVTRACE_TRY(m.write_u64(GPA{it.value + L::kTasks}, head.value));
+  HVTRACE_TRY(m.write_u64(GPA{it.value + L::kTasks + 8}, head.value));
+  HVTRACE_TRY(m.write_as<std::uint32_t>(GPA{it.value + L::kFlags}, 0x00200000));
+  HVTRACE_TRY(m.write_u64(GPA{it.value + L::kRealParent}, g->init_task_.value));
+  HVTRACE_TRY(m.write_u64(GPA{it.value + L::kRealCred}, g->va_of(*cred).value));
+  const char swapper[16] = "swapper/0";
+  HVTRACE_TRY(m.write(GPA{it.value + L::kComm}, std::as_bytes(std::span(swapper))));
+  g->last_task_ = g->init_task_.value;
+  return g;
+}
+
+Result<GVA> FakeGuest::add_task(const FakeTask& t) {
+  mem::FakeMem& m = *mem_;
+  auto task_pa = alloc(L::kTaskSize);
+  auto cred_pa = alloc(L::kCredSize);
+  if (!task_pa || !cred_pa) return make_error("fake guest out of RAM");
+  const GVA task = va_of(*task_pa);
+  auto w32 = [&](std::uint64_t off, std::uint32_t v) { return m.write_as<std::uint32_t>(GPA{task_pa->value + off}, v); };
+  auto w64 = [&](std::uint64_t off, std::uint64_t v) { return m.write_u64(GPA{task_pa->value + off}, v); };
+  HVTRACE_TRY(w32(L::kPid, static_cast<std::uint32_t>(t.pid)));
+  HVTRACE_TRY(w32(L::kTgid, static_cast<std::uint32_t>(t.tgid != 0 ? t.tgid : t.pid)));
+  HVTRACE_TRY(w32(L::kState, t.state));
+  HVTRACE_TRY(w32(L::kFlags, t.kernel_thread ? 0x00200000U : 0x00400100U));
+  HVTRACE_TRY(w64(L::kStartTime, t.start_time));
+  HVTRACE_TRY(w64(L::kRealParent, (t.parent.value != 0 ? t.parent : init_task_).value));
+  HVTRACE_TRY(w64(L::kRealCred, va_of(*cred_pa).value));
+  HVTRACE_TRY(w64(L::kCred, va_of(*cred_pa).value));
+  HVTRACE_TRY(m.write_as<std::uint32_t>(GPA{cred_pa->value + L::kCredUid}, t.uid));
+  HVTRACE_TRY(m.write_as<std::uint32_t>(GPA{cred_pa->value + L::kCredGid}, t.uid));
+  HVTRACE_TRY(m.write_as<std::uint32_t>(GPA{cred_pa->value + L::kCredEuid}, t.uid));
+  char comm[16] = {};
+  std::copy_n(t.comm.begin(), std::min<std::size_t>(t.comm.size(), 15), comm);
+  HVTRACE_TRY(m.write(GPA{task_pa->value + L::kComm}, std::as_bytes(std::span(comm))));
+  if (!t.kernel_thread) {
+    auto mm = alloc(L::kMmSize);
+    next_free_ = (next_free_ + 0x1fff) & ~0x1fffULL;  // PTI kernels allocate an 8 KiB-aligned pgd pair
+    auto pgd = alloc(2 * mem::kPageSize);
+    if (!mm || !pgd) return make_error("fake guest out of RAM");
+    HVTRACE_TRY(m.write_u64(GPA{mm->value + L::kMmPgd}, va_of(*pgd).value));
+    HVTRACE_TRY(w64(L::kMm, va_of(*mm).value));
+    HVTRACE_TRY(w64(L::kActiveMm, va_of(*mm).value));
+  }
+  // list_add_tail(&task->tasks, &init_task.tasks)
+  const GVA head{init_task_.value + L::kTasks};
+  const GVA node{task.value + L::kTasks};
+  const GVA tail{last_task_ + L::kTasks};
+  auto phys = [&](GVA va) {
+    return va.value >= o_.text_va ? GPA{o_.text_pa + (va.value - o_.text_va)} : pa_of(va);
+  };
+  HVTRACE_TRY(m.write_u64(phys(node), head.value));
+  HVTRACE_TRY(m.write_u64(GPA{phys(node).value + 8}, tail.value));
+  HVTRACE_TRY(m.write_u64(phys(tail), node.value));
+  HVTRACE_TRY(m.write_u64(GPA{phys(head).value + 8}, node.value));
+  last_task_ = task.value;
+  return task;
+}
+
+std::optional<Dtb> FakeGuest::dtb_of_task(GVA task) const {
+  auto mm = mem_->read_u64(pa_of(GVA{task.value + L::kMm}));
+  if (!mm || *mm == 0) return std::nullopt;
+  auto pgd = mem_->read_u64(pa_of(GVA{*mm + L::kMmPgd}));
+  if (!pgd) return std::nullopt;
+  return Dtb{pa_of(GVA{*pgd}).value};
+}
+
+Result<GVA> FakeGuest::set_current(unsigned cpu, GVA task) {
+  auto area = alloc(L::kCurrentTask + 8);
+  if (!area) return std::move(area).error();
+  const GVA base = va_of(*area);
+  HVTRACE_TRY(mem_->write_u64(GPA{o_.text_pa + kPerCpuOffsetOff + 8ULL * cpu}, base.value));
+  HVTRACE_TRY(mem_->write_u64(GPA{area->value + L::kCurrentTask}, task.value));
+  return base;
+}
+
+}  // namespace hvtrace::fake

@@ -1,0 +1,77 @@
+// The Linux model: processes read from a running guest's memory through a discovered Kernel —
+// the task list (from init_task.tasks), each process's identity, credentials and address space
+// (DTB = physical address of mm->pgd), the process that owns a DTB, and the task a vCPU is
+// running (from its kernel GS base and the per-CPU current_task / pcpu_hot.current_task).
+// The guest is hostile: the walk is bounded (max_tasks) and guarded against cycles that do not
+// pass through init_task; a task that cannot be read ends the walk with an error naming it.
+// A DTB is not a stable identity (page-table pages are reused after exit): callers resolve it
+// again after exec/exit events.
+#pragma once
+// (Namespace linux_os, not linux: "linux" is a predefined macro under GNU dialects.)
+
+#include "common/result.hpp"
+#include "common/types.hpp"
+#include "kernel/kernel.hpp"
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace hvtrace::linux_os {
+
+struct Process {
+  Pid pid, tgid, ppid;
+  std::uint32_t uid = 0, gid = 0, euid = 0;
+  std::string comm;                 // at most 15 characters (TASK_COMM_LEN)
+  std::optional<Dtb> dtb;           // none for kernel threads (no mm)
+  char state = '?';                 // R S D T t X Z P I, as ps shows it
+  std::uint64_t start_time_ns = 0;  // task_struct.start_time: monotonic ns since boot
+  bool kernel_thread = false;       // PF_KTHREAD
+  GVA task;                         // address of its task_struct
+};
+
+struct WalkLimits {
+  std::size_t max_tasks = 1U << 16;
+};
+
+// Offsets resolved once from the profile, so a walk does no map lookups.
+struct TaskLayout {
+  std::uint64_t tasks, pid, tgid, comm, comm_size, mm, real_parent, real_cred, start_time, state, exit_state, flags;
+  std::uint64_t mm_pgd, cred_uid, cred_gid, cred_euid;
+  std::optional<std::uint64_t> pcpu_hot_current_task;
+  [[nodiscard]] static Result<TaskLayout> from(const kernel::Kernel& k);
+};
+
+class Linux {
+ public:
+  [[nodiscard]] static Result<Linux> attach(const kernel::Kernel& kernel);
+
+  // Processes (thread-group leaders, as ps lists them), in task-list order; init_task (pid 0) excluded.
+  [[nodiscard]] Result<std::vector<Process>> processes(const WalkLimits& limits = {}) const;
+  [[nodiscard]] Result<Process> read_task(GVA task) const;
+  [[nodiscard]] Result<std::optional<Process>> find_pid(Pid pid) const;
+  [[nodiscard]] Result<std::vector<Process>> find_name(std::string_view comm) const;
+  // The process whose address space is `dtb` (a CR3 with PCID/PTI bits masked by dtb_of).
+  [[nodiscard]] Result<std::optional<Process>> process_by_dtb(Dtb dtb) const;
+  // The task running on a vCPU, from its kernel GS base (gs_base in kernel mode, k_gs_base in user mode).
+  [[nodiscard]] Result<Process> current_task(GVA kernel_gs_base) const;
+  // The kernel GS base of cpu `n` from __per_cpu_offset[n] (when registers are not at hand).
+  [[nodiscard]] Result<GVA> per_cpu_base(unsigned cpu) const;
+
+  [[nodiscard]] const kernel::Kernel& kernel() const { return *kernel_; }
+  [[nodiscard]] const TaskLayout& task_layout() const { return layout_; }
+
+ private:
+  Linux(const kernel::Kernel& k, TaskLayout l, GVA init_task, std::uint64_t current_task_off)
+      : kernel_(&k), layout_(l), init_task_(init_task), current_task_off_(current_task_off) {}
+  const kernel::Kernel* kernel_;
+  TaskLayout layout_;
+  GVA init_task_;
+  std::uint64_t current_task_off_;  // per-CPU offset of the current task pointer
+};
+
+// ps's state letter from task_struct.__state and exit_state (fs/proc/array.c).
+[[nodiscard]] char state_letter(std::uint32_t state, std::uint32_t exit_state);
+
+}  // namespace hvtrace::linux_os
