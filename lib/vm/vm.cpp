@@ -77,7 +77,14 @@ std::string tail_of(const fs::path& p, std::size_t lines) {
   return t.empty() ? "(no output)" : t;
 }
 
-bool pid_alive(pid_t pid) { return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM); }
+// Alive and not a zombie: an exited supervisor whose parent is gone may never be reaped here.
+bool pid_alive(pid_t pid) {
+  if (pid <= 0 || (kill(pid, 0) != 0 && errno != EPERM)) return false;
+  auto stat = read_text(fmt::format("/proc/{}/stat", pid), 512);
+  if (!stat) return true;
+  const auto close_paren = stat->rfind(')');
+  return close_paren == std::string::npos || close_paren + 2 >= stat->size() || (*stat)[close_paren + 2] != 'Z';
+}
 
 // Only ever signal a process that is still the QEMU we started (pids are reused).
 bool is_qemu(pid_t pid) {
@@ -174,7 +181,7 @@ void reap_stale(const VmRecord& r) {
   remove_dir(r.run_dir);
 }
 
-std::vector<std::string> ssh_argv(const VmRecord& vm, std::string_view command) {
+std::vector<std::string> ssh_argv(const VmRecord& vm, std::string_view command, std::string_view user) {
   return {"ssh",
           "-i", vm.ssh_key.string(),
           "-p", std::to_string(vm.ssh_port),
@@ -188,7 +195,7 @@ std::vector<std::string> ssh_argv(const VmRecord& vm, std::string_view command) 
           "-o", "ServerAliveInterval=5",
           "-o", "ServerAliveCountMax=6",
           "-F", "/dev/null",
-          "root@127.0.0.1",
+          fmt::format("{}@127.0.0.1", user),
           "--",
           std::string(command)};
 }
@@ -208,6 +215,8 @@ void install_termination_handlers() {
 }
 
 bool termination_requested() { return g_terminate.load(std::memory_order_relaxed); }
+
+void clear_termination_request() { g_terminate.store(false, std::memory_order_relaxed); }
 
 fs::path run_root() { return env_or("HVTRACE_RUN_DIR", "/dev/shm/hvtrace"); }
 
@@ -512,8 +521,9 @@ std::vector<VmRecord> list_vms() {
   return out;
 }
 
-Result<ExecResult> ssh_exec(const VmRecord& vm, std::string_view command, std::chrono::seconds timeout) {
-  auto r = run_process(ssh_argv(vm, command), timeout);
+Result<ExecResult> ssh_exec(const VmRecord& vm, std::string_view command, std::chrono::seconds timeout,
+                            std::string_view user) {
+  auto r = run_process(ssh_argv(vm, command, user), timeout);
   if (!r) return make_error("running `{}` in VM '{}' over SSH: {}", command, vm.name, r.error().message);
   // ssh reports its own failures with status 255 and an "ssh:" or connection message.
   if (r->exit_code == 255 && (r->err.rfind("ssh:", 0) == 0 || r->err.find("Connection") != std::string::npos ||
@@ -622,6 +632,7 @@ Result<VmRecord> start_detached(VmConfig config, const Progress& progress) {
       close(fds[1]);
       while ((*vm)->running() && !termination_requested()) (*vm)->wait_exit(1000ms);
       if (termination_requested()) {
+        clear_termination_request();  // a second signal hurries the shutdown along
         if (!(*vm)->shutdown(20s)) code = 1;
       }
       // Destroying the Vm removes the run directory whether QEMU exited, crashed or was killed.

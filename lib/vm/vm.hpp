@@ -134,9 +134,9 @@ class Vm {
 // Ask the owner of a VM to shut it down and wait until its run directory is gone.
 [[nodiscard]] Result<void> stop_vm(const VmRecord& vm, std::chrono::seconds timeout = std::chrono::seconds{30});
 
-// Run a command in a VM over SSH (Debian's OpenSSH client, key auth as root).
+// Run a command in a VM over SSH (Debian's OpenSSH client, the image's key; root or "alice").
 [[nodiscard]] Result<ExecResult> ssh_exec(const VmRecord& vm, std::string_view command,
-                                          std::chrono::seconds timeout);
+                                          std::chrono::seconds timeout, std::string_view user = "root");
 
 // Send one QMP command and return its "return" member as JSON text.
 [[nodiscard]] Result<std::string> qmp_command(const fs::path& socket, std::string_view command_json,
@@ -144,7 +144,9 @@ class Vm {
 
 // Process-wide flag set by SIGINT/SIGTERM handlers installed with install_termination_handlers();
 // long waits in the library poll it and return an "interrupted" error so RAII can clean up.
+// A polite shutdown after a first signal clears the flag, so a second signal cuts it short.
 void install_termination_handlers();
 [[nodiscard]] bool termination_requested();
+void clear_termination_request();
 
 }  // namespace hvtrace::vm

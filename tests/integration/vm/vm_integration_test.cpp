@@ -87,9 +87,10 @@ TEST_F(GuestLab, GuestRunsTheImagesDebianKernel) {
 }
 
 TEST_F(GuestLab, UnprivilegedUserLogsInWithBash) {
-  auto r = vm_->exec("su -s /bin/sh alice -c 'id -u; getent passwd alice | cut -d: -f7'");
+  auto r = ssh_exec(vm_->record(), "id -u; echo ${BASH_VERSION%%.*}; grep '^alice:' /etc/passwd | cut -d: -f7", 60s,
+                    "alice");
   ASSERT_TRUE(r.ok()) << r.error().message;
-  EXPECT_EQ(r->out, "1000\n/bin/bash\n") << r->err;
+  EXPECT_EQ(r->out, "1000\n5\n/bin/bash\n") << r->err;
 }
 
 TEST_F(GuestLab, RamFileIsOwnerOnlyAndHoldsTheRunningKernelsBanner) {
