@@ -1,0 +1,111 @@
+// The control channel ("the hypercall"): a unix SOCK_SEQPACKET socket created by the monitor
+// (owner-only); one message per packet, each answered by exactly one Reply. Only a peer with the
+// monitor's uid (SO_PEERCRED) is served. Every message is validated (magic, version, type, exact
+// size, value ranges); a bad one gets an error Reply and changes nothing. Each accepted change
+// builds a complete new filter configuration and publishes it at once: the generation counter
+// rises by one and events carry the generation that let them through.
+#pragma once
+
+#include "hvtrace/abi/ring.h"
+
+#include <cstddef>
+#include <cstdint>
+
+namespace hvtrace::abi {
+
+inline constexpr std::uint32_t kCtlMagic = 0x4c544348;   // "HCTL"
+inline constexpr std::uint32_t kMaxDtbs = 64;
+inline constexpr std::uint32_t kSyscallBits = 512;       // syscall numbers 0..511
+inline constexpr std::uint32_t kMaxBreakpoints = 16;
+
+enum class CtlType : std::uint16_t {
+  kAttach = 1,        // AttachMsg -> Reply (status, generation); the consumer of the rings
+  kSetDtbs = 2,       // SetDtbsMsg
+  kSetSyscalls = 3,   // SetSyscallsMsg
+  kSetActions = 4,    // SetActionsMsg
+  kSetSnapLen = 5,    // SetSnapLenMsg
+  kDetach = 6,        // CtlHeader only; sync waits end, sync actions degrade to async
+  kGetStats = 7,      // CtlHeader only -> Reply with stats filled
+};
+
+struct CtlHeader {
+  std::uint32_t magic;      // kCtlMagic
+  std::uint16_t version;    // kAbiVersion
+  std::uint16_t type;       // CtlType
+  std::uint32_t size;       // whole message
+  std::uint32_t request_id; // echoed in the reply
+};
+static_assert(sizeof(CtlHeader) == 16);
+
+struct AttachMsg {
+  CtlHeader hdr;
+  std::uint32_t client_pid;
+  std::uint32_t reserved;
+};
+static_assert(sizeof(AttachMsg) == 24);
+
+enum class DtbMode : std::uint32_t {
+  kAll = 0,     // no DTB filter: every CR3 write and every syscall passes
+  kSet = 1,     // the paper's pre-filter: only DTBs in the set
+};
+
+struct SetDtbsMsg {
+  CtlHeader hdr;
+  std::uint32_t mode;       // DtbMode
+  std::uint32_t count;      // <= kMaxDtbs, 0 with kSet means "nothing passes"
+  std::uint64_t dtbs[kMaxDtbs];  // masked with kDtbMask by the monitor; entries >= count must be 0
+};
+static_assert(sizeof(SetDtbsMsg) == 24 + 8 * kMaxDtbs);
+
+struct SetSyscallsMsg {
+  CtlHeader hdr;
+  std::uint32_t all;        // 1: every number passes (bitmap ignored, must be 0)
+  std::uint32_t reserved;
+  std::uint64_t bitmap[kSyscallBits / 64];
+};
+static_assert(sizeof(SetSyscallsMsg) == 24 + 64);
+
+enum class Action : std::uint8_t { kDrop = 0, kAsync = 1, kSync = 2 };
+enum class EventClass : std::uint8_t { kCr3 = 0, kSyscallEntry = 1, kSyscallExit = 2, kBreakpoint = 3, kCount = 4 };
+
+struct SetActionsMsg {
+  CtlHeader hdr;
+  std::uint8_t actions[static_cast<std::size_t>(EventClass::kCount)];   // Action per EventClass
+  std::uint32_t reserved;
+};
+static_assert(sizeof(SetActionsMsg) == 24);
+
+struct SetSnapLenMsg {
+  CtlHeader hdr;
+  std::uint32_t snap_len;   // 0 (no captures) .. kMaxSnapLen
+  std::uint32_t reserved;
+};
+static_assert(sizeof(SetSnapLenMsg) == 24);
+
+enum class CtlStatus : std::int32_t {
+  kOk = 0,
+  kBadMagic = 1,
+  kBadVersion = 2,
+  kBadType = 3,
+  kBadSize = 4,
+  kBadValue = 5,
+  kNotAttached = 6,
+  kBusy = 7,            // another consumer is attached
+};
+
+struct Reply {
+  CtlHeader hdr;            // type echoes the request's type
+  std::int32_t status;      // CtlStatus
+  std::uint32_t generation; // in force after this request
+  char message[96];         // NUL-terminated reason for a person
+  // kGetStats only (zero otherwise): totals over all rings
+  std::uint64_t rejected_messages;
+  std::uint64_t user_syscalls;   // independent inline counters, summed over vCPUs
+  std::uint64_t cr3_writes;
+  std::uint64_t reserved[5];
+};
+static_assert(sizeof(Reply) == 16 + 8 + 96 + 64);
+
+inline constexpr std::uint32_t kMaxCtlMessage = sizeof(SetDtbsMsg);
+
+}  // namespace hvtrace::abi

@@ -1,0 +1,137 @@
+// The shared-memory event channel between the monitor (inside QEMU) and the monitoring side: one
+// file, owner-only (0600), created by the monitor, mapped read-write by one consumer.
+//
+//   [ShmHeader, 4 KiB][RingHeader 0, 4 KiB][data 0, data_size][RingHeader 1]...   (one ring per vCPU)
+//
+// Each ring is single-producer (the vCPU thread) / single-consumer. head and tail are free-running
+// 64-bit byte counters (never wrapped; offset = counter & (data_size-1)); producer fields and
+// consumer fields sit on separate cache lines. Pairings (see spsc.hpp):
+//   producer: write record bytes, then head.store(release)   ⟷ consumer: head.load(acquire), read bytes
+//   consumer: read record bytes, then tail.store(release)    ⟷ producer: tail.load(acquire), overwrite
+// Records are 8-byte aligned and never straddle the end of the data area: the producer fills the
+// rest of the area with one PAD record and continues at offset 0. When a record does not fit, the
+// producer drops it, counts it by cause, and emits one LOST record before the next record that fits.
+// Every field here is fixed-width; the layout is checked by static_asserts, and any change to it
+// bumps kAbiVersion.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace hvtrace::abi {
+
+inline constexpr std::uint32_t kAbiVersion = 1;
+inline constexpr std::uint64_t kShmMagic = 0x314d48534543'5448ULL;  // "HTCESHM1" little-endian-ish tag
+inline constexpr std::uint32_t kPageSize = 4096;
+inline constexpr std::uint32_t kCacheLine = 64;
+inline constexpr std::uint32_t kRecordAlign = 8;
+inline constexpr std::uint32_t kMinRingBytes = 64 * 1024;
+inline constexpr std::uint32_t kMaxRingBytes = 256 * 1024 * 1024;
+inline constexpr std::uint32_t kDefaultRingBytes = 4 * 1024 * 1024;
+inline constexpr std::uint32_t kMaxVcpus = 64;
+
+// Every record in a ring starts with this header; `size` includes it and is a multiple of 8.
+enum class RecordType : std::uint16_t {
+  kPad = 0,            // filler up to the end of the data area; skip
+  kLost = 1,           // LostRecord: events dropped before this point
+  kCr3Write = 2,       // events.h
+  kSyscallEntry = 3,
+  kSyscallExit = 4,
+  kBreakpoint = 5,
+};
+inline constexpr std::uint16_t kRecordTypeMax = 5;
+
+// Flags in RecordHeader::flags.
+inline constexpr std::uint16_t kFlagSync = 1u << 0;         // the vCPU waits for an ack of this record's seq
+inline constexpr std::uint16_t kFlagSyncTimedOut = 1u << 1;  // set on the *next* record: the previous wait gave up
+
+struct RecordHeader {
+  std::uint16_t type;   // RecordType
+  std::uint16_t flags;
+  std::uint32_t size;   // bytes including this header, multiple of kRecordAlign
+};
+static_assert(sizeof(RecordHeader) == 8);
+
+// Drop/loss causes, each counted in RingHeader::drops[].
+enum class DropCause : std::uint32_t {
+  kRingFull = 0,       // consumer too slow (async) — or detached
+  kTooBig = 1,         // record larger than the ring allows (max_record)
+  kNoConsumer = 2,     // event dropped because no consumer is attached and action needs one
+  kCount = 3,
+};
+
+struct LostRecord {
+  RecordHeader hdr;          // type kLost, size 32
+  std::uint64_t lost;        // events dropped since the previous record that made it
+  std::uint64_t first_seq;   // seq of the first dropped event
+  std::uint64_t last_seq;    // seq of the last dropped event
+};
+static_assert(sizeof(LostRecord) == 32);
+
+struct alignas(kPageSize) RingHeader {
+  // --- static after creation (written by the monitor before publishing ShmHeader::ready) ---
+  std::uint32_t vcpu;
+  std::uint32_t data_size;        // power of two, >= kMinRingBytes
+  std::uint64_t data_offset;      // from the start of the file
+  std::uint32_t max_record;       // largest record the producer will write (<= data_size / 4)
+  std::uint32_t reserved0;
+  std::uint8_t pad0[kCacheLine - 24];
+
+  // --- producer line: written only by the vCPU thread ---
+  alignas(kCacheLine) std::uint64_t head;     // free-running; store(release) after the record bytes
+  std::uint64_t next_seq;                     // seq the next event will get (incl. dropped ones)
+  std::uint64_t published;                    // records committed (excl. PAD and LOST)
+  std::uint64_t lost_pending;                 // dropped, no LOST record written yet
+  std::uint64_t lost_first_seq;
+  std::uint64_t lost_records;                 // LOST records written
+  std::uint32_t head_futex;                   // bumped + FUTEX_WAKE when consumer_waiting
+  std::uint32_t reserved1;
+
+  // --- drop and sync counters: written only by the vCPU thread ---
+  alignas(kCacheLine) std::uint64_t drops[static_cast<std::size_t>(DropCause::kCount)];
+  std::uint64_t sync_waits;        // synchronous events whose ack was awaited
+  std::uint64_t sync_timeouts;     // waits that gave up (consumer slow, dead or gone)
+  std::uint64_t sync_spin_acks;    // acks seen while spinning
+  std::uint64_t sync_block_acks;   // acks seen after blocking on the futex
+
+  // --- consumer line: written only by the consumer ---
+  alignas(kCacheLine) std::uint64_t tail;     // free-running; store(release) after reading the record
+  std::uint64_t ack_seq;                      // highest seq acked for sync records; store(release)
+  std::uint32_t ack_futex;                    // bumped + FUTEX_WAKE by the consumer after ack_seq
+  std::uint32_t consumer_waiting;             // consumer sleeps on head_futex
+  std::uint32_t producer_waiting;             // written by the producer: it sleeps on ack_futex
+  std::uint32_t reserved3;
+};
+static_assert(sizeof(RingHeader) == kPageSize);
+static_assert(offsetof(RingHeader, head) == 64);
+static_assert(offsetof(RingHeader, drops) == 128);
+static_assert(offsetof(RingHeader, tail) == 192);
+static_assert(offsetof(RingHeader, producer_waiting) == 192 + 24);
+
+// Global counters and state at the start of the file.
+struct alignas(kPageSize) ShmHeader {
+  std::uint64_t magic;            // kShmMagic
+  std::uint32_t abi_version;      // kAbiVersion
+  std::uint32_t header_size;      // sizeof(ShmHeader)
+  std::uint32_t ring_header_size; // sizeof(RingHeader)
+  std::uint32_t n_rings;          // one per vCPU
+  std::uint64_t file_size;
+  std::uint32_t ready;            // store(release) 1 after every ring header is initialised
+  std::uint32_t monitor_pid;
+  std::uint64_t syscall_entry_va; // kernel entry point in use (0 until detected); store(release)
+  std::uint32_t generation;       // filter generation in force; store(release)
+  std::uint32_t reserved0;
+  std::uint64_t reserved[10];
+};
+static_assert(sizeof(ShmHeader) == kPageSize);
+static_assert(offsetof(ShmHeader, syscall_entry_va) == 40);
+
+// Byte offset of ring i's header; its data follows right after the header.
+constexpr std::uint64_t ring_header_offset(std::uint32_t i, std::uint32_t data_size) {
+  return kPageSize + static_cast<std::uint64_t>(i) * (kPageSize + data_size);
+}
+constexpr std::uint64_t shm_file_size(std::uint32_t n_rings, std::uint32_t data_size) {
+  return ring_header_offset(n_rings, data_size);
+}
+
+}  // namespace hvtrace::abi
