@@ -24,6 +24,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "hvtrace 0.1.0");
   hvtrace::tools::add_run_command(app);
   hvtrace::tools::add_vm_command(app);
+  hvtrace::tools::add_ps_command(app);
 
   hvtrace::vm::install_termination_handlers();
   try {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <system_error>
 #include <unordered_map>
 
@@ -115,17 +116,59 @@ Result<void> add_btf_fields(const mem::PhysMem& mem, Profile& p, const KernelLay
                                          b->value, e->value, blob->size()));
 }
 
-// Where _text is, for a profile whose symbol offsets are known but whose slides are not: the
-// kernel is loaded at a 2 MiB-aligned physical address, so look for its banner there.
-std::optional<GPA> find_text_pa_by_banner(const mem::PhysMem& mem, const Profile& p, std::string_view banner) {
+// Where _text is, for a profile whose symbol offsets are known but whose physical slide is not:
+// linux_banner sits at a known offset from _text, so a place where the banner (or, with no banner
+// known yet, "Linux version ") appears at that offset is a candidate. The kernel is loaded
+// 2 MiB-aligned (CONFIG_PHYSICAL_ALIGN), so those addresses are tried first; then every hit of
+// the text in RAM that yields a page-aligned _text. Each candidate must still pass
+// resolve_layout (the page tables must map _text there).
+using TextVaAt = std::function<std::optional<GVA>(GPA text_pa)>;
+
+TextVaAt fixed_text_va(GVA va) {
+  return [va](GPA) { return std::optional<GVA>(va); };
+}
+
+Result<KernelLayout> find_layout_by_banner(const mem::PhysMem& mem, const Profile& p, const TextVaAt& text_va_at,
+                                           std::string_view banner) {
   auto it = p.symbols.find("linux_banner");
-  if (it == p.symbols.end() || it->second.absolute || banner.empty()) return std::nullopt;
-  std::string buf(banner.size(), '\0');
-  for (std::uint64_t pa = 0; pa + k2M <= mem.size(); pa += k2M) {
-    if (!mem.read(GPA{pa + it->second.value}, std::as_writable_bytes(std::span(buf)))) continue;
-    if (buf == banner) return GPA{pa};
+  if (it == p.symbols.end() || it->second.absolute) return make_error("no linux_banner symbol to find the kernel by");
+  const std::uint64_t off = it->second.value;
+  const std::string_view want = banner.empty() ? std::string_view("Linux version ") : banner;
+  std::string buf(want.size(), '\0');
+  std::string last = "no kernel banner found";
+  auto try_at = [&](std::uint64_t text_pa) -> std::optional<KernelLayout> {
+    auto text_va = text_va_at(GPA{text_pa});
+    if (!text_va) {
+      last = fmt::format("_text at physical {:#x}: no virtual address for it", text_pa);
+      return std::nullopt;
+    }
+    auto l = resolve_layout(mem, p, *text_va, GPA{text_pa});
+    if (l) return *l;
+    last = fmt::format("_text at physical {:#x}: {}", text_pa, l.error().message);
+    return std::nullopt;
+  };
+  for (std::uint64_t pa = 0; pa + off + want.size() <= mem.size(); pa += k2M) {
+    if (!mem.read(GPA{pa + off}, std::as_writable_bytes(std::span(buf))) || buf != want) continue;
+    if (auto l = try_at(pa)) return *l;
   }
-  return std::nullopt;
+  std::optional<KernelLayout> found;
+  int tries = 0;
+  mem.for_each_extent([&](const mem::Extent& e) {
+    const auto* begin = reinterpret_cast<const char*>(e.bytes.data());
+    for (const char* q = begin; tries < 64;) {
+      const auto left = e.bytes.size() - static_cast<std::size_t>(q - begin);
+      const void* f = ::memmem(q, left, want.data(), want.size());
+      if (f == nullptr) break;
+      const std::uint64_t hit = e.base.value + static_cast<std::uint64_t>(static_cast<const char*>(f) - begin);
+      q = static_cast<const char*>(f) + 1;
+      if (hit < off || ((hit - off) & 0xfff) != 0 || ((hit - off) % k2M) == 0) continue;
+      ++tries;
+      if ((found = try_at(hit - off))) return false;
+    }
+    return tries < 64;
+  });
+  if (found) return *found;
+  return make_error("kernel image not found from its banner ({})", last);
 }
 
 }  // namespace
@@ -158,15 +201,15 @@ Result<std::unique_ptr<Kernel>> Kernel::discover(const mem::PhysMem& mem, bool k
       cand.symbols[n] = a >= kKernelHalf ? ProfileSymbol{a - text, false} : ProfileSymbol{a, true};
       cand.sources["symbol " + n] = origin;
     }
-    auto tt = cand.symbols.find("kallsyms_token_table");
-    if (tt == cand.symbols.end() || tt->second.absolute || tt->second.value > t.token_table.value) {
-      why_rejected = "kallsyms_token_table is not among the symbols";
-      return false;
-    }
-    const GPA text_pa{t.token_table.value - tt->second.value};
-    auto l = resolve_layout(mem, cand, GVA{text}, text_pa);
+    // kallsyms does not list its own tables, so the physical slide comes from the banner.
+    auto l = find_layout_by_banner(mem, cand, fixed_text_va(GVA{text}), {});
     if (!l) {
       why_rejected = l.error().message;
+      return false;
+    }
+    const GPA text_pa = l->text_pa;
+    if (t.relative_base_at.value < text_pa.value || t.token_table.value < text_pa.value) {
+      why_rejected = "kallsyms tables lie before _text";
       return false;
     }
     cand.kallsyms_relative_base_off = t.relative_base_at.value - text_pa.value;
@@ -197,15 +240,11 @@ Result<std::unique_ptr<Kernel>> Kernel::attach(const mem::PhysMem& mem, const At
   if (opts.profile_file) {
     auto p = load_profile_file(*opts.profile_file);
     if (!p) return std::move(p).error();
-    // A foreign profile knows symbol offsets but not this boot's slides: take them from kallsyms in
-    // memory, which also confirms the profile matches (same kallsyms_token_table offset).
+    // A foreign profile knows symbol offsets but not this boot's slides: the virtual one is
+    // kallsyms_relative_base in memory, the physical one comes from the banner.
     auto tables = locate_kallsyms(mem);
     if (!tables) return std::move(tables).error();
-    auto tt = p->symbols.find("kallsyms_token_table");
-    if (tt == p->symbols.end() || tt->second.absolute || tt->second.value > tables->token_table.value)
-      return make_error("profile {} has no usable kallsyms_token_table symbol to find the slides with",
-                        opts.profile_file->string());
-    auto l = resolve_layout(mem, *p, GVA{tables->relative_base}, GPA{tables->token_table.value - tt->second.value});
+    auto l = find_layout_by_banner(mem, *p, fixed_text_va(GVA{tables->relative_base}), {});
     if (!l) return std::move(l).with_context(fmt::format("profile {} does not match this guest", opts.profile_file->string())).error();
     if (p->fields.empty()) HVTRACE_TRY(add_btf_fields(mem, *p, *l).with_context("profile has no layouts"));
     if (auto b = slid(*p, "linux_banner", l->text_va))
@@ -222,11 +261,15 @@ Result<std::unique_ptr<Kernel>> Kernel::attach(const mem::PhysMem& mem, const At
       ++seen;
       auto p = load_profile_file(it->path());
       if (!p || !p->kallsyms_relative_base_off || !p->kallsyms_token_table_off) continue;
-      auto text_pa = find_text_pa_by_banner(mem, *p, p->banner);
-      if (!text_pa) continue;
-      auto text_va = mem.read_u64(GPA{text_pa->value + *p->kallsyms_relative_base_off});
-      if (!text_va) continue;
-      auto l = resolve_layout(mem, *p, GVA{*text_va}, *text_pa);
+      // The cached offsets give _text's virtual address once its physical one is known.
+      const std::uint64_t rb = *p->kallsyms_relative_base_off;
+      auto l = find_layout_by_banner(
+          mem, *p,
+          [&](GPA text_pa) -> std::optional<GVA> {
+            auto v = mem.read_u64(GPA{text_pa.value + rb});
+            return v ? std::optional<GVA>(GVA{*v}) : std::nullopt;
+          },
+          p->banner);
       if (!l) continue;
       auto k = std::make_unique<Kernel>(mem, std::move(*p), *l, "cached profile " + it->path().string());
       return k;

@@ -1,0 +1,231 @@
+// hvtrace's view of a real guest equals the guest's own: every kallsyms symbol line for line, the
+// process list against the guest's ps, a freshly started process with the right address space,
+// and the RAM file never grows. One guest per binary (booted in SetUpTestSuite); this source is
+// built twice, once for -cpu max (5-level paging).
+#include "arch/paging.hpp"
+#include "kernel/kernel.hpp"
+#include "linux/processes.hpp"
+#include "mem/phys_mem.hpp"
+#include "vm/vm.hpp"
+
+#include <fmt/ranges.h>
+#include <gtest/gtest.h>
+
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <set>
+#include <sstream>
+
+using namespace hvtrace;
+namespace fs = std::filesystem;
+
+namespace {
+
+long ram_blocks(const fs::path& p) {
+  struct stat st{};
+  return ::stat(p.c_str(), &st) == 0 ? static_cast<long>(st.st_blocks) : -1;
+}
+
+class Guest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto img = vm::load_image(vm::default_image_dir());
+    ASSERT_TRUE(img.ok()) << img.error().message;
+    vm::VmConfig c;
+    c.name = HVTRACE_GUEST_VM;
+    c.cpu = HVTRACE_GUEST_CPU;
+    c.image = std::move(img).value();
+    auto v = vm::Vm::start(c);
+    ASSERT_TRUE(v.ok()) << v.error().message;
+    vm_ = std::move(v).value().release();
+    profiles_ = new fs::path(fs::temp_directory_path() / ("hvtrace-itest-profiles-" + std::to_string(getpid())));
+    auto ram = mem::open_ram_file(vm_->record().ram_path);
+    ASSERT_TRUE(ram.ok()) << ram.error().message;
+    ram_ = std::move(ram).value().release();
+  }
+  static void TearDownTestSuite() {
+    delete ram_;
+    ram_ = nullptr;
+    if (profiles_ != nullptr) fs::remove_all(*profiles_);
+    delete profiles_;
+    if (vm_ != nullptr) (void)vm_->shutdown();
+    delete vm_;
+    vm_ = nullptr;
+  }
+  void SetUp() override {
+    if (vm_ == nullptr || ram_ == nullptr) GTEST_SKIP() << "the shared guest did not boot";
+  }
+  static std::string guest(const std::string& cmd) {
+    auto r = vm_->exec(cmd);
+    EXPECT_TRUE(r.ok()) << cmd << ": " << (r.ok() ? "" : r.error().message);
+    if (!r.ok()) return {};
+    EXPECT_EQ(r->exit_status, 0) << cmd << ": " << r->err;
+    return r->out;
+  }
+  static std::unique_ptr<kernel::Kernel> attach() {
+    kernel::AttachOptions o;
+    o.profile_dir = *profiles_;
+    auto k = kernel::Kernel::attach(*ram_, o);
+    EXPECT_TRUE(k.ok()) << (k.ok() ? "" : k.error().message);
+    return k.ok() ? std::move(k).value() : nullptr;
+  }
+  static vm::Vm* vm_;
+  static mem::FileMem* ram_;
+  static fs::path* profiles_;
+};
+vm::Vm* Guest::vm_ = nullptr;
+mem::FileMem* Guest::ram_ = nullptr;
+fs::path* Guest::profiles_ = nullptr;
+
+}  // namespace
+
+TEST_F(Guest, EverySymbolEqualsTheGuestsOwnKallsymsLineForLine) {
+  const std::string proc = guest("cat /proc/kallsyms");
+  auto k = kernel::Kernel::discover(*ram_, /*keep_symbols=*/true);
+  ASSERT_TRUE(k.ok()) << k.error().message;
+  auto syms = (*k)->all_symbols();
+  ASSERT_TRUE(syms.ok()) << syms.error().message;
+  std::istringstream in(proc);
+  std::string line;
+  std::size_t i = 0, mismatches = 0;
+  while (std::getline(in, line)) {
+    if (line.find('\t') != std::string::npos) continue;  // module and bpf symbols: "...\t[module]"
+    ASSERT_LT(i, syms->size()) << "guest has more core symbols than hvtrace extracted; next: " << line;
+    const auto& s = (*syms)[i++];
+    const std::string ours = fmt::format("{:016x} {} {}", s.addr.value, s.type, s.name);
+    if (ours != line && ++mismatches <= 5) ADD_FAILURE() << "symbol " << i - 1 << ": guest '" << line << "', hvtrace '" << ours << "'";
+  }
+  EXPECT_EQ(i, syms->size());
+  EXPECT_EQ(mismatches, 0u);
+  EXPECT_GT(syms->size(), 50000u);
+  // Per-CPU symbols are present with their absolute offsets.
+  EXPECT_TRUE((*k)->symbol("current_task").has_value());
+  EXPECT_LT((*k)->symbol("current_task")->value, 0x100000u);
+}
+
+TEST_F(Guest, SlidesAndPagingModeAreFoundFromRamAlone) {
+  auto k = attach();
+  ASSERT_NE(k, nullptr);
+  const auto& l = k->layout();
+  EXPECT_EQ(l.paging, HVTRACE_EXPECT_LA57 ? arch::PagingMode::k5Level : arch::PagingMode::k4Level);
+  // The guest's own view of _text (kallsyms) agrees with the slide.
+  const std::string text = guest("grep ' _text$' /proc/kallsyms");
+  EXPECT_EQ(text.substr(0, 16), fmt::format("{:016x}", l.text_va.value));
+  EXPECT_NE(k->profile().banner.find(guest("uname -r").substr(0, 8)), std::string::npos);
+  EXPECT_TRUE(k->profile().field("task_struct.comm").has_value());
+  EXPECT_TRUE(k->profile().field("mm_struct.pgd").has_value());
+}
+
+TEST_F(Guest, ProcessListEqualsTheGuestsPsForProcessesInBothReads) {
+  auto k = attach();
+  ASSERT_NE(k, nullptr);
+  auto lx = linux_os::Linux::attach(*k);
+  ASSERT_TRUE(lx.ok()) << lx.error().message;
+  auto before = lx->processes();
+  ASSERT_TRUE(before.ok()) << before.error().message;
+  const std::string ps = guest("ps -o pid,ppid,comm");
+  auto after = lx->processes();
+  ASSERT_TRUE(after.ok()) << after.error().message;
+  std::map<int, std::pair<int, std::string>> theirs;
+  std::istringstream in(ps);
+  std::string line;
+  std::getline(in, line);  // header
+  while (std::getline(in, line)) {
+    std::istringstream ls(line);
+    int pid = 0, ppid = 0;
+    std::string comm;
+    if (ls >> pid >> ppid >> comm) theirs[pid] = {ppid, comm};
+  }
+  std::set<int> in_after;
+  for (const auto& p : *after) in_after.insert(p.pid.value);
+  std::size_t compared = 0;
+  for (const auto& p : *before) {
+    auto it = theirs.find(p.pid.value);
+    if (it == theirs.end() || in_after.count(p.pid.value) == 0) continue;
+    ++compared;
+    EXPECT_EQ(p.ppid.value, it->second.first) << "pid " << p.pid.value;
+    // /proc adds a workqueue's name to a kworker's comm ("kworker/0:1-events"): the kernel's own
+    // comm is a prefix of what the guest shows for kernel threads.
+    if (p.kernel_thread) {
+      EXPECT_EQ(it->second.second.rfind(p.comm, 0), 0u) << "pid " << p.pid.value << ": " << it->second.second;
+    } else {
+      EXPECT_EQ(p.comm, it->second.second) << "pid " << p.pid.value;
+    }
+  }
+  EXPECT_GE(compared, 20u) << ps;
+  // Nothing the guest lists is missing from both our reads, except the short-lived processes of
+  // the SSH command itself (its dropbear session child, the shell, ps).
+  std::set<int> ours;
+  for (const auto& p : *before) ours.insert(p.pid.value);
+  std::vector<std::string> missing;
+  for (const auto& [pid, v] : theirs)
+    if (ours.count(pid) == 0 && in_after.count(pid) == 0) missing.push_back(fmt::format("{} {}", pid, v.second));
+  EXPECT_LE(missing.size(), 3u) << fmt::format("{}", fmt::join(missing, ", "));
+}
+
+TEST_F(Guest, AStartedProcessAppearsWithItsOwnAddressSpace) {
+  const std::string out = guest("sleep 600 >/dev/null 2>&1 </dev/null & echo $!");
+  const int pid = std::stoi(out);
+  // The executable's first mapping, as the guest sees it: "start-end perms ...".
+  const std::string maps = guest(fmt::format("head -1 /proc/{}/maps", pid));
+  const std::uint64_t start = std::stoull(maps.substr(0, maps.find('-')), nullptr, 16);
+  auto k = attach();
+  ASSERT_NE(k, nullptr);
+  auto lx = linux_os::Linux::attach(*k);
+  ASSERT_TRUE(lx.ok());
+  auto p = lx->find_pid(Pid{pid});
+  ASSERT_TRUE(p.ok()) << p.error().message;
+  ASSERT_TRUE(p->has_value()) << "pid " << pid << " not in the task list";
+  EXPECT_EQ((*p)->comm, "sleep");
+  EXPECT_FALSE((*p)->kernel_thread);
+  ASSERT_TRUE((*p)->dtb.has_value());
+  // Its DTB really is its address space: the ELF header of its executable reads through it.
+  arch::AddressSpace as(*ram_, *(*p)->dtb, k->layout().paging);
+  auto magic = as.read_as<std::uint32_t>(GVA{start});
+  ASSERT_TRUE(magic.ok()) << magic.error().message;
+  EXPECT_EQ(*magic, 0x464c457fU);  // "\x7fELF"
+  // And that DTB (as a CR3 value, with PCID bits) leads back to the process.
+  auto owner = lx->process_by_dtb(dtb_of(Cr3{(*p)->dtb->value | 0x1}));
+  ASSERT_TRUE(owner.ok());
+  ASSERT_TRUE(owner->has_value());
+  EXPECT_EQ((*owner)->pid, Pid{pid});
+  // The vCPU's current task is a real task.
+  auto gs = lx->per_cpu_base(0);
+  ASSERT_TRUE(gs.ok()) << gs.error().message;
+  auto cur = lx->current_task(*gs);
+  ASSERT_TRUE(cur.ok()) << cur.error().message;
+  EXPECT_FALSE(cur->comm.empty());
+  guest(fmt::format("kill {}", pid));
+}
+
+TEST_F(Guest, DiscoveryAndPsNeverGrowTheRamFile) {
+  // Pause the guest so that only our reads could allocate pages in the RAM file.
+  const auto& qmp = vm_->record().qmp_path;
+  ASSERT_TRUE(vm::qmp_command(qmp, R"({"execute":"stop"})").ok());
+  const long before = ram_blocks(vm_->record().ram_path);
+  auto k = kernel::Kernel::discover(*ram_, false);
+  std::optional<Result<std::vector<linux_os::Process>>> ps;
+  if (k.ok()) {
+    auto lx = linux_os::Linux::attach(**k);
+    if (lx.ok()) ps = lx->processes();
+  }
+  const long after = ram_blocks(vm_->record().ram_path);
+  ASSERT_TRUE(vm::qmp_command(qmp, R"({"execute":"cont"})").ok());
+  ASSERT_TRUE(k.ok()) << k.error().message;
+  ASSERT_TRUE(ps && ps->ok());
+  EXPECT_EQ(after, before) << "RAM file grew by " << (after - before) * 512 << " bytes";
+  EXPECT_LT(before * 512, std::int64_t{vm_->record().memory_mib} << 20) << "the RAM file has no holes to test with";
+}
+
+TEST_F(Guest, WarmAttachUsesTheCachedProfile) {
+  auto cold = attach();
+  ASSERT_NE(cold, nullptr);
+  auto warm = attach();
+  ASSERT_NE(warm, nullptr);
+  EXPECT_EQ(warm->how().rfind("cached profile", 0), 0u) << warm->how();
+  EXPECT_EQ(warm->layout().text_va, cold->layout().text_va);
+  EXPECT_EQ(warm->layout().text_pa, cold->layout().text_pa);
+}
