@@ -1,7 +1,7 @@
 # hvtrace_add_test(NAME <name> SOURCES ... [LIBS ...] [LABELS unit|integration|...] [TIMEOUT s])
-# One GoogleTest executable registered with CTest test by test. Integration tests boot the real
-# guest, so they are labelled, get a long timeout, and share a lock so two boots do not fight for
-# the machine's 2 cores.
+# One GoogleTest executable. Unit tests are registered with CTest case by case; integration tests
+# boot the real guest, so each binary is one CTest test (its fixture's guest is shared by its cases)
+# with a long timeout and a lock so two boots do not fight for the machine's 2 cores.
 function(hvtrace_add_test)
   cmake_parse_arguments(T "" "NAME;TIMEOUT" "SOURCES;LIBS;LABELS" ${ARGN})
   add_executable(${T_NAME} ${T_SOURCES})
@@ -14,7 +14,11 @@ function(hvtrace_add_test)
   endif()
   set(props LABELS "${T_LABELS}" TIMEOUT ${T_TIMEOUT})
   if("integration" IN_LIST T_LABELS)
-    list(APPEND props RESOURCE_LOCK guest_vm)
+    # One CTest test per binary, so a suite's shared guest boots once, not once per test case
+    # (gtest prints every case). The lock keeps two boots from fighting for the 2 cores.
+    add_test(NAME ${T_NAME} COMMAND ${T_NAME} --gtest_color=no)
+    set_tests_properties(${T_NAME} PROPERTIES ${props} RESOURCE_LOCK guest_vm)
+  else()
+    gtest_discover_tests(${T_NAME} DISCOVERY_TIMEOUT 30 PROPERTIES ${props})
   endif()
-  gtest_discover_tests(${T_NAME} DISCOVERY_TIMEOUT 30 PROPERTIES ${props})
 endfunction()
