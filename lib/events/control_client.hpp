@@ -1,0 +1,65 @@
+// The monitoring side of the control channel ("the hypercall", abi/control.h): connect to the
+// monitor's socket, attach as the consumer, change the in-hypervisor filter at run time. Each call
+// sends one message and waits for its reply; a rejected message comes back as an Error carrying
+// the monitor's reason. Closing the client (or dying) detaches: the monitor stops waiting on us.
+#pragma once
+
+#include "common/result.hpp"
+#include "common/types.hpp"
+
+#include "hvtrace/abi/control.h"
+
+#include <array>
+#include <chrono>
+#include <filesystem>
+#include <optional>
+#include <vector>
+
+namespace hvtrace::events {
+
+struct Actions {
+  abi::Action cr3 = abi::Action::kDrop;
+  abi::Action syscall_entry = abi::Action::kDrop;
+  abi::Action syscall_exit = abi::Action::kDrop;
+  abi::Action breakpoint = abi::Action::kDrop;
+};
+
+struct MonitorStats {
+  std::uint32_t generation = 0;
+  std::uint64_t rejected_messages = 0;
+  std::uint64_t user_syscalls = 0;   // independent inline counters, all vCPUs
+  std::uint64_t cr3_writes = 0;
+};
+
+class ControlClient {
+ public:
+  [[nodiscard]] static Result<ControlClient> connect(const std::filesystem::path& socket,
+                                                     std::chrono::milliseconds wait = std::chrono::milliseconds{0});
+  ControlClient(ControlClient&& o) noexcept : fd_(o.fd_), next_id_(o.next_id_) { o.fd_ = -1; }
+  ControlClient& operator=(ControlClient&& o) noexcept;
+  ControlClient(const ControlClient&) = delete;
+  ControlClient& operator=(const ControlClient&) = delete;
+  ~ControlClient();
+
+  // Each returns the filter generation in force afterwards.
+  Result<std::uint32_t> attach();
+  Result<std::uint32_t> set_all_dtbs();                          // no DTB filter
+  Result<std::uint32_t> set_dtbs(const std::vector<Dtb>& dtbs);  // the paper's pre-filter
+  Result<std::uint32_t> set_syscalls(const std::optional<std::vector<unsigned>>& nrs);  // nullopt: all
+  Result<std::uint32_t> set_actions(const Actions& a);
+  Result<std::uint32_t> set_snap_len(std::uint32_t bytes);
+  Result<std::uint32_t> detach();
+  Result<MonitorStats> stats();
+
+  // Send arbitrary bytes as one message and return the reply as is (tests of the validation).
+  Result<abi::Reply> send_raw(const void* msg, std::size_t len);
+
+ private:
+  explicit ControlClient(int fd) : fd_(fd) {}
+  template <typename M>
+  Result<std::uint32_t> request(M& msg, abi::CtlType type);
+  int fd_ = -1;
+  std::uint32_t next_id_ = 1;
+};
+
+}  // namespace hvtrace::events

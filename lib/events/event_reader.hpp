@@ -1,0 +1,105 @@
+// Reading the monitor's event rings (abi/ring.h) from the monitoring side: maps the rings file,
+// consumes each vCPU's ring with the shared SPSC algorithm, and decodes records into Event values,
+// validating every size against the record that carries it (the producer runs inside QEMU and the
+// data it copies comes from a hostile guest). Synchronous records are acknowledged after the
+// handler returns, which is when the waiting vCPU resumes. Loss is never silent: LOST records
+// arrive as events of type kLost and the per-cause counters are in stats().
+#pragma once
+
+#include "common/result.hpp"
+#include "common/types.hpp"
+
+#include "hvtrace/abi/events.h"
+#include "hvtrace/abi/spsc.hpp"
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace hvtrace::events {
+
+struct Capture {
+  unsigned arg = 0;
+  abi::CaptureKind kind = abi::CaptureKind::kString;
+  std::uint16_t flags = 0;
+  std::uint64_t true_len = 0;
+  std::string data;   // for kArgv: the strings each followed by '\0'
+  [[nodiscard]] bool truncated() const { return (flags & abi::kCaptureTruncated) != 0; }
+  [[nodiscard]] std::vector<std::string> argv() const;
+};
+
+struct Event {
+  abi::RecordType type = abi::RecordType::kPad;
+  std::uint16_t flags = 0;
+  unsigned ring = 0;              // == vCPU
+  std::uint64_t seq = 0;
+  std::uint64_t time_ns = 0;
+  std::uint32_t generation = 0;
+  // Exactly one of these is meaningful, by type.
+  abi::Cr3WriteEvent cr3{};
+  abi::SyscallEntryEvent entry{};
+  abi::SyscallExitEvent exit{};
+  abi::BreakpointEvent bp{};
+  abi::LostRecord lost{};
+  std::vector<Capture> captures;
+
+  [[nodiscard]] bool sync() const { return (flags & abi::kFlagSync) != 0; }
+  [[nodiscard]] Dtb dtb() const;   // of the process the event belongs to (new CR3 for kCr3Write)
+};
+
+struct RingStats {
+  std::uint64_t published = 0, lost_records = 0, lost_pending = 0;
+  std::uint64_t drops[static_cast<std::size_t>(abi::DropCause::kCount)] = {};
+  std::uint64_t sync_waits = 0, sync_timeouts = 0;
+  [[nodiscard]] std::uint64_t dropped() const;
+};
+
+class EventReader {
+ public:
+  // Map the rings file the monitor created (it must be owned by us and not writable by others),
+  // waiting up to `wait` for it to appear and become ready.
+  [[nodiscard]] static Result<std::unique_ptr<EventReader>> open(const std::filesystem::path& path,
+                                                                 std::chrono::milliseconds wait = std::chrono::milliseconds{0});
+  ~EventReader();
+  EventReader(const EventReader&) = delete;
+  EventReader& operator=(const EventReader&) = delete;
+
+  [[nodiscard]] unsigned rings() const { return static_cast<unsigned>(consumers_.size()); }
+
+  // Hand every record available now to `fn` (all rings, round robin), acking sync records after
+  // fn returns. Stops after `max` events. Returns the number handled or the first corrupt ring.
+  Result<std::size_t> poll(const std::function<void(const Event&)>& fn, std::size_t max = SIZE_MAX);
+
+  // Wait until some ring has data or timeout passes (spins `spin` first, then sleeps on the
+  // futex of ring 0 for a single-vCPU VM, or polls in 200 µs steps otherwise).
+  bool wait(std::chrono::microseconds timeout, abi::WaitMode mode = abi::WaitMode::kAdaptive,
+            std::chrono::microseconds spin = std::chrono::microseconds{50});
+
+  // Do not ack sync records automatically (tests that play a dead or slow consumer).
+  void set_auto_ack(bool on) { auto_ack_ = on; }
+  void ack(unsigned ring, std::uint64_t seq) { consumers_.at(ring).ack(seq); }
+
+  [[nodiscard]] RingStats stats(unsigned ring) const;
+  [[nodiscard]] std::uint64_t syscall_entry_va() const;
+  [[nodiscard]] std::uint32_t generation() const;
+
+ private:
+  EventReader() = default;
+  Result<bool> next(unsigned ring, Event* out);
+
+  std::uint8_t* base_ = nullptr;
+  std::size_t size_ = 0;
+  std::vector<abi::RingConsumer> consumers_;
+  unsigned rr_ = 0;
+  bool auto_ack_ = true;
+};
+
+// Decode one record (header included, `size` bytes). Exposed for tests and fuzzing.
+[[nodiscard]] Result<Event> decode_record(const std::uint8_t* rec, std::size_t size);
+
+}  // namespace hvtrace::events

@@ -1,0 +1,263 @@
+// Plugin arguments and control messages -> configuration. Runs at QEMU start and on the control
+// thread only, never on a vCPU execution path, so it may allocate and format.
+#include "config.hpp"
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <string_view>
+
+namespace hvtrace::monitor {
+namespace {
+
+bool parse_u64(std::string_view s, std::uint64_t* out) {
+  if (s.empty() || s.size() > 20) return false;
+  std::string tmp(s);
+  char* end = nullptr;
+  errno = 0;
+  const unsigned long long v = std::strtoull(tmp.c_str(), &end, 0);
+  if (errno != 0 || end != tmp.c_str() + tmp.size() || tmp[0] == '-' || tmp[0] == '+') return false;
+  *out = v;
+  return true;
+}
+
+bool parse_action(std::string_view s, Action* out) {
+  if (s == "drop") *out = Action::kDrop;
+  else if (s == "async") *out = Action::kAsync;
+  else if (s == "sync") *out = Action::kSync;
+  else return false;
+  return true;
+}
+
+bool parse_syscalls(std::string_view s, FilterConfig* cfg) {
+  if (s == "all") {
+    cfg->all_syscalls = true;
+    std::memset(cfg->syscall_bitmap, 0, sizeof cfg->syscall_bitmap);
+    return true;
+  }
+  cfg->all_syscalls = false;
+  std::memset(cfg->syscall_bitmap, 0, sizeof cfg->syscall_bitmap);
+  while (!s.empty()) {
+    const auto sep = s.find(':');
+    std::uint64_t nr = 0;
+    if (!parse_u64(s.substr(0, sep), &nr) || nr >= abi::kSyscallBits) return false;
+    cfg->syscall_bitmap[nr / 64] |= 1ULL << (nr % 64);
+    if (sep == std::string_view::npos) break;
+    s.remove_prefix(sep + 1);
+  }
+  return true;
+}
+
+void set_why(std::string* why, std::string s) {
+  if (why) *why = std::move(s);
+}
+
+}  // namespace
+
+const char* options_usage() {
+  return "arguments (key=value, comma-separated after the plugin path):\n"
+         "  shm=PATH            event rings file to create (required, must not exist)\n"
+         "  ctl=PATH            control socket to create (optional)\n"
+         "  ring_kib=N          ring size per vCPU in KiB, power of two, 64..262144 (default 4096)\n"
+         "  entry=auto|0xVA     kernel syscall entry point (default auto: first kernel insn after user syscall)\n"
+         "  bp=0xVA             kernel breakpoint address (repeatable, up to 16)\n"
+         "  dtb=0xDTB           initial DTB set member (repeatable, up to 64; default: all DTBs pass)\n"
+         "  syscalls=all|N:N:.. syscall numbers that pass (default all)\n"
+         "  cr3_action=ACT entry_action=ACT exit_action=ACT bp_action=ACT\n"
+         "                      ACT is drop|async|sync per event class (default drop)\n"
+         "  snaplen=N           bytes copied per string/buffer, 0..65536 (default 256)\n"
+         "  sync_wait=spin|block|adaptive, sync_spin_us=N (0..100000), sync_timeout_ms=N (1..60000)\n"
+         "  count=on|off        only run the independent inline counters (benchmarks)\n";
+}
+
+bool parse_options(int argc, const char* const* argv, Options* out, std::string* why) {
+  Options o;
+  for (int i = 0; i < argc; ++i) {
+    const std::string_view a = argv[i] ? argv[i] : "";
+    const auto eq = a.find('=');
+    if (eq == std::string_view::npos || eq == 0) {
+      set_why(why, "argument '" + std::string(a) + "' is not key=value");
+      return false;
+    }
+    const std::string_view k = a.substr(0, eq), v = a.substr(eq + 1);
+    std::uint64_t n = 0;
+    auto bad = [&](const char* what) {
+      set_why(why, "argument '" + std::string(a) + "': " + what);
+      return false;
+    };
+    if (k == "shm" || k == "ctl") {
+      if (v.empty() || v.size() > 107 || v[0] != '/') return bad("needs an absolute path of at most 107 bytes");
+      (k == "shm" ? o.shm_path : o.ctl_path) = std::string(v);
+    } else if (k == "ring_kib") {
+      if (!parse_u64(v, &n) || n < abi::kMinRingBytes / 1024 || n > abi::kMaxRingBytes / 1024 || (n & (n - 1)) != 0)
+        return bad("needs a power of two between 64 and 262144");
+      o.ring_bytes = static_cast<std::uint32_t>(n * 1024);
+    } else if (k == "entry") {
+      if (v == "auto") o.entry_va = 0;
+      else if (!parse_u64(v, &n) || n < 0xffff'8000'0000'0000ULL) return bad("needs 'auto' or a kernel virtual address");
+      else o.entry_va = n;
+    } else if (k == "bp") {
+      if (!parse_u64(v, &n) || n < 0xffff'8000'0000'0000ULL) return bad("needs a kernel virtual address");
+      if (o.breakpoints.size() >= abi::kMaxBreakpoints) return bad("too many breakpoints (at most 16)");
+      o.breakpoints.push_back(n);
+    } else if (k == "dtb") {
+      if (!parse_u64(v, &n) || n == 0 || (n & ~abi::kDtbMask) != 0) return bad("needs a page-table base (CR3 without PCID/bit 12/bit 63)");
+      if (o.initial.n_dtbs >= abi::kMaxDtbs) return bad("too many DTBs (at most 64)");
+      o.initial.dtb_mode = abi::DtbMode::kSet;
+      o.initial.dtbs[o.initial.n_dtbs++] = n;
+    } else if (k == "syscalls") {
+      if (!parse_syscalls(v, &o.initial)) return bad("needs 'all' or syscall numbers 0..511 separated by ':'");
+    } else if (k == "cr3_action" || k == "entry_action" || k == "exit_action" || k == "bp_action") {
+      Action act{};
+      if (!parse_action(v, &act)) return bad("needs drop, async or sync");
+      const EventClass c = k == "cr3_action" ? EventClass::kCr3 : k == "entry_action" ? EventClass::kSyscallEntry
+                           : k == "exit_action" ? EventClass::kSyscallExit : EventClass::kBreakpoint;
+      o.initial.actions[static_cast<std::size_t>(c)] = act;
+    } else if (k == "snaplen") {
+      if (!parse_u64(v, &n) || n > abi::kMaxSnapLen) return bad("needs 0..65536");
+      o.initial.snap_len = static_cast<std::uint32_t>(n);
+    } else if (k == "sync_wait") {
+      if (v == "spin") o.sync_wait = abi::WaitMode::kSpin;
+      else if (v == "block") o.sync_wait = abi::WaitMode::kBlock;
+      else if (v == "adaptive") o.sync_wait = abi::WaitMode::kAdaptive;
+      else return bad("needs spin, block or adaptive");
+    } else if (k == "sync_spin_us") {
+      if (!parse_u64(v, &n) || n > 100'000) return bad("needs 0..100000");
+      o.sync_spin_ns = n * 1000;
+    } else if (k == "sync_timeout_ms") {
+      if (!parse_u64(v, &n) || n < 1 || n > 60'000) return bad("needs 1..60000");
+      o.sync_timeout_ns = n * 1'000'000;
+    } else if (k == "count") {
+      if (v == "on") o.count_only = true;
+      else if (v == "off") o.count_only = false;
+      else return bad("needs on or off");
+    } else {
+      return bad("unknown key");
+    }
+  }
+  if (o.shm_path.empty() && !o.count_only) {
+    set_why(why, "missing shm=PATH (the event rings file to create)");
+    return false;
+  }
+  *out = std::move(o);
+  return true;
+}
+
+abi::CtlStatus apply_control(const void* msg, std::size_t len, const FilterConfig& cur, FilterConfig* next,
+                             abi::CtlType* type, std::string* why) {
+  using abi::CtlStatus;
+  *type = abi::CtlType{};
+  if (len < sizeof(abi::CtlHeader)) {
+    set_why(why, "message shorter than its header");
+    return CtlStatus::kBadSize;
+  }
+  abi::CtlHeader h;
+  std::memcpy(&h, msg, sizeof h);
+  if (h.magic != abi::kCtlMagic) {
+    set_why(why, "bad magic");
+    return CtlStatus::kBadMagic;
+  }
+  if (h.version != abi::kAbiVersion) {
+    set_why(why, "ABI version " + std::to_string(h.version) + " not supported (monitor speaks " +
+                     std::to_string(abi::kAbiVersion) + ")");
+    return CtlStatus::kBadVersion;
+  }
+  *type = static_cast<abi::CtlType>(h.type);
+  std::size_t want = 0;
+  switch (*type) {
+    case abi::CtlType::kAttach: want = sizeof(abi::AttachMsg); break;
+    case abi::CtlType::kSetDtbs: want = sizeof(abi::SetDtbsMsg); break;
+    case abi::CtlType::kSetSyscalls: want = sizeof(abi::SetSyscallsMsg); break;
+    case abi::CtlType::kSetActions: want = sizeof(abi::SetActionsMsg); break;
+    case abi::CtlType::kSetSnapLen: want = sizeof(abi::SetSnapLenMsg); break;
+    case abi::CtlType::kDetach:
+    case abi::CtlType::kGetStats: want = sizeof(abi::CtlHeader); break;
+    default:
+      set_why(why, "unknown message type " + std::to_string(h.type));
+      *type = abi::CtlType{};
+      return CtlStatus::kBadType;
+  }
+  if (h.size != len || len != want) {
+    set_why(why, "message of type " + std::to_string(h.type) + " must be " + std::to_string(want) +
+                     " bytes (header says " + std::to_string(h.size) + ", got " + std::to_string(len) + ")");
+    return CtlStatus::kBadSize;
+  }
+  FilterConfig n = cur;
+  switch (*type) {
+    case abi::CtlType::kSetDtbs: {
+      abi::SetDtbsMsg m;
+      std::memcpy(&m, msg, sizeof m);
+      if (m.mode > static_cast<std::uint32_t>(abi::DtbMode::kSet)) {
+        set_why(why, "DTB mode must be 0 (all) or 1 (set)");
+        return CtlStatus::kBadValue;
+      }
+      if (m.count > abi::kMaxDtbs || (m.mode == 0 && m.count != 0)) {
+        set_why(why, "DTB count must be 0..64 (0 with mode all)");
+        return CtlStatus::kBadValue;
+      }
+      for (std::uint32_t i = 0; i < abi::kMaxDtbs; ++i) {
+        if (i >= m.count && m.dtbs[i] != 0) {
+          set_why(why, "DTB entries past count must be zero");
+          return CtlStatus::kBadValue;
+        }
+        if (i < m.count && (m.dtbs[i] == 0 || (m.dtbs[i] & ~abi::kDtbMask) != 0)) {
+          set_why(why, "DTB " + std::to_string(i) + " is not a page-table base (low 13 bits and bit 63 must be 0)");
+          return CtlStatus::kBadValue;
+        }
+      }
+      n.dtb_mode = static_cast<abi::DtbMode>(m.mode);
+      n.n_dtbs = m.count;
+      std::memcpy(n.dtbs, m.dtbs, sizeof n.dtbs);
+      break;
+    }
+    case abi::CtlType::kSetSyscalls: {
+      abi::SetSyscallsMsg m;
+      std::memcpy(&m, msg, sizeof m);
+      bool any = false;
+      for (auto w : m.bitmap) any |= w != 0;
+      if (m.all > 1 || m.reserved != 0 || (m.all == 1 && any)) {
+        set_why(why, "syscall set: all must be 0 or 1, bitmap empty when all=1, reserved 0");
+        return CtlStatus::kBadValue;
+      }
+      n.all_syscalls = m.all == 1;
+      std::memcpy(n.syscall_bitmap, m.bitmap, sizeof n.syscall_bitmap);
+      break;
+    }
+    case abi::CtlType::kSetActions: {
+      abi::SetActionsMsg m;
+      std::memcpy(&m, msg, sizeof m);
+      for (std::size_t i = 0; i < static_cast<std::size_t>(EventClass::kCount); ++i) {
+        if (m.actions[i] > static_cast<std::uint8_t>(Action::kSync)) {
+          set_why(why, "action " + std::to_string(m.actions[i]) + " for class " + std::to_string(i) +
+                           " is not 0 (drop), 1 (async) or 2 (sync)");
+          return CtlStatus::kBadValue;
+        }
+      }
+      if (m.reserved != 0) {
+        set_why(why, "reserved must be 0");
+        return CtlStatus::kBadValue;
+      }
+      for (std::size_t i = 0; i < static_cast<std::size_t>(EventClass::kCount); ++i)
+        n.actions[i] = static_cast<Action>(m.actions[i]);
+      break;
+    }
+    case abi::CtlType::kSetSnapLen: {
+      abi::SetSnapLenMsg m;
+      std::memcpy(&m, msg, sizeof m);
+      if (m.snap_len > abi::kMaxSnapLen || m.reserved != 0) {
+        set_why(why, "snap length must be 0..65536");
+        return CtlStatus::kBadValue;
+      }
+      n.snap_len = m.snap_len;
+      break;
+    }
+    default:
+      *next = cur;
+      return CtlStatus::kOk;
+  }
+  n.generation = cur.generation + 1;
+  *next = n;
+  return CtlStatus::kOk;
+}
+
+}  // namespace hvtrace::monitor

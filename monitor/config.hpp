@@ -1,0 +1,72 @@
+// The monitor's configuration: what the plugin arguments set at start (Options) and what the
+// control channel changes at run time (FilterConfig). Parsing and validation are pure functions so
+// they are unit-tested without QEMU; a rejected argument or message changes nothing and yields a
+// reason a person can act on.
+#pragma once
+
+#include "hvtrace/abi/control.h"
+#include "hvtrace/abi/events.h"
+#include "hvtrace/abi/spsc.hpp"
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace hvtrace::monitor {
+
+using abi::Action;
+using abi::EventClass;
+
+// The filter in force. Plain data, copied whole on every change and published at once.
+struct FilterConfig {
+  std::uint32_t generation = 0;
+  abi::DtbMode dtb_mode = abi::DtbMode::kAll;
+  std::uint32_t n_dtbs = 0;
+  std::uint64_t dtbs[abi::kMaxDtbs] = {};
+  bool all_syscalls = true;
+  std::uint64_t syscall_bitmap[abi::kSyscallBits / 64] = {};
+  Action actions[static_cast<std::size_t>(EventClass::kCount)] = {Action::kDrop, Action::kDrop, Action::kDrop,
+                                                                   Action::kDrop};
+  std::uint32_t snap_len = abi::kDefaultSnapLen;
+
+  [[nodiscard]] Action action(EventClass c) const { return actions[static_cast<std::size_t>(c)]; }
+  [[nodiscard]] bool dtb_passes(std::uint64_t dtb) const {
+    if (dtb_mode == abi::DtbMode::kAll) return true;
+    for (std::uint32_t i = 0; i < n_dtbs; ++i)
+      if (dtbs[i] == dtb) return true;
+    return false;
+  }
+  [[nodiscard]] bool syscall_passes(std::uint64_t nr) const {
+    if (all_syscalls) return true;
+    return nr < abi::kSyscallBits && (syscall_bitmap[nr / 64] >> (nr % 64) & 1) != 0;
+  }
+};
+
+// Everything fixed at QEMU start.
+struct Options {
+  std::string shm_path;                      // shm=PATH (required)
+  std::string ctl_path;                      // ctl=PATH (optional: no run-time control without it)
+  std::uint32_t ring_bytes = abi::kDefaultRingBytes;
+  std::uint64_t entry_va = 0;                // entry=auto|0xVA (0: detect)
+  std::vector<std::uint64_t> breakpoints;    // bp=0xVA, repeatable
+  abi::WaitMode sync_wait = abi::WaitMode::kAdaptive;
+  std::uint64_t sync_spin_ns = 20'000;
+  std::uint64_t sync_timeout_ns = 1'000'000'000;
+  bool count_only = false;                   // count=on: only the independent inline counters
+  FilterConfig initial;                      // dtb=, syscalls=, cr3=/entry=/exit=/bp_action=, snaplen=
+};
+
+// Parse QEMU's "-plugin lib.so,key=value,..." arguments. On error returns false and sets *why.
+bool parse_options(int argc, const char* const* argv, Options* out, std::string* why);
+
+// The usage text printed with an argument error.
+const char* options_usage();
+
+// Validate one control message and derive the next configuration from `cur`. Returns kOk and fills
+// *next (generation = cur.generation + 1) or an error status with *why; *type gets the message type
+// (0 if unreadable). Attach/Detach/GetStats are validated here but change nothing (next = cur).
+abi::CtlStatus apply_control(const void* msg, std::size_t len, const FilterConfig& cur, FilterConfig* next,
+                             abi::CtlType* type, std::string* why);
+
+}  // namespace hvtrace::monitor

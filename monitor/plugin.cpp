@@ -1,0 +1,529 @@
+// libhvtrace-monitor.so: the paper's hypervisor extension as a QEMU 10 TCG plugin. It decides at
+// translation time which guest instructions are trap sites (user `syscall`, the kernel's syscall
+// entry point, `mov %reg,%cr3`, `sysretq`, `iretq`, breakpoint addresses) and attaches conditional
+// callbacks whose conditions (VcpuBoard in monitor.hpp) the filter flips at run time. Callbacks
+// read registers and guest memory, filter in the hypervisor (DTB set, syscall set, action), copy
+// the ephemeral data (captures) and publish one record into this vCPU's ring; a sync action then
+// waits for the consumer's ack, bounded by a timeout and by the consumer's presence.
+// The C ABI edge is qemu_plugin_install and qemu_plugin_version, the only exported symbols.
+#include "monitor.hpp"
+#include "syscall_captures.hpp"
+#include "x86.hpp"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstddef>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <string>
+
+void hvtrace_monitor_register_callbacks();
+
+using namespace hvtrace::monitor;
+namespace abi = hvtrace::abi;
+
+extern "C" {
+QEMU_PLUGIN_EXPORT int qemu_plugin_version = QEMU_PLUGIN_VERSION;
+}
+
+namespace hvtrace::monitor {
+
+Monitor* g_mon = nullptr;
+
+namespace {
+
+enum Gpr : unsigned { RAX = 0, RCX = 1, RDX = 2, RBX = 3, RSP = 4, RBP = 5, RSI = 6, RDI = 7,
+                      R8 = 8, R9 = 9, R10 = 10, R11 = 11 };
+
+std::uint64_t read_reg(Vcpu& v, qemu_plugin_register* h) {
+  if (h == nullptr) return 0;
+  g_byte_array_set_size(v.regbuf, 0);
+  const int n = qemu_plugin_read_register(h, v.regbuf);
+  std::uint64_t x = 0;
+  if (n > 0) std::memcpy(&x, v.regbuf->data, n < 8 ? static_cast<std::size_t>(n) : 8);
+  return x;
+}
+
+bool read_mem(Vcpu& v, std::uint64_t va, void* dst, std::size_t len) {
+  if (len == 0) return true;
+  if (!qemu_plugin_read_memory_vaddr(va, v.membuf, len)) return false;
+  std::memcpy(dst, v.membuf->data, len);
+  return true;
+}
+
+// Hazard-pointer read of the config in force.
+const FilterConfig* acquire_cfg(Monitor& m, Vcpu& v) {
+  for (;;) {
+    const FilterConfig* c = m.current.load(std::memory_order_acquire);
+    v.hazard.store(c, std::memory_order_seq_cst);
+    if (m.current.load(std::memory_order_seq_cst) == c) return c;
+  }
+}
+void release_cfg(Vcpu& v) { v.hazard.store(nullptr, std::memory_order_release); }
+
+// A string at va: copies at most snap bytes, scans up to max(snap, 4096) for the NUL.
+std::uint32_t copy_string(Vcpu& v, std::uint64_t va, std::uint8_t* out, std::uint32_t snap, abi::Capture* c) {
+  const std::uint64_t limit = snap > 4096 ? snap : 4096;
+  std::uint64_t scanned = 0;
+  std::uint32_t copied = 0;
+  std::uint8_t chunk[256];
+  while (scanned < limit) {
+    std::uint64_t n = 256 - ((va + scanned) & 255);  // never cross a page within one read
+    if (n > limit - scanned) n = limit - scanned;
+    if (!read_mem(v, va + scanned, chunk, n)) {
+      c->flags |= abi::kCaptureFault | abi::kCaptureLenUnknown;
+      c->true_len = scanned;
+      return copied;
+    }
+    const void* nul = std::memchr(chunk, 0, n);
+    const std::uint64_t used = nul ? static_cast<std::uint64_t>(static_cast<const std::uint8_t*>(nul) - chunk) : n;
+    if (copied < snap) {
+      const std::uint64_t take = used < snap - copied ? used : snap - copied;
+      std::memcpy(out + copied, chunk, take);
+      copied += static_cast<std::uint32_t>(take);
+    }
+    scanned += used;
+    if (nul) {
+      c->true_len = scanned;
+      return copied;
+    }
+  }
+  c->flags |= abi::kCaptureLenUnknown;
+  c->true_len = scanned;
+  return copied;
+}
+
+std::uint32_t copy_buffer(Vcpu& v, std::uint64_t va, std::uint64_t len, std::uint8_t* out, std::uint32_t snap,
+                          abi::Capture* c) {
+  c->true_len = len;
+  std::uint64_t want = len < snap ? len : snap;
+  // Page by page so that a fault late in the buffer still yields the readable prefix.
+  std::uint64_t done = 0;
+  while (done < want) {
+    std::uint64_t n = 4096 - ((va + done) & 4095);
+    if (n > want - done) n = want - done;
+    if (!read_mem(v, va + done, out + done, n)) {
+      c->flags |= abi::kCaptureFault;
+      break;
+    }
+    done += n;
+  }
+  return static_cast<std::uint32_t>(done);
+}
+
+std::uint32_t copy_argv(Vcpu& v, std::uint64_t va, std::uint8_t* out, std::uint32_t snap, abi::Capture* c) {
+  const std::uint32_t budget = snap * 4 < abi::kMaxSnapLen ? snap * 4 : abi::kMaxSnapLen;
+  std::uint32_t copied = 0;
+  std::uint64_t argc = 0;
+  for (; argc < abi::kMaxArgv; ++argc) {
+    std::uint64_t p = 0;
+    if (!read_mem(v, va + argc * 8, &p, 8)) {
+      c->flags |= abi::kCaptureFault;
+      break;
+    }
+    if (p == 0) break;
+    if (copied >= budget) {
+      c->flags |= abi::kCaptureTruncated;
+      continue;  // keep counting argc
+    }
+    abi::Capture tmp{};
+    const std::uint32_t room = budget - copied - 1;
+    const std::uint32_t n = copy_string(v, p, out + copied, snap < room ? snap : room, &tmp);
+    if (tmp.flags != 0 || tmp.true_len > n) c->flags |= abi::kCaptureTruncated;
+    copied += n;
+    out[copied++] = 0;
+  }
+  if (argc == abi::kMaxArgv) c->flags |= abi::kCaptureTruncated | abi::kCaptureLenUnknown;
+  c->true_len = argc;
+  return copied;
+}
+
+// Build the captures of one syscall into v.scratch; returns their total size, sets *count.
+std::uint32_t build_captures(Vcpu& v, const SyscallCaptures* spec, const std::uint64_t* args, std::int64_t ret,
+                             std::uint32_t snap, std::uint32_t* count) {
+  *count = 0;
+  if (spec == nullptr || snap == 0) return 0;
+  std::uint32_t off = 0;
+  for (unsigned i = 0; i < spec->n; ++i) {
+    const CaptureSpec& cs = spec->c[i];
+    auto* c = reinterpret_cast<abi::Capture*>(v.scratch + off);
+    *c = abi::Capture{cs.arg, static_cast<std::uint8_t>(cs.kind), 0, 0, 0};
+    std::uint8_t* data = v.scratch + off + sizeof(abi::Capture);
+    std::uint32_t n = 0;
+    switch (cs.kind) {
+      case abi::CaptureKind::kString: n = copy_string(v, args[cs.arg], data, snap, c); break;
+      case abi::CaptureKind::kArgv: n = copy_argv(v, args[cs.arg], data, snap, c); break;
+      case abi::CaptureKind::kBuffer: {
+        const std::int64_t len = cs.len_arg < 0 ? ret : static_cast<std::int64_t>(args[cs.len_arg]);
+        if (len <= 0) continue;  // nothing transferred
+        n = copy_buffer(v, args[cs.arg], static_cast<std::uint64_t>(len), data, snap, c);
+        break;
+      }
+    }
+    c->data_len = n;
+    if (cs.kind != abi::CaptureKind::kArgv && c->true_len > n) c->flags |= abi::kCaptureTruncated;
+    const std::uint32_t padded = abi::align_record(n);
+    std::memset(data + n, 0, padded - n);
+    off += static_cast<std::uint32_t>(sizeof(abi::Capture)) + padded;
+    ++*count;
+  }
+  return off;
+}
+
+// Publish `body` (+ `extra` bytes from scratch) as one record; waits for the ack when sync.
+void emit(Monitor& m, unsigned vcpu, Vcpu& v, const FilterConfig& cfg, Action act, abi::RecordType type,
+          abi::EventHeader* body, std::uint32_t body_size, const std::uint8_t* extra, std::uint32_t extra_size,
+          std::uint64_t* seq_out = nullptr) {
+  const std::uint64_t seq = v.prod.take_seq();
+  if (seq_out) *seq_out = seq;
+  const bool sync = act == Action::kSync && abi::aref(m.consumer_gone).load(std::memory_order_acquire) == 0;
+  const std::uint32_t size = abi::align_record(body_size + extra_size);
+  auto* p = static_cast<std::uint8_t*>(v.prod.reserve(seq, size));
+  if (p == nullptr) return;
+  body->rec = abi::RecordHeader{static_cast<std::uint16_t>(type), 0, size};
+  if (sync) body->rec.flags |= abi::kFlagSync;
+  if (v.last_sync_timed_out) body->rec.flags |= abi::kFlagSyncTimedOut;
+  v.last_sync_timed_out = false;
+  body->seq = seq;
+  body->time_ns = abi::monotonic_ns();
+  body->vcpu = vcpu;
+  body->generation = cfg.generation;
+  std::memcpy(p, body, body_size);
+  if (extra_size) std::memcpy(p + body_size, extra, extra_size);
+  if (size > body_size + extra_size) std::memset(p + body_size + extra_size, 0, size - body_size - extra_size);
+  v.prod.commit();
+  if (sync && !v.prod.wait_ack(seq, m.opt.sync_wait, m.opt.sync_spin_ns, m.opt.sync_timeout_ns, &m.consumer_gone))
+    v.last_sync_timed_out = true;
+}
+
+void on_syscall_entry_body(Monitor& m, unsigned vcpu) {
+  Vcpu& v = m.vcpus[vcpu];
+  if (!v.ready || !v.has_ring) return;
+  std::uint64_t args[6];
+  const std::uint64_t cr3 = read_reg(v, v.cr3);
+  const std::uint64_t dtb = abi::dtb_of_cr3(cr3);
+  const FilterConfig& cfg = *acquire_cfg(m, v);
+  const Action act = cfg.action(EventClass::kSyscallEntry);
+  if (act == Action::kDrop || !cfg.dtb_passes(dtb)) {
+    release_cfg(v);
+    return;
+  }
+  const std::uint64_t nr = read_reg(v, v.gpr[RAX]);
+  args[0] = read_reg(v, v.gpr[RDI]);
+  args[1] = read_reg(v, v.gpr[RSI]);
+  args[2] = read_reg(v, v.gpr[RDX]);
+  args[3] = read_reg(v, v.gpr[R10]);
+  args[4] = read_reg(v, v.gpr[R8]);
+  args[5] = read_reg(v, v.gpr[R9]);
+  const std::uint64_t rsp = read_reg(v, v.gpr[RSP]);
+  OpenEntry* slot = nullptr;
+  if (cfg.action(EventClass::kSyscallExit) != Action::kDrop) {
+    slot = &v.open[v.next_open++ % kOpenEntries];
+    for (auto& o : v.open)  // a stale entry of the same thread (exit never seen) is replaced
+      if (o.used && o.dtb == dtb && o.rsp == rsp) slot = &o;
+    slot->used = true;
+    slot->dtb = dtb;
+    slot->rsp = rsp;
+    slot->nr = nr;
+    slot->seq = 0;
+    std::memcpy(slot->args, args, sizeof args);
+  }
+  if (!cfg.syscall_passes(nr)) {
+    release_cfg(v);
+    return;
+  }
+  abi::SyscallEntryEvent e{};
+  e.nr = nr;
+  std::memcpy(e.args, args, sizeof args);
+  e.cr3 = cr3;
+  e.user_rip = read_reg(v, v.gpr[RCX]);
+  e.user_rsp = rsp;
+  e.user_syscalls = qemu_plugin_u64_get(m.f_user_syscalls, vcpu);
+  const std::uint32_t extra = build_captures(v, find_captures(nr, false), args, 0, cfg.snap_len, &e.n_captures);
+  std::uint64_t seq = 0;
+  emit(m, vcpu, v, cfg, act, abi::RecordType::kSyscallEntry, &e.hdr, sizeof e, v.scratch, extra, &seq);
+  if (slot) slot->seq = seq;
+  release_cfg(v);
+}
+
+void on_syscall_entry(unsigned vcpu, void*) {
+  Monitor& m = *g_mon;
+  qemu_plugin_u64_set(m.f_entry_gate, vcpu, 0);
+  on_syscall_entry_body(m, vcpu);
+}
+
+// Fires on the first kernel instruction executed after a user `syscall` while the entry point is
+// unknown: that instruction is the entry point (entry_SYSCALL_64). Handles this syscall like the
+// entry callback would, then flushes the code cache once so that only the entry point is trapped.
+void on_detect(unsigned vcpu, void* udata) {
+  Monitor& m = *g_mon;
+  qemu_plugin_u64_set(m.f_detect, vcpu, 0);
+  const std::uint64_t va = reinterpret_cast<std::uintptr_t>(udata);
+  std::uint64_t expected = 0;
+  if (m.entry_va.compare_exchange_strong(expected, va) && m.shm_hdr)
+    abi::aref(m.shm_hdr->syscall_entry_va).store(va, std::memory_order_release);
+  if (qemu_plugin_u64_get(m.f_entry_gate, vcpu) == 1) on_syscall_entry(vcpu, nullptr);
+  if (!m.reset_requested.exchange(true))
+    qemu_plugin_reset(m.id, [](qemu_plugin_id_t) { ::hvtrace_monitor_register_callbacks(); });
+}
+
+OpenEntry* find_open(Vcpu& v, std::uint64_t dtb, std::uint64_t rsp) {
+  for (auto& o : v.open)
+    if (o.used && o.dtb == dtb && o.rsp == rsp) return &o;
+  return nullptr;
+}
+
+void on_return_to_user(Monitor& m, unsigned vcpu, Vcpu& v, abi::ExitVia via, std::uint64_t user_rip,
+                       std::uint64_t user_rsp) {
+  const std::uint64_t cr3 = read_reg(v, v.cr3);
+  const std::uint64_t dtb = abi::dtb_of_cr3(cr3);
+  OpenEntry* o = find_open(v, dtb, user_rsp);
+  if (o == nullptr && via == abi::ExitVia::kIret) return;  // an interrupt or exception returning
+  const FilterConfig& cfg = *acquire_cfg(m, v);
+  const Action act = cfg.action(EventClass::kSyscallExit);
+  const std::int64_t nr = o ? static_cast<std::int64_t>(o->nr) : -1;
+  if (act == Action::kDrop || !cfg.dtb_passes(dtb) || (nr < 0 ? !cfg.all_syscalls : !cfg.syscall_passes(nr))) {
+    if (o) o->used = false;
+    release_cfg(v);
+    return;
+  }
+  abi::SyscallExitEvent e{};
+  e.ret = static_cast<std::int64_t>(read_reg(v, v.gpr[RAX]));
+  e.nr = nr;
+  e.cr3 = cr3;
+  e.user_rip = user_rip;
+  e.user_rsp = user_rsp;
+  e.entry_seq = o ? o->seq : 0;
+  e.via = static_cast<std::uint16_t>(via);
+  std::uint32_t extra = 0;
+  if (o) extra = build_captures(v, find_captures(o->nr, true), o->args, e.ret, cfg.snap_len, &e.n_captures);
+  if (o) o->used = false;
+  emit(m, vcpu, v, cfg, act, abi::RecordType::kSyscallExit, &e.hdr, sizeof e, v.scratch, extra);
+  release_cfg(v);
+}
+
+void on_sysret(unsigned vcpu, void*) {
+  Monitor& m = *g_mon;
+  Vcpu& v = m.vcpus[vcpu];
+  if (!v.ready || !v.has_ring) return;
+  on_return_to_user(m, vcpu, v, abi::ExitVia::kSysret, read_reg(v, v.gpr[RCX]), read_reg(v, v.gpr[RSP]));
+}
+
+void on_iret(unsigned vcpu, void*) {
+  Monitor& m = *g_mon;
+  Vcpu& v = m.vcpus[vcpu];
+  if (!v.ready || !v.has_ring) return;
+  std::uint64_t frame[4];  // RIP, CS, RFLAGS, RSP
+  if (!read_mem(v, read_reg(v, v.gpr[RSP]), frame, sizeof frame)) return;
+  if ((frame[1] & 3) != 3) return;  // back to kernel mode: not the end of a syscall
+  on_return_to_user(m, vcpu, v, abi::ExitVia::kIret, frame[0], frame[3]);
+}
+
+constexpr std::uint64_t encode_site(std::uint64_t va, unsigned low4) {
+  return ((va & 0x0000'ffff'ffff'ffffULL) << 4) | low4;
+}
+constexpr std::uint64_t site_va(std::uint64_t u) { return (u >> 4) | 0xffff'0000'0000'0000ULL; }
+
+void on_cr3_write(unsigned vcpu, void* udata) {
+  Monitor& m = *g_mon;
+  Vcpu& v = m.vcpus[vcpu];
+  if (!v.ready || !v.has_ring) return;
+  const std::uint64_t u = reinterpret_cast<std::uintptr_t>(udata);
+  const std::uint64_t old_cr3 = read_reg(v, v.cr3);
+  const std::uint64_t new_cr3 = read_reg(v, v.gpr[u & 15]);
+  const std::uint64_t new_dtb = abi::dtb_of_cr3(new_cr3);
+  v.cur_dtb.store(new_dtb, std::memory_order_relaxed);
+  const FilterConfig* cfg = acquire_cfg(m, v);
+  rearm_vcpu(m, vcpu, *cfg, new_dtb);
+  if (m.current.load(std::memory_order_acquire) != cfg) {  // changed meanwhile: arm by the new one
+    release_cfg(v);
+    cfg = acquire_cfg(m, v);
+    rearm_vcpu(m, vcpu, *cfg, new_dtb);
+  }
+  const Action act = cfg->action(EventClass::kCr3);
+  if (act != Action::kDrop &&
+      (cfg->dtb_mode == abi::DtbMode::kAll || cfg->dtb_passes(abi::dtb_of_cr3(old_cr3)) || cfg->dtb_passes(new_dtb))) {
+    abi::Cr3WriteEvent e{};
+    e.old_cr3 = old_cr3;
+    e.new_cr3 = new_cr3;
+    e.rip = site_va(u);
+    e.cr3_writes = qemu_plugin_u64_get(m.f_cr3_writes, vcpu);
+    emit(m, vcpu, v, *cfg, act, abi::RecordType::kCr3Write, &e.hdr, sizeof e, nullptr, 0);
+  }
+  release_cfg(v);
+}
+
+void on_breakpoint(unsigned vcpu, void* udata) {
+  Monitor& m = *g_mon;
+  Vcpu& v = m.vcpus[vcpu];
+  if (!v.ready || !v.has_ring) return;
+  const std::uint64_t cr3 = read_reg(v, v.cr3);
+  const FilterConfig& cfg = *acquire_cfg(m, v);
+  const Action act = cfg.action(EventClass::kBreakpoint);
+  if (act != Action::kDrop && cfg.dtb_passes(abi::dtb_of_cr3(cr3))) {
+    abi::BreakpointEvent e{};
+    e.va = site_va(reinterpret_cast<std::uintptr_t>(udata));
+    e.cr3 = cr3;
+    e.rsp = read_reg(v, v.gpr[RSP]);
+    const unsigned regs[7] = {RDI, RSI, RDX, RCX, R8, R9, RAX};
+    for (unsigned i = 0; i < 7; ++i) e.regs[i] = read_reg(v, v.gpr[regs[i]]);
+    emit(m, vcpu, v, cfg, act, abi::RecordType::kBreakpoint, &e.hdr, sizeof e, nullptr, 0);
+  }
+  release_cfg(v);
+}
+
+void on_tb_trans(qemu_plugin_id_t, qemu_plugin_tb* tb) {
+  Monitor& m = *g_mon;
+  const bool kernel = is_kernel_va(qemu_plugin_tb_vaddr(tb));
+  const std::size_t n = qemu_plugin_tb_n_insns(tb);
+  const std::uint64_t entry = m.entry_va.load(std::memory_order_acquire);
+  const bool counting = m.opt.count_only;
+  for (std::size_t i = 0; i < n; ++i) {
+    qemu_plugin_insn* insn = qemu_plugin_tb_get_insn(tb, i);
+    std::uint8_t b[16];
+    const std::size_t size = qemu_plugin_insn_size(insn);
+    const std::size_t got = qemu_plugin_insn_data(insn, b, sizeof b);
+    if (got != size) continue;
+    const std::uint64_t va = qemu_plugin_insn_vaddr(insn);
+    if (!kernel) {
+      if (is_syscall(b, size)) {
+        qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(insn, QEMU_PLUGIN_INLINE_ADD_U64, m.f_user_syscalls, 1);
+        if (counting) continue;
+        qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(insn, QEMU_PLUGIN_INLINE_ADD_U64, m.f_entry_gate, 1);
+        if (entry == 0)
+          qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(insn, QEMU_PLUGIN_INLINE_STORE_U64, m.f_detect, 1);
+      }
+      continue;
+    }
+    const int src = mov_to_cr3_source(b, size);
+    if (src >= 0) {
+      qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(insn, QEMU_PLUGIN_INLINE_ADD_U64, m.f_cr3_writes, 1);
+      if (!counting)
+        qemu_plugin_register_vcpu_insn_exec_cond_cb(insn, on_cr3_write, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_COND_EQ,
+                                                    m.f_cr3_armed, 1,
+                                                    reinterpret_cast<void*>(encode_site(va, static_cast<unsigned>(src))));
+    }
+    if (counting) continue;
+    if (i == 0 && entry == 0)
+      qemu_plugin_register_vcpu_insn_exec_cond_cb(insn, on_detect, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_COND_EQ,
+                                                  m.f_detect, 1, reinterpret_cast<void*>(va));
+    if (entry != 0 && va == entry)
+      qemu_plugin_register_vcpu_insn_exec_cond_cb(insn, on_syscall_entry, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_COND_EQ,
+                                                  m.f_entry_gate, 1, nullptr);
+    if (is_sysretq(b, size))
+      qemu_plugin_register_vcpu_insn_exec_cond_cb(insn, on_sysret, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_COND_EQ,
+                                                  m.f_exit_armed, 1, nullptr);
+    if (is_iretq(b, size))
+      qemu_plugin_register_vcpu_insn_exec_cond_cb(insn, on_iret, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_COND_EQ,
+                                                  m.f_exit_armed, 1, nullptr);
+    for (const std::uint64_t bp : m.opt.breakpoints)
+      if (bp == va)
+        qemu_plugin_register_vcpu_insn_exec_cond_cb(insn, on_breakpoint, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_COND_EQ,
+                                                    m.f_bp_armed, 1, reinterpret_cast<void*>(encode_site(va, 0)));
+  }
+}
+
+void on_vcpu_init(qemu_plugin_id_t, unsigned vcpu) {
+  Monitor& m = *g_mon;
+  if (vcpu >= m.max_vcpus) return;
+  Vcpu& v = m.vcpus[vcpu];
+  v.regbuf = g_byte_array_sized_new(64);
+  v.membuf = g_byte_array_sized_new(abi::kMaxSnapLen + 4096);
+  v.scratch = static_cast<std::uint8_t*>(std::calloc(1, kScratchBytes));
+  GArray* regs = qemu_plugin_get_registers();
+  for (guint i = 0; regs && i < regs->len; ++i) {
+    const auto& d = g_array_index(regs, qemu_plugin_reg_descriptor, i);
+    for (unsigned r = 0; r < 16; ++r)
+      if (std::strcmp(d.name, kGprNames[r]) == 0) v.gpr[r] = d.handle;
+    if (std::strcmp(d.name, "cr3") == 0) v.cr3 = d.handle;
+  }
+  if (regs) g_array_free(regs, TRUE);
+  bool ok = v.cr3 != nullptr && v.scratch != nullptr;
+  for (auto* h : v.gpr) ok = ok && h != nullptr;
+  if (!ok) {
+    std::fprintf(stderr, "hvtrace-monitor: vCPU %u: registers rax..r15/cr3 not exposed by QEMU; vCPU not traced\n", vcpu);
+    return;
+  }
+  v.ready = true;
+  rearm_vcpu(m, vcpu, *m.current.load(std::memory_order_acquire), 0);
+}
+
+void on_exit(qemu_plugin_id_t, void*) {
+  Monitor& m = *g_mon;
+  stop_control(m);
+  if (m.shm) msync(m.shm, abi::kPageSize, MS_ASYNC);
+  // Rings stay mapped and the file stays: a consumer may still drain it. QEMU exits right after.
+}
+
+}  // namespace
+
+void rearm_vcpu(Monitor& m, unsigned vcpu, const FilterConfig& cfg, std::uint64_t dtb) {
+  const bool passes = cfg.dtb_passes(dtb);
+  const std::uint64_t gate = qemu_plugin_u64_get(m.f_entry_gate, vcpu);
+  const bool want_open = passes && cfg.action(EventClass::kSyscallEntry) != Action::kDrop;
+  // Leave a pending gate (1) alone; move between open (0) and closed (>= kGateClosed) otherwise.
+  if (want_open && gate >= kGateClosed) qemu_plugin_u64_set(m.f_entry_gate, vcpu, 0);
+  if (!want_open && gate < kGateClosed) qemu_plugin_u64_set(m.f_entry_gate, vcpu, kGateClosed);
+  qemu_plugin_u64_set(m.f_exit_armed, vcpu, passes && cfg.action(EventClass::kSyscallExit) != Action::kDrop);
+  qemu_plugin_u64_set(m.f_bp_armed, vcpu, passes && cfg.action(EventClass::kBreakpoint) != Action::kDrop);
+  qemu_plugin_u64_set(m.f_cr3_armed, vcpu,
+                      cfg.action(EventClass::kCr3) != Action::kDrop || cfg.dtb_mode == abi::DtbMode::kSet);
+}
+
+}  // namespace hvtrace::monitor
+
+void hvtrace_monitor_register_callbacks() {
+  Monitor& m = *g_mon;
+  qemu_plugin_register_vcpu_tb_trans_cb(m.id, on_tb_trans);
+  qemu_plugin_register_vcpu_init_cb(m.id, on_vcpu_init);
+  qemu_plugin_register_atexit_cb(m.id, on_exit, nullptr);
+}
+
+extern "C" QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t* info, int argc,
+                                                      char** argv) {
+  std::string why;
+  if (info == nullptr || !info->system_emulation || std::strcmp(info->target_name, "x86_64") != 0) {
+    std::fprintf(stderr, "hvtrace-monitor: needs qemu-system-x86_64 (full-system emulation)\n");
+    return -1;
+  }
+  auto* m = new (std::nothrow) Monitor();
+  if (m == nullptr) return -1;
+  if (!parse_options(argc, argv, &m->opt, &why)) {
+    std::fprintf(stderr, "hvtrace-monitor: %s\n%s", why.c_str(), options_usage());
+    delete m;
+    return -1;
+  }
+  m->id = id;
+  m->max_vcpus = static_cast<unsigned>(info->system.max_vcpus);
+  if (m->max_vcpus == 0 || m->max_vcpus > abi::kMaxVcpus) {
+    std::fprintf(stderr, "hvtrace-monitor: %u vCPUs not supported (1..%u)\n", m->max_vcpus, abi::kMaxVcpus);
+    delete m;
+    return -1;
+  }
+  m->vcpus = new Vcpu[m->max_vcpus];
+  m->pool[0] = m->opt.initial;
+  m->current.store(&m->pool[0]);
+  m->entry_va.store(m->opt.entry_va);
+  m->board = qemu_plugin_scoreboard_new(sizeof(VcpuBoard));
+  m->f_user_syscalls = qemu_plugin_u64{m->board, offsetof(VcpuBoard, user_syscalls)};
+  m->f_cr3_writes = qemu_plugin_u64{m->board, offsetof(VcpuBoard, cr3_writes)};
+  m->f_entry_gate = qemu_plugin_u64{m->board, offsetof(VcpuBoard, entry_gate)};
+  m->f_exit_armed = qemu_plugin_u64{m->board, offsetof(VcpuBoard, exit_armed)};
+  m->f_cr3_armed = qemu_plugin_u64{m->board, offsetof(VcpuBoard, cr3_armed)};
+  m->f_bp_armed = qemu_plugin_u64{m->board, offsetof(VcpuBoard, bp_armed)};
+  m->f_detect = qemu_plugin_u64{m->board, offsetof(VcpuBoard, detect)};
+  g_mon = m;
+  if (!m->opt.count_only) {
+    if (!create_rings(*m, &why) || !start_control(*m, &why)) {
+      std::fprintf(stderr, "hvtrace-monitor: %s\n", why.c_str());
+      if (m->shm) unlink(m->opt.shm_path.c_str());
+      return -1;  // QEMU uninstalls us; the Monitor object is leaked on purpose (QEMU exits)
+    }
+  }
+  hvtrace_monitor_register_callbacks();
+  return 0;
+}
