@@ -108,7 +108,7 @@ void run_ps(const PsOptions& o) {
     std::string path = o.ram_file;
     if (path.empty()) {
       auto rec = vm::find_vm(o.vm_name);
-      if (!rec) throw UserError(fmt::format("{} (start one with `hvtrace vm up --name {}`)", rec.error().message, o.vm_name));
+      if (!rec) throw UserError(rec.error().message);
       path = rec->ram_path.string();
     }
     ram = value_or_throw(mem::open_ram_file(path));

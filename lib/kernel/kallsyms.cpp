@@ -199,9 +199,9 @@ Result<KallsymsTables> locate_kallsyms(const mem::PhysMem& mem, const KallsymsLi
     return *t;
   }
   if (token_tables == 0)
-    return make_error("kallsyms token table not found in {} MiB of RAM ({} candidate digit runs)", mem.size() >> 20,
+    return make_error("kallsyms token table not found in {} of RAM ({} candidate digit runs)", mem::human_size(mem.size()),
                       hits.size());
-  return make_error("kallsyms tables not found in {} MiB of RAM{}", mem.size() >> 20, rejected);
+  return make_error("kallsyms tables not found in {} of RAM{}", mem::human_size(mem.size()), rejected);
 }
 
 Result<KallsymsTables> validate_kallsyms_at(const mem::PhysMem& mem, GPA relative_base_at, GPA token_table,

@@ -17,6 +17,13 @@ Error out_of_range(GPA gpa, std::uint64_t len, std::uint64_t size) {
                     size);
 }
 
+std::string human_size(std::uint64_t bytes) {
+  if (bytes >= (1ULL << 30) && bytes % (1ULL << 30) == 0) return fmt::format("{} GiB", bytes >> 30);
+  if (bytes >= (1ULL << 20)) return fmt::format("{} MiB", bytes >> 20);
+  if (bytes >= (1ULL << 10)) return fmt::format("{} KiB", bytes >> 10);
+  return fmt::format("{} bytes", bytes);
+}
+
 Result<std::unique_ptr<FileMem>> FileMem::open(const std::filesystem::path& path, Kind kind) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return make_error("opening guest RAM {}: {}", path.string(), std::strerror(errno));
@@ -46,8 +53,8 @@ FileMem::~FileMem() {
 }
 
 std::string FileMem::describe() const {
-  return fmt::format("{} {} ({} MiB)", kind_ == Kind::kSharedRam ? "RAM file" : "memory dump", path_.string(),
-                     size_ >> 20);
+  return fmt::format("{} {} ({})", kind_ == Kind::kSharedRam ? "RAM file" : "memory dump", path_.string(),
+                     human_size(size_));
 }
 
 namespace {
@@ -149,7 +156,7 @@ void FakeMem::for_each_extent(const std::function<bool(const Extent&)>& visit) c
   flush();
 }
 
-std::string FakeMem::describe() const { return fmt::format("fake memory ({} MiB)", size_ >> 20); }
+std::string FakeMem::describe() const { return fmt::format("fake memory ({})", human_size(size_)); }
 std::size_t FakeMem::pages_allocated() const { return pages_.size(); }
 
 }  // namespace hvtrace::mem

@@ -138,6 +138,8 @@ template <typename Fn>
 [[nodiscard]] constexpr bool in_range(std::uint64_t gpa, std::uint64_t len, std::uint64_t size) {
   return gpa <= size && len <= size - gpa;
 }
+// "256 MiB", "12 KiB", "100 bytes": sizes in messages.
+[[nodiscard]] std::string human_size(std::uint64_t bytes);
 [[nodiscard]] Error out_of_range(GPA gpa, std::uint64_t len, std::uint64_t size);
 
 }  // namespace hvtrace::mem

@@ -12,6 +12,9 @@
 #include <gtest/gtest.h>
 
 #include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <cstdio>
 
 #include <filesystem>
 #include <map>
@@ -228,4 +231,95 @@ TEST_F(Guest, WarmAttachUsesTheCachedProfile) {
   EXPECT_EQ(warm->how().rfind("cached profile", 0), 0u) << warm->how();
   EXPECT_EQ(warm->layout().text_va, cold->layout().text_va);
   EXPECT_EQ(warm->layout().text_pa, cold->layout().text_pa);
+}
+
+namespace {
+struct Cmd {
+  int status = -1;  // exit status, or 128 + signal
+  std::string out;
+};
+Cmd run(const std::string& cmd) {
+  Cmd c;
+  FILE* f = ::popen((cmd + " 2>&1").c_str(), "r");
+  if (f == nullptr) return c;
+  char buf[4096];
+  std::size_t n = 0;
+  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) c.out.append(buf, n);
+  const int st = ::pclose(f);
+  c.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  return c;
+}
+void patch(const fs::path& file, std::uint64_t pa, const void* bytes, std::size_t n) {
+  FILE* f = std::fopen(file.c_str(), "r+b");
+  ASSERT_NE(f, nullptr);
+  std::fseek(f, static_cast<long>(pa), SEEK_SET);
+  std::fwrite(bytes, 1, n, f);
+  std::fclose(f);
+}
+}  // namespace
+
+TEST_F(Guest, HvtracePsPrintsTheGuestsProcesses) {
+  const std::string env = fmt::format("HVTRACE_PROFILE_DIR={} ", profiles_->string());
+  Cmd table = run(fmt::format("{}{} ps --vm {}", env, HVTRACE_BIN, HVTRACE_GUEST_VM));
+  ASSERT_EQ(table.status, 0) << table.out;
+  EXPECT_EQ(table.out.rfind("   PID   PPID    UID S", 0), 0u) << table.out;
+  EXPECT_NE(table.out.find(" init\n"), std::string::npos) << table.out;
+  EXPECT_NE(table.out.find("[kthreadd]"), std::string::npos) << table.out;
+  Cmd json = run(fmt::format("{}{} ps --vm {} --json", env, HVTRACE_BIN, HVTRACE_GUEST_VM));
+  ASSERT_EQ(json.status, 0) << json.out;
+  EXPECT_EQ(json.out.rfind("{\"comm\":\"init\"", 0), 0u) << json.out;
+  Cmd tree = run(fmt::format("{}{} ps --vm {} --tree --explain", env, HVTRACE_BIN, HVTRACE_GUEST_VM));
+  ASSERT_EQ(tree.status, 0) << tree.out;
+  EXPECT_NE(tree.out.find("\\_ [rcu_gp]"), std::string::npos) << tree.out;
+  EXPECT_NE(tree.out.find("# offset task_struct.pid = "), std::string::npos);
+  EXPECT_NE(tree.out.find("BTF"), std::string::npos);
+}
+
+TEST_F(Guest, ASavedDumpWorksOfflineAndACorruptedOneGivesAnErrorNotACrash) {
+  const fs::path dump = fs::temp_directory_path() / fmt::format("hvtrace-itest-dump-{}", getpid());
+  const auto& qmp = vm_->record().qmp_path;
+  ASSERT_TRUE(vm::qmp_command(qmp, R"({"execute":"stop"})").ok());
+  Cmd cp = run(fmt::format("cp --sparse=always {} {}", vm_->record().ram_path.string(), dump.string()));
+  ASSERT_TRUE(vm::qmp_command(qmp, R"({"execute":"cont"})").ok());
+  ASSERT_EQ(cp.status, 0) << cp.out;
+  std::uint64_t init_tasks_pa = 0, token_table_pa = 0, first_node_pa = 0, first_node_va = 0;
+  {
+    auto m = mem::open_dump_file(dump);
+    ASSERT_TRUE(m.ok()) << m.error().message;
+    auto k = kernel::Kernel::discover(**m);
+    ASSERT_TRUE(k.ok()) << k.error().message;
+    auto lx = linux_os::Linux::attach(**k);
+    ASSERT_TRUE(lx.ok());
+    auto ps = lx->processes();
+    ASSERT_TRUE(ps.ok()) << ps.error().message;
+    EXPECT_GT(ps->size(), 20u);
+    auto pa = (*k)->to_phys(GVA{(*k)->symbol("init_task")->value + lx->task_layout().tasks});
+    ASSERT_TRUE(pa.ok());
+    init_tasks_pa = pa->value;
+    first_node_va = (*ps)[0].task.value + lx->task_layout().tasks;
+    auto node = (*k)->to_phys(GVA{first_node_va});
+    ASSERT_TRUE(node.ok());
+    first_node_pa = node->value;
+    token_table_pa = (*k)->kallsyms()->token_table.value;
+  }
+  const std::string env = fmt::format("HVTRACE_PROFILE_DIR={} ", profiles_->string());
+  // A task list that loops (the first task points at itself) without passing init_task again.
+  patch(dump, first_node_pa, &first_node_va, sizeof first_node_va);
+  Cmd loop = run(fmt::format("{}timeout 60 {} ps --dump {}", env, HVTRACE_BIN, dump.string()));
+  EXPECT_EQ(loop.status, 2) << loop.out;
+  EXPECT_NE(loop.out.find("loops"), std::string::npos) << loop.out;
+  // A wild task-list pointer: the walk fails, naming what it was reading.
+  const std::uint64_t wild = 0xffffc90000abc000ULL;
+  patch(dump, init_tasks_pa, &wild, sizeof wild);
+  Cmd bad_list = run(fmt::format("{}{} ps --dump {}", env, HVTRACE_BIN, dump.string()));
+  EXPECT_EQ(bad_list.status, 2) << bad_list.out;
+  EXPECT_NE(bad_list.out.find("reading task_struct at 0xffffc90000ab"), std::string::npos) << bad_list.out;
+  EXPECT_NE(bad_list.out.find("E not present"), std::string::npos) << bad_list.out;
+  // Wiped kallsyms tables: discovery says what it did not find.
+  std::vector<char> zeros(4096, 0);
+  patch(dump, token_table_pa & ~0xfffULL, zeros.data(), zeros.size());
+  Cmd no_syms = run(fmt::format("{}{} ps --no-cache --dump {}", env, HVTRACE_BIN, dump.string()));
+  EXPECT_EQ(no_syms.status, 2) << no_syms.out;
+  EXPECT_NE(no_syms.out.find("kallsyms"), std::string::npos) << no_syms.out;
+  fs::remove(dump);
 }
