@@ -129,7 +129,7 @@ TextVaAt fixed_text_va(GVA va) {
 }
 
 Result<KernelLayout> find_layout_by_banner(const mem::PhysMem& mem, const Profile& p, const TextVaAt& text_va_at,
-                                           std::string_view banner) {
+                                           std::string_view banner, bool scan_all = true) {
   auto it = p.symbols.find("linux_banner");
   if (it == p.symbols.end() || it->second.absolute) return make_error("no linux_banner symbol to find the kernel by");
   const std::uint64_t off = it->second.value;
@@ -151,6 +151,7 @@ Result<KernelLayout> find_layout_by_banner(const mem::PhysMem& mem, const Profil
     if (!mem.read(GPA{pa + off}, std::as_writable_bytes(std::span(buf))) || buf != want) continue;
     if (auto l = try_at(pa)) return *l;
   }
+  if (!scan_all) return make_error("kernel image not found from its banner ({})", last);
   std::optional<KernelLayout> found;
   int tries = 0;
   mem.for_each_extent([&](const mem::Extent& e) {
@@ -269,7 +270,7 @@ Result<std::unique_ptr<Kernel>> Kernel::attach(const mem::PhysMem& mem, const At
             auto v = mem.read_u64(GPA{text_pa.value + rb});
             return v ? std::optional<GVA>(GVA{*v}) : std::nullopt;
           },
-          p->banner);
+          p->banner, /*scan_all=*/false);  // a non-matching profile must stay cheap to reject
       if (!l) continue;
       auto k = std::make_unique<Kernel>(mem, std::move(*p), *l, "cached profile " + it->path().string());
       return k;
