@@ -17,7 +17,7 @@ using namespace hvtrace::abi;
 
 struct TestRing {
   explicit TestRing(std::uint32_t data_size, std::uint64_t start = 0)
-      : mem(static_cast<std::uint8_t*>(std::aligned_alloc(kPageSize, kPageSize + data_size))) {
+      : mem(static_cast<std::uint8_t*>(std::aligned_alloc(kPageSize, kPageSize + ((data_size + kPageSize - 1) / kPageSize) * kPageSize))) {
     std::memset(mem, 0xee, kPageSize + data_size);
     hdr = reinterpret_cast<RingHeader*>(mem);
     init_ring(*hdr, 0, data_size, kPageSize);

@@ -1,0 +1,389 @@
+// The monitor on the real guest, checked against independent counts: every user `syscall` the
+// guest executes (counted by an inline op in the plugin, a different code path from the entry-point
+// callback) arrives as exactly one syscall-entry event, and likewise every mov-to-CR3; with a DTB
+// set only that process's events arrive; run-time changes take effect; captured bytes are the
+// guest's; a consumer that dies in sync mode does not hang the guest; bad control messages and bad
+// plugin arguments are rejected with a reason.
+#include "events/control_client.hpp"
+#include "events/event_reader.hpp"
+#include "vm/vm.hpp"
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <map>
+#include <mutex>
+#include <thread>
+
+namespace hvtrace {
+namespace {
+
+using namespace std::chrono_literals;
+using events::ControlClient;
+using events::Event;
+using events::EventReader;
+using abi::RecordType;
+
+// Drains every ring on a thread and keeps what arrives.
+class Collector {
+ public:
+  explicit Collector(EventReader* r) : r_(r) {}
+  ~Collector() { stop(); }
+  void start() {
+    stop_ = false;
+    t_ = std::thread([this] {
+      while (!stop_) {
+        auto n = r_->poll([this](const Event& e) {
+          std::lock_guard lk(mu_);
+          ev_.push_back(e);
+        });
+        if (!n) {
+          std::lock_guard lk(mu_);
+          error_ = n.error().message;
+          return;
+        }
+        if (*n == 0) r_->wait(20ms);
+      }
+    });
+  }
+  void stop() {
+    stop_ = true;
+    if (t_.joinable()) t_.join();
+  }
+  std::vector<Event> take() {
+    std::lock_guard lk(mu_);
+    EXPECT_EQ(error_, "");
+    return std::exchange(ev_, {});
+  }
+
+ private:
+  EventReader* r_;
+  std::thread t_;
+  std::atomic<bool> stop_{false};
+  std::mutex mu_;
+  std::vector<Event> ev_;
+  std::string error_;
+};
+
+std::string shm_path(const char* vm) { return (vm::run_root() / vm / "mon.rings").string(); }
+std::string ctl_path(const char* vm) { return (vm::run_root() / vm / "mon.ctl").string(); }
+
+// Bad plugin arguments: QEMU itself (no guest) must refuse to start and say why.
+std::string qemu_with_plugin_args(const std::string& args, int* status) {
+  const std::string cmd = "qemu-system-x86_64 -accel tcg -nodefaults -display none -S -plugin " HVTRACE_MONITOR_PLUGIN +
+                          (args.empty() ? "" : "," + args) + " </dev/null 2>&1";
+  std::string out;
+  FILE* f = popen(cmd.c_str(), "r");
+  if (!f) return out;
+  char buf[4096];
+  std::size_t n;
+  while ((n = fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
+  *status = pclose(f);
+  return out;
+}
+
+TEST(MonitorArguments, BadPluginArgumentsMakeQemuExitWithTheReason) {
+  const std::string shm = "shm=/tmp/hvtrace-itest-never-created-" + std::to_string(getpid());
+  const std::pair<std::string, std::string> cases[] = {
+      {"bogus=1," + shm, "argument 'bogus=1': unknown key"},
+      {"snaplen=70000," + shm, "argument 'snaplen=70000': needs 0..65536"},
+      {"ring_kib=100," + shm, "argument 'ring_kib=100': needs a power of two"},
+      {"shm=relative/path", "needs an absolute path"},
+      {"entry=0x1234," + shm, "needs 'auto' or a kernel virtual address"},
+      {"cr3_action=maybe," + shm, "needs drop, async or sync"},
+      {"", "missing shm=PATH"},
+  };
+  for (const auto& [args, reason] : cases) {
+    int status = 0;
+    const std::string out = qemu_with_plugin_args(args, &status);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0) << args << " -> status " << status << "\n" << out;
+    EXPECT_NE(out.find("hvtrace-monitor: " ), std::string::npos) << out;
+    EXPECT_NE(out.find(reason), std::string::npos) << args << " -> " << out;
+  }
+}
+
+class Monitor : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto img = vm::load_image(vm::default_image_dir());
+    ASSERT_TRUE(img.ok()) << img.error().message;
+    vm::VmConfig c;
+    c.name = HVTRACE_MON_VM;
+    c.smp = HVTRACE_MON_SMP;
+    c.image = std::move(img).value();
+    c.plugin = vm::PluginSpec{HVTRACE_MONITOR_PLUGIN,
+                              {"shm=" + shm_path(HVTRACE_MON_VM), "ctl=" + ctl_path(HVTRACE_MON_VM),
+                               "sync_timeout_ms=200"}};
+    auto v = vm::Vm::start(c);
+    ASSERT_TRUE(v.ok()) << v.error().message;
+    vm_ = std::move(v).value().release();
+    auto r = EventReader::open(shm_path(HVTRACE_MON_VM), 5s);
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    reader_ = std::move(r).value().release();
+    ASSERT_EQ(reader_->rings(), HVTRACE_MON_SMP);
+    collector_ = new Collector(reader_);
+    collector_->start();
+    connect();
+  }
+  static void connect() {
+    auto cl = ControlClient::connect(ctl_path(HVTRACE_MON_VM), 5s);
+    ASSERT_TRUE(cl.ok()) << cl.error().message;
+    ctl_ = new ControlClient(std::move(cl).value());
+    auto a = ctl_->attach();
+    ASSERT_TRUE(a.ok()) << a.error().message;
+  }
+  static void TearDownTestSuite() {
+    delete collector_;
+    delete ctl_;
+    delete reader_;
+    if (vm_) (void)vm_->shutdown();
+    delete vm_;
+  }
+  void SetUp() override {
+    ASSERT_NE(ctl_, nullptr);
+    ASSERT_TRUE(ctl_->set_all_dtbs().ok());
+    ASSERT_TRUE(ctl_->set_syscalls(std::nullopt).ok());
+    ASSERT_TRUE(ctl_->set_snap_len(abi::kDefaultSnapLen).ok());
+    auto g = ctl_->set_actions({abi::Action::kAsync, abi::Action::kAsync, abi::Action::kAsync, abi::Action::kDrop});
+    ASSERT_TRUE(g.ok()) << g.error().message;
+    gen_ = *g;
+    std::this_thread::sleep_for(100ms);
+    collector_->take();
+  }
+  static std::string run(const std::string& cmd) {
+    auto r = vm_->exec(cmd, 120s);
+    EXPECT_TRUE(r.ok()) << cmd << ": " << (r.ok() ? "" : r.error().message);
+    if (!r.ok()) return "";
+    EXPECT_EQ(r->exit_status, 0) << cmd << ": " << r->err;
+    return r->out;
+  }
+  // Events of the current generation or later, collected after `settle`.
+  static std::vector<Event> since(std::uint32_t gen, std::chrono::milliseconds settle = 300ms) {
+    std::this_thread::sleep_for(settle);
+    std::vector<Event> out;
+    for (auto& e : collector_->take())
+      if (e.type == RecordType::kLost || e.generation >= gen) out.push_back(std::move(e));
+    return out;
+  }
+  static std::uint64_t total_dropped() {
+    std::uint64_t n = 0;
+    for (unsigned i = 0; i < reader_->rings(); ++i) n += reader_->stats(i).dropped();
+    return n;
+  }
+
+  static inline vm::Vm* vm_ = nullptr;
+  static inline EventReader* reader_ = nullptr;
+  static inline Collector* collector_ = nullptr;
+  static inline ControlClient* ctl_ = nullptr;
+  std::uint32_t gen_ = 0;
+};
+
+// Per ring, consecutive events carry the independent counter; delivered == executed means every
+// step of that counter between the first and the last event is exactly one event.
+TEST_F(Monitor, EverySyscallAndCr3WriteArrivesOnceAgainstTheInlineCounters) {
+  const std::uint64_t dropped_before = total_dropped();
+  // Two loops at once so that with -smp 2 both vCPUs run user code.
+  run("for i in 1 2 3 4 5; do ls / >/dev/null; done & for i in 1 2 3 4 5; do cat /proc/version >/dev/null; done; wait");
+  const auto evs = since(gen_);
+  std::map<unsigned, std::vector<std::uint64_t>> entry_counts, cr3_counts;
+  for (const auto& e : evs) {
+    ASSERT_NE(e.type, RecordType::kLost) << "lost " << e.lost.lost << " events on vCPU " << e.ring;
+    if (e.type == RecordType::kSyscallEntry) entry_counts[e.ring].push_back(e.entry.user_syscalls);
+    if (e.type == RecordType::kCr3Write) cr3_counts[e.ring].push_back(e.cr3.cr3_writes);
+  }
+  EXPECT_EQ(total_dropped(), dropped_before);
+  std::uint64_t entries = 0, executed = 0, cr3s = 0, cr3_executed = 0;
+  for (auto& [ring, v] : entry_counts) {
+    entries += v.size() - 1;
+    executed += v.back() - v.front();
+  }
+  for (auto& [ring, v] : cr3_counts) {
+    cr3s += v.size() - 1;
+    cr3_executed += v.back() - v.front();
+  }
+  EXPECT_EQ(entry_counts.size(), static_cast<std::size_t>(HVTRACE_MON_SMP)) << "vCPUs with syscall entries";
+  EXPECT_GT(entries, 500u);
+  EXPECT_EQ(entries, executed) << "syscall entries delivered vs user syscall instructions executed";
+  EXPECT_GT(cr3s, 20u);
+  EXPECT_EQ(cr3s, cr3_executed) << "CR3 events delivered vs mov-to-CR3 executed";
+  EXPECT_NE(reader_->syscall_entry_va(), 0u);
+}
+
+TEST_F(Monitor, WriteArrivesWithItsBytesAndReadAtExit) {
+  run("echo hvtrace-marker-4242; printf '%0300d\\n' 0 >/dev/null; head -n 1 /proc/version >/dev/null");
+  const auto evs = since(gen_);
+  bool marker = false, long_write = false, read_exit = false;
+  for (const auto& e : evs) {
+    if (e.type == RecordType::kSyscallEntry && e.entry.nr == 1 && e.captures.size() == 1) {
+      const auto& c = e.captures[0];
+      if (c.data == "hvtrace-marker-4242\n") marker = c.true_len == 20 && !c.truncated();
+      if (c.true_len == 301 && c.data == std::string(256, '0')) long_write = c.truncated();
+    }
+    if (e.type == RecordType::kSyscallExit && e.exit.nr == 0 && e.exit.ret > 0 && e.captures.size() == 1 &&
+        e.captures[0].data.rfind("Linux version", 0) == 0)
+      read_exit = e.captures[0].true_len == static_cast<std::uint64_t>(e.exit.ret);
+  }
+  EXPECT_TRUE(marker) << "write(1, \"hvtrace-marker-4242\\n\") with its 20 bytes";
+  EXPECT_TRUE(long_write) << "a 301-byte write cut at the 256-byte snap length, true length kept";
+  EXPECT_TRUE(read_exit) << "read of /proc/version with its bytes at exit";
+  if (!read_exit)
+    for (const auto& e : evs)
+      if (e.type == RecordType::kSyscallExit && e.exit.nr == 0)
+        ADD_FAILURE() << "read exit ret " << e.exit.ret << " captures " << e.captures.size()
+                      << (e.captures.empty() ? std::string() : " data " + e.captures[0].data.substr(0, 40) + " true_len " + std::to_string(e.captures[0].true_len));
+}
+
+TEST_F(Monitor, ExecveArrivesWithFilenameAndArgv) {
+  run("/bin/busybox echo one two three >/dev/null");
+  bool found = false;
+  for (const auto& e : since(gen_))
+    if (e.type == RecordType::kSyscallEntry && e.entry.nr == 59 && e.captures.size() == 2 &&
+        e.captures[0].data == "/bin/busybox") {
+      const auto argv = e.captures[1].argv();
+      found = argv == std::vector<std::string>{"/bin/busybox", "echo", "one", "two", "three"};
+    }
+  EXPECT_TRUE(found);
+}
+
+#if HVTRACE_MON_SMP == 1
+TEST_F(Monitor, DtbSetDeliversOnlyThatProcessAndChangesTakeEffect) {
+  run("sh -c 'while :; do echo tgt-marker-77 >/dev/null; done' >/dev/null 2>&1 </dev/null &");
+  std::uint64_t target = 0;
+  for (int tries = 0; tries < 20 && target == 0; ++tries)
+    for (const auto& e : since(gen_, 200ms))
+      if (e.type == RecordType::kSyscallEntry && e.entry.nr == 1 && !e.captures.empty() &&
+          e.captures[0].data == "tgt-marker-77\n")
+        target = e.dtb().value;
+  ASSERT_NE(target, 0u) << "the busy loop's write never arrived";
+
+  auto g = ctl_->set_dtbs({Dtb{target}});
+  ASSERT_TRUE(g.ok()) << g.error().message;
+  run("ls / >/dev/null");  // other processes do work meanwhile
+  auto evs = since(*g, 1000ms);
+  std::size_t target_entries = 0, others = 0, cr3_events = 0;
+  for (const auto& e : evs) {
+    if (e.type == RecordType::kSyscallEntry || e.type == RecordType::kSyscallExit) {
+      if (e.dtb().value == target) ++target_entries;
+      else ++others;
+    }
+    if (e.type == RecordType::kCr3Write) {
+      ++cr3_events;
+      EXPECT_TRUE(abi::dtb_of_cr3(e.cr3.old_cr3) == target || abi::dtb_of_cr3(e.cr3.new_cr3) == target);
+    }
+  }
+  EXPECT_GT(target_entries, 50u);
+  EXPECT_EQ(others, 0u) << "syscalls of other processes passed the DTB pre-filter";
+  EXPECT_GT(cr3_events, 0u);
+
+  // Only write(2) now.
+  g = ctl_->set_syscalls(std::vector<unsigned>{1});
+  ASSERT_TRUE(g.ok());
+  std::size_t writes = 0, not_write = 0;
+  for (const auto& e : since(*g, 800ms))
+    if (e.type == RecordType::kSyscallEntry) (e.entry.nr == 1 ? writes : not_write)++;
+  EXPECT_GT(writes, 10u);
+  EXPECT_EQ(not_write, 0u);
+
+  // Back to every process: others' events arrive again.
+  ASSERT_TRUE(ctl_->set_syscalls(std::nullopt).ok());
+  g = ctl_->set_all_dtbs();
+  ASSERT_TRUE(g.ok());
+  run("ls / >/dev/null");
+  others = 0;
+  for (const auto& e : since(*g))
+    if (e.type == RecordType::kSyscallEntry && e.dtb().value != target) ++others;
+  EXPECT_GT(others, 20u);
+  run("pkill -f tgt-marker-77; true");
+}
+
+TEST_F(Monitor, MalformedControlMessagesAreRejectedAndThePluginKeepsRunning) {
+  auto before = ctl_->stats();
+  ASSERT_TRUE(before.ok()) << before.error().message;
+  struct Case {
+    const char* what;
+    std::vector<std::uint8_t> bytes;
+  };
+  auto hdr = [](std::uint32_t magic, std::uint16_t ver, std::uint16_t type, std::uint32_t size) {
+    abi::CtlHeader h{magic, ver, type, size, 99};
+    std::vector<std::uint8_t> b(sizeof h);
+    std::memcpy(b.data(), &h, sizeof h);
+    return b;
+  };
+  std::vector<Case> cases = {
+      {"3 bytes", {1, 2, 3}},
+      {"bad magic", hdr(0xdeadbeef, abi::kAbiVersion, 7, 16)},
+      {"bad version", hdr(abi::kCtlMagic, 99, 7, 16)},
+      {"unknown type", hdr(abi::kCtlMagic, abi::kAbiVersion, 200, 16)},
+      {"size lies", hdr(abi::kCtlMagic, abi::kAbiVersion, 7, 17)},
+      {"truncated SetDtbs", hdr(abi::kCtlMagic, abi::kAbiVersion, 2, 16)},
+  };
+  abi::SetActionsMsg act{};
+  act.hdr = abi::CtlHeader{abi::kCtlMagic, abi::kAbiVersion, 4, sizeof act, 5};
+  act.actions[1] = 7;
+  cases.push_back({"action 7", std::vector<std::uint8_t>(reinterpret_cast<std::uint8_t*>(&act),
+                                                         reinterpret_cast<std::uint8_t*>(&act) + sizeof act)});
+  abi::SetDtbsMsg d{};
+  d.hdr = abi::CtlHeader{abi::kCtlMagic, abi::kAbiVersion, 2, sizeof d, 6};
+  d.mode = 1;
+  d.count = 1;
+  d.dtbs[0] = 0x1234567;  // PCID bits set: not a DTB
+  cases.push_back({"DTB with low bits", std::vector<std::uint8_t>(reinterpret_cast<std::uint8_t*>(&d),
+                                                                  reinterpret_cast<std::uint8_t*>(&d) + sizeof d)});
+  std::vector<std::uint8_t> huge(8192, 0xab);
+  cases.push_back({"8 KiB of junk", huge});
+  for (const auto& c : cases) {
+    auto r = ctl_->send_raw(c.bytes.data(), c.bytes.size());
+    ASSERT_TRUE(r.ok()) << c.what << ": " << r.error().message;
+    EXPECT_NE(r->status, 0) << c.what << " was accepted";
+    EXPECT_EQ(r->generation, before->generation) << c.what << " changed the filter";
+  }
+  auto after = ctl_->stats();
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->rejected_messages, before->rejected_messages + cases.size());
+  EXPECT_EQ(run("echo alive"), "alive\n");
+  EXPECT_GT(after->user_syscalls, before->user_syscalls);
+}
+
+// A consumer in another process attaches, asks for synchronous delivery and dies without acking:
+// the guest must keep running, and the waits that gave up are counted.
+TEST_F(Monitor, KillingTheConsumerInSyncModeDoesNotHangTheGuest) {
+  collector_->stop();
+  delete ctl_;
+  ctl_ = nullptr;
+  std::uint64_t timeouts_before = 0;
+  for (unsigned i = 0; i < reader_->rings(); ++i) timeouts_before += reader_->stats(i).sync_timeouts;
+  int ready[2];
+  ASSERT_EQ(pipe(ready), 0);
+  const pid_t child = fork();
+  if (child == 0) {
+    auto cl = ControlClient::connect(ctl_path(HVTRACE_MON_VM), 5s);
+    char ok = 0;
+    if (cl && cl->attach() && cl->set_actions({abi::Action::kSync, abi::Action::kSync, abi::Action::kSync, abi::Action::kDrop}))
+      ok = 1;
+    (void)!write(ready[1], &ok, 1);
+    for (;;) pause();
+  }
+  char ok = 0;
+  ASSERT_EQ(read(ready[0], &ok, 1), 1);
+  EXPECT_EQ(ok, 1) << "the dying consumer could not set sync actions";
+  std::this_thread::sleep_for(1500ms);  // the guest runs into unacked sync events
+  kill(child, SIGKILL);
+  waitpid(child, nullptr, 0);
+  close(ready[0]);
+  close(ready[1]);
+  auto r = vm_->exec("echo alive", 60s);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->out, "alive\n");
+  std::uint64_t timeouts = 0;
+  for (unsigned i = 0; i < reader_->rings(); ++i) timeouts += reader_->stats(i).sync_timeouts;
+  EXPECT_GT(timeouts, timeouts_before) << "waits that gave up must be counted";
+  collector_->start();
+  connect();
+}
+#endif
+
+}  // namespace
+}  // namespace hvtrace

@@ -1,0 +1,237 @@
+// The monitor's pure parts, without QEMU: instruction recognition, plugin-argument parsing and
+// control-message validation (every rejected message leaves the configuration untouched), and
+// the plugin's exported symbols (only QEMU's two entry points).
+#include "config.hpp"
+#include "syscall_captures.hpp"
+#include "x86.hpp"
+
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <set>
+#include <sstream>
+
+namespace hvtrace::monitor {
+namespace {
+
+TEST(X86, MovToCr3FromEveryRegister) {
+  for (int reg = 0; reg < 16; ++reg) {
+    std::uint8_t b[4];
+    std::size_t n = 0;
+    if (reg >= 8) b[n++] = 0x41;  // REX.B
+    b[n++] = 0x0f;
+    b[n++] = 0x22;
+    b[n++] = static_cast<std::uint8_t>(0xc0 | (3 << 3) | (reg & 7));
+    EXPECT_EQ(mov_to_cr3_source(b, n), reg);
+  }
+  const std::uint8_t mov_cr4[] = {0x0f, 0x22, 0xe0};         // mov %rax,%cr4
+  const std::uint8_t mov_from_cr3[] = {0x0f, 0x20, 0xd8};    // mov %cr3,%rax
+  const std::uint8_t rex_r[] = {0x44, 0x0f, 0x22, 0xd8};     // REX.R: cr11, not cr3
+  const std::uint8_t mem_form[] = {0x0f, 0x22, 0x18};        // mod != 3
+  EXPECT_EQ(mov_to_cr3_source(mov_cr4, 3), -1);
+  EXPECT_EQ(mov_to_cr3_source(mov_from_cr3, 3), -1);
+  EXPECT_EQ(mov_to_cr3_source(rex_r, 4), -1);
+  EXPECT_EQ(mov_to_cr3_source(mem_form, 3), -1);
+  EXPECT_EQ(mov_to_cr3_source(mov_cr4, 2), -1);
+}
+
+TEST(X86, SyscallSysretIret) {
+  const std::uint8_t sc[] = {0x0f, 0x05}, sr[] = {0x48, 0x0f, 0x07}, sr32[] = {0x0f, 0x07}, ir[] = {0x48, 0xcf},
+                     ir32[] = {0xcf};
+  EXPECT_TRUE(is_syscall(sc, 2));
+  EXPECT_TRUE(is_sysretq(sr, 3));
+  EXPECT_FALSE(is_sysretq(sr32, 2));
+  EXPECT_TRUE(is_iretq(ir, 2));
+  EXPECT_FALSE(is_iretq(ir32, 1));
+  EXPECT_TRUE(is_kernel_va(0xffffffff81000000ULL));
+  EXPECT_FALSE(is_kernel_va(0x00007fffffffe000ULL));
+}
+
+TEST(CaptureTable, RowsAreUniqueAndArgumentsValid) {
+  std::set<std::pair<int, bool>> seen;
+  for (const auto& r : kCaptureTable) {
+    EXPECT_TRUE(seen.insert({r.nr, r.at_exit}).second) << r.nr;
+    for (unsigned i = 0; i < r.n; ++i) EXPECT_LT(r.c[i].arg, 6);
+  }
+  EXPECT_NE(find_captures(1, false), nullptr);   // write: buffer at entry
+  EXPECT_NE(find_captures(0, true), nullptr);    // read: buffer at exit
+  EXPECT_EQ(find_captures(0, false), nullptr);
+}
+
+Options parse_ok(std::vector<const char*> args) {
+  Options o;
+  std::string why;
+  EXPECT_TRUE(parse_options(static_cast<int>(args.size()), args.data(), &o, &why)) << why;
+  return o;
+}
+
+std::string parse_err(std::vector<const char*> args) {
+  Options o;
+  std::string why;
+  EXPECT_FALSE(parse_options(static_cast<int>(args.size()), args.data(), &o, &why));
+  return why;
+}
+
+TEST(Options, DefaultsAndEveryKey) {
+  Options o = parse_ok({"shm=/r/m.rings"});
+  EXPECT_EQ(o.ring_bytes, abi::kDefaultRingBytes);
+  EXPECT_EQ(o.initial.snap_len, 256u);
+  EXPECT_EQ(o.initial.dtb_mode, abi::DtbMode::kAll);
+  EXPECT_EQ(o.initial.action(EventClass::kCr3), Action::kDrop);
+  o = parse_ok({"shm=/r/m", "ctl=/r/c", "ring_kib=64", "entry=0xffffffff81a00000", "bp=0xffffffff81000010",
+                "dtb=0x1234000", "dtb=0x2000", "syscalls=0:1:59", "cr3_action=sync", "entry_action=async",
+                "exit_action=async", "bp_action=drop", "snaplen=65536", "sync_wait=spin", "sync_spin_us=5",
+                "sync_timeout_ms=10"});
+  EXPECT_EQ(o.ring_bytes, 64u * 1024);
+  EXPECT_EQ(o.entry_va, 0xffffffff81a00000ULL);
+  EXPECT_EQ(o.breakpoints.size(), 1u);
+  EXPECT_EQ(o.initial.dtb_mode, abi::DtbMode::kSet);
+  EXPECT_TRUE(o.initial.dtb_passes(0x1234000));
+  EXPECT_FALSE(o.initial.dtb_passes(0x3000));
+  EXPECT_TRUE(o.initial.syscall_passes(59));
+  EXPECT_FALSE(o.initial.syscall_passes(2));
+  EXPECT_FALSE(o.initial.syscall_passes(100000));
+  EXPECT_EQ(o.initial.action(EventClass::kCr3), Action::kSync);
+  EXPECT_EQ(o.initial.snap_len, 65536u);
+  EXPECT_EQ(o.sync_wait, abi::WaitMode::kSpin);
+  EXPECT_EQ(o.sync_timeout_ns, 10'000'000u);
+}
+
+TEST(Options, BadArgumentsSayWhichAndWhy) {
+  EXPECT_NE(parse_err({"shm=/a", "bogus=1"}).find("'bogus=1': unknown key"), std::string::npos);
+  EXPECT_NE(parse_err({"noequals"}).find("not key=value"), std::string::npos);
+  EXPECT_NE(parse_err({}).find("missing shm"), std::string::npos);
+  EXPECT_NE(parse_err({"shm=rel"}).find("absolute path"), std::string::npos);
+  EXPECT_NE(parse_err({"shm=/a", "ring_kib=100"}).find("power of two"), std::string::npos);
+  EXPECT_NE(parse_err({"shm=/a", "ring_kib=32"}).find("power of two"), std::string::npos);
+  EXPECT_NE(parse_err({"shm=/a", "snaplen=65537"}).find("0..65536"), std::string::npos);
+  EXPECT_NE(parse_err({"shm=/a", "snaplen=-1"}).find("0..65536"), std::string::npos);
+  EXPECT_NE(parse_err({"shm=/a", "snaplen=12abc"}).find("0..65536"), std::string::npos);
+  EXPECT_NE(parse_err({"shm=/a", "dtb=0x1001"}).find("page-table base"), std::string::npos);
+  EXPECT_NE(parse_err({"shm=/a", "entry=0x400000"}).find("kernel virtual address"), std::string::npos);
+  EXPECT_NE(parse_err({"shm=/a", "syscalls=1:512"}).find("0..511"), std::string::npos);
+  EXPECT_NE(parse_err({"shm=/a", "syscalls=1::2"}).find("0..511"), std::string::npos);
+  EXPECT_NE(parse_err({"shm=/a", "exit_action=later"}).find("drop, async or sync"), std::string::npos);
+  EXPECT_NE(parse_err({"shm=/a", "sync_timeout_ms=0"}).find("1..60000"), std::string::npos);
+  std::vector<const char*> many = {"shm=/a"};
+  for (int i = 0; i < 17; ++i) many.push_back("bp=0xffffffff81000000");
+  EXPECT_NE(parse_err(many).find("at most 16"), std::string::npos);
+}
+
+template <typename M>
+M message(abi::CtlType t) {
+  M m{};
+  reinterpret_cast<abi::CtlHeader&>(m) =
+      abi::CtlHeader{abi::kCtlMagic, static_cast<std::uint16_t>(abi::kAbiVersion), static_cast<std::uint16_t>(t), sizeof(M), 1};
+  return m;
+}
+
+template <typename M>
+abi::CtlStatus apply(const M& m, const FilterConfig& cur, FilterConfig* next, std::size_t len = sizeof(M)) {
+  abi::CtlType type{};
+  std::string why;
+  const auto st = apply_control(&m, len, cur, next, &type, &why);
+  if (st != abi::CtlStatus::kOk) {
+    EXPECT_FALSE(why.empty());
+  }
+  return st;
+}
+
+TEST(Control, ValidChangesBumpTheGeneration) {
+  FilterConfig cur, next;
+  auto d = message<abi::SetDtbsMsg>(abi::CtlType::kSetDtbs);
+  d.mode = 1;
+  d.count = 2;
+  d.dtbs[0] = 0x10000;
+  d.dtbs[1] = 0x7ffe000;
+  ASSERT_EQ(apply(d, cur, &next), abi::CtlStatus::kOk);
+  EXPECT_EQ(next.generation, 1u);
+  EXPECT_TRUE(next.dtb_passes(0x7ffe000));
+  EXPECT_FALSE(next.dtb_passes(0x20000));
+  auto a = message<abi::SetActionsMsg>(abi::CtlType::kSetActions);
+  a.actions[0] = 2;
+  a.actions[1] = 1;
+  FilterConfig n2;
+  ASSERT_EQ(apply(a, next, &n2), abi::CtlStatus::kOk);
+  EXPECT_EQ(n2.generation, 2u);
+  EXPECT_EQ(n2.action(EventClass::kCr3), Action::kSync);
+  EXPECT_TRUE(n2.dtb_passes(0x7ffe000));  // the rest is carried over
+  auto s = message<abi::SetSyscallsMsg>(abi::CtlType::kSetSyscalls);
+  s.bitmap[0] = 1ULL << 59;
+  ASSERT_EQ(apply(s, n2, &next), abi::CtlStatus::kOk);
+  EXPECT_TRUE(next.syscall_passes(59));
+  EXPECT_FALSE(next.syscall_passes(1));
+  auto sn = message<abi::SetSnapLenMsg>(abi::CtlType::kSetSnapLen);
+  sn.snap_len = 4096;
+  ASSERT_EQ(apply(sn, next, &n2), abi::CtlStatus::kOk);
+  EXPECT_EQ(n2.snap_len, 4096u);
+}
+
+TEST(Control, EveryMalformedMessageIsRejectedWithAReason) {
+  FilterConfig cur, next;
+  next.generation = 77;
+  auto d = message<abi::SetDtbsMsg>(abi::CtlType::kSetDtbs);
+  // Truncated, and too long.
+  EXPECT_EQ(apply(d, cur, &next, sizeof d - 8), abi::CtlStatus::kBadSize);
+  EXPECT_EQ(apply(d, cur, &next, 3), abi::CtlStatus::kBadSize);
+  auto bad = d;
+  bad.hdr.magic = 0;
+  EXPECT_EQ(apply(bad, cur, &next), abi::CtlStatus::kBadMagic);
+  bad = d;
+  bad.hdr.version = 2;
+  EXPECT_EQ(apply(bad, cur, &next), abi::CtlStatus::kBadVersion);
+  bad = d;
+  bad.hdr.type = 99;
+  EXPECT_EQ(apply(bad, cur, &next), abi::CtlStatus::kBadType);
+  bad = d;
+  bad.hdr.size = 16;
+  EXPECT_EQ(apply(bad, cur, &next), abi::CtlStatus::kBadSize);
+  bad = d;
+  bad.mode = 2;
+  EXPECT_EQ(apply(bad, cur, &next), abi::CtlStatus::kBadValue);
+  bad = d;
+  bad.mode = 1;
+  bad.count = 65;
+  EXPECT_EQ(apply(bad, cur, &next), abi::CtlStatus::kBadValue);
+  bad.count = 1;
+  bad.dtbs[0] = 0x1000;  // bit 12
+  EXPECT_EQ(apply(bad, cur, &next), abi::CtlStatus::kBadValue);
+  bad.dtbs[0] = 0x8000000000002000ULL;  // bit 63
+  EXPECT_EQ(apply(bad, cur, &next), abi::CtlStatus::kBadValue);
+  bad.dtbs[0] = 0x2000;
+  bad.dtbs[5] = 0x4000;  // past count
+  EXPECT_EQ(apply(bad, cur, &next), abi::CtlStatus::kBadValue);
+  bad = d;
+  bad.mode = 0;
+  bad.count = 1;
+  EXPECT_EQ(apply(bad, cur, &next), abi::CtlStatus::kBadValue);
+  auto a = message<abi::SetActionsMsg>(abi::CtlType::kSetActions);
+  a.actions[3] = 3;
+  EXPECT_EQ(apply(a, cur, &next), abi::CtlStatus::kBadValue);
+  auto s = message<abi::SetSyscallsMsg>(abi::CtlType::kSetSyscalls);
+  s.all = 1;
+  s.bitmap[7] = 1;
+  EXPECT_EQ(apply(s, cur, &next), abi::CtlStatus::kBadValue);
+  auto sn = message<abi::SetSnapLenMsg>(abi::CtlType::kSetSnapLen);
+  sn.snap_len = abi::kMaxSnapLen + 1;
+  EXPECT_EQ(apply(sn, cur, &next), abi::CtlStatus::kBadValue);
+  EXPECT_EQ(next.generation, 77u) << "a rejected message wrote the next configuration";
+}
+
+TEST(Plugin, ExportsOnlyQemusEntryPoints) {
+  FILE* f = popen("nm -D --defined-only " HVTRACE_MONITOR_PLUGIN, "r");
+  ASSERT_NE(f, nullptr);
+  std::set<std::string> names;
+  char line[512];
+  while (fgets(line, sizeof line, f)) {
+    std::istringstream in(line);
+    std::string addr, kind, name;
+    in >> addr >> kind >> name;
+    if (!name.empty()) names.insert(name);
+  }
+  ASSERT_EQ(pclose(f), 0);
+  EXPECT_EQ(names, (std::set<std::string>{"qemu_plugin_install", "qemu_plugin_version"}));
+}
+
+}  // namespace
+}  // namespace hvtrace::monitor
