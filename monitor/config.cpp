@@ -65,6 +65,7 @@ const char* options_usage() {
          "  syscalls=all|N:N:.. syscall numbers that pass (default all)\n"
          "  cr3_action=ACT entry_action=ACT exit_action=ACT bp_action=ACT\n"
          "                      ACT is drop|async|sync per event class (default drop)\n"
+         "  cr3_unfiltered=on|off  forward every CR3 write whatever the DTB set (ablation; default off)\n"
          "  snaplen=N           bytes copied per string/buffer, 0..65536 (default 256)\n"
          "  sync_wait=spin|block|adaptive, sync_spin_us=N (0..100000), sync_timeout_ms=N (1..60000)\n"
          "  count=on|off        only run the independent inline counters (benchmarks)\n";
@@ -113,6 +114,10 @@ bool parse_options(int argc, const char* const* argv, Options* out, std::string*
       const EventClass c = k == "cr3_action" ? EventClass::kCr3 : k == "entry_action" ? EventClass::kSyscallEntry
                            : k == "exit_action" ? EventClass::kSyscallExit : EventClass::kBreakpoint;
       o.initial.actions[static_cast<std::size_t>(c)] = act;
+    } else if (k == "cr3_unfiltered") {
+      if (v == "on") o.initial.cr3_unfiltered = true;
+      else if (v == "off") o.initial.cr3_unfiltered = false;
+      else return bad("needs on or off");
     } else if (k == "snaplen") {
       if (!parse_u64(v, &n) || n > abi::kMaxSnapLen) return bad("needs 0..65536");
       o.initial.snap_len = static_cast<std::uint32_t>(n);
@@ -233,12 +238,13 @@ abi::CtlStatus apply_control(const void* msg, std::size_t len, const FilterConfi
           return CtlStatus::kBadValue;
         }
       }
-      if (m.reserved != 0) {
-        set_why(why, "reserved must be 0");
+      if ((m.flags & ~abi::kActionCr3Unfiltered) != 0) {
+        set_why(why, "unknown action flags");
         return CtlStatus::kBadValue;
       }
       for (std::size_t i = 0; i < static_cast<std::size_t>(EventClass::kCount); ++i)
         n.actions[i] = static_cast<Action>(m.actions[i]);
+      n.cr3_unfiltered = (m.flags & abi::kActionCr3Unfiltered) != 0;
       break;
     }
     case abi::CtlType::kSetSnapLen: {

@@ -29,6 +29,7 @@ struct FilterConfig {
   Action actions[static_cast<std::size_t>(EventClass::kCount)] = {Action::kDrop, Action::kDrop, Action::kDrop,
                                                                    Action::kDrop};
   std::uint32_t snap_len = abi::kDefaultSnapLen;
+  bool cr3_unfiltered = false;   // forward every CR3 write whatever the DTB set (ablation, method 3)
 
   [[nodiscard]] Action action(EventClass c) const { return actions[static_cast<std::size_t>(c)]; }
   [[nodiscard]] bool dtb_passes(std::uint64_t dtb) const {

@@ -22,6 +22,7 @@ struct Actions {
   abi::Action syscall_entry = abi::Action::kDrop;
   abi::Action syscall_exit = abi::Action::kDrop;
   abi::Action breakpoint = abi::Action::kDrop;
+  bool cr3_unfiltered = false;   // every CR3 write, whatever the DTB set (the paper's method 3)
 };
 
 struct MonitorStats {

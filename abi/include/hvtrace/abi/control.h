@@ -68,10 +68,13 @@ static_assert(sizeof(SetSyscallsMsg) == 24 + 64);
 enum class Action : std::uint8_t { kDrop = 0, kAsync = 1, kSync = 2 };
 enum class EventClass : std::uint8_t { kCr3 = 0, kSyscallEntry = 1, kSyscallExit = 2, kBreakpoint = 3, kCount = 4 };
 
+// SetActionsMsg::flags
+inline constexpr std::uint32_t kActionCr3Unfiltered = 1u << 0;  // forward every CR3 write, ignoring the DTB set
+                                                                // (the paper's method 3: the application filters)
 struct SetActionsMsg {
   CtlHeader hdr;
   std::uint8_t actions[static_cast<std::size_t>(EventClass::kCount)];   // Action per EventClass
-  std::uint32_t reserved;
+  std::uint32_t flags;      // kActionCr3Unfiltered
 };
 static_assert(sizeof(SetActionsMsg) == 24);
 

@@ -15,6 +15,7 @@
 #include "hvtrace/abi/ring.h"
 
 #include <linux/futex.h>
+#include <sched.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -38,6 +39,13 @@ inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_ia32_pause();
 #endif
+}
+
+// One step of a spin-wait. Every 64th step yields the CPU: on a machine with fewer free cores than
+// spinning threads (2 cores here), a pure spin would burn the peer's whole time slice.
+inline void spin_step(unsigned i) {
+  if ((i & 63) == 63) sched_yield();
+  else cpu_relax();
 }
 
 // Returns 0 when woken (or value changed), -1 on timeout/interrupt.
@@ -161,7 +169,7 @@ class RingProducer {
         now = monotonic_ns();
         if (now >= spin_until || aborted()) break;
       }
-      cpu_relax();
+      spin_step(i);
     }
     while (!aborted() && now - start < timeout_ns) {
       const std::uint32_t w = aref(h_->ack_futex).load(std::memory_order_acquire);
@@ -267,7 +275,7 @@ class RingConsumer {
         now = monotonic_ns();
         if (now >= spin_until) break;
       }
-      cpu_relax();
+      spin_step(i);
     }
     if (now - start >= timeout_ns) return has_data();
     const std::uint32_t w = aref(h_->head_futex).load(std::memory_order_acquire);

@@ -1,0 +1,297 @@
+// The paper's Table 1 on the real guest, plus the overhead targets: the jansson
+// unzip+compile workload under QEMU with no plugin, with the monitor loaded but idle, and with
+// the monitoring methods of DESIGN.md section 4 — the same monitor, ring and application, only
+// the filter's place and the delivery mode differ:
+//   m2  all syscalls of all processes, sync; the application filters by DTB
+//   m3  every CR3 write sync (application-side filter) + the target's syscalls sync
+//   m4  CR3 writes pre-filtered in the monitor (old or new DTB in the set), sync + target's syscalls sync
+//   m5  process-bound, filtered and pre-processed in the monitor, async (nothing pauses the guest)
+//   all every syscall and CR3 write of every process, async (gives the per-event cost)
+// The target is the shell that runs the workload (as the paper traces the SSH session's bash):
+// it announces itself with a marker write, the bench learns its DTB from that event during a 1 s
+// sleep, then applies the method. Methods run interleaved within one boot; "none" needs its own
+// boot, so boots alternate (none, plugin, none, plugin...). Guest time is the workload's own
+// measurement; QEMU CPU time is utime+stime of the QEMU process across the run.
+//
+// usage: monitor_guest_bench [--reps K] [--boots B] [--iterations N] [--methods idle,m5,...]
+#include "events/control_client.hpp"
+#include "events/event_reader.hpp"
+#include "vm/vm.hpp"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+using namespace hvtrace;
+using namespace std::chrono_literals;
+using abi::Action;
+
+namespace {
+
+struct Sample {
+  double guest_s = 0, cpu_s = 0, wall_s = 0;
+  std::uint64_t events = 0, target_events = 0, lost = 0, sync_timeouts = 0;
+};
+
+double qemu_cpu_seconds(pid_t pid) {
+  std::ifstream f(fmt::format("/proc/{}/stat", pid));
+  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  const auto rp = s.rfind(')');
+  if (rp == std::string::npos) return 0;
+  std::istringstream in(s.substr(rp + 2));
+  std::string field;
+  unsigned long long utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && in >> field; ++i) {
+    if (i == 14) utime = std::stoull(field);
+    if (i == 15) stime = std::stoull(field);
+  }
+  return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+long qemu_rss_kib(pid_t pid) {
+  std::ifstream f(fmt::format("/proc/{}/status", pid));
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
+  return -1;
+}
+
+double parse_guest_seconds(const std::string& out) {
+  const auto p = out.find("jansson-workload: ok:");
+  if (p == std::string::npos) return -1;
+  const auto s = out.rfind(", ", out.find(" s\n", p));
+  return s == std::string::npos ? -1 : std::stod(out.substr(s + 2));
+}
+
+std::string workload_cmd(unsigned iterations) {
+  return fmt::format("sh -c 'echo hvtrace-bench-go >/dev/null; sleep 1; set -- {}; . /usr/local/bin/jansson-workload'",
+                     iterations);
+}
+
+// Drains the rings; remembers the DTB announced by the marker write; counts events.
+struct Consumer {
+  events::EventReader* reader = nullptr;
+  std::atomic<bool> stop{false};
+  std::atomic<std::uint64_t> marker_dtb{0}, events{0}, target_events{0}, lost{0};
+  std::thread t;
+  void start() {
+    t = std::thread([this] {
+      while (!stop.load()) {
+        auto n = reader->poll([this](const events::Event& e) {
+          if (e.type == abi::RecordType::kLost) {
+            lost += e.lost.lost;
+            return;
+          }
+          ++events;
+          const auto dtb = e.dtb().value;
+          const auto target = marker_dtb.load(std::memory_order_relaxed);
+          if (target != 0 && (dtb == target || (e.type == abi::RecordType::kCr3Write &&
+                                                abi::dtb_of_cr3(e.cr3.old_cr3) == target)))
+            ++target_events;
+          if (target == 0 && e.type == abi::RecordType::kSyscallEntry && e.entry.nr == 1 && !e.captures.empty() &&
+              e.captures[0].data == "hvtrace-bench-go\n")
+            marker_dtb.store(dtb);
+        });
+        if (!n) {
+          fmt::print(stderr, "reader: {}\n", n.error().message);
+          return;
+        }
+        if (*n == 0) reader->wait(5ms);
+      }
+    });
+  }
+  void join() {
+    stop = true;
+    if (t.joinable()) t.join();
+  }
+};
+
+struct Method {
+  std::string name;
+  bool process_bound;      // DTB set = {target}
+  events::Actions actions;
+};
+
+const std::vector<Method> kMethods = {
+    {"idle", false, {}},
+    {"m2", false, {Action::kDrop, Action::kSync, Action::kSync, Action::kDrop, false}},
+    {"m3", true, {Action::kSync, Action::kSync, Action::kSync, Action::kDrop, true}},
+    {"m4", true, {Action::kSync, Action::kSync, Action::kSync, Action::kDrop, false}},
+    {"m5", true, {Action::kAsync, Action::kAsync, Action::kAsync, Action::kDrop, false}},
+    {"all", false, {Action::kAsync, Action::kAsync, Action::kAsync, Action::kDrop, false}},
+};
+
+Result<Sample> run_once(vm::Vm& v, unsigned iterations, const Method* m, events::ControlClient* ctl,
+                        Consumer* consumer, events::EventReader* reader) {
+  Sample s;
+  if (m) {
+    // Discovery: forward only write(2) entries of everybody until the marker shows up.
+    consumer->marker_dtb = 0;
+    HVTRACE_TRY(ctl->set_all_dtbs());
+    HVTRACE_TRY(ctl->set_syscalls(std::vector<unsigned>{1}));
+    HVTRACE_TRY(ctl->set_actions({Action::kDrop, Action::kAsync, Action::kDrop, Action::kDrop, false}));
+  }
+  std::uint64_t timeouts0 = 0;
+  if (reader)
+    for (unsigned i = 0; i < reader->rings(); ++i) timeouts0 += reader->stats(i).sync_timeouts;
+  const pid_t qpid = v.record().qemu_pid;
+  const double cpu0 = qemu_cpu_seconds(qpid);
+  const auto t0 = std::chrono::steady_clock::now();
+  Result<vm::ExecResult> out = make_error("not run");
+  std::thread runner([&] { out = v.exec(workload_cmd(iterations), 1800s); });
+  if (m) {
+    const auto deadline = std::chrono::steady_clock::now() + 900ms;
+    while (consumer->marker_dtb.load() == 0 && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(2ms);
+    const std::uint64_t dtb = consumer->marker_dtb.load();
+    bool ok = dtb != 0;
+    if (ok) {
+      ok = ctl->set_actions({}).ok() && ctl->set_syscalls(std::nullopt).ok() &&
+           (m->process_bound ? ctl->set_dtbs({Dtb{dtb}}).ok() : ctl->set_all_dtbs().ok());
+      consumer->events = 0;
+      consumer->target_events = 0;
+      consumer->lost = 0;
+      ok = ok && ctl->set_actions(m->actions).ok();
+    }
+    if (!ok) fmt::print(stderr, "  {}: target not found in time; run not traced as intended\n", m->name);
+  }
+  runner.join();
+  s.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  s.cpu_s = qemu_cpu_seconds(qpid) - cpu0;
+  if (!out) return out.error();
+  if (out->exit_status != 0) return make_error("workload failed: {}{}", out->out, out->err);
+  s.guest_s = parse_guest_seconds(out->out);
+  if (m) {
+    HVTRACE_TRY(ctl->set_actions({}));
+    std::this_thread::sleep_for(50ms);
+    s.events = consumer->events;
+    s.target_events = consumer->target_events;
+    s.lost = consumer->lost;
+    for (unsigned i = 0; i < reader->rings(); ++i) s.sync_timeouts += reader->stats(i).sync_timeouts;
+    s.sync_timeouts -= timeouts0;
+  }
+  return s;
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  unsigned reps = 3, boots = 2, iterations = 1;
+  std::vector<std::string> methods = {"idle", "m5", "all", "m4", "m3", "m2"};
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string k = argv[i], val = argv[i + 1];
+    if (k == "--reps") reps = static_cast<unsigned>(std::stoul(val));
+    else if (k == "--boots") boots = static_cast<unsigned>(std::stoul(val));
+    else if (k == "--iterations") iterations = static_cast<unsigned>(std::stoul(val));
+    else if (k == "--methods") {
+      methods.clear();
+      std::stringstream ss(val);
+      for (std::string m; std::getline(ss, m, ',');) methods.push_back(m);
+    } else {
+      fmt::print(stderr, "usage: {} [--reps K] [--boots B] [--iterations N] [--methods idle,m2,m3,m4,m5,all]\n", argv[0]);
+      return 2;
+    }
+  }
+  vm::install_termination_handlers();
+  auto img = vm::load_image(vm::default_image_dir());
+  if (!img) {
+    fmt::print(stderr, "guest image: {}\n", img.error().message);
+    return 1;
+  }
+  std::map<std::string, std::vector<Sample>> samples;
+  long rss_first = -1, rss_last = -1;
+  for (unsigned b = 0; b < boots && !vm::termination_requested(); ++b) {
+    for (const bool with_plugin : {false, true}) {
+      vm::VmConfig c;
+      c.name = "bench-mon";
+      c.image = *img;
+      const std::string shm = (vm::run_root() / c.name / "mon.rings").string();
+      const std::string ctlp = (vm::run_root() / c.name / "mon.ctl").string();
+      if (with_plugin) c.plugin = vm::PluginSpec{HVTRACE_MONITOR_PLUGIN, {"shm=" + shm, "ctl=" + ctlp}};
+      auto v = vm::Vm::start(c);
+      if (!v) {
+        fmt::print(stderr, "boot: {}\n", v.error().message);
+        return 1;
+      }
+      std::unique_ptr<events::EventReader> reader;
+      std::optional<events::ControlClient> ctl;
+      Consumer consumer;
+      if (with_plugin) {
+        auto r = events::EventReader::open(shm, 5s);
+        auto cl = events::ControlClient::connect(ctlp, 5s);
+        if (!r || !cl || !cl->attach()) {
+          fmt::print(stderr, "monitor channel: {}\n", !r ? r.error().message : !cl ? cl.error().message : "attach failed");
+          return 1;
+        }
+        reader = std::move(r).value();
+        ctl.emplace(std::move(cl).value());
+        consumer.reader = reader.get();
+        consumer.start();
+      }
+      (void)run_once(**v, iterations, nullptr, nullptr, nullptr, nullptr);  // warm-up: page cache, TB cache
+      if (with_plugin && rss_first < 0) rss_first = qemu_rss_kib((*v)->record().qemu_pid);
+      for (unsigned r = 0; r < reps && !vm::termination_requested(); ++r) {
+        if (!with_plugin) {
+          auto s = run_once(**v, iterations, nullptr, nullptr, nullptr, nullptr);
+          if (!s) fmt::print(stderr, "none: {}\n", s.error().message);
+          else samples["none"].push_back(*s);
+          continue;
+        }
+        for (const auto& name : methods) {
+          auto it = std::find_if(kMethods.begin(), kMethods.end(), [&](const Method& m) { return m.name == name; });
+          if (it == kMethods.end()) continue;
+          auto s = run_once(**v, iterations, &*it, &*ctl, &consumer, reader.get());
+          if (!s) fmt::print(stderr, "{}: {}\n", name, s.error().message);
+          else samples[name].push_back(*s);
+          fmt::print(stderr, "  boot {} rep {} {:<5} guest {:.2f} s cpu {:.2f} s events {} lost {}\n", b, r, name,
+                     s ? s->guest_s : -1, s ? s->cpu_s : -1, s ? s->events : 0, s ? s->lost : 0);
+        }
+      }
+      if (with_plugin) rss_last = qemu_rss_kib((*v)->record().qemu_pid);
+      consumer.join();
+      ctl.reset();
+      (void)(*v)->shutdown();
+    }
+  }
+  const double base_guest = median([&] { std::vector<double> x; for (auto& s : samples["none"]) x.push_back(s.guest_s); return x; }());
+  const double base_cpu = median([&] { std::vector<double> x; for (auto& s : samples["none"]) x.push_back(s.cpu_s); return x; }());
+  fmt::print("jansson-workload {} iteration(s), {} boot(s) x {} rep(s), medians\n", iterations, boots, reps);
+  fmt::print("{:<6} {:>9} {:>7} {:>9} {:>7} {:>10} {:>10} {:>7} {:>9} {:>12}\n", "method", "guest_s", "ratio", "qemu_cpu_s",
+             "ratio", "events", "target_ev", "lost", "sync_tmo", "us/event");
+  const double idle_cpu = median([&] { std::vector<double> x; for (auto& s : samples["idle"]) x.push_back(s.cpu_s); return x; }());
+  for (const std::string name : {"none", "idle", "m2", "m3", "m4", "m5", "all"}) {
+    auto& v = samples[name];
+    if (v.empty()) continue;
+    std::vector<double> g, c, e, te, l, st;
+    for (auto& s : v) {
+      g.push_back(s.guest_s);
+      c.push_back(s.cpu_s);
+      e.push_back(static_cast<double>(s.events));
+      te.push_back(static_cast<double>(s.target_events));
+      l.push_back(static_cast<double>(s.lost));
+      st.push_back(static_cast<double>(s.sync_timeouts));
+    }
+    const double per_event = median(e) > 0 && idle_cpu > 0 ? (median(c) - idle_cpu) / median(e) * 1e6 : 0;
+    fmt::print("{:<6} {:>9.3f} {:>7.3f} {:>10.3f} {:>7.3f} {:>10.0f} {:>10.0f} {:>7.0f} {:>9.0f} {:>12.2f}\n", name,
+               median(g), median(g) / base_guest, median(c), median(c) / base_cpu, median(e), median(te), median(l),
+               median(st), per_event);
+  }
+  fmt::print("QEMU RSS with the monitor: {} KiB after warm-up, {} KiB at the end of the last plugin boot\n", rss_first,
+             rss_last);
+  return 0;
+}
