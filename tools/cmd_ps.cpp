@@ -15,9 +15,11 @@
 #include <fmt/core.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace hvtrace::tools {
 namespace {
@@ -26,6 +28,8 @@ struct PsOptions {
   std::string vm_name = "default";
   std::string ram_file, dump_file, profile_file;
   bool json = false, tree = false, explain = false, no_cache = false;
+  std::vector<int> pids;           // -p: only these
+  std::vector<std::string> names;  // -C: only these commands
 };
 
 std::string dtb_text(const linux_os::Process& p) { return p.dtb ? fmt::format("{:#x}", p.dtb->value) : "-"; }
@@ -49,10 +53,11 @@ void print_json(const linux_os::Process& p) {
 }
 
 void print_table(const std::vector<linux_os::Process>& ps, bool tree) {
+  // START: seconds after boot (task_struct.start_time is monotonic time since boot).
   fmt::print("{:>6} {:>6} {:>6} {:1} {:>10} {:>12} {}\n", "PID", "PPID", "UID", "S", "START", "DTB", "COMMAND");
   auto row = [](const linux_os::Process& p, const std::string& prefix) {
-    fmt::print("{:>6} {:>6} {:>6} {:1} {:>10.2f} {:>12} {}{}\n", p.pid.value, p.ppid.value, p.uid, p.state,
-               static_cast<double>(p.start_time_ns) / 1e9, dtb_text(p), prefix, comm_text(p));
+    fmt::print("{:>6} {:>6} {:>6} {:1} {:>10} {:>12} {}{}\n", p.pid.value, p.ppid.value, p.uid, p.state,
+               fmt::format("{:.2f}s", static_cast<double>(p.start_time_ns) / 1e9), dtb_text(p), prefix, comm_text(p));
   };
   if (!tree) {
     for (const auto& p : ps) row(p, "");
@@ -121,6 +126,12 @@ void run_ps(const PsOptions& o) {
   auto lx = value_or_throw(linux_os::Linux::attach(**k));
   auto ps = lx.processes();
   if (!ps) throw UserError(fmt::format("listing processes in {}: {}", ram->describe(), ps.error().message));
+  if (!o.pids.empty() || !o.names.empty()) {
+    std::erase_if(*ps, [&](const linux_os::Process& p) {
+      return std::find(o.pids.begin(), o.pids.end(), p.pid.value) == o.pids.end() &&
+             std::find(o.names.begin(), o.names.end(), p.comm) == o.names.end();
+    });
+  }
   if (o.explain) print_explain(**k);
   if (o.json) {
     for (const auto& p : *ps) print_json(p);
@@ -139,6 +150,8 @@ void add_ps_command(CLI::App& app) {
   ps->add_option("--dump", opts->dump_file, "read a saved raw memory dump (offset == guest physical address)");
   ps->add_option("--profile", opts->profile_file, "kernel profile: hvtrace JSON, Volatility 3 ISF JSON or System.map");
   ps->add_flag("--no-cache", opts->no_cache, "ignore cached profiles and discover the kernel from memory");
+  ps->add_option("-p,--pid", opts->pids, "only these pids (repeatable)");
+  ps->add_option("-C,--command", opts->names, "only processes with this command name (repeatable)");
   ps->add_flag("--json", opts->json, "JSON Lines: one object per process");
   ps->add_flag("--tree", opts->tree, "show the parent tree");
   ps->add_flag("--explain", opts->explain, "say where each symbol and structure offset came from");

@@ -61,6 +61,16 @@ const std::vector<FieldSpec>& wanted_fields() {
       {"cred.euid", "cred", {"euid"}},
       {"list_head.next", "list_head", {"next"}},
       {"pcpu_hot.current_task", "pcpu_hot", {"current_task"}, false},
+      // Not used by the process list; kept for the tracing tools (command lines, threads, files).
+      {"task_struct.thread_group", "task_struct", {"thread_group"}, false},
+      {"task_struct.signal", "task_struct", {"signal"}, false},
+      {"task_struct.files", "task_struct", {"files"}, false},
+      {"mm_struct.arg_start", "mm_struct", {"arg_start"}, false},
+      {"mm_struct.arg_end", "mm_struct", {"arg_end"}, false},
+      {"mm_struct.env_start", "mm_struct", {"env_start"}, false},
+      {"mm_struct.env_end", "mm_struct", {"env_end"}, false},
+      {"mm_struct.exe_file", "mm_struct", {"exe_file"}, false},
+      {"cred.egid", "cred", {"egid"}, false},
   };
   return specs;
 }
