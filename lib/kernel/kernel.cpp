@@ -208,9 +208,17 @@ Result<std::unique_ptr<Kernel>> Kernel::discover(const mem::PhysMem& mem, bool k
       why_rejected = l.error().message;
       return false;
     }
+    // The tables must be part of the kernel image the kernel's own page tables map: a copy
+    // elsewhere in RAM (or one planted by a guest process) does not qualify.
     const GPA text_pa = l->text_pa;
-    if (t.relative_base_at.value < text_pa.value || t.token_table.value < text_pa.value) {
-      why_rejected = "kallsyms tables lie before _text";
+    const std::uint64_t image = l->end_va.value - l->text_va.value;
+    if (t.relative_base_at.value < text_pa.value || t.token_index.value + 512 > text_pa.value + image) {
+      why_rejected = fmt::format("kallsyms tables at {:#x} lie outside the kernel image", t.token_table.value);
+      return false;
+    }
+    const GVA tables_va{l->text_va.value + (t.token_table.value - text_pa.value)};
+    if (auto pa = arch::translate(mem, l->kernel_dtb, tables_va, l->paging); !pa || *pa != t.token_table) {
+      why_rejected = fmt::format("the kernel page tables do not map kallsyms at {:#x}", t.token_table.value);
       return false;
     }
     cand.kallsyms_relative_base_off = t.relative_base_at.value - text_pa.value;

@@ -17,6 +17,7 @@
 #include <cstdio>
 
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <optional>
 #include <set>
@@ -221,6 +222,40 @@ TEST_F(Guest, DiscoveryAndPsNeverGrowTheRamFile) {
   ASSERT_TRUE(ps && ps->ok());
   EXPECT_EQ(after, before) << "RAM file grew by " << (after - before) * 512 << " bytes";
   EXPECT_LT(before * 512, std::int64_t{vm_->record().memory_mib} << 20) << "the RAM file has no holes to test with";
+}
+
+TEST_F(Guest, ASystemMapOfThisKernelWorksAsAProfile) {
+  // A System.map has link-time addresses: make one from the guest's kallsyms by removing the slide.
+  const std::string proc = guest("cat /proc/kallsyms");
+  const auto text_at = proc.find(" T _text\n");
+  ASSERT_NE(text_at, std::string::npos);
+  const std::uint64_t text = std::stoull(proc.substr(proc.rfind('\n', text_at) + 1, 16), nullptr, 16);
+  const std::uint64_t slide = text - kernel::kDefaultTextVa;
+  const fs::path map = fs::temp_directory_path() / fmt::format("hvtrace-itest-System.map-{}", getpid());
+  {
+    std::ofstream out(map);
+    std::istringstream in(proc);
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.find('\t') != std::string::npos || line.size() < 20) continue;
+      std::uint64_t a = std::stoull(line.substr(0, 16), nullptr, 16);
+      if (a >= 0xffff800000000000ULL) a -= slide;
+      out << fmt::format("{:016x}{}\n", a, line.substr(16));
+    }
+  }
+  kernel::AttachOptions o;
+  o.profile_file = map;
+  auto k = kernel::Kernel::attach(*ram_, o);
+  fs::remove(map);
+  ASSERT_TRUE(k.ok()) << k.error().message;
+  EXPECT_EQ((*k)->how().rfind("profile file", 0), 0u);
+  EXPECT_EQ((*k)->layout().text_va, GVA{text});
+  EXPECT_NE((*k)->profile().sources.at("symbol init_task").find("System.map"), std::string::npos);
+  auto lx = linux_os::Linux::attach(**k);
+  ASSERT_TRUE(lx.ok()) << lx.error().message;
+  auto ps = lx->processes();
+  ASSERT_TRUE(ps.ok()) << ps.error().message;
+  EXPECT_GT(ps->size(), 20u);
 }
 
 TEST_F(Guest, WarmAttachUsesTheCachedProfile) {
