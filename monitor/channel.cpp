@@ -107,6 +107,16 @@ void control_loop(Monitor* mp) {
       break;
     }
     if (fds[0].revents) break;
+    // The current client first: a consumer that just closed must not make its successor "busy".
+    if (client >= 0 && (fds[2].revents & (POLLIN | POLLHUP | POLLERR))) {
+      if (!serve_message(m, client)) {
+        close(client);
+        client = -1;
+        // The consumer is gone (closed or died): nobody will ack, so no vCPU may wait.
+        m.attached.store(false);
+        set_gone(m, true);
+      }
+    }
     if (fds[1].revents & POLLIN) {
       const int c = accept4(m.listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
       if (c >= 0) {
@@ -122,15 +132,6 @@ void control_loop(Monitor* mp) {
         } else {
           client = c;
         }
-      }
-    }
-    if (client >= 0 && (fds[2].revents & (POLLIN | POLLHUP | POLLERR))) {
-      if (!serve_message(m, client)) {
-        close(client);
-        client = -1;
-        // The consumer is gone (closed or died): nobody will ack, so no vCPU may wait.
-        m.attached.store(false);
-        set_gone(m, true);
       }
     }
   }
