@@ -105,19 +105,22 @@ Result<GPA> translate(const mem::PhysMem& mem, Dtb dtb, GVA va, PagingMode mode)
 }
 
 Result<GPA> AddressSpace::translate(GVA va) {
-  const std::uint64_t key = va.value >> 12;
-  if (auto it = cache_.find(key); it != cache_.end()) {
-    auto leaf = mem_->read_u64(it->second.leaf_addr);
-    if (leaf && *leaf == it->second.leaf)
-      return GPA{it->second.page_base | (va.value & (it->second.page_size - 1))};
-    cache_.erase(it);
+  const std::uint64_t vpn = va.value >> 12;
+  Cached& slot = cache_[vpn % kCacheSlots];
+  if (slot.vpn == vpn) {
+    auto leaf = mem_->read_u64(slot.leaf_addr);
+    if (leaf && *leaf == slot.leaf) return GPA{slot.page_base | (va.value & (slot.page_size - 1))};
+    slot = Cached{};
   }
   Walk w = walk(*mem_, dtb_, va, mode_);
   if (!w.ok()) return w.error();
-  if (cache_.size() >= kMaxCache) cache_.clear();
   const WalkStep& leaf = w.steps[static_cast<std::size_t>(w.nsteps - 1)];
-  cache_[key] = Cached{leaf.entry_addr, leaf.entry, w.pa.value & ~(w.page_size - 1), w.page_size};
+  slot = Cached{vpn, leaf.entry_addr, leaf.entry, w.pa.value & ~(w.page_size - 1), w.page_size};
   return w.pa;
+}
+
+std::size_t AddressSpace::cache_size() const {
+  return static_cast<std::size_t>(std::count_if(cache_.begin(), cache_.end(), [](const Cached& c) { return c.vpn != kEmpty; }));
 }
 
 Result<void> AddressSpace::read(GVA va, std::span<std::byte> out) {

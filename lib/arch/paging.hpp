@@ -14,7 +14,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
-#include <unordered_map>
+#include <vector>
 
 namespace hvtrace::arch {
 
@@ -80,24 +80,26 @@ class AddressSpace {
     HVTRACE_TRY(read(va, std::as_writable_bytes(std::span<T, 1>(&v, 1))));
     return v;
   }
-  void invalidate() { cache_.clear(); }
+  void invalidate() { cache_.assign(kCacheSlots, Cached{}); }
   [[nodiscard]] Dtb dtb() const { return dtb_; }
   [[nodiscard]] PagingMode mode() const { return mode_; }
   [[nodiscard]] const mem::PhysMem& memory() const { return *mem_; }
-  [[nodiscard]] std::size_t cache_size() const { return cache_.size(); }
+  [[nodiscard]] std::size_t cache_size() const;
 
  private:
   struct Cached {
+    std::uint64_t vpn = kEmpty;  // va >> 12 of the cached page
     GPA leaf_addr;
     std::uint64_t leaf = 0;
     std::uint64_t page_base = 0;
     std::uint64_t page_size = 0;
   };
-  static constexpr std::size_t kMaxCache = 1 << 14;
+  static constexpr std::uint64_t kEmpty = ~0ULL;  // no canonical va has this page number
+  static constexpr std::size_t kCacheSlots = 4096;  // direct-mapped by page number
   const mem::PhysMem* mem_;
   Dtb dtb_;
   PagingMode mode_;
-  std::unordered_map<std::uint64_t, Cached> cache_;  // key: va >> 12
+  std::vector<Cached> cache_ = std::vector<Cached>(kCacheSlots);
 };
 
 // The paging mode under which `dtb` maps `va` to `expected_pa`, tried 5-level first (a 4-level
