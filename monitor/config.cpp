@@ -68,7 +68,8 @@ const char* options_usage() {
          "  cr3_unfiltered=on|off  forward every CR3 write whatever the DTB set (ablation; default off)\n"
          "  snaplen=N           bytes copied per string/buffer, 0..65536 (default 256)\n"
          "  sync_wait=spin|block|adaptive, sync_spin_us=N (0..100000), sync_timeout_ms=N (1..60000)\n"
-         "  count=on|off        only run the independent inline counters (benchmarks)\n";
+         "  count=on|off        only run the independent inline counters (benchmarks)\n"
+         "  selftime=on|off     time every trap callback into the ring header (benchmarks)\n";
 }
 
 bool parse_options(int argc, const char* const* argv, Options* out, std::string* why) {
@@ -132,6 +133,10 @@ bool parse_options(int argc, const char* const* argv, Options* out, std::string*
     } else if (k == "sync_timeout_ms") {
       if (!parse_u64(v, &n) || n < 1 || n > 60'000) return bad("needs 1..60000");
       o.sync_timeout_ns = n * 1'000'000;
+    } else if (k == "selftime") {
+      if (v == "on") o.selftime = true;
+      else if (v == "off") o.selftime = false;
+      else return bad("needs on or off");
     } else if (k == "count") {
       if (v == "on") o.count_only = true;
       else if (v == "off") o.count_only = false;

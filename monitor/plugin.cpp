@@ -56,6 +56,26 @@ bool read_mem(Vcpu& v, std::uint64_t va, void* dst, std::size_t len) {
 }
 
 // Hazard-pointer read of the config in force.
+// Times one trap callback when selftime=on (two vDSO clock reads; nothing otherwise).
+class SelfTimer {
+ public:
+  SelfTimer(Monitor& m, Vcpu& v) : h_(m.opt.selftime && v.has_ring ? v.prod.header() : nullptr) {
+    if (h_) t0_ = abi::monotonic_ns();
+  }
+  ~SelfTimer() {
+    if (!h_) return;
+    const std::uint64_t dt = abi::monotonic_ns() - t0_;
+    abi::aref(h_->cb_calls).store(h_->cb_calls + 1, std::memory_order_relaxed);
+    abi::aref(h_->cb_ns).store(h_->cb_ns + dt, std::memory_order_relaxed);
+  }
+  SelfTimer(const SelfTimer&) = delete;
+  SelfTimer& operator=(const SelfTimer&) = delete;
+
+ private:
+  abi::RingHeader* h_;
+  std::uint64_t t0_ = 0;
+};
+
 const FilterConfig* acquire_cfg(Monitor& m, Vcpu& v) {
   for (;;) {
     const FilterConfig* c = m.current.load(std::memory_order_acquire);
@@ -252,6 +272,7 @@ void on_syscall_entry_body(Monitor& m, unsigned vcpu) {
 
 void on_syscall_entry(unsigned vcpu, void*) {
   Monitor& m = *g_mon;
+  SelfTimer timer(m, m.vcpus[vcpu]);
   qemu_plugin_u64_set(m.f_entry_gate, vcpu, 0);
   on_syscall_entry_body(m, vcpu);
 }
@@ -310,6 +331,7 @@ void on_sysret(unsigned vcpu, void*) {
   Monitor& m = *g_mon;
   Vcpu& v = m.vcpus[vcpu];
   if (!v.ready || !v.has_ring) return;
+  SelfTimer timer(m, v);
   on_return_to_user(m, vcpu, v, abi::ExitVia::kSysret, read_reg(v, v.gpr[RCX]), read_reg(v, v.gpr[RSP]));
 }
 
@@ -317,6 +339,7 @@ void on_iret(unsigned vcpu, void*) {
   Monitor& m = *g_mon;
   Vcpu& v = m.vcpus[vcpu];
   if (!v.ready || !v.has_ring) return;
+  SelfTimer timer(m, v);
   std::uint64_t frame[4];  // RIP, CS, RFLAGS, RSP
   if (!read_mem(v, read_reg(v, v.gpr[RSP]), frame, sizeof frame)) return;
   if ((frame[1] & 3) != 3) return;  // back to kernel mode: not the end of a syscall
@@ -332,6 +355,7 @@ void on_cr3_write(unsigned vcpu, void* udata) {
   Monitor& m = *g_mon;
   Vcpu& v = m.vcpus[vcpu];
   if (!v.ready || !v.has_ring) return;
+  SelfTimer timer(m, v);
   const std::uint64_t u = reinterpret_cast<std::uintptr_t>(udata);
   const std::uint64_t old_cr3 = read_reg(v, v.cr3);
   const std::uint64_t new_cr3 = read_reg(v, v.gpr[u & 15]);
@@ -361,6 +385,7 @@ void on_breakpoint(unsigned vcpu, void* udata) {
   Monitor& m = *g_mon;
   Vcpu& v = m.vcpus[vcpu];
   if (!v.ready || !v.has_ring) return;
+  SelfTimer timer(m, v);
   const std::uint64_t cr3 = read_reg(v, v.cr3);
   const FilterConfig& cfg = *acquire_cfg(m, v);
   const Action act = cfg.action(EventClass::kBreakpoint);

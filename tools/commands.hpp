@@ -12,4 +12,5 @@ int& exit_code();
 void add_vm_command(CLI::App& app);    // cmd_vm.cpp: vm up|exec|down|status|list
 void add_run_command(CLI::App& app);   // cmd_run.cpp: the README's main job
 void add_ps_command(CLI::App& app);    // cmd_ps.cpp: process list from guest memory
+void add_events_command(CLI::App& app);  // cmd_events.cpp: the monitor's raw events as JSON Lines
 }  // namespace hvtrace::tools

@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
   hvtrace::tools::add_run_command(app);
   hvtrace::tools::add_vm_command(app);
   hvtrace::tools::add_ps_command(app);
+  hvtrace::tools::add_events_command(app);
 
   hvtrace::vm::install_termination_handlers();
   try {

@@ -40,6 +40,7 @@ namespace {
 struct Sample {
   double guest_s = 0, cpu_s = 0, wall_s = 0;
   std::uint64_t events = 0, target_events = 0, lost = 0, sync_timeouts = 0;
+  double ns_per_callback = 0;   // monitor self-timing: host time inside one trap callback
 };
 
 double qemu_cpu_seconds(pid_t pid) {
@@ -140,9 +141,14 @@ Result<Sample> run_once(vm::Vm& v, unsigned iterations, const Method* m, events:
     HVTRACE_TRY(ctl->set_syscalls(std::vector<unsigned>{1}));
     HVTRACE_TRY(ctl->set_actions({Action::kDrop, Action::kAsync, Action::kDrop, Action::kDrop, false}));
   }
-  std::uint64_t timeouts0 = 0;
+  std::uint64_t timeouts0 = 0, calls0 = 0, ns0 = 0;
   if (reader)
-    for (unsigned i = 0; i < reader->rings(); ++i) timeouts0 += reader->stats(i).sync_timeouts;
+    for (unsigned i = 0; i < reader->rings(); ++i) {
+      const auto st = reader->stats(i);
+      timeouts0 += st.sync_timeouts;
+      calls0 += st.cb_calls;
+      ns0 += st.cb_ns;
+    }
   const pid_t qpid = v.record().qemu_pid;
   const double cpu0 = qemu_cpu_seconds(qpid);
   const auto t0 = std::chrono::steady_clock::now();
@@ -176,8 +182,16 @@ Result<Sample> run_once(vm::Vm& v, unsigned iterations, const Method* m, events:
     s.events = consumer->events;
     s.target_events = consumer->target_events;
     s.lost = consumer->lost;
-    for (unsigned i = 0; i < reader->rings(); ++i) s.sync_timeouts += reader->stats(i).sync_timeouts;
+    std::uint64_t calls = 0, ns = 0;
+    for (unsigned i = 0; i < reader->rings(); ++i) {
+      const auto st = reader->stats(i);
+      s.sync_timeouts += st.sync_timeouts;
+      calls += st.cb_calls;
+      ns += st.cb_ns;
+    }
     s.sync_timeouts -= timeouts0;
+    // Sync callbacks include the wait for the application's answer.
+    if (calls > calls0) s.ns_per_callback = static_cast<double>(ns - ns0) / static_cast<double>(calls - calls0);
   }
   return s;
 }
@@ -222,7 +236,7 @@ int main(int argc, char** argv) {
       c.image = *img;
       const std::string shm = (vm::run_root() / c.name / "mon.rings").string();
       const std::string ctlp = (vm::run_root() / c.name / "mon.ctl").string();
-      if (with_plugin) c.plugin = vm::PluginSpec{HVTRACE_MONITOR_PLUGIN, {"shm=" + shm, "ctl=" + ctlp}};
+      if (with_plugin) c.plugin = vm::PluginSpec{HVTRACE_MONITOR_PLUGIN, {"shm=" + shm, "ctl=" + ctlp, "selftime=on"}};
       auto v = vm::Vm::start(c);
       if (!v) {
         fmt::print(stderr, "boot: {}\n", v.error().message);
@@ -271,13 +285,13 @@ int main(int argc, char** argv) {
   const double base_guest = median([&] { std::vector<double> x; for (auto& s : samples["none"]) x.push_back(s.guest_s); return x; }());
   const double base_cpu = median([&] { std::vector<double> x; for (auto& s : samples["none"]) x.push_back(s.cpu_s); return x; }());
   fmt::print("jansson-workload {} iteration(s), {} boot(s) x {} rep(s), medians\n", iterations, boots, reps);
-  fmt::print("{:<6} {:>9} {:>7} {:>9} {:>7} {:>10} {:>10} {:>7} {:>9} {:>12}\n", "method", "guest_s", "ratio", "qemu_cpu_s",
-             "ratio", "events", "target_ev", "lost", "sync_tmo", "us/event");
+  fmt::print("{:<6} {:>9} {:>7} {:>9} {:>7} {:>10} {:>10} {:>7} {:>9} {:>12} {:>12}\n", "method", "guest_s", "ratio", "qemu_cpu_s",
+             "ratio", "events", "target_ev", "lost", "sync_tmo", "us/event", "ns/callback");
   const double idle_cpu = median([&] { std::vector<double> x; for (auto& s : samples["idle"]) x.push_back(s.cpu_s); return x; }());
   for (const std::string name : {"none", "idle", "m2", "m3", "m4", "m5", "all"}) {
     auto& v = samples[name];
     if (v.empty()) continue;
-    std::vector<double> g, c, e, te, l, st;
+    std::vector<double> g, c, e, te, l, st, cb;
     for (auto& s : v) {
       g.push_back(s.guest_s);
       c.push_back(s.cpu_s);
@@ -285,11 +299,12 @@ int main(int argc, char** argv) {
       te.push_back(static_cast<double>(s.target_events));
       l.push_back(static_cast<double>(s.lost));
       st.push_back(static_cast<double>(s.sync_timeouts));
+      cb.push_back(s.ns_per_callback);
     }
     const double per_event = median(e) > 0 && idle_cpu > 0 ? (median(c) - idle_cpu) / median(e) * 1e6 : 0;
-    fmt::print("{:<6} {:>9.3f} {:>7.3f} {:>10.3f} {:>7.3f} {:>10.0f} {:>10.0f} {:>7.0f} {:>9.0f} {:>12.2f}\n", name,
-               median(g), median(g) / base_guest, median(c), median(c) / base_cpu, median(e), median(te), median(l),
-               median(st), per_event);
+    fmt::print("{:<6} {:>9.3f} {:>7.3f} {:>10.3f} {:>7.3f} {:>10.0f} {:>10.0f} {:>7.0f} {:>9.0f} {:>12.2f} {:>12.0f}\n",
+               name, median(g), median(g) / base_guest, median(c), median(c) / base_cpu, median(e), median(te),
+               median(l), median(st), per_event, median(cb));
   }
   fmt::print("QEMU RSS with the monitor: {} KiB after warm-up, {} KiB at the end of the last plugin boot\n", rss_first,
              rss_last);

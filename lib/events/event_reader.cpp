@@ -252,6 +252,8 @@ RingStats EventReader::stats(unsigned ring) const {
   for (std::size_t i = 0; i < std::size(s.drops); ++i) s.drops[i] = ld(h->drops[i]);
   s.sync_waits = ld(h->sync_waits);
   s.sync_timeouts = ld(h->sync_timeouts);
+  s.cb_calls = ld(h->cb_calls);
+  s.cb_ns = ld(h->cb_ns);
   return s;
 }
 

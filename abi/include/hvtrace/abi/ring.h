@@ -75,7 +75,11 @@ struct alignas(kPageSize) RingHeader {
   std::uint64_t data_offset;      // from the start of the file
   std::uint32_t max_record;       // largest record the producer will write (<= data_size / 4)
   std::uint32_t reserved0;
-  std::uint8_t pad0[kCacheLine - 24];
+  // Self-timing of the monitor's callbacks (plugin argument selftime=on; 0 otherwise), written by
+  // the vCPU thread: how many trap callbacks ran and the host nanoseconds spent inside them.
+  std::uint64_t cb_calls;
+  std::uint64_t cb_ns;
+  std::uint8_t pad0[kCacheLine - 40];
 
   // --- producer line: written only by the vCPU thread ---
   alignas(kCacheLine) std::uint64_t head;     // free-running; store(release) after the record bytes

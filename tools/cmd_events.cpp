@@ -1,0 +1,157 @@
+// hvtrace events: attach to a running VM's monitor (the plugin's rings file and control socket),
+// set the in-hypervisor filter, and print every event as one JSON object per line — the raw view
+// of what the monitor delivers, for debugging and for scripts. Loss is printed as it happens
+// ({"type":"lost",...}) and totalled per vCPU on stderr at the end.
+// By convention the monitor's files live in the VM's run directory as mon.rings and mon.ctl:
+//   hvtrace vm up --name v --plugin .../libhvtrace-monitor.so
+//       --plugin-arg shm=/dev/shm/hvtrace/v/mon.rings --plugin-arg ctl=/dev/shm/hvtrace/v/mon.ctl
+//   hvtrace events --vm v --entry async --exit async -e 1,59 --count 100
+#include "commands.hpp"
+
+#include "common/result.hpp"
+#include "events/control_client.hpp"
+#include "events/event_reader.hpp"
+#include "vm/vm.hpp"
+
+#include <CLI/CLI.hpp>
+#include <fmt/core.h>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace hvtrace::tools {
+namespace {
+
+struct EventsOptions {
+  std::string vm_name = "default";
+  std::string shm, ctl;
+  std::vector<std::string> dtbs;
+  std::vector<unsigned> syscalls;
+  std::string cr3 = "drop", entry = "async", exit = "async";
+  std::uint32_t snaplen = abi::kDefaultSnapLen;
+  std::uint64_t count = 0;       // 0: until interrupted
+  double duration = 0;           // seconds, 0: until interrupted
+};
+
+abi::Action action_of(const std::string& s) {
+  if (s == "drop") return abi::Action::kDrop;
+  if (s == "async") return abi::Action::kAsync;
+  if (s == "sync") return abi::Action::kSync;
+  throw UserError(fmt::format("action '{}': use drop, async or sync", s));
+}
+
+std::string hex(std::uint64_t v) { return fmt::format("{:#x}", v); }
+
+nlohmann::json to_json(const events::Event& e) {
+  nlohmann::json j = {{"vcpu", e.ring}, {"seq", e.seq}, {"time_ns", e.time_ns}, {"gen", e.generation}};
+  if (e.sync()) j["sync"] = true;
+  switch (e.type) {
+    case abi::RecordType::kLost:
+      j["type"] = "lost";
+      j["lost"] = e.lost.lost;
+      j["first_seq"] = e.lost.first_seq;
+      j["last_seq"] = e.lost.last_seq;
+      break;
+    case abi::RecordType::kCr3Write:
+      j["type"] = "cr3";
+      j["old"] = hex(e.cr3.old_cr3);
+      j["new"] = hex(e.cr3.new_cr3);
+      j["rip"] = hex(e.cr3.rip);
+      break;
+    case abi::RecordType::kSyscallEntry:
+      j["type"] = "entry";
+      j["nr"] = e.entry.nr;
+      j["args"] = nlohmann::json::array();
+      for (auto a : e.entry.args) j["args"].push_back(hex(a));
+      j["dtb"] = hex(e.dtb().value);
+      j["rip"] = hex(e.entry.user_rip);
+      j["rsp"] = hex(e.entry.user_rsp);
+      break;
+    case abi::RecordType::kSyscallExit:
+      j["type"] = "exit";
+      j["nr"] = e.exit.nr;
+      j["ret"] = e.exit.ret;
+      j["dtb"] = hex(e.dtb().value);
+      j["entry_seq"] = e.exit.entry_seq;
+      j["via"] = e.exit.via == static_cast<std::uint16_t>(abi::ExitVia::kIret) ? "iret" : "sysret";
+      break;
+    case abi::RecordType::kBreakpoint:
+      j["type"] = "bp";
+      j["va"] = hex(e.bp.va);
+      j["dtb"] = hex(e.dtb().value);
+      break;
+    default: j["type"] = "unknown"; break;
+  }
+  for (const auto& c : e.captures) {
+    nlohmann::json cj = {{"arg", c.arg}, {"true_len", c.true_len}, {"truncated", c.truncated()}};
+    if (c.kind == abi::CaptureKind::kArgv) cj["argv"] = c.argv();
+    else cj["data"] = nlohmann::json(c.data).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    j["captures"].push_back(cj);
+  }
+  return j;
+}
+
+void run_events(const EventsOptions& o) {
+  vm::install_termination_handlers();
+  const auto dir = vm::run_root() / o.vm_name;
+  const std::string shm = o.shm.empty() ? (dir / "mon.rings").string() : o.shm;
+  const std::string ctlp = o.ctl.empty() ? (dir / "mon.ctl").string() : o.ctl;
+  auto reader = value_or_throw(events::EventReader::open(shm, std::chrono::seconds{5}));
+  auto ctl = value_or_throw(events::ControlClient::connect(ctlp, std::chrono::seconds{5}));
+  value_or_throw(ctl.attach());
+  if (o.dtbs.empty()) {
+    value_or_throw(ctl.set_all_dtbs());
+  } else {
+    std::vector<Dtb> d;
+    for (const auto& s : o.dtbs) d.push_back(Dtb{std::stoull(s, nullptr, 0)});
+    value_or_throw(ctl.set_dtbs(d));
+  }
+  value_or_throw(ctl.set_syscalls(o.syscalls.empty() ? std::nullopt : std::optional(o.syscalls)));
+  value_or_throw(ctl.set_snap_len(o.snaplen));
+  value_or_throw(ctl.set_actions({action_of(o.cr3), action_of(o.entry), action_of(o.exit), abi::Action::kDrop}));
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(o.duration);
+  std::uint64_t n = 0;
+  while (!vm::termination_requested() && (o.count == 0 || n < o.count) &&
+         (o.duration == 0 || std::chrono::steady_clock::now() < end)) {
+    auto got = reader->poll([&](const events::Event& e) {
+      std::fputs((to_json(e).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n").c_str(), stdout);
+    }, o.count ? o.count - n : SIZE_MAX);
+    const std::size_t k = value_or_throw(std::move(got));
+    n += k;
+    if (k == 0) reader->wait(std::chrono::milliseconds{20});
+  }
+  (void)ctl.set_actions({});
+  (void)ctl.detach();
+  std::fflush(stdout);
+  for (unsigned i = 0; i < reader->rings(); ++i) {
+    const auto s = reader->stats(i);
+    if (s.dropped() != 0 || s.sync_timeouts != 0)
+      fmt::print(stderr, "vCPU {}: lost {} events (ring full {}, too big {}), {} sync waits timed out\n", i,
+                 s.dropped(), s.drops[0], s.drops[1], s.sync_timeouts);
+  }
+}
+
+}  // namespace
+
+void add_events_command(CLI::App& app) {
+  auto o = std::make_shared<EventsOptions>();
+  auto* cmd = app.add_subcommand("events", "Print the monitor's raw events as JSON Lines (set the in-hypervisor filter first)");
+  cmd->add_option("--vm", o->vm_name, "VM whose run directory holds mon.rings and mon.ctl")->capture_default_str();
+  cmd->add_option("--shm", o->shm, "the monitor's rings file (default <run dir>/mon.rings)");
+  cmd->add_option("--ctl", o->ctl, "the monitor's control socket (default <run dir>/mon.ctl)");
+  cmd->add_option("--dtb", o->dtbs, "only these page-table bases (repeatable; default all)");
+  cmd->add_option("-e,--syscalls", o->syscalls, "only these syscall numbers (comma-separated)")->delimiter(',');
+  cmd->add_option("--cr3", o->cr3, "action for CR3 writes: drop|async|sync")->capture_default_str();
+  cmd->add_option("--entry", o->entry, "action for syscall entries")->capture_default_str();
+  cmd->add_option("--exit", o->exit, "action for syscall exits")->capture_default_str();
+  cmd->add_option("-s,--snaplen", o->snaplen, "bytes copied per string/buffer (0..65536)")->capture_default_str();
+  cmd->add_option("-c,--count", o->count, "stop after N events");
+  cmd->add_option("--duration", o->duration, "stop after S seconds");
+  cmd->callback([o] { run_events(*o); });
+}
+
+}  // namespace hvtrace::tools
