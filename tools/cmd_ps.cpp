@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -27,15 +28,24 @@ namespace {
 struct PsOptions {
   std::string vm_name = "default";
   std::string ram_file, dump_file, profile_file;
-  bool json = false, tree = false, explain = false, no_cache = false;
+  bool json = false, tree = false, explain = false, no_cache = false, args = false;
   std::vector<int> pids;           // -p: only these
   std::vector<std::string> names;  // -C: only these commands
 };
 
 std::string dtb_text(const linux_os::Process& p) { return p.dtb ? fmt::format("{:#x}", p.dtb->value) : "-"; }
-std::string comm_text(const linux_os::Process& p) { return p.kernel_thread ? "[" + p.comm + "]" : p.comm; }
+// Like ps: the command line when asked for and readable, else the comm ([comm] for kernel threads).
+struct Row {
+  const linux_os::Process* p;
+  std::optional<std::string> cmdline;
+};
+std::string comm_text(const Row& r) {
+  if (r.cmdline && !r.cmdline->empty()) return *r.cmdline;
+  return r.p->kernel_thread ? "[" + r.p->comm + "]" : r.p->comm;
+}
 
-void print_json(const linux_os::Process& p) {
+void print_json(const Row& r) {
+  const linux_os::Process& p = *r.p;
   nlohmann::json j = {{"pid", p.pid.value},
                       {"tgid", p.tgid.value},
                       {"ppid", p.ppid.value},
@@ -48,39 +58,42 @@ void print_json(const linux_os::Process& p) {
                       {"kernel_thread", p.kernel_thread},
                       {"dtb", p.dtb ? nlohmann::json(fmt::format("{:#x}", p.dtb->value)) : nlohmann::json(nullptr)},
                       {"task", fmt::format("{:#x}", p.task.value)}};
+  if (r.cmdline) j["cmdline"] = *r.cmdline;
   // Guest strings are bytes, not UTF-8: replace what JSON cannot carry.
   fmt::print("{}\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
 }
 
-void print_table(const std::vector<linux_os::Process>& ps, bool tree) {
+void print_table(const std::vector<Row>& rows, bool tree) {
   // START: seconds after boot (task_struct.start_time is monotonic time since boot).
   fmt::print("{:>6} {:>6} {:>6} {:1} {:>10} {:>12} {}\n", "PID", "PPID", "UID", "S", "START", "DTB", "COMMAND");
-  auto row = [](const linux_os::Process& p, const std::string& prefix) {
+  auto row = [](const Row& r, const std::string& prefix) {
+    const linux_os::Process& p = *r.p;
     fmt::print("{:>6} {:>6} {:>6} {:1} {:>10} {:>12} {}{}\n", p.pid.value, p.ppid.value, p.uid, p.state,
-               fmt::format("{:.2f}s", static_cast<double>(p.start_time_ns) / 1e9), dtb_text(p), prefix, comm_text(p));
+               fmt::format("{:.2f}s", static_cast<double>(p.start_time_ns) / 1e9), dtb_text(p), prefix, comm_text(r));
   };
   if (!tree) {
-    for (const auto& p : ps) row(p, "");
+    for (const auto& r : rows) row(r, "");
     return;
   }
-  std::multimap<int, const linux_os::Process*> children;
-  std::map<int, const linux_os::Process*> by_pid;
-  for (const auto& p : ps) by_pid[p.pid.value] = &p;
-  for (const auto& p : ps) children.emplace(p.ppid.value, &p);
+  std::multimap<int, const Row*> children;
+  std::map<int, const Row*> by_pid;
+  for (const auto& r : rows) by_pid[r.p->pid.value] = &r;
+  for (const auto& r : rows) children.emplace(r.p->ppid.value, &r);
   // Roots: processes whose parent is not listed (pid 0 is not a process). Depth-bounded, and
   // every process printed once, so a hostile parent cycle cannot loop.
   std::map<int, bool> printed;
-  auto walk = [&](auto&& self, const linux_os::Process& p, int depth) -> void {
+  auto walk = [&](auto&& self, const Row& r, int depth) -> void {
+    const linux_os::Process& p = *r.p;
     if (printed[p.pid.value] || depth > 64) return;
     printed[p.pid.value] = true;
-    row(p, depth == 0 ? "" : std::string(static_cast<std::size_t>(2 * depth - 2), ' ') + "\\_ ");
+    row(r, depth == 0 ? "" : std::string(static_cast<std::size_t>(2 * depth - 2), ' ') + "\\_ ");
     auto [b, e] = children.equal_range(p.pid.value);
     for (auto it = b; it != e; ++it)
-      if (it->second->pid != p.pid) self(self, *it->second, depth + 1);
+      if (it->second->p->pid != p.pid) self(self, *it->second, depth + 1);
   };
-  for (const auto& p : ps)
-    if (by_pid.count(p.ppid.value) == 0 || p.ppid == p.pid) walk(walk, p, 0);
-  for (const auto& p : ps) walk(walk, p, 0);  // members of a parent cycle, if any
+  for (const auto& r : rows)
+    if (by_pid.count(r.p->ppid.value) == 0 || r.p->ppid == r.p->pid) walk(walk, r, 0);
+  for (const auto& r : rows) walk(walk, r, 0);  // members of a parent cycle, if any
 }
 
 void print_explain(const kernel::Kernel& k) {
@@ -132,12 +145,22 @@ void run_ps(const PsOptions& o) {
              std::find(o.names.begin(), o.names.end(), p.comm) == o.names.end();
     });
   }
+  std::vector<Row> rows;
+  for (const auto& p : *ps) {
+    Row r{&p, std::nullopt};
+    if (o.args) {
+      // An unreadable command line (pages not present) is not an error for ps: show the comm.
+      auto c = lx.cmdline(p);
+      r.cmdline = c ? std::move(*c) : std::string();
+    }
+    rows.push_back(std::move(r));
+  }
   if (o.explain) print_explain(**k);
   if (o.json) {
-    for (const auto& p : *ps) print_json(p);
+    for (const auto& r : rows) print_json(r);
     return;
   }
-  print_table(*ps, o.tree);
+  print_table(rows, o.tree);
 }
 
 }  // namespace
@@ -152,6 +175,7 @@ void add_ps_command(CLI::App& app) {
   ps->add_flag("--no-cache", opts->no_cache, "ignore cached profiles and discover the kernel from memory");
   ps->add_option("-p,--pid", opts->pids, "only these pids (repeatable)");
   ps->add_option("-C,--command", opts->names, "only processes with this command name (repeatable)");
+  ps->add_flag("-f,--args", opts->args, "show full command lines (read from each process's own memory)");
   ps->add_flag("--json", opts->json, "JSON Lines: one object per process");
   ps->add_flag("--tree", opts->tree, "show the parent tree");
   ps->add_flag("--explain", opts->explain, "say where each symbol and structure offset came from");

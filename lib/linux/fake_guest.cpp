@@ -33,9 +33,11 @@ Result<std::vector<std::byte>> make_btf() {
   btf__add_field(b, "euid", kuid_t, L::kCredEuid * 8, 0);
   (void)cred;
   // mm_struct wraps its fields in an unnamed struct, as the real one does.
-  const int mm_inner = btf__add_struct(b, nullptr, 0x100);
+  const int mm_inner = btf__add_struct(b, nullptr, 0x200);
   btf__add_field(b, "mmap_base", u64, 0, 0);
   btf__add_field(b, "pgd", vptr, L::kMmPgd * 8, 0);
+  btf__add_field(b, "arg_start", u64, L::kMmArgStart * 8, 0);
+  btf__add_field(b, "arg_end", u64, L::kMmArgEnd * 8, 0);
   btf__add_struct(b, "mm_struct", L::kMmSize);
   btf__add_field(b, nullptr, mm_inner, 0, 0);
   // pid and tgid sit in an unnamed struct here, to exercise the recursive member search.
@@ -182,9 +184,20 @@ Result<GVA> FakeGuest::add_task(const FakeTask& t) {
   if (!t.kernel_thread) {
     auto mm = alloc(L::kMmSize);
     next_free_ = (next_free_ + 0x1fff) & ~0x1fffULL;  // PTI kernels allocate an 8 KiB-aligned pgd pair
-    auto pgd = alloc(2 * mem::kPageSize);
-    if (!mm || !pgd) return make_error("fake guest out of RAM");
+    constexpr std::uint64_t kUserTablePages = 16;    // the pgd pair plus the tables below it
+    auto pgd = alloc(kUserTablePages * mem::kPageSize);
+    auto args_page = alloc(mem::kPageSize);
+    if (!mm || !pgd || !args_page) return make_error("fake guest out of RAM");
     HVTRACE_TRY(m.write_u64(GPA{mm->value + L::kMmPgd}, va_of(*pgd).value));
+    // argv in the task's own address space, as the kernel's mm->arg_start..arg_end describe it.
+    arch::PageTableBuilder user_pt(m, o_.paging, *pgd, kUserTablePages);
+    HVTRACE_TRY(user_pt.map(GVA{L::kArgvVa}, *args_page, mem::kPageSize, arch::kPteUser | arch::kPteWrite | arch::kPteNx));
+    std::string args;
+    for (const auto& a : t.argv.empty() ? std::vector<std::string>{t.comm} : t.argv) args += a + '\0';
+    args.resize(std::min<std::size_t>(args.size(), mem::kPageSize));
+    HVTRACE_TRY(m.write(*args_page, std::as_bytes(std::span(args.data(), args.size()))));
+    HVTRACE_TRY(m.write_u64(GPA{mm->value + L::kMmArgStart}, L::kArgvVa));
+    HVTRACE_TRY(m.write_u64(GPA{mm->value + L::kMmArgEnd}, L::kArgvVa + args.size()));
     HVTRACE_TRY(w64(L::kMm, va_of(*mm).value));
     HVTRACE_TRY(w64(L::kActiveMm, va_of(*mm).value));
   }

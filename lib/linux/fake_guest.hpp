@@ -33,6 +33,7 @@ struct FakeLayout {
                                  kActiveMm = 0x458, kExitState = 0x460, kPid = 0x500, kTgid = 0x504,
                                  kRealParent = 0x510, kParent = 0x518, kGroupLeader = 0x520, kStartTime = 0x5a0,
                                  kStartBoottime = 0x5a8, kRealCred = 0x700, kCred = 0x708, kComm = 0x718;
+  static constexpr std::uint64_t kMmArgStart = 0x138, kMmArgEnd = 0x140, kArgvVa = 0x7ffd12340000ULL;
   static constexpr std::uint64_t kMmSize = 0x400, kMmPgd = 0x48, kCredSize = 0xa0, kCredUid = 4, kCredGid = 8,
                                  kCredEuid = 0x14;
   static constexpr std::uint64_t kCurrentTask = 0x1fbc0;  // per-CPU offset of current_task
@@ -46,6 +47,7 @@ struct FakeTask {
   std::uint32_t state = 1;  // TASK_INTERRUPTIBLE
   std::uint64_t start_time = 0;
   GVA parent;               // 0: init_task
+  std::vector<std::string> argv = {};  // user tasks: mapped at kArgvVa; empty: {comm}
 };
 
 class FakeGuest {

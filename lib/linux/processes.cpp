@@ -58,6 +58,8 @@ Result<TaskLayout> TaskLayout::from(const kernel::Kernel& k) {
   HVTRACE_TRY(get("cred.gid", l.cred_gid));
   HVTRACE_TRY(get("cred.euid", l.cred_euid));
   if (auto f = k.profile().field("pcpu_hot.current_task")) l.pcpu_hot_current_task = f->offset;
+  if (auto f = k.profile().field("mm_struct.arg_start")) l.mm_arg_start = f->offset;
+  if (auto f = k.profile().field("mm_struct.arg_end")) l.mm_arg_end = f->offset;
   if (l.comm_size == 0 || l.comm_size > 64) l.comm_size = 16;
   const std::uint64_t limit = 1U << 16;  // task_struct is ~10 KiB; anything far beyond is a corrupt profile
   for (std::uint64_t off : {l.tasks, l.pid, l.tgid, l.comm, l.mm, l.real_parent, l.real_cred, l.start_time, l.state,
@@ -116,6 +118,7 @@ Result<Process> Linux::read_task(GVA task) const {
     p.euid = field_at<std::uint32_t>(c, l.cred_euid - lo);
   }
   const GVA mm{field_at<std::uint64_t>(buf, l.mm)};
+  p.mm = mm;
   if (mm.value != 0) {
     auto pgd = kernel_->read_as<std::uint64_t>(GVA{mm.value + l.mm_pgd});
     if (!pgd) return std::move(pgd).with_context(fmt::format("reading mm_struct.pgd of pid {} at {:#x}", p.pid.value, mm.value)).error();
@@ -181,6 +184,23 @@ Result<std::vector<Process>> Linux::find_name(std::string_view comm) const {
   for (auto& p : *all)
     if (p.comm == comm) out.push_back(std::move(p));
   return out;
+}
+
+Result<std::string> Linux::cmdline(const Process& p, std::size_t max_bytes) const {
+  if (p.mm.value == 0 || !p.dtb) return std::string();
+  if (!layout_.mm_arg_start || !layout_.mm_arg_end) return make_error("profile has no mm_struct.arg_start/arg_end");
+  auto start = kernel_->read_as<std::uint64_t>(GVA{p.mm.value + *layout_.mm_arg_start});
+  auto end = kernel_->read_as<std::uint64_t>(GVA{p.mm.value + *layout_.mm_arg_end});
+  if (!start || !end) return make_error("reading the argument bounds of pid {}", p.pid.value);
+  if (*end < *start) return make_error("pid {} has inverted argument bounds {:#x}..{:#x}", p.pid.value, *start, *end);
+  const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(*end - *start, max_bytes));
+  std::string s(n, '\0');
+  arch::AddressSpace as(kernel_->memory(), *p.dtb, kernel_->layout().paging);
+  HVTRACE_TRY(as.read(GVA{*start}, std::as_writable_bytes(std::span(s.data(), n)))
+                  .with_context(fmt::format("reading the command line of pid {}", p.pid.value)));
+  while (!s.empty() && s.back() == '\0') s.pop_back();
+  std::replace(s.begin(), s.end(), '\0', ' ');
+  return s;
 }
 
 Result<std::optional<Process>> Linux::process_by_dtb(Dtb dtb) const {

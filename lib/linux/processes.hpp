@@ -11,6 +11,7 @@
 
 #include "common/result.hpp"
 #include "common/types.hpp"
+#include "arch/paging.hpp"
 #include "kernel/kernel.hpp"
 
 #include <cstdint>
@@ -29,6 +30,7 @@ struct Process {
   std::uint64_t start_time_ns = 0;  // task_struct.start_time: monotonic ns since boot
   bool kernel_thread = false;       // PF_KTHREAD
   GVA task;                         // address of its task_struct
+  GVA mm;                           // its mm_struct (0 for kernel threads)
 };
 
 struct WalkLimits {
@@ -40,6 +42,7 @@ struct TaskLayout {
   std::uint64_t tasks, pid, tgid, comm, comm_size, mm, real_parent, real_cred, start_time, state, exit_state, flags;
   std::uint64_t mm_pgd, cred_uid, cred_gid, cred_euid;
   std::optional<std::uint64_t> pcpu_hot_current_task;
+  std::optional<std::uint64_t> mm_arg_start, mm_arg_end;  // for command lines
   [[nodiscard]] static Result<TaskLayout> from(const kernel::Kernel& k);
 };
 
@@ -52,6 +55,10 @@ class Linux {
   [[nodiscard]] Result<Process> read_task(GVA task) const;
   [[nodiscard]] Result<std::optional<Process>> find_pid(Pid pid) const;
   [[nodiscard]] Result<std::vector<Process>> find_name(std::string_view comm) const;
+  // The command line (argv joined by spaces), read from the process's own memory through its DTB
+  // (mm->arg_start..arg_end, at most max_bytes). Empty for kernel threads. Fails if the pages are
+  // not present (e.g. not yet faulted in).
+  [[nodiscard]] Result<std::string> cmdline(const Process& p, std::size_t max_bytes = 4096) const;
   // The process whose address space is `dtb` (a CR3 with PCID/PTI bits masked by dtb_of).
   [[nodiscard]] Result<std::optional<Process>> process_by_dtb(Dtb dtb) const;
   // The task running on a vCPU, from its kernel GS base (gs_base in kernel mode, k_gs_base in user mode).

@@ -191,6 +191,10 @@ TEST_F(Guest, AStartedProcessAppearsWithItsOwnAddressSpace) {
   auto magic = as.read_as<std::uint32_t>(GVA{start});
   ASSERT_TRUE(magic.ok()) << magic.error().message;
   EXPECT_EQ(*magic, 0x464c457fU);  // "\x7fELF"
+  // Its command line, read from its own memory, is what the guest's /proc says.
+  auto args = lx->cmdline(**p);
+  ASSERT_TRUE(args.ok()) << args.error().message;
+  EXPECT_EQ(*args, "sleep 600");
   // And that DTB (as a CR3 value, with PCID bits) leads back to the process.
   auto owner = lx->process_by_dtb(dtb_of(Cr3{(*p)->dtb->value | 0x1}));
   ASSERT_TRUE(owner.ok());

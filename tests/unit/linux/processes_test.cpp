@@ -21,7 +21,7 @@ class ProcessesTest : public ::testing::Test {
     init = *guest->add_task({.pid = 1, .comm = "init", .start_time = 100, .parent = {}});
     kthreadd = *guest->add_task({.pid = 2, .comm = "kthreadd", .kernel_thread = true, .state = 0x402, .parent = {}});
     sshd = *guest->add_task({.pid = 77, .comm = "dropbear", .parent = init});
-    bash = *guest->add_task({.pid = 412, .comm = "bash", .uid = 1000, .state = 0, .parent = sshd});
+    bash = *guest->add_task({.pid = 412, .comm = "bash", .uid = 1000, .state = 0, .parent = sshd, .argv = {"-bash", "-i"}});
     auto k = kernel::Kernel::discover(guest->mem());
     ASSERT_TRUE(k) << k.error().message;
     kern = std::move(*k);
@@ -74,6 +74,22 @@ TEST_F(ProcessesTest, LooksUpByPidNameAndDtb) {
   // A CR3 with PCID bits names the same address space.
   EXPECT_EQ(dtb_of(Cr3{guest->dtb_of_task(sshd)->value | 0x5}), *guest->dtb_of_task(sshd));
   EXPECT_FALSE(lx->process_by_dtb(Dtb{0x1000})->has_value());
+}
+
+TEST_F(ProcessesTest, CommandLineComesFromTheProcesssOwnMemory) {
+  auto ps = lx->processes();
+  ASSERT_TRUE(ps);
+  auto args = lx->cmdline((*ps)[3]);
+  ASSERT_TRUE(args) << args.error().message;
+  EXPECT_EQ(*args, "-bash -i");
+  EXPECT_EQ(*lx->cmdline((*ps)[0]), "init");
+  EXPECT_EQ(*lx->cmdline((*ps)[1]), "");  // kernel thread
+  // A pgd that maps nothing: a clear error, not garbage.
+  linux_os::Process p = (*ps)[3];
+  p.dtb = Dtb{0x100000};
+  auto bad = lx->cmdline(p);
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message.find("command line of pid 412"), std::string::npos) << bad.error().message;
 }
 
 TEST_F(ProcessesTest, CurrentTaskFromGsBaseAndPerCpuOffset) {
