@@ -46,6 +46,19 @@ abi::Action action_of(const std::string& s) {
 
 std::string hex(std::uint64_t v) { return fmt::format("{:#x}", v); }
 
+// Guest bytes as strace prints them: printable ASCII as is, the rest as \n, \t or \xNN.
+std::string escaped(const std::string& bytes) {
+  std::string out;
+  for (unsigned char ch : bytes) {
+    if (ch == '\n') out += "\\n";
+    else if (ch == '\t') out += "\\t";
+    else if (ch == '\\') out += "\\\\";
+    else if (ch >= 0x20 && ch < 0x7f) out += static_cast<char>(ch);
+    else out += fmt::format("\\x{:02x}", ch);
+  }
+  return out;
+}
+
 nlohmann::json to_json(const events::Event& e) {
   nlohmann::json j = {{"vcpu", e.ring}, {"seq", e.seq}, {"time_ns", e.time_ns}, {"gen", e.generation}};
   if (e.sync()) j["sync"] = true;
@@ -88,8 +101,12 @@ nlohmann::json to_json(const events::Event& e) {
   }
   for (const auto& c : e.captures) {
     nlohmann::json cj = {{"arg", c.arg}, {"true_len", c.true_len}, {"truncated", c.truncated()}};
-    if (c.kind == abi::CaptureKind::kArgv) cj["argv"] = c.argv();
-    else cj["data"] = nlohmann::json(c.data).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    if (c.kind == abi::CaptureKind::kArgv) {
+      cj["argv"] = nlohmann::json::array();
+      for (const auto& a : c.argv()) cj["argv"].push_back(escaped(a));
+    } else {
+      cj["data"] = escaped(c.data);
+    }
     j["captures"].push_back(cj);
   }
   return j;

@@ -5,7 +5,7 @@
 // Atomic pairings (every access to a field the other side touches goes through atomic_ref):
 //   P1 producer head.store(release)        → C1 consumer head.load(acquire): record bytes visible
 //   C2 consumer tail.store(release)        → P2 producer tail.load(acquire): slot free to overwrite
-//   P3 head.store; fence(seq_cst); load consumer_waiting   ⟷  C3 store consumer_waiting(seq_cst);
+//   P3 head.store(seq_cst); load consumer_waiting(seq_cst) ⟷  C3 store consumer_waiting(seq_cst);
 //      load head — Dekker pair: either the producer sees the sleeper and wakes it, or the consumer
 //      sees the new head and does not sleep.
 //   C4 ack_seq.store(seq_cst); load producer_waiting ⟷ P4 store producer_waiting(seq_cst); load ack_seq
@@ -132,9 +132,10 @@ class RingProducer {
   // Publish the reserved record (and any PAD/LOST before it) and wake a sleeping consumer.
   void commit() {
     aref(h_->published).store(h_->published + 1, std::memory_order_relaxed);
-    aref(h_->head).store(pending_end_, std::memory_order_release);  // P1
-    std::atomic_thread_fence(std::memory_order_seq_cst);             // P3
-    if (aref(h_->consumer_waiting).load(std::memory_order_relaxed) != 0) {
+    // P1 (release semantics included) and P3: a seq_cst store then a seq_cst load, so the pair
+    // with C3 is ordered without a standalone fence (which ThreadSanitizer cannot model).
+    aref(h_->head).store(pending_end_, std::memory_order_seq_cst);
+    if (aref(h_->consumer_waiting).load(std::memory_order_seq_cst) != 0) {
       aref(h_->head_futex).fetch_add(1, std::memory_order_relaxed);
       futex_wake(&h_->head_futex);
     }
