@@ -40,6 +40,7 @@ struct AttachOptions {
   bool keep_symbols = false;  // keep the full kallsyms list (cold discovery decodes it anyway)
 };
 
+// One discovered kernel in one guest's memory. Not thread-safe: reads share a translation cache.
 class Kernel {
  public:
   // Find the kernel: cached profile if one matches this RAM, else a cold discovery.
