@@ -22,3 +22,14 @@ function(hvtrace_add_test)
     gtest_discover_tests(${T_NAME} DISCOVERY_TIMEOUT 30 PROPERTIES ${props})
   endif()
 endfunction()
+
+# Add every subfolder of the current folder that has a CMakeLists.txt, so areas (vm/, mem/,
+# monitor/ ...) never edit a shared list.
+function(hvtrace_add_area_folders)
+  file(GLOB parts LIST_DIRECTORIES true CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/*)
+  foreach(p ${parts})
+    if(IS_DIRECTORY ${p} AND EXISTS ${p}/CMakeLists.txt)
+      add_subdirectory(${p})
+    endif()
+  endforeach()
+endfunction()
