@@ -227,4 +227,34 @@ Result<GVA> Linux::per_cpu_base(unsigned cpu) const {
   return GVA{*v};
 }
 
+Result<void> ProcessIndex::refresh() {
+  auto ps = lx_->processes();
+  if (!ps) return std::move(ps).error();
+  procs_ = std::move(*ps);
+  by_pid_.clear();
+  by_dtb_.clear();
+  for (std::size_t i = 0; i < procs_.size(); ++i) {
+    by_pid_[procs_[i].pid.value] = i;
+    if (procs_[i].dtb) by_dtb_[procs_[i].dtb->value] = i;
+  }
+  ++refreshes_;
+  return {};
+}
+
+const Process* ProcessIndex::by_pid(Pid pid) const {
+  auto it = by_pid_.find(pid.value);
+  return it == by_pid_.end() ? nullptr : &procs_[it->second];
+}
+
+const Process* ProcessIndex::by_dtb(Dtb dtb) const {
+  auto it = by_dtb_.find(dtb_of(Cr3{dtb.value}).value);
+  return it == by_dtb_.end() ? nullptr : &procs_[it->second];
+}
+
+Result<const Process*> ProcessIndex::resolve(Dtb dtb) {
+  if (const Process* p = by_dtb(dtb)) return p;
+  HVTRACE_TRY(refresh());
+  return by_dtb(dtb);
+}
+
 }  // namespace hvtrace::linux_os

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace hvtrace::linux_os {
@@ -76,6 +77,28 @@ class Linux {
   TaskLayout layout_;
   GVA init_task_;
   std::uint64_t current_task_off_;  // per-CPU offset of the current task pointer
+};
+
+// A snapshot of the process list indexed by pid and by DTB, for event-rate lookups (the process
+// behind a CR3 the monitor reports). DTBs and pids are reused after exit, so the snapshot is only
+// as fresh as its last refresh(): refresh on exec/exit events; resolve() refreshes once on a miss.
+class ProcessIndex {
+ public:
+  explicit ProcessIndex(const Linux& lx) : lx_(&lx) {}
+  [[nodiscard]] Result<void> refresh();
+  [[nodiscard]] const Process* by_pid(Pid pid) const;
+  [[nodiscard]] const Process* by_dtb(Dtb dtb) const;  // any CR3-derived value: PCID/PTI bits ignored
+  // by_dtb, refreshing once if the DTB is unknown (a process started since the last refresh).
+  [[nodiscard]] Result<const Process*> resolve(Dtb dtb);
+  [[nodiscard]] const std::vector<Process>& all() const { return procs_; }
+  [[nodiscard]] std::uint64_t refreshes() const { return refreshes_; }
+
+ private:
+  const Linux* lx_;
+  std::vector<Process> procs_;
+  std::unordered_map<std::int32_t, std::size_t> by_pid_;
+  std::unordered_map<std::uint64_t, std::size_t> by_dtb_;
+  std::uint64_t refreshes_ = 0;
 };
 
 // ps's state letter from task_struct.__state and exit_state (fs/proc/array.c).

@@ -92,6 +92,28 @@ TEST_F(ProcessesTest, CommandLineComesFromTheProcesssOwnMemory) {
   EXPECT_NE(bad.error().message.find("command line of pid 412"), std::string::npos) << bad.error().message;
 }
 
+TEST_F(ProcessesTest, IndexResolvesCr3sAndRefreshesOnAMiss) {
+  ProcessIndex idx(*lx);
+  ASSERT_TRUE(idx.refresh());
+  const Dtb bash_dtb = *guest->dtb_of_task(bash);
+  ASSERT_NE(idx.by_dtb(Dtb{bash_dtb.value | 0x1000 | 0x3}), nullptr);  // PTI user half + PCID
+  EXPECT_EQ(idx.by_dtb(bash_dtb)->pid, Pid{412});
+  EXPECT_EQ(idx.by_pid(Pid{77})->comm, "dropbear");
+  // A process started after the snapshot: found by resolve(), which refreshes once.
+  auto late = guest->add_task({.pid = 500, .comm = "late", .parent = {}});
+  ASSERT_TRUE(late);
+  const Dtb late_dtb = *guest->dtb_of_task(*late);
+  EXPECT_EQ(idx.by_dtb(late_dtb), nullptr);
+  auto r = idx.resolve(late_dtb);
+  ASSERT_TRUE(r);
+  ASSERT_NE(*r, nullptr);
+  EXPECT_EQ((*r)->pid, Pid{500});
+  EXPECT_EQ(idx.refreshes(), 2u);
+  auto none = idx.resolve(Dtb{0x2000});
+  ASSERT_TRUE(none);
+  EXPECT_EQ(*none, nullptr);
+}
+
 TEST_F(ProcessesTest, CurrentTaskFromGsBaseAndPerCpuOffset) {
   auto gs = guest->set_current(0, bash);
   ASSERT_TRUE(gs);
