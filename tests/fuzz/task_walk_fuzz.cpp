@@ -1,5 +1,5 @@
 // The task-list walk over a hostile guest: a synthetic guest (built once) whose task structures,
-// creds, mms and list pointers are patched by the input, then walked. No crash, no hang: cycles,
+// creds, mms, page tables, argv and list pointers are patched by the input, then walked. No crash, no hang: cycles,
 // wild pointers and garbage fields must all end in a result or an error. Patches are undone after
 // each input.
 #include "linux/fake_guest.hpp"
@@ -26,7 +26,7 @@ World* world() {
       (void)x->guest->add_task({.pid = 100 + i, .comm = "task" + std::to_string(i), .kernel_thread = i % 2 == 0, .parent = init});
     x->kernel = std::move(kernel::Kernel::discover(x->guest->mem())).value();
     x->lx.emplace(std::move(linux_os::Linux::attach(*x->kernel)).value());
-    x->region_len = 0x40000;  // tasks, creds, mms and pgds of the tasks above
+    x->region_len = 0x80000;  // tasks, creds, mms, user page tables and argv pages of the tasks above
     return x;
   }();
   return w;
@@ -49,7 +49,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   (void)m.write(GPA{w->region_start}, patched);
   linux_os::WalkLimits lim;
   lim.max_tasks = 4096;
-  (void)w->lx->processes(lim);
+  if (auto ps = w->lx->processes(lim))
+    for (const auto& p : *ps) (void)w->lx->cmdline(p, 256);
+  linux_os::ProcessIndex idx(*w->lx);
+  if (idx.refresh()) (void)idx.by_dtb(Dtb{0x8002000});
   (void)w->lx->current_task(GVA{w->guest->va_of(GPA{w->region_start}).value});
   (void)m.write(GPA{w->region_start}, saved);
   w->kernel->invalidate();
