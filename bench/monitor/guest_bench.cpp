@@ -14,6 +14,7 @@
 // measurement; QEMU CPU time is utime+stime of the QEMU process across the run.
 //
 // usage: monitor_guest_bench [--reps K] [--boots B] [--iterations N] [--methods idle,m5,...]
+//                            [--baseline-plugin-args count=on]  (diagnosis: plugin in the "none" boots too)
 #include "events/control_client.hpp"
 #include "events/event_reader.hpp"
 #include "vm/vm.hpp"
@@ -206,18 +207,26 @@ double median(std::vector<double> v) {
 
 int main(int argc, char** argv) {
   unsigned reps = 3, boots = 2, iterations = 1;
+  std::vector<std::string> baseline_plugin_args;  // --baseline-plugin-args a=b,c=d: load the plugin in the "none" boots
+                                                  // too (e.g. count=on) to split QEMU's plugin overhead from ours
   std::vector<std::string> methods = {"idle", "m5", "all", "m4", "m3", "m2"};
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i], val = argv[i + 1];
     if (k == "--reps") reps = static_cast<unsigned>(std::stoul(val));
     else if (k == "--boots") boots = static_cast<unsigned>(std::stoul(val));
     else if (k == "--iterations") iterations = static_cast<unsigned>(std::stoul(val));
+    else if (k == "--baseline-plugin-args") {
+      std::stringstream ss(val);
+      for (std::string a; std::getline(ss, a, ',');) baseline_plugin_args.push_back(a);
+    }
     else if (k == "--methods") {
       methods.clear();
       std::stringstream ss(val);
       for (std::string m; std::getline(ss, m, ',');) methods.push_back(m);
     } else {
-      fmt::print(stderr, "usage: {} [--reps K] [--boots B] [--iterations N] [--methods idle,m2,m3,m4,m5,all]\n", argv[0]);
+      fmt::print(stderr,
+                 "usage: {} [--reps K] [--boots B] [--iterations N] [--methods idle,m2,m3,m4,m5,all]"
+                 " [--baseline-plugin-args k=v,...]\n", argv[0]);
       return 2;
     }
   }
@@ -237,6 +246,7 @@ int main(int argc, char** argv) {
       const std::string shm = (vm::run_root() / c.name / "mon.rings").string();
       const std::string ctlp = (vm::run_root() / c.name / "mon.ctl").string();
       if (with_plugin) c.plugin = vm::PluginSpec{HVTRACE_MONITOR_PLUGIN, {"shm=" + shm, "ctl=" + ctlp, "selftime=on"}};
+      else if (!baseline_plugin_args.empty()) c.plugin = vm::PluginSpec{HVTRACE_MONITOR_PLUGIN, baseline_plugin_args};
       auto v = vm::Vm::start(c);
       if (!v) {
         fmt::print(stderr, "boot: {}\n", v.error().message);
@@ -264,6 +274,8 @@ int main(int argc, char** argv) {
           auto s = run_once(**v, iterations, nullptr, nullptr, nullptr, nullptr);
           if (!s) fmt::print(stderr, "none: {}\n", s.error().message);
           else samples["none"].push_back(*s);
+          fmt::print(stderr, "  boot {} rep {} none  guest {:.2f} s cpu {:.2f} s\n", b, r, s ? s->guest_s : -1,
+                     s ? s->cpu_s : -1);
           continue;
         }
         for (const auto& name : methods) {
