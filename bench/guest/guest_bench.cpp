@@ -64,6 +64,23 @@ void bench_ps(benchmark::State& st, Target t) {
   st.counters["processes"] = static_cast<double>(n);
 }
 
+// CR3 -> process at event rate: ProcessIndex lookups of every process's DTB in turn.
+void bench_dtb_lookup(benchmark::State& st, Target t) {
+  auto k = kernel::Kernel::discover(*t.ram);
+  if (!k) return st.SkipWithError(k.error().message.c_str());
+  auto lx = linux_os::Linux::attach(**k);
+  if (!lx) return st.SkipWithError(lx.error().message.c_str());
+  linux_os::ProcessIndex idx(*lx);
+  if (!idx.refresh()) return st.SkipWithError("process list failed");
+  std::vector<Dtb> dtbs;
+  for (const auto& p : idx.all())
+    if (p.dtb) dtbs.push_back(*p.dtb);
+  if (dtbs.empty()) return st.SkipWithError("no user processes");
+  std::size_t i = 0;
+  for (auto _ : st) benchmark::DoNotOptimize(idx.by_dtb(dtbs[i++ % dtbs.size()]));
+  st.SetItemsProcessed(static_cast<std::int64_t>(st.iterations()));
+}
+
 // Page walks of kernel-image addresses through the kernel's page tables: uncached (a full walk
 // each time) and through AddressSpace's cache (revalidated leaf).
 void bench_translate(benchmark::State& st, Target t, bool cached) {
@@ -86,6 +103,7 @@ void register_all(const Target& t) {
   ms(benchmark::RegisterBenchmark(("cold_discovery/" + t.label).c_str(), bench_cold, t))->Iterations(5);
   ms(benchmark::RegisterBenchmark(("warm_attach_cached_profile/" + t.label).c_str(), bench_warm, t))->Iterations(20);
   ms(benchmark::RegisterBenchmark(("process_list/" + t.label).c_str(), bench_ps, t))->Iterations(200);
+  benchmark::RegisterBenchmark(("dtb_to_process/" + t.label).c_str(), bench_dtb_lookup, t);
   benchmark::RegisterBenchmark(("translate_walk/" + t.label).c_str(), bench_translate, t, false);
   benchmark::RegisterBenchmark(("translate_cached/" + t.label).c_str(), bench_translate, t, true);
 }
