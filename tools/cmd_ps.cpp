@@ -20,6 +20,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <system_error>
 #include <vector>
 
 namespace hvtrace::tools {
@@ -155,12 +156,17 @@ void run_ps(const PsOptions& o) {
     }
     rows.push_back(std::move(r));
   }
-  if (o.explain) print_explain(**k);
-  if (o.json) {
-    for (const auto& r : rows) print_json(r);
-    return;
+  try {
+    if (o.explain) print_explain(**k);
+    if (o.json) {
+      for (const auto& r : rows) print_json(r);
+      return;
+    }
+    print_table(rows, o.tree);
+  } catch (const std::system_error& e) {
+    // `hvtrace ps | head`: the reader left; stop quietly like ps does.
+    if (e.code() != std::errc::broken_pipe) throw;
   }
-  print_table(rows, o.tree);
 }
 
 }  // namespace
