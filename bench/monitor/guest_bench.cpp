@@ -15,6 +15,7 @@
 //
 // usage: monitor_guest_bench [--reps K] [--boots B] [--iterations N] [--methods idle,m5,...]
 //                            [--baseline-plugin-args count=on]  (diagnosis: plugin in the "none" boots too)
+//                            [--skip-baseline 1]                (plugin boots only: long RSS runs)
 #include "events/control_client.hpp"
 #include "events/event_reader.hpp"
 #include "vm/vm.hpp"
@@ -59,11 +60,14 @@ double qemu_cpu_seconds(pid_t pid) {
   return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
-long qemu_rss_kib(pid_t pid) {
+// RssAnon: QEMU's heap, TB cache and the monitor's own allocations (guest RAM and the rings are
+// shared-memory files and count as RssShmem instead).
+long qemu_rss_kib(pid_t pid, const char* field = "RssAnon:") {
   std::ifstream f(fmt::format("/proc/{}/status", pid));
   std::string line;
+  const std::size_t n = std::strlen(field);
   while (std::getline(f, line))
-    if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
+    if (line.compare(0, n, field) == 0) return std::stol(line.substr(n));
   return -1;
 }
 
@@ -207,6 +211,7 @@ double median(std::vector<double> v) {
 
 int main(int argc, char** argv) {
   unsigned reps = 3, boots = 2, iterations = 1;
+  bool skip_baseline = false;                     // --skip-baseline: plugin boots only (long RSS runs)
   std::vector<std::string> baseline_plugin_args;  // --baseline-plugin-args a=b,c=d: load the plugin in the "none" boots
                                                   // too (e.g. count=on) to split QEMU's plugin overhead from ours
   std::vector<std::string> methods = {"idle", "m5", "all", "m4", "m3", "m2"};
@@ -215,6 +220,7 @@ int main(int argc, char** argv) {
     if (k == "--reps") reps = static_cast<unsigned>(std::stoul(val));
     else if (k == "--boots") boots = static_cast<unsigned>(std::stoul(val));
     else if (k == "--iterations") iterations = static_cast<unsigned>(std::stoul(val));
+    else if (k == "--skip-baseline") skip_baseline = val == "1" || val == "yes";
     else if (k == "--baseline-plugin-args") {
       std::stringstream ss(val);
       for (std::string a; std::getline(ss, a, ',');) baseline_plugin_args.push_back(a);
@@ -240,6 +246,7 @@ int main(int argc, char** argv) {
   long rss_first = -1, rss_last = -1;
   for (unsigned b = 0; b < boots && !vm::termination_requested(); ++b) {
     for (const bool with_plugin : {false, true}) {
+      if (!with_plugin && skip_baseline) continue;
       vm::VmConfig c;
       c.name = "bench-mon";
       c.image = *img;
@@ -274,8 +281,8 @@ int main(int argc, char** argv) {
           auto s = run_once(**v, iterations, nullptr, nullptr, nullptr, nullptr);
           if (!s) fmt::print(stderr, "none: {}\n", s.error().message);
           else samples["none"].push_back(*s);
-          fmt::print(stderr, "  boot {} rep {} none  guest {:.2f} s cpu {:.2f} s\n", b, r, s ? s->guest_s : -1,
-                     s ? s->cpu_s : -1);
+          fmt::print(stderr, "  boot {} rep {} none  guest {:.2f} s cpu {:.2f} s RssAnon {} KiB\n", b, r,
+                     s ? s->guest_s : -1, s ? s->cpu_s : -1, qemu_rss_kib((*v)->record().qemu_pid));
           continue;
         }
         for (const auto& name : methods) {
@@ -284,8 +291,9 @@ int main(int argc, char** argv) {
           auto s = run_once(**v, iterations, &*it, &*ctl, &consumer, reader.get());
           if (!s) fmt::print(stderr, "{}: {}\n", name, s.error().message);
           else samples[name].push_back(*s);
-          fmt::print(stderr, "  boot {} rep {} {:<5} guest {:.2f} s cpu {:.2f} s events {} lost {}\n", b, r, name,
-                     s ? s->guest_s : -1, s ? s->cpu_s : -1, s ? s->events : 0, s ? s->lost : 0);
+          fmt::print(stderr, "  boot {} rep {} {:<5} guest {:.2f} s cpu {:.2f} s events {} lost {} RssAnon {} KiB\n", b, r,
+                     name, s ? s->guest_s : -1, s ? s->cpu_s : -1, s ? s->events : 0, s ? s->lost : 0,
+                     qemu_rss_kib((*v)->record().qemu_pid));
         }
       }
       if (with_plugin) rss_last = qemu_rss_kib((*v)->record().qemu_pid);
@@ -319,7 +327,7 @@ int main(int argc, char** argv) {
                name, median(g), median(g) / base_guest, median(c), median(c) / base_cpu, median(e), median(te),
                median(l), median(st), per_event, median(cb));
   }
-  fmt::print("QEMU RSS with the monitor: {} KiB after warm-up, {} KiB at the end of the last plugin boot\n", rss_first,
-             rss_last);
+  fmt::print("QEMU RssAnon with the monitor: {} KiB after warm-up, {} KiB at the end of the last plugin boot\n",
+             rss_first, rss_last);
   return 0;
 }
