@@ -69,6 +69,7 @@ const char* options_usage() {
          "  snaplen=N           bytes copied per string/buffer, 0..65536 (default 256)\n"
          "  sync_wait=spin|block|adaptive, sync_spin_us=N (0..100000), sync_timeout_ms=N (1..60000)\n"
          "  count=on|off        only run the independent inline counters (benchmarks)\n"
+         "  icount=on|off       count guest instructions per vCPU, stamped on every event (default off)\n"
          "  selftime=on|off     time every trap callback into the ring header (benchmarks)\n";
 }
 
@@ -133,6 +134,10 @@ bool parse_options(int argc, const char* const* argv, Options* out, std::string*
     } else if (k == "sync_timeout_ms") {
       if (!parse_u64(v, &n) || n < 1 || n > 60'000) return bad("needs 1..60000");
       o.sync_timeout_ns = n * 1'000'000;
+    } else if (k == "icount") {
+      if (v == "on") o.icount = true;
+      else if (v == "off") o.icount = false;
+      else return bad("needs on or off");
     } else if (k == "selftime") {
       if (v == "on") o.selftime = true;
       else if (v == "off") o.selftime = false;

@@ -55,6 +55,7 @@ struct Options {
   std::uint64_t sync_spin_ns = 20'000;
   std::uint64_t sync_timeout_ns = 1'000'000'000;
   bool count_only = false;                   // count=on: only the independent inline counters
+  bool icount = false;                       // icount=on: count guest instructions per vCPU (EventHeader::insns)
   bool selftime = false;                     // selftime=on: time every trap callback (RingHeader::cb_ns)
   FilterConfig initial;                      // dtb=, syscalls=, cr3=/entry=/exit=/bp_action=, snaplen=
 };

@@ -43,7 +43,7 @@ struct VcpuBoard {
   std::uint64_t cr3_armed;
   std::uint64_t bp_armed;
   std::uint64_t detect;          // 1 between a user `syscall` and the next kernel TB (entry detection)
-  std::uint64_t pad;
+  std::uint64_t insns;           // icount=on: guest instructions executed (inline add per TB)
 };
 
 // A syscall entered on this vCPU whose return to user mode has not been seen; keyed by (DTB, user RSP).
@@ -74,7 +74,7 @@ struct Monitor {
   qemu_plugin_id_t id = 0;
   qemu_plugin_scoreboard* board = nullptr;
   qemu_plugin_u64 f_user_syscalls{}, f_cr3_writes{}, f_entry_gate{}, f_exit_armed{}, f_cr3_armed{}, f_bp_armed{},
-      f_detect{};
+      f_detect{}, f_insns{};
   unsigned max_vcpus = 0;
   Vcpu* vcpus = nullptr;
 

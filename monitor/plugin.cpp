@@ -210,6 +210,7 @@ void emit(Monitor& m, unsigned vcpu, Vcpu& v, const FilterConfig& cfg, Action ac
   v.last_sync_timed_out = false;
   body->seq = seq;
   body->time_ns = abi::monotonic_ns();
+  body->insns = m.opt.icount ? qemu_plugin_u64_get(m.f_insns, vcpu) : 0;
   body->vcpu = vcpu;
   body->generation = cfg.generation;
   std::memcpy(p, body, body_size);
@@ -407,6 +408,8 @@ void on_tb_trans(qemu_plugin_id_t, qemu_plugin_tb* tb) {
   const std::size_t n = qemu_plugin_tb_n_insns(tb);
   const std::uint64_t entry = m.entry_va.load(std::memory_order_acquire);
   const bool counting = m.opt.count_only;
+  if (m.opt.icount)
+    qemu_plugin_register_vcpu_tb_exec_inline_per_vcpu(tb, QEMU_PLUGIN_INLINE_ADD_U64, m.f_insns, n);
   for (std::size_t i = 0; i < n; ++i) {
     qemu_plugin_insn* insn = qemu_plugin_tb_get_insn(tb, i);
     std::uint8_t b[16];
@@ -541,6 +544,7 @@ extern "C" QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const
   m->f_cr3_armed = qemu_plugin_u64{m->board, offsetof(VcpuBoard, cr3_armed)};
   m->f_bp_armed = qemu_plugin_u64{m->board, offsetof(VcpuBoard, bp_armed)};
   m->f_detect = qemu_plugin_u64{m->board, offsetof(VcpuBoard, detect)};
+  m->f_insns = qemu_plugin_u64{m->board, offsetof(VcpuBoard, insns)};
   g_mon = m;
   if (!m->opt.count_only) {
     if (!create_rings(*m, &why) || !start_control(*m, &why)) {

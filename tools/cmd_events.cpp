@@ -61,6 +61,7 @@ std::string escaped(const std::string& bytes) {
 
 nlohmann::json to_json(const events::Event& e) {
   nlohmann::json j = {{"vcpu", e.ring}, {"seq", e.seq}, {"time_ns", e.time_ns}, {"gen", e.generation}};
+  if (e.insns != 0) j["insns"] = e.insns;
   if (e.sync()) j["sync"] = true;
   switch (e.type) {
     case abi::RecordType::kLost:

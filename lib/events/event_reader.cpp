@@ -85,6 +85,7 @@ Result<Event> decode_record(const std::uint8_t* rec, std::size_t size) {
   auto common = [&](const abi::EventHeader& eh) {
     e.seq = eh.seq;
     e.time_ns = eh.time_ns;
+    e.insns = eh.insns;
     e.generation = eh.generation;
   };
   switch (e.type) {

@@ -39,6 +39,7 @@ struct Event {
   unsigned ring = 0;              // == vCPU
   std::uint64_t seq = 0;
   std::uint64_t time_ns = 0;
+  std::uint64_t insns = 0;        // guest instruction count of this vCPU (0 unless icount=on)
   std::uint32_t generation = 0;
   // Exactly one of these is meaningful, by type.
   abi::Cr3WriteEvent cr3{};

@@ -116,7 +116,7 @@ class Monitor : public ::testing::Test {
     c.image = std::move(img).value();
     c.plugin = vm::PluginSpec{HVTRACE_MONITOR_PLUGIN,
                               {"shm=" + shm_path(HVTRACE_MON_VM), "ctl=" + ctl_path(HVTRACE_MON_VM),
-                               "sync_timeout_ms=200"}};
+                               "sync_timeout_ms=200", "icount=on"}};
     auto v = vm::Vm::start(c);
     ASSERT_TRUE(v.ok()) << v.error().message;
     vm_ = std::move(v).value().release();
@@ -189,7 +189,13 @@ TEST_F(Monitor, EverySyscallAndCr3WriteArrivesOnceAgainstTheInlineCounters) {
   run("for i in 1 2 3 4 5; do ls / >/dev/null; done & for i in 1 2 3 4 5; do cat /proc/version >/dev/null; done; wait");
   const auto evs = since(gen_);
   std::map<unsigned, std::vector<std::uint64_t>> entry_counts, cr3_counts;
+  std::map<unsigned, std::uint64_t> last_insns;
+  std::size_t insns_backwards = 0;
   for (const auto& e : evs) {
+    if (e.type != RecordType::kLost) {  // guest time (icount=on) never runs backwards on a vCPU
+      if (e.insns < last_insns[e.ring]) ++insns_backwards;
+      last_insns[e.ring] = e.insns;
+    }
     ASSERT_NE(e.type, RecordType::kLost) << "lost " << e.lost.lost << " events on vCPU " << e.ring;
     if (e.type == RecordType::kSyscallEntry) entry_counts[e.ring].push_back(e.entry.user_syscalls);
     if (e.type == RecordType::kCr3Write) cr3_counts[e.ring].push_back(e.cr3.cr3_writes);
@@ -210,6 +216,8 @@ TEST_F(Monitor, EverySyscallAndCr3WriteArrivesOnceAgainstTheInlineCounters) {
   EXPECT_GT(cr3s, 20u);
   EXPECT_EQ(cr3s, cr3_executed) << "CR3 events delivered vs mov-to-CR3 executed";
   EXPECT_NE(reader_->syscall_entry_va(), 0u);
+  EXPECT_EQ(insns_backwards, 0u);
+  for (auto& [ring, n] : last_insns) EXPECT_GT(n, 1'000'000u) << "vCPU " << ring << " instruction count";
 }
 
 TEST_F(Monitor, WriteArrivesWithItsBytesAndReadAtExit) {

@@ -62,7 +62,7 @@ std::vector<std::uint8_t> write_entry(std::uint64_t seq, std::uint16_t flags = 0
   e.n_captures = 1;
   abi::Capture c{1, static_cast<std::uint8_t>(abi::CaptureKind::kBuffer), 0, 5, 5};
   const std::uint32_t size = abi::align_record(sizeof e + sizeof c + 8);
-  e.hdr = abi::EventHeader{{static_cast<std::uint16_t>(abi::RecordType::kSyscallEntry), flags, size}, seq, 1, 0, 3};
+  e.hdr = abi::EventHeader{{static_cast<std::uint16_t>(abi::RecordType::kSyscallEntry), flags, size}, seq, 1, 0, 0, 3};
   std::vector<std::uint8_t> b(size, 0);
   std::memcpy(b.data(), &e, sizeof e);
   std::memcpy(b.data() + sizeof e, &c, sizeof c);

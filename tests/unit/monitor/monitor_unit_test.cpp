@@ -178,7 +178,7 @@ TEST(Control, EveryMalformedMessageIsRejectedWithAReason) {
   bad.hdr.magic = 0;
   EXPECT_EQ(apply(bad, cur, &next), abi::CtlStatus::kBadMagic);
   bad = d;
-  bad.hdr.version = 2;
+  bad.hdr.version = abi::kAbiVersion + 1;
   EXPECT_EQ(apply(bad, cur, &next), abi::CtlStatus::kBadVersion);
   bad = d;
   bad.hdr.type = 99;

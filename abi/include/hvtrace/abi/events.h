@@ -25,10 +25,13 @@ struct EventHeader {
   RecordHeader rec;
   std::uint64_t seq;          // per-ring, counts dropped events too: gaps are loss
   std::uint64_t time_ns;      // host CLOCK_MONOTONIC when the vCPU hit the event
+  std::uint64_t insns;        // guest time: instructions this vCPU executed, counted per TB at the
+                              // TB's start, so it includes the rest of the event's TB
+                              // (plugin argument icount=on; 0 otherwise)
   std::uint32_t vcpu;
   std::uint32_t generation;   // filter generation that let this event through
 };
-static_assert(sizeof(EventHeader) == 32);
+static_assert(sizeof(EventHeader) == 40);
 
 struct Cr3WriteEvent {
   EventHeader hdr;
@@ -37,7 +40,7 @@ struct Cr3WriteEvent {
   std::uint64_t rip;               // of the mov-to-CR3 instruction
   std::uint64_t cr3_writes;        // independent inline count of mov-to-CR3 executed on this vCPU
 };
-static_assert(sizeof(Cr3WriteEvent) == 64);
+static_assert(sizeof(Cr3WriteEvent) == 72);
 
 struct SyscallEntryEvent {
   EventHeader hdr;
@@ -50,7 +53,7 @@ struct SyscallEntryEvent {
   std::uint32_t n_captures;
   std::uint32_t reserved;
 };
-static_assert(sizeof(SyscallEntryEvent) == 128);
+static_assert(sizeof(SyscallEntryEvent) == 136);
 
 enum class ExitVia : std::uint16_t { kSysret = 1, kIret = 2 };
 
@@ -66,7 +69,7 @@ struct SyscallExitEvent {
   std::uint16_t reserved;
   std::uint32_t n_captures;
 };
-static_assert(sizeof(SyscallExitEvent) == 88);
+static_assert(sizeof(SyscallExitEvent) == 96);
 
 struct BreakpointEvent {
   EventHeader hdr;
@@ -75,7 +78,7 @@ struct BreakpointEvent {
   std::uint64_t rsp;
   std::uint64_t regs[7];           // rdi, rsi, rdx, rcx, r8, r9, rax
 };
-static_assert(sizeof(BreakpointEvent) == 112);
+static_assert(sizeof(BreakpointEvent) == 120);
 
 enum class CaptureKind : std::uint8_t {
   kString = 1,    // NUL-terminated string; data excludes the NUL

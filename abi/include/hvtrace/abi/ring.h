@@ -20,7 +20,7 @@
 
 namespace hvtrace::abi {
 
-inline constexpr std::uint32_t kAbiVersion = 1;
+inline constexpr std::uint32_t kAbiVersion = 2;  // 2: EventHeader::insns
 inline constexpr std::uint64_t kShmMagic = 0x314d48534543'5448ULL;  // "HTCESHM1" little-endian-ish tag
 inline constexpr std::uint32_t kPageSize = 4096;
 inline constexpr std::uint32_t kCacheLine = 64;
