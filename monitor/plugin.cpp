@@ -6,6 +6,7 @@
 // the ephemeral data (captures) and publish one record into this vCPU's ring; a sync action then
 // waits for the consumer's ack, bounded by a timeout and by the consumer's presence.
 // The C ABI edge is qemu_plugin_install and qemu_plugin_version, the only exported symbols.
+#include "captures.hpp"
 #include "monitor.hpp"
 #include "syscall_captures.hpp"
 #include "x86.hpp"
@@ -85,88 +86,12 @@ const FilterConfig* acquire_cfg(Monitor& m, Vcpu& v) {
 }
 void release_cfg(Vcpu& v) { v.hazard.store(nullptr, std::memory_order_release); }
 
-// A string at va: copies at most snap bytes, scans up to max(snap, 4096) for the NUL.
-std::uint32_t copy_string(Vcpu& v, std::uint64_t va, std::uint8_t* out, std::uint32_t snap, abi::Capture* c) {
-  const std::uint64_t limit = snap > 4096 ? snap : 4096;
-  std::uint64_t scanned = 0;
-  std::uint32_t copied = 0;
-  std::uint8_t chunk[256];
-  while (scanned < limit) {
-    std::uint64_t n = 256 - ((va + scanned) & 255);  // never cross a page within one read
-    if (n > limit - scanned) n = limit - scanned;
-    if (!read_mem(v, va + scanned, chunk, n)) {
-      c->flags |= abi::kCaptureFault | abi::kCaptureLenUnknown;
-      c->true_len = scanned;
-      return copied;
-    }
-    const void* nul = std::memchr(chunk, 0, n);
-    const std::uint64_t used = nul ? static_cast<std::uint64_t>(static_cast<const std::uint8_t*>(nul) - chunk) : n;
-    if (copied < snap) {
-      const std::uint64_t take = used < snap - copied ? used : snap - copied;
-      std::memcpy(out + copied, chunk, take);
-      copied += static_cast<std::uint32_t>(take);
-    }
-    scanned += used;
-    if (nul) {
-      c->true_len = scanned;
-      return copied;
-    }
-  }
-  c->flags |= abi::kCaptureLenUnknown;
-  c->true_len = scanned;
-  return copied;
-}
-
-std::uint32_t copy_buffer(Vcpu& v, std::uint64_t va, std::uint64_t len, std::uint8_t* out, std::uint32_t snap,
-                          abi::Capture* c) {
-  c->true_len = len;
-  std::uint64_t want = len < snap ? len : snap;
-  // Page by page so that a fault late in the buffer still yields the readable prefix.
-  std::uint64_t done = 0;
-  while (done < want) {
-    std::uint64_t n = 4096 - ((va + done) & 4095);
-    if (n > want - done) n = want - done;
-    if (!read_mem(v, va + done, out + done, n)) {
-      c->flags |= abi::kCaptureFault;
-      break;
-    }
-    done += n;
-  }
-  return static_cast<std::uint32_t>(done);
-}
-
-std::uint32_t copy_argv(Vcpu& v, std::uint64_t va, std::uint8_t* out, std::uint32_t snap, abi::Capture* c) {
-  const std::uint32_t budget = snap * 4 < abi::kMaxSnapLen ? snap * 4 : abi::kMaxSnapLen;
-  std::uint32_t copied = 0;
-  std::uint64_t argc = 0;
-  for (; argc < abi::kMaxArgv; ++argc) {
-    std::uint64_t p = 0;
-    if (!read_mem(v, va + argc * 8, &p, 8)) {
-      c->flags |= abi::kCaptureFault;
-      break;
-    }
-    if (p == 0) break;
-    if (copied >= budget) {
-      c->flags |= abi::kCaptureTruncated;
-      continue;  // keep counting argc
-    }
-    abi::Capture tmp{};
-    const std::uint32_t room = budget - copied - 1;
-    const std::uint32_t n = copy_string(v, p, out + copied, snap < room ? snap : room, &tmp);
-    if (tmp.flags != 0 || tmp.true_len > n) c->flags |= abi::kCaptureTruncated;
-    copied += n;
-    out[copied++] = 0;
-  }
-  if (argc == abi::kMaxArgv) c->flags |= abi::kCaptureTruncated | abi::kCaptureLenUnknown;
-  c->true_len = argc;
-  return copied;
-}
-
 // Build the captures of one syscall into v.scratch; returns their total size, sets *count.
 std::uint32_t build_captures(Vcpu& v, const SyscallCaptures* spec, const std::uint64_t* args, std::int64_t ret,
                              std::uint32_t snap, std::uint32_t* count) {
   *count = 0;
   if (spec == nullptr || snap == 0) return 0;
+  const auto rd = [&v](std::uint64_t va, void* dst, std::size_t len) { return read_mem(v, va, dst, len); };
   std::uint32_t off = 0;
   for (unsigned i = 0; i < spec->n; ++i) {
     const CaptureSpec& cs = spec->c[i];
@@ -175,12 +100,12 @@ std::uint32_t build_captures(Vcpu& v, const SyscallCaptures* spec, const std::ui
     std::uint8_t* data = v.scratch + off + sizeof(abi::Capture);
     std::uint32_t n = 0;
     switch (cs.kind) {
-      case abi::CaptureKind::kString: n = copy_string(v, args[cs.arg], data, snap, c); break;
-      case abi::CaptureKind::kArgv: n = copy_argv(v, args[cs.arg], data, snap, c); break;
+      case abi::CaptureKind::kString: n = copy_string(rd, args[cs.arg], data, snap, c); break;
+      case abi::CaptureKind::kArgv: n = copy_argv(rd, args[cs.arg], data, snap, c); break;
       case abi::CaptureKind::kBuffer: {
         const std::int64_t len = cs.len_arg < 0 ? ret : static_cast<std::int64_t>(args[cs.len_arg]);
         if (len <= 0) continue;  // nothing transferred
-        n = copy_buffer(v, args[cs.arg], static_cast<std::uint64_t>(len), data, snap, c);
+        n = copy_buffer(rd, args[cs.arg], static_cast<std::uint64_t>(len), data, snap, c);
         break;
       }
     }

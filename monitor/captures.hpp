@@ -1,0 +1,97 @@
+// The monitor's bounded copies out of guest memory (its pre-processing): a NUL-terminated string,
+// a buffer of known length, an argv array. Every copy is bounded by the snap length (argv: 4x snap,
+// at most 64 KiB and 64 entries), every scan by max(snap, 4096) bytes, and reads never cross a
+// page, so a fault late in the data still yields the readable prefix; the true length and the
+// TRUNCATED / FAULT / LEN_UNKNOWN flags say what was cut. Templates over the memory reader
+// (bool(va, dst, len)) so unit tests drive them with a fake guest memory.
+#pragma once
+
+#include "hvtrace/abi/events.h"
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+namespace hvtrace::monitor {
+
+// A string at va: copies at most snap bytes, scans up to max(snap, 4096) for the NUL.
+template <typename Reader>
+std::uint32_t copy_string(const Reader& read_mem, std::uint64_t va, std::uint8_t* out, std::uint32_t snap, abi::Capture* c) {
+  const std::uint64_t limit = snap > 4096 ? snap : 4096;
+  std::uint64_t scanned = 0;
+  std::uint32_t copied = 0;
+  std::uint8_t chunk[256];
+  while (scanned < limit) {
+    std::uint64_t n = 256 - ((va + scanned) & 255);  // never cross a page within one read
+    if (n > limit - scanned) n = limit - scanned;
+    if (!read_mem(va + scanned, chunk, n)) {
+      c->flags |= abi::kCaptureFault | abi::kCaptureLenUnknown;
+      c->true_len = scanned;
+      return copied;
+    }
+    const void* nul = std::memchr(chunk, 0, n);
+    const std::uint64_t used = nul ? static_cast<std::uint64_t>(static_cast<const std::uint8_t*>(nul) - chunk) : n;
+    if (copied < snap) {
+      const std::uint64_t take = used < snap - copied ? used : snap - copied;
+      std::memcpy(out + copied, chunk, take);
+      copied += static_cast<std::uint32_t>(take);
+    }
+    scanned += used;
+    if (nul) {
+      c->true_len = scanned;
+      return copied;
+    }
+  }
+  c->flags |= abi::kCaptureLenUnknown;
+  c->true_len = scanned;
+  return copied;
+}
+
+template <typename Reader>
+std::uint32_t copy_buffer(const Reader& read_mem, std::uint64_t va, std::uint64_t len, std::uint8_t* out, std::uint32_t snap,
+                          abi::Capture* c) {
+  c->true_len = len;
+  std::uint64_t want = len < snap ? len : snap;
+  // Page by page so that a fault late in the buffer still yields the readable prefix.
+  std::uint64_t done = 0;
+  while (done < want) {
+    std::uint64_t n = 4096 - ((va + done) & 4095);
+    if (n > want - done) n = want - done;
+    if (!read_mem(va + done, out + done, n)) {
+      c->flags |= abi::kCaptureFault;
+      break;
+    }
+    done += n;
+  }
+  return static_cast<std::uint32_t>(done);
+}
+
+template <typename Reader>
+std::uint32_t copy_argv(const Reader& read_mem, std::uint64_t va, std::uint8_t* out, std::uint32_t snap, abi::Capture* c) {
+  const std::uint32_t budget = snap * 4 < abi::kMaxSnapLen ? snap * 4 : abi::kMaxSnapLen;
+  std::uint32_t copied = 0;
+  std::uint64_t argc = 0;
+  for (; argc < abi::kMaxArgv; ++argc) {
+    std::uint64_t p = 0;
+    if (!read_mem(va + argc * 8, &p, 8)) {
+      c->flags |= abi::kCaptureFault;
+      break;
+    }
+    if (p == 0) break;
+    if (copied >= budget) {
+      c->flags |= abi::kCaptureTruncated;
+      continue;  // keep counting argc
+    }
+    abi::Capture tmp{};
+    const std::uint32_t room = budget - copied - 1;
+    const std::uint32_t n = copy_string(read_mem, p, out + copied, snap < room ? snap : room, &tmp);
+    if (tmp.flags != 0 || tmp.true_len > n) c->flags |= abi::kCaptureTruncated;
+    copied += n;
+    out[copied++] = 0;
+  }
+  if (argc == abi::kMaxArgv) c->flags |= abi::kCaptureTruncated | abi::kCaptureLenUnknown;
+  c->true_len = argc;
+  return copied;
+}
+
+}  // namespace hvtrace::monitor
