@@ -4,6 +4,7 @@
 // a header and aligned columns for people, JSON Lines for machines, --tree for the parent tree,
 // --explain for where every symbol and offset came from.
 #include "commands.hpp"
+#include "guest_view.hpp"
 
 #include "common/result.hpp"
 #include "kernel/kernel.hpp"
@@ -34,69 +35,6 @@ struct PsOptions {
   std::vector<std::string> names;  // -C: only these commands
 };
 
-std::string dtb_text(const linux_os::Process& p) { return p.dtb ? fmt::format("{:#x}", p.dtb->value) : "-"; }
-// Like ps: the command line when asked for and readable, else the comm ([comm] for kernel threads).
-struct Row {
-  const linux_os::Process* p;
-  std::optional<std::string> cmdline;
-};
-std::string comm_text(const Row& r) {
-  if (r.cmdline && !r.cmdline->empty()) return *r.cmdline;
-  return r.p->kernel_thread ? "[" + r.p->comm + "]" : r.p->comm;
-}
-
-void print_json(const Row& r) {
-  const linux_os::Process& p = *r.p;
-  nlohmann::json j = {{"pid", p.pid.value},
-                      {"tgid", p.tgid.value},
-                      {"ppid", p.ppid.value},
-                      {"uid", p.uid},
-                      {"euid", p.euid},
-                      {"gid", p.gid},
-                      {"comm", p.comm},
-                      {"state", std::string(1, p.state)},
-                      {"start_time_ns", p.start_time_ns},
-                      {"kernel_thread", p.kernel_thread},
-                      {"dtb", p.dtb ? nlohmann::json(fmt::format("{:#x}", p.dtb->value)) : nlohmann::json(nullptr)},
-                      {"task", fmt::format("{:#x}", p.task.value)}};
-  if (r.cmdline) j["cmdline"] = *r.cmdline;
-  // Guest strings are bytes, not UTF-8: replace what JSON cannot carry.
-  fmt::print("{}\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
-}
-
-void print_table(const std::vector<Row>& rows, bool tree) {
-  // START: seconds after boot (task_struct.start_time is monotonic time since boot).
-  fmt::print("{:>6} {:>6} {:>6} {:1} {:>10} {:>12} {}\n", "PID", "PPID", "UID", "S", "START", "DTB", "COMMAND");
-  auto row = [](const Row& r, const std::string& prefix) {
-    const linux_os::Process& p = *r.p;
-    fmt::print("{:>6} {:>6} {:>6} {:1} {:>10} {:>12} {}{}\n", p.pid.value, p.ppid.value, p.uid, p.state,
-               fmt::format("{:.2f}s", static_cast<double>(p.start_time_ns) / 1e9), dtb_text(p), prefix, comm_text(r));
-  };
-  if (!tree) {
-    for (const auto& r : rows) row(r, "");
-    return;
-  }
-  std::multimap<int, const Row*> children;
-  std::map<int, const Row*> by_pid;
-  for (const auto& r : rows) by_pid[r.p->pid.value] = &r;
-  for (const auto& r : rows) children.emplace(r.p->ppid.value, &r);
-  // Roots: processes whose parent is not listed (pid 0 is not a process). Depth-bounded, and
-  // every process printed once, so a hostile parent cycle cannot loop.
-  std::map<int, bool> printed;
-  auto walk = [&](auto&& self, const Row& r, int depth) -> void {
-    const linux_os::Process& p = *r.p;
-    if (printed[p.pid.value] || depth > 64) return;
-    printed[p.pid.value] = true;
-    row(r, depth == 0 ? "" : std::string(static_cast<std::size_t>(2 * depth - 2), ' ') + "\\_ ");
-    auto [b, e] = children.equal_range(p.pid.value);
-    for (auto it = b; it != e; ++it)
-      if (it->second->p->pid != p.pid) self(self, *it->second, depth + 1);
-  };
-  for (const auto& r : rows)
-    if (by_pid.count(r.p->ppid.value) == 0 || r.p->ppid == r.p->pid) walk(walk, r, 0);
-  for (const auto& r : rows) walk(walk, r, 0);  // members of a parent cycle, if any
-}
-
 void print_explain(const kernel::Kernel& k) {
   const auto& l = k.layout();
   const auto& p = k.profile();
@@ -125,30 +63,25 @@ void run_ps(const PsOptions& o) {
     ram = value_or_throw(mem::open_dump_file(o.dump_file));
   } else {
     std::string path = o.ram_file;
-    if (path.empty()) {
-      auto rec = vm::find_vm(o.vm_name);
-      if (!rec) throw UserError(rec.error().message);
-      path = rec->ram_path.string();
-    }
+    if (path.empty()) path = value_or_throw(vm::find_vm(o.vm_name)).ram_path.string();
     ram = value_or_throw(mem::open_ram_file(path));
   }
   kernel::AttachOptions ao;
   ao.use_cache = !o.no_cache;
   if (!o.profile_file.empty()) ao.profile_file = o.profile_file;
-  auto k = kernel::Kernel::attach(*ram, ao);
-  if (!k) throw UserError(fmt::format("finding the kernel in {}: {}", ram->describe(), k.error().message));
-  auto lx = value_or_throw(linux_os::Linux::attach(**k));
+  GuestView g = attach_guest(std::move(ram), ao);
+  const auto& lx = *g.os;
   auto ps = lx.processes();
-  if (!ps) throw UserError(fmt::format("listing processes in {}: {}", ram->describe(), ps.error().message));
+  if (!ps) throw UserError(fmt::format("listing processes in {}: {}", g.ram->describe(), ps.error().message));
   if (!o.pids.empty() || !o.names.empty()) {
     std::erase_if(*ps, [&](const linux_os::Process& p) {
       return std::find(o.pids.begin(), o.pids.end(), p.pid.value) == o.pids.end() &&
              std::find(o.names.begin(), o.names.end(), p.comm) == o.names.end();
     });
   }
-  std::vector<Row> rows;
+  std::vector<ProcessRow> rows;
   for (const auto& p : *ps) {
-    Row r{&p, std::nullopt};
+    ProcessRow r{&p, std::nullopt};
     if (o.args) {
       // An unreadable command line (pages not present) is not an error for ps: show the comm.
       auto c = lx.cmdline(p);
@@ -157,12 +90,12 @@ void run_ps(const PsOptions& o) {
     rows.push_back(std::move(r));
   }
   try {
-    if (o.explain) print_explain(**k);
+    if (o.explain) print_explain(*g.kernel);
     if (o.json) {
-      for (const auto& r : rows) print_json(r);
+      for (const auto& r : rows) print_process_json(r);
       return;
     }
-    print_table(rows, o.tree);
+    print_process_table(rows, o.tree);
   } catch (const std::system_error& e) {
     // `hvtrace ps | head`: the reader left; stop quietly like ps does.
     if (e.code() != std::errc::broken_pipe) throw;

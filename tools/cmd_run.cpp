@@ -1,7 +1,8 @@
 // `hvtrace run`: the README's main job. Today: boot the default guest, log in over SSH, run a
-// command, print its output and the boot time, shut down cleanly. The tracing issues extend this
-// same command. The VM lives only as long as this process (RAII + PDEATHSIG).
+// command, list the guest's processes from its memory (no agent), print the command's output and
+// the timings, shut down cleanly. The tracing issues extend this same command. The VM lives only as long as this process (RAII + PDEATHSIG).
 #include "commands.hpp"
+#include "guest_view.hpp"
 #include "vm_options.hpp"
 
 #include "vm/vm.hpp"
@@ -38,6 +39,13 @@ void add_run_command(CLI::App& app) {
     const auto r = value_or_throw(vm->exec(o->command, std::chrono::seconds{o->timeout_s}));
     const double cmd_s = std::chrono::duration<double>(Clock::now() - t0).count();
 
+    // The guest seen from outside: its processes read from its RAM file (no agent in the guest).
+    print_progress("reading the guest's process list from its memory");
+    const auto t2 = Clock::now();
+    GuestView g = attach_guest(value_or_throw(mem::open_ram_file(rec.ram_path)));
+    const auto procs = value_or_throw(g.os->processes());
+    const double ps_s = std::chrono::duration<double>(Clock::now() - t2).count();
+
     print_progress("shutting down");
     const auto t1 = Clock::now();
     const auto down = vm->shutdown();
@@ -49,11 +57,20 @@ void add_run_command(CLI::App& app) {
       fmt::print("--- stderr ---\n");
       std::fwrite(r.err.data(), 1, r.err.size(), stdout);
     }
+    std::vector<ProcessRow> rows;
+    std::size_t kernel_threads = 0;
+    for (const auto& p : procs) {
+      if (p.kernel_thread) ++kernel_threads;
+      else rows.push_back({&p, std::nullopt});
+    }
+    fmt::print("--- user processes, read from guest memory (+{} kernel threads) ---\n", kernel_threads);
+    print_process_table(rows, true);
     fmt::print("---\n");
     fmt::print("{:<14} {}\n", "kernel", rec.kernel_release);
     fmt::print("{:<14} {}\n", "exit status", r.exit_status);
     fmt::print("{:<14} {:.2f} s\n", "boot to SSH", rec.boot_seconds);
     fmt::print("{:<14} {:.2f} s\n", "command", cmd_s);
+    fmt::print("{:<14} {:.3f} s for {} processes (kernel: {})\n", "introspection", ps_s, procs.size(), g.kernel->how());
     fmt::print("{:<14} {:.2f} s ({})\n", "shutdown", down_s, down ? "clean poweroff" : down.error().message);
     exit_code() = r.exit_status != 0 ? r.exit_status : (down ? 0 : 1);
   });

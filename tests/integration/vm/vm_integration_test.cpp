@@ -214,6 +214,19 @@ TEST(GuestLabCli, SigtermDuringRunLeavesNothingBehind) {
   }
 }
 
+TEST(GuestLabCli, MainJobRunsTheCommandListsProcessesFromMemoryAndShutsDown) {
+  auto r = cli({"run", "--name", "itest-run", "-c", "echo hello-from-run; sleep 300 >/dev/null 2>&1 & sleep 1; exit 3"});
+  EXPECT_EQ(r.exit_code, 3) << r.err;  // the guest command's status
+  EXPECT_NE(r.out.find("\nhello-from-run\n"), std::string::npos) << r.out;
+  // The process table read from guest RAM shows init and the sleep the command left running.
+  EXPECT_NE(r.out.find("PID   PPID    UID S"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(" init\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(" sleep\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("clean poweroff"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(run_root() / "itest-run"));
+  EXPECT_FALSE(qemu_running_for("itest-run"));
+}
+
 TEST(GuestLabCli, MissingImageIsAClearError) {
   auto r = cli({"vm", "up", "--name", "itest-noimg", "--image", "/nonexistent/image"});
   EXPECT_EQ(r.exit_code, 2);
