@@ -8,6 +8,7 @@
 #include "events/event_reader.hpp"
 #include "vm/vm.hpp"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -114,6 +115,8 @@ class Monitor : public ::testing::Test {
     c.name = HVTRACE_MON_VM;
     c.smp = HVTRACE_MON_SMP;
     c.image = std::move(img).value();
+    // Without KASLR the entry point found here is valid in the next boot (breakpoint test below).
+    if (HVTRACE_MON_SMP == 1) c.kernel_args = {"nokaslr"};
     c.plugin = vm::PluginSpec{HVTRACE_MONITOR_PLUGIN,
                               {"shm=" + shm_path(HVTRACE_MON_VM), "ctl=" + ctl_path(HVTRACE_MON_VM),
                                "sync_timeout_ms=200", "icount=on"}};
@@ -136,6 +139,7 @@ class Monitor : public ::testing::Test {
     ASSERT_TRUE(a.ok()) << a.error().message;
   }
   static void TearDownTestSuite() {
+    if (reader_) detected_entry_va_ = reader_->syscall_entry_va();
     delete collector_;
     delete ctl_;
     delete reader_;
@@ -179,6 +183,9 @@ class Monitor : public ::testing::Test {
   static inline Collector* collector_ = nullptr;
   static inline ControlClient* ctl_ = nullptr;
   std::uint32_t gen_ = 0;
+
+ public:
+  static inline std::uint64_t detected_entry_va_ = 0;
 };
 
 // Per ring, consecutive events carry the independent counter; delivered == executed means every
@@ -399,6 +406,51 @@ TEST_F(Monitor, KillingTheConsumerInSyncModeDoesNotHangTheGuest) {
   EXPECT_GT(timeouts, timeouts_before) << "waits that gave up must be counted";
   collector_->start();
   connect();
+}
+
+// A breakpoint at a kernel address is an exec callback: set at the syscall entry point (found by
+// the previous boot, same kernel, no KASLR), it fires exactly once per syscall entry.
+TEST(MonitorBreakpoints, BreakpointAtTheEntryPointFiresOncePerSyscall) {
+  const std::uint64_t va = Monitor::detected_entry_va_;
+  ASSERT_NE(va, 0u) << "the Monitor suite did not detect the entry point";
+  auto img = vm::load_image(vm::default_image_dir());
+  ASSERT_TRUE(img.ok());
+  vm::VmConfig c;
+  c.name = HVTRACE_MON_VM "-bp";
+  c.image = std::move(img).value();
+  c.kernel_args = {"nokaslr"};
+  const std::string shm = shm_path(HVTRACE_MON_VM "-bp");
+  c.plugin = vm::PluginSpec{HVTRACE_MONITOR_PLUGIN,
+                            {"shm=" + shm, fmt::format("entry={:#x}", va), fmt::format("bp={:#x}", va),
+                             "bp_action=async", "entry_action=async"}};
+  auto v = vm::Vm::start(c);
+  ASSERT_TRUE(v.ok()) << v.error().message;
+  auto r = EventReader::open(shm, 5s);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  Collector col(r->get());
+  col.start();
+  auto out = (*v)->exec("ls / >/dev/null; echo done", 60s);
+  ASSERT_TRUE(out.ok()) << out.error().message;
+  std::this_thread::sleep_for(300ms);
+  const auto evs = col.take();
+  col.stop();
+  std::size_t bps = 0, entries = 0, unmatched = 0;
+  for (std::size_t i = 0; i < evs.size(); ++i) {
+    const auto& e = evs[i];
+    ASSERT_NE(e.type, RecordType::kLost);
+    if (e.type == RecordType::kBreakpoint) {
+      EXPECT_EQ(e.bp.va, va);
+      ++bps;
+    } else if (e.type == RecordType::kSyscallEntry) {
+      ++entries;
+      // Both callbacks sit on the same instruction: the breakpoint event follows each entry event.
+      if (i + 1 < evs.size() && evs[i + 1].type != RecordType::kBreakpoint) ++unmatched;
+    }
+  }
+  EXPECT_GT(entries, 100u);
+  EXPECT_EQ(bps, entries);
+  EXPECT_EQ(unmatched, 0u);
+  (void)(*v)->shutdown();
 }
 #endif
 
