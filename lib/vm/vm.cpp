@@ -71,6 +71,7 @@ std::string tail_of(const fs::path& p, std::size_t lines) {
   const std::uintmax_t window = 16384;
   if (size > window) in.seekg(static_cast<std::streamoff>(size - window));
   std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (s.empty()) return "(no output)";
   std::size_t pos = s.size();
   for (std::size_t n = 0; n <= lines && pos != std::string::npos && pos > 0; ++n) pos = s.rfind('\n', pos - 1);
   std::string t = trim(pos == std::string::npos ? s : s.substr(pos + 1));

@@ -227,6 +227,15 @@ TEST(GuestLabCli, MainJobRunsTheCommandListsProcessesFromMemoryAndShutsDown) {
   EXPECT_FALSE(qemu_running_for("itest-run"));
 }
 
+TEST(GuestLabCli, QemuExitingAtStartIsAnErrorWithItsOwnWords) {
+  // QEMU refuses an unknown CPU model before printing anything to the serial log.
+  auto r = cli({"vm", "up", "--name", "itest-badcpu", "--cpu", "no-such-cpu-model"});
+  EXPECT_EQ(r.exit_code, 2) << r.out << r.err;
+  EXPECT_NE(r.err.find("QEMU exited with 1 during boot"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("no-such-cpu-model"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(run_root() / "itest-badcpu"));
+}
+
 TEST(GuestLabCli, MissingImageIsAClearError) {
   auto r = cli({"vm", "up", "--name", "itest-noimg", "--image", "/nonexistent/image"});
   EXPECT_EQ(r.exit_code, 2);
