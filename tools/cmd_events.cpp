@@ -17,6 +17,7 @@
 #include <fmt/core.h>
 #include <nlohmann/json.hpp>
 
+#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -116,6 +117,13 @@ nlohmann::json to_json(const events::Event& e) {
 void run_events(const EventsOptions& o) {
   vm::install_termination_handlers();
   const auto dir = vm::run_root() / o.vm_name;
+  if (o.shm.empty() || o.ctl.empty()) {
+    const auto rec = value_or_throw(vm::find_vm(o.vm_name));
+    if (!vm::fs::exists(dir / "mon.rings"))
+      throw UserError(fmt::format("VM '{}' runs without the hvtrace monitor; start it with `hvtrace vm up --name {} "
+                                  "--monitor` (or give --shm and --ctl)",
+                                  rec.name, rec.name));
+  }
   const std::string shm = o.shm.empty() ? (dir / "mon.rings").string() : o.shm;
   const std::string ctlp = o.ctl.empty() ? (dir / "mon.ctl").string() : o.ctl;
   auto reader = value_or_throw(events::EventReader::open(shm, std::chrono::seconds{5}));
@@ -125,7 +133,15 @@ void run_events(const EventsOptions& o) {
     value_or_throw(ctl.set_all_dtbs());
   } else {
     std::vector<Dtb> d;
-    for (const auto& s : o.dtbs) d.push_back(Dtb{std::stoull(s, nullptr, 0)});
+    for (const auto& s : o.dtbs) {
+      std::uint64_t v = 0;
+      const auto* end = s.data() + s.size();
+      const bool hex = s.size() > 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X');
+      const auto r = std::from_chars(s.data() + (hex ? 2 : 0), end, v, hex ? 16 : 10);
+      if (s.empty() || r.ec != std::errc() || r.ptr != end)
+        throw UserError(fmt::format("--dtb '{}': expected a page-table base such as 0x2b62000 (hvtrace ps shows them)", s));
+      d.push_back(Dtb{v});
+    }
     value_or_throw(ctl.set_dtbs(d));
   }
   value_or_throw(ctl.set_syscalls(o.syscalls.empty() ? std::nullopt : std::optional(o.syscalls)));

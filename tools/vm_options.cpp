@@ -4,6 +4,7 @@
 #include <fmt/core.h>
 
 #include <cstdio>
+#include <cstdlib>
 
 namespace hvtrace::tools {
 
@@ -16,7 +17,9 @@ void add_vm_options(CLI::App& cmd, VmOptions& o) {
       ->capture_default_str();
   cmd.add_option("--image", o.image_dir, "guest image directory (default: the default guest in the setup cache)");
   cmd.add_option("--append", o.config.kernel_args, "extra kernel command-line argument (repeatable), e.g. pti=on");
-  cmd.add_option("--plugin", o.plugin_path, "QEMU TCG plugin to load (the hvtrace monitor)");
+  cmd.add_flag("--monitor", o.monitor,
+               "load the hvtrace monitor; its rings (mon.rings) and control socket (mon.ctl) go in the run directory");
+  cmd.add_option("--plugin", o.plugin_path, "QEMU TCG plugin to load (with --monitor: another build of the monitor)");
   cmd.add_option("--plugin-arg", o.plugin_args, "plugin argument key=value (repeatable)");
   cmd.add_option("--boot-timeout", o.boot_timeout_s, "seconds to wait for the guest's SSH")->capture_default_str();
 }
@@ -33,13 +36,32 @@ vm::VmConfig resolve_vm_options(VmOptions& o) {
                         : img.error().message);
   }
   o.config.image = std::move(img).value();
-  if (!o.plugin_path.empty()) {
+  if (o.monitor) {
+    const vm::fs::path so = o.plugin_path.empty() ? default_monitor_path() : vm::fs::path(o.plugin_path);
+    if (!vm::fs::is_regular_file(so))
+      throw UserError(fmt::format("monitor plugin {} not found (build it: cmake --build --preset release; or set "
+                                  "HVTRACE_MONITOR)",
+                                  so.string()));
+    const auto run_dir = vm::run_root() / o.config.name;
+    std::vector<std::string> args = {"shm=" + (run_dir / "mon.rings").string(), "ctl=" + (run_dir / "mon.ctl").string()};
+    args.insert(args.end(), o.plugin_args.begin(), o.plugin_args.end());
+    o.config.plugin = vm::PluginSpec{so, std::move(args)};
+  } else if (!o.plugin_path.empty()) {
     o.config.plugin = vm::PluginSpec{o.plugin_path, o.plugin_args};
   } else if (!o.plugin_args.empty()) {
-    throw UserError("--plugin-arg given without --plugin");
+    throw UserError("--plugin-arg given without --plugin or --monitor");
   }
   o.config.boot_timeout = std::chrono::seconds{o.boot_timeout_s};
   return o.config;
+}
+
+vm::fs::path default_monitor_path() {
+  if (const char* env = std::getenv("HVTRACE_MONITOR"); env != nullptr && *env != '\0') return env;
+  std::error_code ec;
+  const auto exe = vm::fs::read_symlink("/proc/self/exe", ec);
+  if (ec) return "libhvtrace-monitor.so";
+  // Build tree: <build>/tools/hvtrace and <build>/monitor/libhvtrace-monitor.so.
+  return exe.parent_path().parent_path() / "monitor" / "libhvtrace-monitor.so";
 }
 
 void print_progress(std::string_view message) { fmt::print(stderr, "[hvtrace] {}\n", message); }

@@ -16,6 +16,7 @@ namespace hvtrace::tools {
 struct VmOptions {
   vm::VmConfig config;
   std::string image_dir;                 // empty: the default guest
+  bool monitor = false;                  // load the hvtrace monitor with its files in the run directory
   std::string plugin_path;
   std::vector<std::string> plugin_args;
   unsigned boot_timeout_s = 180;
@@ -24,6 +25,8 @@ struct VmOptions {
 void add_vm_options(CLI::App& cmd, VmOptions& opts);
 // Validate and complete the config (loads the guest image); throws UserError with a fix.
 vm::VmConfig resolve_vm_options(VmOptions& opts);
+// The monitor plugin built next to this hvtrace binary (or $HVTRACE_MONITOR).
+vm::fs::path default_monitor_path();
 // Progress printer for people: "[hvtrace] message" on stderr.
 void print_progress(std::string_view message);
 

@@ -236,6 +236,46 @@ TEST(GuestLabCli, QemuExitingAtStartIsAnErrorWithItsOwnWords) {
   EXPECT_FALSE(fs::exists(run_root() / "itest-badcpu"));
 }
 
+TEST(GuestLabCli, MonitorFlagLoadsTheMonitorAndEventsSeeTheGuestsWrites) {
+  const std::string name = "itest-monflag";
+  auto up = cli({"vm", "up", "--name", name, "--monitor"});
+  ASSERT_EQ(up.exit_code, 0) << up.out << up.err;
+  EXPECT_TRUE(fs::exists(run_root() / name / "mon.rings"));
+  EXPECT_TRUE(fs::exists(run_root() / name / "mon.ctl"));
+
+  // `hvtrace events` attaches, asks the monitor for write(2) entries only, and prints them.
+  int out_pipe[2];
+  ASSERT_EQ(pipe(out_pipe), 0);
+  const pid_t ev = fork();
+  if (ev == 0) {
+    dup2(out_pipe[1], 1);
+    close(out_pipe[0]);
+    execl(HVTRACE_BIN, HVTRACE_BIN, "events", "--vm", name.c_str(), "-e", "1", "--duration", "60",
+          static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(out_pipe[1]);
+  fcntl(out_pipe[0], F_SETFL, O_NONBLOCK);
+  std::string out;
+  const bool seen = wait_until(
+      [&] {
+        (void)cli({"vm", "exec", "--name", name, "--", "echo", "hvtrace-cli-marker"}, 30s);
+        char buf[65536];
+        ssize_t n;
+        while ((n = read(out_pipe[0], buf, sizeof buf)) > 0) out.append(buf, static_cast<std::size_t>(n));
+        return out.find("\"data\":\"hvtrace-cli-marker") != std::string::npos;
+      },
+      60s);
+  kill(ev, SIGTERM);
+  waitpid(ev, nullptr, 0);
+  close(out_pipe[0]);
+  EXPECT_TRUE(seen) << out.substr(0, 2000);
+  EXPECT_NE(out.find("\"type\":\"entry\""), std::string::npos);
+  EXPECT_EQ(out.find("\"nr\":0,"), std::string::npos) << "a syscall outside the filter was delivered";
+  EXPECT_EQ(cli({"vm", "down", "--name", name}).exit_code, 0);
+  EXPECT_FALSE(fs::exists(run_root() / name));
+}
+
 TEST(GuestLabCli, MissingImageIsAClearError) {
   auto r = cli({"vm", "up", "--name", "itest-noimg", "--image", "/nonexistent/image"});
   EXPECT_EQ(r.exit_code, 2);
