@@ -16,6 +16,7 @@
 // usage: monitor_guest_bench [--reps K] [--boots B] [--iterations N] [--methods idle,m5,...]
 //                            [--baseline-plugin-args count=on]  (diagnosis: plugin in the "none" boots too)
 //                            [--skip-baseline 1]                (plugin boots only: long RSS runs)
+//                            [--tb-size MiB]                    (bound TCG's code buffer so RSS can plateau)
 #include "events/control_client.hpp"
 #include "events/event_reader.hpp"
 #include "vm/vm.hpp"
@@ -212,6 +213,7 @@ double median(std::vector<double> v) {
 int main(int argc, char** argv) {
   unsigned reps = 3, boots = 2, iterations = 1;
   bool skip_baseline = false;                     // --skip-baseline: plugin boots only (long RSS runs)
+  unsigned tb_size_mib = 0;                       // --tb-size: bound TCG's code buffer so RSS can plateau
   std::vector<std::string> baseline_plugin_args;  // --baseline-plugin-args a=b,c=d: load the plugin in the "none" boots
                                                   // too (e.g. count=on) to split QEMU's plugin overhead from ours
   std::vector<std::string> methods = {"idle", "m5", "all", "m4", "m3", "m2"};
@@ -221,6 +223,7 @@ int main(int argc, char** argv) {
     else if (k == "--boots") boots = static_cast<unsigned>(std::stoul(val));
     else if (k == "--iterations") iterations = static_cast<unsigned>(std::stoul(val));
     else if (k == "--skip-baseline") skip_baseline = val == "1" || val == "yes";
+    else if (k == "--tb-size") tb_size_mib = static_cast<unsigned>(std::stoul(val));
     else if (k == "--baseline-plugin-args") {
       std::stringstream ss(val);
       for (std::string a; std::getline(ss, a, ',');) baseline_plugin_args.push_back(a);
@@ -232,7 +235,7 @@ int main(int argc, char** argv) {
     } else {
       fmt::print(stderr,
                  "usage: {} [--reps K] [--boots B] [--iterations N] [--methods idle,m2,m3,m4,m5,all]"
-                 " [--baseline-plugin-args k=v,...]\n", argv[0]);
+                 " [--baseline-plugin-args k=v,...] [--skip-baseline 1] [--tb-size MiB]\n", argv[0]);
       return 2;
     }
   }
@@ -250,6 +253,7 @@ int main(int argc, char** argv) {
       vm::VmConfig c;
       c.name = "bench-mon";
       c.image = *img;
+      c.tcg_tb_size_mib = tb_size_mib;
       const std::string shm = (vm::run_root() / c.name / "mon.rings").string();
       const std::string ctlp = (vm::run_root() / c.name / "mon.ctl").string();
       if (with_plugin) c.plugin = vm::PluginSpec{HVTRACE_MONITOR_PLUGIN, {"shm=" + shm, "ctl=" + ctlp, "selftime=on"}};

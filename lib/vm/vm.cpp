@@ -318,7 +318,8 @@ Result<std::unique_ptr<Vm>> Vm::start(VmConfig config, const Progress& progress)
     std::string append = config.image.cmdline;
     for (const auto& a : config.kernel_args) append += " " + a;
     std::vector<std::string> argv = {
-        kQemu, "-name", "hvtrace-" + config.name, "-accel", "tcg", "-cpu", config.cpu,
+        kQemu, "-name", "hvtrace-" + config.name, "-accel",
+        config.tcg_tb_size_mib ? fmt::format("tcg,tb-size={}", config.tcg_tb_size_mib) : "tcg", "-cpu", config.cpu,
         "-smp", std::to_string(config.smp), "-m", fmt::format("{}M", config.memory_mib),
         "-object", fmt::format("memory-backend-file,id=mem,size={}M,mem-path={},share=on", config.memory_mib, r.ram_path.string()),
         "-machine", "pc,memory-backend=mem", "-nodefaults", "-display", "none", "-no-reboot",

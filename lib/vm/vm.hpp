@@ -53,6 +53,7 @@ struct VmConfig {
   std::optional<PluginSpec> plugin;
   std::vector<std::string> kernel_args;       // appended to the kernel command line ("pti=on", "nokaslr")
   std::vector<std::string> extra_qemu_args;
+  unsigned tcg_tb_size_mib = 0;               // TCG translation-cache size (0: QEMU's default, up to 1 GiB)
   GuestImage image;
   std::chrono::seconds boot_timeout{180};
 };
