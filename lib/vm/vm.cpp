@@ -272,20 +272,28 @@ Result<std::unique_ptr<Vm>> Vm::start(VmConfig config, const Progress& progress)
   const fs::path dir = root / config.name;
   std::error_code ec;
   fs::create_directories(root, ec);
-  if (fs::exists(dir / "vm.json") || fs::exists(dir)) {
-    auto existing = find_vm(config.name);  // removes the directory if its owner is gone
+  // mkdir is the lock on the name. A directory that exists belongs to a running VM (vm.json with a
+  // live owner), to a VM being started (an "owner" file naming a live pid), or to a dead owner.
+  if (mkdir(dir.c_str(), 0700) != 0) {
+    if (errno != EEXIST) return make_error("cannot create run directory {}: {}", dir.string(), strerror(errno));
+    auto existing = find_vm(config.name);  // removes the directory if the record's owner is gone
     if (existing) {
       return make_error("a VM named '{}' is already running (owner pid {}, ssh port {}); stop it with "
-                        "`hvtrace vm down {}` or pick another --name",
+                        "`hvtrace vm down --name {}` or pick another --name",
                         config.name, existing->owner_pid, existing->ssh_port, config.name);
     }
-    if (fs::exists(dir)) {
-      // A directory without a readable record: left by a start that was killed mid-way.
-      remove_dir(dir);
+    if (auto owner = read_text(dir / "owner", 32); owner) {
+      const pid_t pid = static_cast<pid_t>(std::atol(owner->c_str()));
+      if (pid_alive(pid))
+        return make_error("a VM named '{}' is being started by pid {}; pick another --name", config.name, pid);
     }
+    remove_dir(dir);  // left by a start that was killed mid-way
+    if (mkdir(dir.c_str(), 0700) != 0)
+      return make_error("cannot create run directory {}: {}", dir.string(), strerror(errno));
   }
-  if (mkdir(dir.c_str(), 0700) != 0)
-    return make_error("cannot create run directory {}: {}", dir.string(), strerror(errno));
+  {
+    std::ofstream(dir / "owner") << getpid() << '\n';
+  }
 
   auto vm = std::unique_ptr<Vm>(new Vm());
   vm->config_ = config;

@@ -13,6 +13,7 @@
 
 #include <fcntl.h>
 
+#include <fstream>
 #include <thread>
 
 namespace hvtrace::vm {
@@ -274,6 +275,26 @@ TEST(GuestLabCli, MonitorFlagLoadsTheMonitorAndEventsSeeTheGuestsWrites) {
   EXPECT_EQ(out.find("\"nr\":0,"), std::string::npos) << "a syscall outside the filter was delivered";
   EXPECT_EQ(cli({"vm", "down", "--name", name}).exit_code, 0);
   EXPECT_FALSE(fs::exists(run_root() / name));
+}
+
+TEST(GuestLabCli, NameBeingStartedIsRefusedAndAHalfStartedLeftoverIsReplaced) {
+  const std::string name = "itest-busy";
+  const fs::path dir = run_root() / name;
+  fs::create_directories(dir);
+  std::ofstream(dir / "owner") << getpid() << "\n";  // a live process is starting this VM
+  auto busy = cli({"vm", "up", "--name", name});
+  EXPECT_EQ(busy.exit_code, 2);
+  EXPECT_NE(busy.err.find("is being started by pid " + std::to_string(getpid())), std::string::npos) << busy.err;
+  EXPECT_TRUE(fs::exists(dir / "owner")) << "the starter's directory was removed";
+
+  const pid_t dead = fork();
+  if (dead == 0) _exit(0);
+  waitpid(dead, nullptr, 0);
+  std::ofstream(dir / "owner", std::ios::trunc) << dead << "\n";  // its starter was killed mid-way
+  auto up = cli({"vm", "up", "--name", name});
+  ASSERT_EQ(up.exit_code, 0) << up.out << up.err;
+  EXPECT_EQ(cli({"vm", "down", "--name", name}).exit_code, 0);
+  EXPECT_FALSE(fs::exists(dir));
 }
 
 TEST(GuestLabCli, MissingImageIsAClearError) {
