@@ -116,16 +116,16 @@ nlohmann::json to_json(const events::Event& e) {
 
 void run_events(const EventsOptions& o) {
   vm::install_termination_handlers();
-  const auto dir = vm::run_root() / o.vm_name;
+  const auto files = vm::monitor_files(o.vm_name);
   if (o.shm.empty() || o.ctl.empty()) {
     const auto rec = value_or_throw(vm::find_vm(o.vm_name));
-    if (!vm::fs::exists(dir / "mon.rings"))
+    if (!vm::fs::exists(files.rings))
       throw UserError(fmt::format("VM '{}' runs without the hvtrace monitor; start it with `hvtrace vm up --name {} "
                                   "--monitor` (or give --shm and --ctl)",
                                   rec.name, rec.name));
   }
-  const std::string shm = o.shm.empty() ? (dir / "mon.rings").string() : o.shm;
-  const std::string ctlp = o.ctl.empty() ? (dir / "mon.ctl").string() : o.ctl;
+  const std::string shm = o.shm.empty() ? files.rings.string() : o.shm;
+  const std::string ctlp = o.ctl.empty() ? files.control.string() : o.ctl;
   auto reader = value_or_throw(events::EventReader::open(shm, std::chrono::seconds{5}));
   auto ctl = value_or_throw(events::ControlClient::connect(ctlp, std::chrono::seconds{5}));
   value_or_throw(ctl.attach());

@@ -42,10 +42,7 @@ vm::VmConfig resolve_vm_options(VmOptions& o) {
       throw UserError(fmt::format("monitor plugin {} not found (build it: cmake --build --preset release; or set "
                                   "HVTRACE_MONITOR)",
                                   so.string()));
-    const auto run_dir = vm::run_root() / o.config.name;
-    std::vector<std::string> args = {"shm=" + (run_dir / "mon.rings").string(), "ctl=" + (run_dir / "mon.ctl").string()};
-    args.insert(args.end(), o.plugin_args.begin(), o.plugin_args.end());
-    o.config.plugin = vm::PluginSpec{so, std::move(args)};
+    o.config.plugin = vm::monitor_plugin(so, o.config.name, o.plugin_args);
   } else if (!o.plugin_path.empty()) {
     o.config.plugin = vm::PluginSpec{o.plugin_path, o.plugin_args};
   } else if (!o.plugin_args.empty()) {

@@ -254,9 +254,8 @@ int main(int argc, char** argv) {
       c.name = "bench-mon";
       c.image = *img;
       c.tcg_tb_size_mib = tb_size_mib;
-      const std::string shm = (vm::run_root() / c.name / "mon.rings").string();
-      const std::string ctlp = (vm::run_root() / c.name / "mon.ctl").string();
-      if (with_plugin) c.plugin = vm::PluginSpec{HVTRACE_MONITOR_PLUGIN, {"shm=" + shm, "ctl=" + ctlp, "selftime=on"}};
+      const auto files = vm::monitor_files(c.name);
+      if (with_plugin) c.plugin = vm::monitor_plugin(HVTRACE_MONITOR_PLUGIN, c.name, {"selftime=on"});
       else if (!baseline_plugin_args.empty()) c.plugin = vm::PluginSpec{HVTRACE_MONITOR_PLUGIN, baseline_plugin_args};
       auto v = vm::Vm::start(c);
       if (!v) {
@@ -267,8 +266,8 @@ int main(int argc, char** argv) {
       std::optional<events::ControlClient> ctl;
       Consumer consumer;
       if (with_plugin) {
-        auto r = events::EventReader::open(shm, 5s);
-        auto cl = events::ControlClient::connect(ctlp, 5s);
+        auto r = events::EventReader::open(files.rings, 5s);
+        auto cl = events::ControlClient::connect(files.control, 5s);
         if (!r || !cl || !cl->attach()) {
           fmt::print(stderr, "monitor channel: {}\n", !r ? r.error().message : !cl ? cl.error().message : "attach failed");
           return 1;

@@ -221,6 +221,18 @@ void clear_termination_request() { g_terminate.store(false, std::memory_order_re
 
 fs::path run_root() { return env_or("HVTRACE_RUN_DIR", "/dev/shm/hvtrace"); }
 
+MonitorFiles monitor_files(std::string_view name) {
+  const fs::path dir = run_root() / std::string(name);
+  return {dir / "mon.rings", dir / "mon.ctl"};
+}
+
+PluginSpec monitor_plugin(const fs::path& so, std::string_view name, std::vector<std::string> extra_args) {
+  const auto files = monitor_files(name);
+  std::vector<std::string> args = {"shm=" + files.rings.string(), "ctl=" + files.control.string()};
+  args.insert(args.end(), std::make_move_iterator(extra_args.begin()), std::make_move_iterator(extra_args.end()));
+  return {so, std::move(args)};
+}
+
 fs::path default_image_dir() { return fs::path(env_or("HVTRACE_CACHE", "/var/cache/hvtrace")) / "guest" / "default"; }
 
 Result<void> validate_name(std::string_view name) {

@@ -117,6 +117,17 @@ class Vm {
   std::string exit_reason_;
 };
 
+// Where the hvtrace monitor of VM `name` keeps its rings file and control socket: in the VM's run
+// directory, so they are removed with it. The one place that convention is spelled.
+struct MonitorFiles {
+  fs::path rings;    // shm=
+  fs::path control;  // ctl=
+};
+[[nodiscard]] MonitorFiles monitor_files(std::string_view name);
+// The monitor plugin at `so` for VM `name`: shm= and ctl= from monitor_files(), then `extra_args`.
+[[nodiscard]] PluginSpec monitor_plugin(const fs::path& so, std::string_view name,
+                                        std::vector<std::string> extra_args = {});
+
 // Root of all run directories: $HVTRACE_RUN_DIR or /dev/shm/hvtrace (tmpfs: the RAM file is memory).
 [[nodiscard]] fs::path run_root();
 [[nodiscard]] Result<void> validate_name(std::string_view name);

@@ -25,12 +25,11 @@ constexpr const char* kVm = "itest-guest-mon";
 TEST(GuestWithMonitor, AProcessDtbIsTheCr3TheMonitorSeesForIt) {
   auto img = vm::load_image(vm::default_image_dir());
   ASSERT_TRUE(img.ok()) << img.error().message;
-  const std::string shm = (vm::run_root() / kVm / "mon.rings").string();
-  const std::string ctl = (vm::run_root() / kVm / "mon.ctl").string();
+  const auto files = vm::monitor_files(kVm);
   vm::VmConfig c;
   c.name = kVm;
   c.image = std::move(img).value();
-  c.plugin = vm::PluginSpec{HVTRACE_MONITOR_PLUGIN, {"shm=" + shm, "ctl=" + ctl}};
+  c.plugin = vm::monitor_plugin(HVTRACE_MONITOR_PLUGIN, kVm);
   auto v = vm::Vm::start(c);
   ASSERT_TRUE(v.ok()) << v.error().message;
   std::unique_ptr<vm::Vm> guest = std::move(v).value();
@@ -53,9 +52,9 @@ TEST(GuestWithMonitor, AProcessDtbIsTheCr3TheMonitorSeesForIt) {
   ASSERT_TRUE((*p)->dtb.has_value());
   const Dtb dtb = *(*p)->dtb;
 
-  auto reader = events::EventReader::open(shm, 5s);
+  auto reader = events::EventReader::open(files.rings, 5s);
   ASSERT_TRUE(reader.ok()) << reader.error().message;
-  auto cl = events::ControlClient::connect(ctl, 5s);
+  auto cl = events::ControlClient::connect(files.control, 5s);
   ASSERT_TRUE(cl.ok()) << cl.error().message;
   ASSERT_TRUE(cl->attach().ok());
   ASSERT_TRUE(cl->set_dtbs({dtb}).ok());

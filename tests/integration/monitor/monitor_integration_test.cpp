@@ -69,8 +69,8 @@ class Collector {
   std::string error_;
 };
 
-std::string shm_path(const char* vm) { return (vm::run_root() / vm / "mon.rings").string(); }
-std::string ctl_path(const char* vm) { return (vm::run_root() / vm / "mon.ctl").string(); }
+std::string shm_path(const char* vm) { return vm::monitor_files(vm).rings.string(); }
+std::string ctl_path(const char* vm) { return vm::monitor_files(vm).control.string(); }
 
 // Bad plugin arguments: QEMU itself (no guest) must refuse to start and say why.
 std::string qemu_with_plugin_args(const std::string& args, int* status) {
@@ -117,9 +117,7 @@ class Monitor : public ::testing::Test {
     c.image = std::move(img).value();
     // Without KASLR the entry point found here is valid in the next boot (breakpoint test below).
     if (HVTRACE_MON_SMP == 1) c.kernel_args = {"nokaslr"};
-    c.plugin = vm::PluginSpec{HVTRACE_MONITOR_PLUGIN,
-                              {"shm=" + shm_path(HVTRACE_MON_VM), "ctl=" + ctl_path(HVTRACE_MON_VM),
-                               "sync_timeout_ms=200", "icount=on"}};
+    c.plugin = vm::monitor_plugin(HVTRACE_MONITOR_PLUGIN, HVTRACE_MON_VM, {"sync_timeout_ms=200", "icount=on"});
     auto v = vm::Vm::start(c);
     ASSERT_TRUE(v.ok()) << v.error().message;
     vm_ = std::move(v).value().release();
