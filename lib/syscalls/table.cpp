@@ -1,0 +1,207 @@
+// The compiled-in tables (table_*.inc, one row per call), their indexes, errno and signal names,
+// and strace's -e trace= / -e status= set syntax.
+#include "syscalls/syscalls.hpp"
+
+#include <algorithm>
+#include <mutex>
+
+namespace hvtrace::syscalls {
+namespace {
+
+using D = Decoder;
+
+constexpr Table::Entry kX86_64[] = {
+#include "syscalls/table_x86_64.inc"
+};
+constexpr Table::Entry kI386[] = {
+#include "syscalls/table_i386.inc"
+};
+
+struct ErrnoRow {
+  int nr;
+  std::string_view name;
+  std::string_view message;
+};
+constexpr ErrnoRow kErrnos[] = {
+#include "syscalls/errno_table.inc"
+};
+
+constexpr std::string_view kSignals[] = {
+    "0",       "SIGHUP",  "SIGINT",    "SIGQUIT", "SIGILL",    "SIGTRAP", "SIGABRT",   "SIGBUS",
+    "SIGFPE",  "SIGKILL", "SIGUSR1",   "SIGSEGV", "SIGUSR2",   "SIGPIPE", "SIGALRM",   "SIGTERM",
+    "SIGSTKFLT", "SIGCHLD", "SIGCONT", "SIGSTOP", "SIGTSTP",   "SIGTTIN", "SIGTTOU",   "SIGURG",
+    "SIGXCPU", "SIGXFSZ", "SIGVTALRM", "SIGPROF", "SIGWINCH",  "SIGIO",   "SIGPWR",    "SIGSYS",
+};
+constexpr int kSigRtMin = 32;
+constexpr int kSigMax = 64;   // _NSIG - 1
+
+constexpr std::uint64_t kX32Base = 0x40000000;
+
+}  // namespace
+
+Table::Table(abi::SyscallAbi abi, std::span<const Entry> entries, std::uint64_t base)
+    : abi_(abi), entries_(entries), base_(base) {
+  for (const auto& e : entries_) {
+    if (e.nr >= kMaxNr) continue;
+    index_[e.nr] = &e.info;
+    size_ = std::max<std::size_t>(size_, e.nr + 1U);
+  }
+}
+
+const Table& Table::get(abi::SyscallAbi abi) {
+  static const Table x86_64(abi::SyscallAbi::kX86_64, kX86_64, 0);
+  static const Table i386(abi::SyscallAbi::kI386, kI386, 0);
+  static const Table x32(abi::SyscallAbi::kX32, kX86_64, kX32Base);
+  switch (abi) {
+    case abi::SyscallAbi::kI386: return i386;
+    case abi::SyscallAbi::kX32: return x32;
+    default: return x86_64;
+  }
+}
+
+const SyscallInfo* Table::by_nr(std::uint64_t nr) const {
+  if (nr < base_ || nr - base_ >= kMaxNr) return nullptr;
+  return index_[nr - base_];
+}
+
+std::optional<unsigned> Table::by_name(std::string_view name) const {
+  for (const auto& e : entries_)
+    if (e.info.name == name) return static_cast<unsigned>(e.nr + base_);
+  return std::nullopt;
+}
+
+bool TraceSet::contains(abi::SyscallAbi abi, std::uint64_t nr) const {
+  const Table& t = Table::get(abi);
+  if (nr < t.nr_base() || nr - t.nr_base() >= Table::kMaxNr) return false;
+  return nrs[abi == abi::SyscallAbi::kI386 ? 1 : 0].test(nr - t.nr_base());
+}
+
+namespace {
+
+std::optional<std::uint32_t> class_by_name(std::string_view w) {
+  struct C {
+    std::string_view name;
+    std::uint32_t bits;
+  };
+  static constexpr C kClasses[] = {
+      {"%file", kFile},       {"file", kFile},       {"%process", kProcess}, {"process", kProcess},
+      {"%network", kNetwork}, {"%net", kNetwork},    {"network", kNetwork},  {"%desc", kDesc},
+      {"desc", kDesc},        {"%memory", kMemory},  {"memory", kMemory},    {"%signal", kSignal},
+      {"signal", kSignal},    {"%ipc", kIpc},        {"ipc", kIpc},
+  };
+  for (const auto& c : kClasses)
+    if (c.name == w) return c.bits;
+  return std::nullopt;
+}
+
+// Split on commas; empty words are skipped as strace skips them.
+template <typename Fn>
+Result<void> for_each_word(std::string_view spec, Fn&& fn) {
+  while (!spec.empty()) {
+    const auto comma = spec.find(',');
+    const std::string_view w = spec.substr(0, comma);
+    spec = comma == std::string_view::npos ? std::string_view{} : spec.substr(comma + 1);
+    if (w.empty()) continue;
+    HVTRACE_TRY(fn(w));
+  }
+  return {};
+}
+
+}  // namespace
+
+Result<TraceSet> parse_trace_set(std::string_view spec) {
+  bool negate = false;
+  if (!spec.empty() && spec.front() == '!') {
+    negate = true;
+    spec.remove_prefix(1);
+  }
+  TraceSet set;
+  constexpr abi::SyscallAbi kAbis[2] = {abi::SyscallAbi::kX86_64, abi::SyscallAbi::kI386};
+  auto r = for_each_word(spec, [&](std::string_view w) -> Result<void> {
+    if (w == "all") {
+      for (int a = 0; a < 2; ++a)
+        for (const auto& e : Table::get(kAbis[a]).entries()) set.nrs[static_cast<std::size_t>(a)].set(e.nr);
+      return {};
+    }
+    if (w == "none") return {};
+    if (auto cls = class_by_name(w)) {
+      for (int a = 0; a < 2; ++a)
+        for (const auto& e : Table::get(kAbis[a]).entries())
+          if ((e.info.classes & *cls) != 0) set.nrs[static_cast<std::size_t>(a)].set(e.nr);
+      return {};
+    }
+    const bool optional = w.front() == '?';
+    const std::string_view name = optional ? w.substr(1) : w;
+    bool found = false;
+    for (int a = 0; a < 2; ++a) {
+      if (auto nr = Table::get(kAbis[a]).by_name(name)) {
+        set.nrs[static_cast<std::size_t>(a)].set(*nr);
+        found = true;
+      }
+    }
+    if (!found && !optional) return make_error("unknown syscall or class '{}' in -e trace=", w);
+    return {};
+  });
+  if (!r) return Error{r.error().message};
+  if (negate)
+    for (int a = 0; a < 2; ++a) {
+      auto& bits = set.nrs[static_cast<std::size_t>(a)];
+      bits.flip();
+    }
+  return set;
+}
+
+Result<StatusSet> parse_status_set(std::string_view spec) {
+  bool negate = false;
+  if (!spec.empty() && spec.front() == '!') {
+    negate = true;
+    spec.remove_prefix(1);
+  }
+  StatusSet s{false, false, false, false, false};
+  auto r = for_each_word(spec, [&](std::string_view w) -> Result<void> {
+    if (w == "all") s = StatusSet{};
+    else if (w == "none") {}
+    else if (w == "successful") s.successful = true;
+    else if (w == "failed") s.failed = true;
+    else if (w == "unfinished") s.unfinished = true;
+    else if (w == "unavailable") s.unavailable = true;
+    else if (w == "detached") s.detached = true;
+    else return make_error("unknown status '{}' in -e status=", w);
+    return {};
+  });
+  if (!r) return Error{r.error().message};
+  if (negate) {
+    s.successful = !s.successful;
+    s.failed = !s.failed;
+    s.unfinished = !s.unfinished;
+    s.unavailable = !s.unavailable;
+    s.detached = !s.detached;
+  }
+  return s;
+}
+
+std::optional<std::string_view> errno_name(int err) {
+  for (const auto& e : kErrnos)
+    if (e.nr == err) return e.name;
+  return std::nullopt;
+}
+
+std::optional<std::string_view> errno_message(int err) {
+  for (const auto& e : kErrnos)
+    if (e.nr == err) return e.message;
+  return std::nullopt;
+}
+
+std::optional<std::string_view> signal_name(int sig) {
+  if (sig <= 0 || sig > kSigMax) return std::nullopt;
+  if (sig < kSigRtMin) return kSignals[sig];
+  static const std::array<std::string, kSigMax - kSigRtMin + 1> rt = [] {
+    std::array<std::string, kSigMax - kSigRtMin + 1> a;
+    a[0] = "SIGRTMIN";
+    for (std::size_t i = 1; i < a.size(); ++i) a[i] = fmt::format("SIGRT_{}", i);
+    return a;
+  }();
+  return rt[static_cast<std::size_t>(sig - kSigRtMin)];
+}
+
+}  // namespace hvtrace::syscalls
