@@ -71,6 +71,12 @@ const std::vector<FieldSpec>& wanted_fields() {
       {"mm_struct.env_end", "mm_struct", {"env_end"}, false},
       {"mm_struct.exe_file", "mm_struct", {"exe_file"}, false},
       {"cred.egid", "cred", {"egid"}, false},
+      // The guest's own syscall table (syscall_meta.hpp).
+      {"syscall_metadata.name", "syscall_metadata", {"name"}, false},
+      {"syscall_metadata.syscall_nr", "syscall_metadata", {"syscall_nr"}, false},
+      {"syscall_metadata.nb_args", "syscall_metadata", {"nb_args"}, false},
+      {"syscall_metadata.types", "syscall_metadata", {"types"}, false},
+      {"syscall_metadata.args", "syscall_metadata", {"args"}, false},
   };
   return specs;
 }
@@ -142,6 +148,53 @@ Result<void> add_fields_from_btf(Profile& profile, std::span<const std::byte> bl
   return {};
 }
 
+namespace {
+
+json syscalls_to_json(const GuestSyscalls& s) {
+  json j;
+  j["meta"] = json::array();
+  for (const SyscallMeta& m : s.meta) j["meta"].push_back({{"name", m.name}, {"nr", m.nr}, {"types", m.types}, {"args", m.args}});
+  j["x64_table"] = json::object();
+  for (const auto& [nr, name] : s.x64_table) j["x64_table"][std::to_string(nr)] = name;
+  j["ia32_names"] = s.ia32_names;
+  j["source"] = s.source;
+  j["rejected"] = s.rejected;
+  j["problems"] = s.problems;
+  return j;
+}
+
+// nullopt for anything malformed or beyond the bounds a guest read has: the caller rereads.
+std::optional<GuestSyscalls> syscalls_from_json(const json& j, const std::string& origin) {
+  using L = SyscallMetaLimits;
+  try {
+    GuestSyscalls s;
+    const json& meta = j.at("meta");
+    const json& table = j.at("x64_table");
+    const json& ia32 = j.at("ia32_names");
+    if (meta.size() > L::kMaxRecords || table.size() > L::kMaxTable || ia32.size() > L::kMaxIa32Names) return std::nullopt;
+    for (const json& m : meta) {
+      SyscallMeta r{m.at("name").get<std::string>(), m.at("nr").get<std::int32_t>(),
+                    m.at("types").get<std::vector<std::string>>(), m.at("args").get<std::vector<std::string>>()};
+      if (r.types.size() != r.args.size() || r.types.size() > L::kMaxArgs) return std::nullopt;
+      s.meta.push_back(std::move(r));
+    }
+    for (const auto& [nr, name] : table.items()) {
+      const unsigned long n = std::stoul(nr);
+      if (n >= L::kMaxTable) return std::nullopt;
+      s.x64_table[static_cast<std::uint32_t>(n)] = name.get<std::string>();
+    }
+    s.ia32_names = ia32.get<std::set<std::string>>();
+    s.source = j.value("source", std::string()) + " [cached in " + origin + "]";
+    s.rejected = j.value("rejected", std::size_t{0});
+    s.problems = j.value("problems", std::vector<std::string>());
+    return s;
+  } catch (const std::exception&) {  // json type errors, stoul on a bad key
+    return std::nullopt;
+  }
+}
+
+}  // namespace
+
 std::string profile_to_json(const Profile& p) {
   json j;
   j["hvtrace_profile"] = Profile::kFormatVersion;
@@ -153,6 +206,7 @@ std::string profile_to_json(const Profile& p) {
   for (const auto& [n, s] : p.sources) j["sources"][n] = s;
   if (p.kallsyms_relative_base_off) j["kallsyms_relative_base_off"] = *p.kallsyms_relative_base_off;
   if (p.kallsyms_token_table_off) j["kallsyms_token_table_off"] = *p.kallsyms_token_table_off;
+  if (p.syscalls) j["syscalls"] = syscalls_to_json(*p.syscalls);
   return j.dump(1);
 }
 
@@ -174,6 +228,7 @@ Result<Profile> parse_hvtrace_json(const json& j, const std::string& origin) {
     for (const auto& [n, s] : j.at("sources").items()) p.sources[n] = s.get<std::string>() + " [cached in " + origin + "]";
   if (j.contains("kallsyms_relative_base_off")) p.kallsyms_relative_base_off = j["kallsyms_relative_base_off"].get<std::uint64_t>();
   if (j.contains("kallsyms_token_table_off")) p.kallsyms_token_table_off = j["kallsyms_token_table_off"].get<std::uint64_t>();
+  if (j.contains("syscalls")) p.syscalls = syscalls_from_json(j["syscalls"], origin);
   return p;
 }
 
@@ -281,19 +336,41 @@ Result<Profile> load_profile_file(const std::filesystem::path& path) {
   return parse_profile(ss.str(), path.string());
 }
 
-Result<void> save_profile_file(const Profile& p, const std::filesystem::path& path) {
+namespace {
+Result<void> write_profile_text(const std::string& text, const std::filesystem::path& path) {
   std::error_code ec;
   std::filesystem::create_directories(path.parent_path(), ec);
   const auto tmp = path.string() + ".tmp";
   {
     std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
     if (!f) return make_error("cannot write profile {}", tmp);
-    f << profile_to_json(p);
+    f << text;
     if (!f) return make_error("writing profile {} failed", tmp);
   }
   std::filesystem::rename(tmp, path, ec);  // atomic: readers never see half a profile
   if (ec) return make_error("installing profile {}: {}", path.string(), ec.message());
   return {};
+}
+}  // namespace
+
+Result<void> save_profile_file(const Profile& p, const std::filesystem::path& path) {
+  return write_profile_text(profile_to_json(p), path);
+}
+
+Result<void> store_syscalls_in_profile_file(const Profile& p, const GuestSyscalls& s, const std::filesystem::path& path) {
+  // Edit the JSON rather than re-serialise `p`: a loaded profile's sources carry "[cached in ...]".
+  std::ifstream in(path, std::ios::binary);
+  json j = in ? json::parse(in, nullptr, /*allow_exceptions=*/false) : json();
+  in.close();
+  const bool same_kernel = j.is_object() && j.value("hvtrace_profile", 0) == Profile::kFormatVersion &&
+                           j.value("build_id", std::string()) == p.build_id && j.value("banner", std::string()) == p.banner;
+  if (!same_kernel) {
+    Profile with = p;
+    with.syscalls = s;
+    return save_profile_file(with, path);
+  }
+  j["syscalls"] = syscalls_to_json(s);
+  return write_profile_text(j.dump(1), path);
 }
 
 std::filesystem::path default_profile_dir() {

@@ -8,6 +8,7 @@
 #pragma once
 
 #include "common/result.hpp"
+#include "kernel/syscall_meta.hpp"
 
 #include <cstdint>
 #include <filesystem>
@@ -40,6 +41,9 @@ struct Profile {
   // Positions of kallsyms tables relative to _text (physical and virtual offsets agree in the
   // image): lets a warm attach re-find the slide and re-decode symbols without a RAM scan.
   std::optional<std::uint64_t> kallsyms_relative_base_off, kallsyms_token_table_off;
+  // The guest's syscall table (syscall_meta.hpp), added after the first read; absent in profiles
+  // that predate it or whose copy does not parse, which are then reread from memory.
+  std::optional<GuestSyscalls> syscalls;
 
   [[nodiscard]] std::string key() const;  // "build-<id>" or "banner-<fnv64>"
   [[nodiscard]] std::optional<Field> field(const std::string& name) const;
@@ -65,6 +69,10 @@ struct FieldSpec {
 [[nodiscard]] Result<Profile> parse_profile(std::string_view text, const std::string& origin);
 [[nodiscard]] Result<Profile> load_profile_file(const std::filesystem::path& path);
 [[nodiscard]] Result<void> save_profile_file(const Profile& p, const std::filesystem::path& path);
+// Put `s` into the hvtrace profile at `path`, leaving the rest of the file as it is; a missing
+// file, or one of another kernel, is replaced by `p` with `s`.
+[[nodiscard]] Result<void> store_syscalls_in_profile_file(const Profile& p, const GuestSyscalls& s,
+                                                          const std::filesystem::path& path);
 // $HVTRACE_PROFILE_DIR, else $HVTRACE_CACHE/profiles, else /var/cache/hvtrace/profiles.
 [[nodiscard]] std::filesystem::path default_profile_dir();
 
