@@ -7,6 +7,7 @@
 //       --plugin-arg shm=/dev/shm/hvtrace/v/mon.rings --plugin-arg ctl=/dev/shm/hvtrace/v/mon.ctl
 //   hvtrace events --vm v --entry async --exit async -e 1,59 --count 100
 #include "commands.hpp"
+#include "output.hpp"
 
 #include "common/result.hpp"
 #include "events/control_client.hpp"
@@ -85,6 +86,9 @@ nlohmann::json to_json(const events::Event& e) {
       j["dtb"] = hex(e.dtb().value);
       j["rip"] = hex(e.entry.user_rip);
       j["rsp"] = hex(e.entry.user_rsp);
+      j["abi"] = events::abi_name(e.syscall_abi());
+      j["door"] = events::door_name(e.door());
+      j["kgs"] = hex(e.entry.kernel_gs_base);
       break;
     case abi::RecordType::kSyscallExit:
       j["type"] = "exit";
@@ -92,7 +96,11 @@ nlohmann::json to_json(const events::Event& e) {
       j["ret"] = e.exit.ret;
       j["dtb"] = hex(e.dtb().value);
       j["entry_seq"] = e.exit.entry_seq;
-      j["via"] = e.exit.via == static_cast<std::uint16_t>(abi::ExitVia::kIret) ? "iret" : "sysret";
+      j["via"] = e.exit.via == static_cast<std::uint16_t>(abi::ExitVia::kIret)      ? "iret"
+                 : e.exit.via == static_cast<std::uint16_t>(abi::ExitVia::kSysretl) ? "sysretl"
+                                                                                   : "sysret";
+      j["abi"] = events::abi_name(e.syscall_abi());
+      j["door"] = events::door_name(e.door());
       break;
     case abi::RecordType::kBreakpoint:
       j["type"] = "bp";
@@ -149,18 +157,23 @@ void run_events(const EventsOptions& o) {
   value_or_throw(ctl.set_actions({action_of(o.cr3), action_of(o.entry), action_of(o.exit), abi::Action::kDrop}));
   const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(o.duration);
   std::uint64_t n = 0;
-  while (!vm::termination_requested() && (o.count == 0 || n < o.count) &&
-         (o.duration == 0 || std::chrono::steady_clock::now() < end)) {
-    auto got = reader->poll([&](const events::Event& e) {
-      std::fputs((to_json(e).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n").c_str(), stdout);
-    }, o.count ? o.count - n : SIZE_MAX);
-    const std::size_t k = value_or_throw(std::move(got));
-    n += k;
-    if (k == 0) reader->wait(std::chrono::milliseconds{20});
-  }
+  // When the reader of stdout leaves (`hvtrace events | head`), stop quietly but still detach.
+  (void)print_guarded(stdout, [&] {
+    while (!vm::termination_requested() && (o.count == 0 || n < o.count) &&
+           (o.duration == 0 || std::chrono::steady_clock::now() < end)) {
+      auto got = reader->poll([&](const events::Event& e) {
+        write_line(stdout, to_json(e).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+      }, o.count ? o.count - n : SIZE_MAX);
+      const std::size_t k = value_or_throw(std::move(got));
+      n += k;
+      if (k == 0) {
+        flush_output(stdout);  // idle: hand lines to the reader, and notice one that left
+        reader->wait(std::chrono::milliseconds{20});
+      }
+    }
+  });
   (void)ctl.set_actions({});
   (void)ctl.detach();
-  std::fflush(stdout);
   for (unsigned i = 0; i < reader->rings(); ++i) {
     const auto s = reader->stats(i);
     if (s.dropped() != 0 || s.sync_timeouts != 0)

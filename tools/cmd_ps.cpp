@@ -5,9 +5,11 @@
 // --explain for where every symbol and offset came from.
 #include "commands.hpp"
 #include "guest_view.hpp"
+#include "output.hpp"
 
 #include "common/result.hpp"
 #include "kernel/kernel.hpp"
+#include "kernel/syscall_meta.hpp"
 #include "linux/processes.hpp"
 #include "mem/phys_mem.hpp"
 #include "vm/vm.hpp"
@@ -21,7 +23,6 @@
 #include <memory>
 #include <optional>
 #include <string>
-#include <system_error>
 #include <vector>
 
 namespace hvtrace::tools {
@@ -55,6 +56,15 @@ void print_explain(const kernel::Kernel& k) {
     auto it = p.sources.find("field " + name);
     fmt::print("# offset {} = {:#x} (size {}): {}\n", name, f.offset, f.size, it != p.sources.end() ? it->second : "?");
   }
+  // The guest's own syscall table; cached next to the profile ps attached with (not into a --profile file).
+  const bool from_file = k.how().rfind("profile file", 0) == 0;
+  auto sc = kernel::guest_syscalls(k, from_file ? std::nullopt : std::optional(kernel::default_profile_dir()));
+  if (sc)
+    fmt::print("# syscalls: {} metadata records, {} x86-64 table entries, {} i386 entry points{}: {}\n", sc->meta.size(),
+               sc->x64_table.size(), sc->ia32_names.size(),
+               sc->rejected != 0 ? fmt::format(" ({} implausible skipped)", sc->rejected) : "", sc->source);
+  else
+    fmt::print("# syscalls: not read: {}\n", sc.error().message);
 }
 
 void run_ps(const PsOptions& o) {
@@ -89,17 +99,15 @@ void run_ps(const PsOptions& o) {
     }
     rows.push_back(std::move(r));
   }
-  try {
+  // `hvtrace ps | head`: when the reader leaves, stop quietly like ps does.
+  (void)print_guarded(stdout, [&] {
     if (o.explain) print_explain(*g.kernel);
     if (o.json) {
       for (const auto& r : rows) print_process_json(r);
-      return;
+    } else {
+      print_process_table(rows, o.tree);
     }
-    print_process_table(rows, o.tree);
-  } catch (const std::system_error& e) {
-    // `hvtrace ps | head`: the reader left; stop quietly like ps does.
-    if (e.code() != std::errc::broken_pipe) throw;
-  }
+  });
 }
 
 }  // namespace
