@@ -86,9 +86,6 @@ nlohmann::json to_json(const events::Event& e) {
       j["dtb"] = hex(e.dtb().value);
       j["rip"] = hex(e.entry.user_rip);
       j["rsp"] = hex(e.entry.user_rsp);
-      j["abi"] = events::abi_name(e.syscall_abi());
-      j["door"] = events::door_name(e.door());
-      j["kgs"] = hex(e.entry.kernel_gs_base);
       break;
     case abi::RecordType::kSyscallExit:
       j["type"] = "exit";
@@ -96,11 +93,7 @@ nlohmann::json to_json(const events::Event& e) {
       j["ret"] = e.exit.ret;
       j["dtb"] = hex(e.dtb().value);
       j["entry_seq"] = e.exit.entry_seq;
-      j["via"] = e.exit.via == static_cast<std::uint16_t>(abi::ExitVia::kIret)      ? "iret"
-                 : e.exit.via == static_cast<std::uint16_t>(abi::ExitVia::kSysretl) ? "sysretl"
-                                                                                   : "sysret";
-      j["abi"] = events::abi_name(e.syscall_abi());
-      j["door"] = events::door_name(e.door());
+      j["via"] = e.exit.via == static_cast<std::uint16_t>(abi::ExitVia::kIret) ? "iret" : "sysret";
       break;
     case abi::RecordType::kBreakpoint:
       j["type"] = "bp";
