@@ -157,6 +157,7 @@ void read_table(const Kernel& k, const SymbolIndex& idx, GVA table, GuestSyscall
     return;
   }
   for (std::size_t nr = 0; nr < n; ++nr) {
+    if (fns[nr] == 0) break;  // alignment padding before the next symbol; the kernel fills every slot
     std::string name = x64_name_at(idx, GVA{fns[nr]});
     if (name == "ni_syscall") continue;
     if (name.empty()) {

@@ -120,7 +120,8 @@ class SyscallGuest {
       write_u64_at(GVA{at.value + layout.args}, r.args.empty() ? 0 : put_pointers(r.args).value);
     }
     if (table_symbol) syms.push_back({"sys_call_table", 'D', va(kTableOff)});
-    if (end_marker) syms.push_back({"x32_sys_call_table", 'D', va(kTableOff + 8 * table_entries)});
+    // Zero padding up to the next symbol, as the real kernel has (its table ends at 451 of 456).
+    if (end_marker) syms.push_back({"x32_sys_call_table", 'D', va(kTableOff + 8 * table_entries + 40)});
     for (std::size_t nr = 0; nr < table_entries; ++nr) {
       auto it = table.find(nr);
       write_u64_at(va(kTableOff + 8 * nr), function(it != table.end() ? it->second : "__x64_sys_ni_syscall").value);
