@@ -190,49 +190,52 @@ TEST(SymbolIndex, FindsEveryAliasAtAnAddressAndTheNextSymbol) {
   EXPECT_FALSE(idx.next_after(GVA{0x3000}));
 }
 
-TEST(GuestSyscalls, ReadsRecordsTableAndIa32NamesWithThe61Layout) {
-  SyscallGuest f;
+namespace {
+
+// Reads the good records from `f` and checks where the layout came from.
+void expect_good_read(SyscallGuest& f, std::string_view layout_source) {
   f.records = good_records();
   auto k = f.build();
   auto g = read_guest_syscalls(*k);
   ASSERT_TRUE(g) << g.error().message;
   expect_good(*g);
   EXPECT_EQ(g->rejected, 0u) << fmt::format("{}", fmt::join(g->problems, "; "));
-  EXPECT_NE(g->source.find("6.1"), std::string::npos) << g->source;
+  EXPECT_NE(g->source.find(layout_source), std::string::npos) << g->source;
+}
+
+std::map<std::string, Field> profile_fields_for(const RecordLayout& l) {
+  return {{"syscall_metadata.name", {l.name, 8}},       {"syscall_metadata.syscall_nr", {l.nr, 4}},
+          {"syscall_metadata.nb_args", {l.nb_args, 4}}, {"syscall_metadata.types", {l.types, 8}},
+          {"syscall_metadata.args", {l.args, 8}}};
+}
+
+}  // namespace
+
+TEST(GuestSyscalls, ReadsRecordsTableAndIa32NamesWithThe61Layout) {
+  SyscallGuest f;
+  expect_good_read(f, "6.1");
 }
 
 TEST(GuestSyscalls, TakesTheLayoutFromBtfInGuestMemory) {
   SyscallGuest f;
   f.layout = kShuffled;
   f.btf_in_memory = true;
-  f.records = good_records();
-  auto k = f.build();
-  auto g = read_guest_syscalls(*k);
-  ASSERT_TRUE(g) << g.error().message;
-  expect_good(*g);
-  EXPECT_NE(g->source.find("BTF in guest memory"), std::string::npos) << g->source;
+  expect_good_read(f, "BTF in guest memory");
 }
 
 TEST(GuestSyscalls, TakesTheLayoutFromTheProfileFirst) {
   SyscallGuest f;
   f.layout = kShuffled;
-  f.records = good_records();
-  f.profile_fields = {{"syscall_metadata.name", {kShuffled.name, 8}},       {"syscall_metadata.syscall_nr", {kShuffled.nr, 4}},
-                      {"syscall_metadata.nb_args", {kShuffled.nb_args, 4}}, {"syscall_metadata.types", {kShuffled.types, 8}},
-                      {"syscall_metadata.args", {kShuffled.args, 8}}};
-  auto k = f.build();
-  auto g = read_guest_syscalls(*k);
-  ASSERT_TRUE(g) << g.error().message;
-  expect_good(*g);
-  EXPECT_NE(g->source.find("in the profile"), std::string::npos) << g->source;
+  f.btf_in_memory = true;  // describes the same layout, but the profile's fields come first
+  f.profile_fields = profile_fields_for(kShuffled);
+  expect_good_read(f, "in the profile");
 }
 
 TEST(GuestSyscalls, ProfileLayoutWithImplausibleSizesIsRefused) {
   SyscallGuest f;
   f.records = good_records();
-  f.profile_fields = {{"syscall_metadata.name", {0, 8}}, {"syscall_metadata.syscall_nr", {8, 4}},
-                      {"syscall_metadata.nb_args", {12, 4}}, {"syscall_metadata.types", {16, 8}},
-                      {"syscall_metadata.args", {1ULL << 40, 8}}};
+  f.profile_fields = profile_fields_for(k61);
+  f.profile_fields["syscall_metadata.args"].offset = 1ULL << 40;
   auto k = f.build();
   auto g = read_guest_syscalls(*k);
   ASSERT_FALSE(g);
