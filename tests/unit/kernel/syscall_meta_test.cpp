@@ -331,6 +331,13 @@ TEST(GuestSyscalls, CachedInTheProfileSoAWarmAttachDoesNotReread) {
   expect_good(*second);
   EXPECT_NE(second->source.find("[cached in"), std::string::npos) << second->source;
   EXPECT_EQ(read_guest_syscalls(warm)->meta.size(), 3u);  // memory really changed
+  // No profile cached yet (e.g. after --profile elsewhere): the whole profile is written with it.
+  const auto fresh = dir / "fresh";
+  ASSERT_TRUE(guest_syscalls(*k, fresh));
+  auto written = load_profile_file(fresh / (k->profile().key() + ".json"));
+  ASSERT_TRUE(written) << written.error().message;
+  ASSERT_TRUE(written->syscalls.has_value());
+  EXPECT_EQ(written->syscalls->x64_table, first->x64_table);
   std::filesystem::remove_all(dir);
 }
 
