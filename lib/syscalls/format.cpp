@@ -488,8 +488,8 @@ void Decoding::clone() {
     append_signal(f, static_cast<std::int32_t>(sig));
   }
   if ((fl & (0x100000 | 0x1000)) != 0) append_ptr(next() += "parent_tid=", u(2));
-  if ((fl & (0x1000000 | 0x200000)) != 0) append_ptr(next() += "child_tidptr=", u(ctid));
   if ((fl & 0x80000) != 0) append_ptr(next() += "tls=", u(tls));
+  if ((fl & (0x1000000 | 0x200000)) != 0) append_ptr(next() += "child_tidptr=", u(ctid));
 }
 
 void Decoding::fcntl() {

@@ -250,6 +250,12 @@ TEST(Format, MemoryCalls) {
 TEST(Format, ProcessCalls) {
   EXPECT_EQ(body(call("clone", {0x1200011, 0, 0, 0x7f00aa000a10, 0}, 42)),
             "clone(child_stack=NULL, flags=CLONE_CHILD_CLEARTID|CLONE_CHILD_SETTID|SIGCHLD, child_tidptr=0x7f00aa000a10) = 42");
+  // Thread creation (glibc's pthread_create): tls comes before child_tidptr, as strace orders them.
+  EXPECT_EQ(body(call("clone", {0x3d0f00, 0x7f00aa000000, 0x7f00aa000a10, 0x7f00aa000a10, 0x7f00aa000740}, 43)),
+            "clone(child_stack=0x7f00aa000000, flags=CLONE_VM|CLONE_FS|CLONE_FILES|CLONE_SIGHAND|CLONE_THREAD|"
+            "CLONE_SYSVSEM|CLONE_SETTLS|CLONE_PARENT_SETTID|CLONE_CHILD_CLEARTID, parent_tid=0x7f00aa000a10, "
+            "tls=0x7f00aa000740, child_tidptr=0x7f00aa000a10) = 43");
+  EXPECT_EQ(body(call("clone", {0, 0, 0, 0, 0}, 44)), "clone(child_stack=NULL, flags=0) = 44");
   EXPECT_EQ(body(call("wait4", {~0ULL, 0x7ffd0000, 3, 0}, 42)), "wait4(-1, 0x7ffd0000, WNOHANG|WUNTRACED, NULL) = 42");
   EXPECT_EQ(body(call("wait4", {~0ULL, 0x7ffd0000, 0, 0}, -10)),
             "wait4(-1, 0x7ffd0000, 0, NULL) = -1 ECHILD (No child processes)");
