@@ -190,15 +190,19 @@ Result<std::unique_ptr<Kernel>> Kernel::discover(const mem::PhysMem& mem, bool k
       return false;
     }
     Profile cand;
-    std::unordered_map<std::string_view, const Symbol*> by_name;
-    for (const Symbol& s : *syms) by_name.emplace(s.name, &s);
+    // One pass over the symbols against the few wanted names (the first of a name wins, as in a
+    // lookup by name); no index over all symbols.
+    std::unordered_map<std::string_view, const Symbol*> wanted;
+    for (const std::string& n : wanted_symbols()) wanted.emplace(n, nullptr);
+    for (const Symbol& s : *syms)
+      if (auto it = wanted.find(s.name); it != wanted.end() && it->second == nullptr) it->second = &s;
     const std::uint64_t text = t.relative_base;
-    const std::string origin = fmt::format("kallsyms in guest memory (token table at physical {:#x}, {} symbols)",
-                                           t.token_table.value, t.num_syms);
+    const std::string origin = fmt::format("kallsyms in guest memory (token table at physical {:#x}, {} symbols, {})",
+                                           t.token_table.value, t.num_syms, to_string(t.layout));
     for (const std::string& n : wanted_symbols()) {
-      auto it = by_name.find(n);
-      if (it == by_name.end()) continue;
-      const std::uint64_t a = it->second->addr.value;
+      const Symbol* s = wanted[n];
+      if (s == nullptr) continue;
+      const std::uint64_t a = s->addr.value;
       cand.symbols[n] = a >= kKernelHalf ? ProfileSymbol{a - text, false} : ProfileSymbol{a, true};
       cand.sources["symbol " + n] = origin;
     }
@@ -212,7 +216,7 @@ Result<std::unique_ptr<Kernel>> Kernel::discover(const mem::PhysMem& mem, bool k
     // elsewhere in RAM (or one planted by a guest process) does not qualify.
     const GPA text_pa = l->text_pa;
     const std::uint64_t image = l->end_va.value - l->text_va.value;
-    if (t.relative_base_at.value < text_pa.value || t.token_index.value + 512 > text_pa.value + image) {
+    if (t.span_begin() < text_pa.value || t.span_end() > text_pa.value + image) {
       why_rejected = fmt::format("kallsyms tables at {:#x} lie outside the kernel image", t.token_table.value);
       return false;
     }

@@ -20,21 +20,48 @@ std::vector<Symbol> sample(std::size_t n) {
   return s;
 }
 
-class KallsymsTest : public ::testing::TestWithParam<bool> {};
+// Every layout scripts/kallsyms.c has emitted since 6.1: (layout, seqs_of_names, absolute per-CPU rule).
+struct LayoutCase {
+  KallsymsLayout layout;
+  bool with_seqs, absolute_percpu;
+  const char* name;
+};
+constexpr LayoutCase kLayouts[] = {
+    {KallsymsLayout::kBaseFirst, false, true, "Linux61Upstream"},
+    {KallsymsLayout::kBaseFirst, true, true, "Linux61DebianAndLinux62To63"},
+    {KallsymsLayout::kTokensFirst, true, true, "Linux64To612"},
+    {KallsymsLayout::kTokensFirst, true, false, "NoAbsolutePercpu"},
+    {KallsymsLayout::kBaseFirst, false, false, "BaseFirstNoAbsolutePercpu"},
+};
+
+// Without absolute per-CPU symbols every symbol lies at or above relative_base.
+std::vector<Symbol> sample_for(const LayoutCase& c, std::size_t n) {
+  auto s = sample(n);
+  if (!c.absolute_percpu) s.erase(s.begin(), s.begin() + 2);
+  return s;
+}
+
+class KallsymsTest : public ::testing::TestWithParam<LayoutCase> {};
 }  // namespace
 
 TEST_P(KallsymsTest, LocatesAndDecodesEverySymbol) {
+  const LayoutCase c = GetParam();
   mem::FakeMem m(64ULL << 20);
-  const auto syms = sample(1000);
-  auto written = write_kallsyms_for_test(m, GPA{0x1234000}, syms, kBase, GetParam());
+  const auto syms = sample_for(c, 1000);
+  auto written = write_kallsyms_for_test(m, GPA{0x1234000}, syms, kBase, c.with_seqs, c.layout, c.absolute_percpu);
   ASSERT_TRUE(written) << written.error().message;
   auto t = locate_kallsyms(m);
   ASSERT_TRUE(t) << t.error().message;
+  EXPECT_EQ(t->layout, c.layout);
+  EXPECT_EQ(t->absolute_percpu, c.absolute_percpu);
   EXPECT_EQ(t->token_table, written->token_table);
   EXPECT_EQ(t->relative_base_at, written->relative_base_at);
+  EXPECT_EQ(t->offsets, written->offsets);
+  EXPECT_EQ(t->names, written->names);
   EXPECT_EQ(t->num_syms, syms.size());
   EXPECT_EQ(t->relative_base, kBase);
-  EXPECT_EQ(t->seqs_of_names.has_value(), GetParam());
+  EXPECT_EQ(t->seqs_of_names.has_value(), c.with_seqs);
+  EXPECT_EQ(t->span_begin(), 0x1234000u);
   auto out = decode_kallsyms(m, *t);
   ASSERT_TRUE(out) << out.error().message;
   ASSERT_EQ(out->size(), syms.size());
@@ -46,9 +73,65 @@ TEST_P(KallsymsTest, LocatesAndDecodesEverySymbol) {
   auto again = validate_kallsyms_at(m, written->relative_base_at, written->token_table);
   ASSERT_TRUE(again) << again.error().message;
   EXPECT_EQ(again->num_syms, syms.size());
+  EXPECT_EQ(again->layout, c.layout);
+  // A cached relative_base position that is off by one slot is not accepted.
+  EXPECT_FALSE(validate_kallsyms_at(m, GPA{written->relative_base_at.value + 8}, written->token_table));
 }
 
-INSTANTIATE_TEST_SUITE_P(SeqsOfNames, KallsymsTest, ::testing::Bool());
+// A table whose names need more than one 256-name block, with one over 127 bytes in the last block.
+TEST_P(KallsymsTest, ManyBlocksAndABigNameInTheLastBlock) {
+  const LayoutCase c = GetParam();
+  mem::FakeMem m(64ULL << 20);
+  auto syms = sample_for(c, 3000);
+  syms.push_back({std::string(200, 'z'), 't', GVA{kBase + 0x200000}});
+  auto written = write_kallsyms_for_test(m, GPA{0x2000000}, syms, kBase, c.with_seqs, c.layout, c.absolute_percpu);
+  ASSERT_TRUE(written) << written.error().message;
+  auto t = locate_kallsyms(m);
+  ASSERT_TRUE(t) << t.error().message;
+  EXPECT_EQ(t->num_syms, syms.size());
+  auto out = decode_kallsyms(m, *t);
+  ASSERT_TRUE(out) << out.error().message;
+  EXPECT_EQ(out->back().name, std::string(200, 'z'));
+  EXPECT_EQ(out->back().addr, GVA{kBase + 0x200000});
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, KallsymsTest, ::testing::ValuesIn(kLayouts),
+                         [](const ::testing::TestParamInfo<LayoutCase>& i) { return std::string(i.param.name); });
+
+TEST(Kallsyms, TokensFirstWithoutARelativeBaseIsNamedAsUnhandled) {
+  // The names, markers and tokens of a >= 6.4 table are there but the slot after the offsets
+  // holds no kernel address (as with PC-relative offsets): the error says which step failed.
+  mem::FakeMem m(64ULL << 20);
+  auto w = write_kallsyms_for_test(m, GPA{0x100000}, sample(600), kBase, true, KallsymsLayout::kTokensFirst);
+  ASSERT_TRUE(w);
+  ASSERT_TRUE(m.write_as<std::uint64_t>(w->relative_base_at, 0x1234));
+  auto t = locate_kallsyms(m);
+  ASSERT_FALSE(t);
+  EXPECT_NE(t.error().message.find("kallsyms_names and kallsyms_markers end at token table"), std::string::npos)
+      << t.error().message;
+  EXPECT_NE(t.error().message.find("not handled"), std::string::npos) << t.error().message;
+}
+
+TEST(Kallsyms, UnsortedOffsetsAreRejected) {
+  mem::FakeMem m(64ULL << 20);
+  auto w = write_kallsyms_for_test(m, GPA{0x100000}, sample(600), kBase, true, KallsymsLayout::kTokensFirst);
+  ASSERT_TRUE(w);
+  // Symbol 10's offset now points past every later symbol.
+  ASSERT_TRUE(m.write_as<std::int32_t>(GPA{w->offsets.value + 40}, -0x7000000));
+  EXPECT_FALSE(locate_kallsyms(m));
+}
+
+TEST(Kallsyms, TokensFirstCorruptMarkerOrCountIsRejected) {
+  for (int which = 0; which < 2; ++which) {
+    mem::FakeMem m(64ULL << 20);
+    auto w = write_kallsyms_for_test(m, GPA{0x100000}, sample(600), kBase, true, KallsymsLayout::kTokensFirst);
+    ASSERT_TRUE(w);
+    if (which == 0) ASSERT_TRUE(m.write_as<std::uint32_t>(GPA{w->markers.value + 4}, 12345));
+    else ASSERT_TRUE(m.write_as<std::uint32_t>(w->num_syms_at, w->num_syms + 1));
+    auto t = locate_kallsyms(m);
+    EXPECT_FALSE(t) << which;
+  }
+}
 
 TEST(Kallsyms, EmptyMemorySaysWhatWasNotFound) {
   mem::FakeMem m(256ULL << 20);
