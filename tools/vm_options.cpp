@@ -15,7 +15,8 @@ void add_vm_options(CLI::App& cmd, VmOptions& o) {
   cmd.add_option("--cpu", o.config.cpu, "QEMU CPU model ('max' gives 5-level paging)")->capture_default_str();
   cmd.add_option("--ssh-port", o.config.ssh_port, "host port on 127.0.0.1 forwarded to the guest's SSH (0: any free port)")
       ->capture_default_str();
-  cmd.add_option("--image", o.image_dir, "guest image directory (default: the default guest in the setup cache)");
+  cmd.add_option("--image", o.image_dir,
+                 "guest image: a name in the setup cache (default, bpo: guest/build-image --image NAME) or a directory");
   cmd.add_option("--append", o.config.kernel_args, "extra kernel command-line argument (repeatable), e.g. pti=on");
   cmd.add_flag("--monitor", o.monitor,
                "load the hvtrace monitor; its rings (mon.rings) and control socket (mon.ctl) go in the run directory");
@@ -26,7 +27,7 @@ void add_vm_options(CLI::App& cmd, VmOptions& o) {
 
 vm::VmConfig resolve_vm_options(VmOptions& o) {
   value_or_throw(vm::validate_name(o.config.name));
-  const auto dir = o.image_dir.empty() ? vm::default_image_dir() : vm::fs::path(o.image_dir);
+  const auto dir = o.image_dir.empty() ? vm::default_image_dir() : vm::image_dir(o.image_dir);
   auto img = vm::load_image(dir);
   if (!img) {
     throw UserError(o.image_dir.empty()

@@ -233,7 +233,14 @@ PluginSpec monitor_plugin(const fs::path& so, std::string_view name, std::vector
   return {so, std::move(args)};
 }
 
-fs::path default_image_dir() { return fs::path(env_or("HVTRACE_CACHE", "/var/cache/hvtrace")) / "guest" / "default"; }
+fs::path default_image_dir() { return image_dir("default"); }
+
+fs::path image_dir(std::string_view name_or_dir) {
+  const bool bare = !name_or_dir.empty() && name_or_dir != "." && name_or_dir != ".." &&
+                    name_or_dir.find('/') == std::string_view::npos;
+  if (!bare) return fs::path(name_or_dir);
+  return fs::path(env_or("HVTRACE_CACHE", "/var/cache/hvtrace")) / "guest" / fs::path(name_or_dir);
+}
 
 Result<void> validate_name(std::string_view name) {
   const bool ok = !name.empty() && name.size() <= 32 && std::all_of(name.begin(), name.end(), [](char c) {

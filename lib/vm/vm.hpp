@@ -36,6 +36,10 @@ struct GuestImage {
 };
 // $HVTRACE_CACHE/guest/default (HVTRACE_CACHE defaults to /var/cache/hvtrace).
 [[nodiscard]] fs::path default_image_dir();
+// The directory of `--image ARG`: a bare name (no '/', e.g. "bpo") is an image in the cache,
+// $HVTRACE_CACHE/guest/NAME, as `guest/build-image --image NAME` builds it; anything else
+// (./bpo, /some/dir) is a directory path.
+[[nodiscard]] fs::path image_dir(std::string_view name_or_dir);
 [[nodiscard]] Result<GuestImage> load_image(const fs::path& dir);
 
 // A QEMU TCG plugin and its arguments: -plugin <path>,<arg>,<arg>...
