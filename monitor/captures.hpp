@@ -66,14 +66,16 @@ std::uint32_t copy_buffer(const Reader& read_mem, std::uint64_t va, std::uint64_
   return static_cast<std::uint32_t>(done);
 }
 
+// ptr_size: 8 for 64-bit processes, 4 for i386 ones (an array of 32-bit pointers).
 template <typename Reader>
-std::uint32_t copy_argv(const Reader& read_mem, std::uint64_t va, std::uint8_t* out, std::uint32_t snap, abi::Capture* c) {
-  const std::uint32_t budget = snap * 4 < abi::kMaxSnapLen ? snap * 4 : abi::kMaxSnapLen;
+std::uint32_t copy_argv(const Reader& read_mem, std::uint64_t va, std::uint8_t* out, std::uint32_t snap, abi::Capture* c,
+                        std::uint32_t ptr_size = 8) {
+  const std::uint32_t budget = abi::argv_budget(snap);
   std::uint32_t copied = 0;
   std::uint64_t argc = 0;
   for (; argc < abi::kMaxArgv; ++argc) {
     std::uint64_t p = 0;
-    if (!read_mem(va + argc * 8, &p, 8)) {
+    if (!read_mem(va + argc * ptr_size, &p, ptr_size)) {
       c->flags |= abi::kCaptureFault;
       break;
     }

@@ -50,6 +50,8 @@ void reply(int fd, const abi::CtlHeader& req, abi::CtlStatus st, const std::stri
     r.rejected_messages = m.rejected.load();
     r.user_syscalls = qemu_plugin_u64_sum(m.f_user_syscalls);
     r.cr3_writes = qemu_plugin_u64_sum(m.f_cr3_writes);
+    r.user_int80s = qemu_plugin_u64_sum(m.f_user_int80s);
+    r.user_sysenters = qemu_plugin_u64_sum(m.f_user_sysenters);
   }
   (void)send(fd, &r, sizeof r, MSG_NOSIGNAL);
 }
@@ -70,7 +72,7 @@ bool serve_message(Monitor& m, int fd) {
   FilterConfig next;
   abi::CtlType type{};
   std::string why;
-  const abi::CtlStatus st = apply_control(buf, static_cast<std::size_t>(n), cur, &next, &type, &why);
+  const abi::CtlStatus st = apply_control(buf, static_cast<std::size_t>(n), cur, &next, &type, &why, m.opt.ring_bytes / 4);
   if (st != abi::CtlStatus::kOk) {
     m.rejected.fetch_add(1);
     reply(fd, req, st, why, m, false);
@@ -78,6 +80,7 @@ bool serve_message(Monitor& m, int fd) {
   }
   switch (type) {
     case abi::CtlType::kAttach:
+      m.attach_epoch.fetch_add(1);   // vCPUs forget the previous consumer's sync timeouts
       m.attached.store(true);
       set_gone(m, false);
       reply(fd, req, st, "attached", m, false);
@@ -181,6 +184,7 @@ bool create_rings(Monitor& m, std::string* why) {
   s.file_size = m.shm_size;
   s.monitor_pid = static_cast<std::uint32_t>(getpid());
   s.syscall_entry_va = m.opt.entry_va;
+  s.door_entry_va[static_cast<unsigned>(abi::Door::kSyscall64)] = m.opt.entry_va;
   s.generation = 0;
   abi::aref(s.ready).store(1, std::memory_order_release);
   return true;
@@ -188,27 +192,25 @@ bool create_rings(Monitor& m, std::string* why) {
 
 void publish_config(Monitor& m, const FilterConfig& next) {
   const FilterConfig* cur = m.current.load(std::memory_order_acquire);
-  // Pick a pool slot that is neither current nor announced by any vCPU.
+  // A slot that is neither current nor announced by any vCPU. The pool has a slot per vCPU plus
+  // two, and a vCPU announces at most one, so one pass always finds one.
   FilterConfig* slot = nullptr;
-  for (;;) {
-    for (auto& c : m.pool) {
-      if (&c == cur) continue;
-      bool busy = false;
-      for (unsigned v = 0; v < m.max_vcpus && !busy; ++v)
-        busy = m.vcpus[v].hazard.load(std::memory_order_seq_cst) == &c;
-      if (!busy) {
-        slot = &c;
-        break;
-      }
+  for (auto& c : m.pool) {
+    if (&c == cur) continue;
+    bool busy = false;
+    for (unsigned v = 0; v < m.max_vcpus && !busy; ++v)
+      busy = m.vcpus[v].hazard.load(std::memory_order_seq_cst) == &c;
+    if (!busy) {
+      slot = &c;
+      break;
     }
-    if (slot) break;
-    std::this_thread::yield();
   }
+  if (slot == nullptr) return;  // unreachable (kConfigPool > kMaxVcpus + 1)
   *slot = next;
-  m.current.store(slot, std::memory_order_seq_cst);
+  m.current.store(slot, std::memory_order_seq_cst);   // publish, then widen (arming.hpp)
   if (m.shm_hdr) abi::aref(m.shm_hdr->generation).store(next.generation, std::memory_order_release);
   for (unsigned v = 0; v < m.max_vcpus; ++v)
-    if (m.vcpus[v].ready) rearm_vcpu(m, v, next, m.vcpus[v].cur_dtb.load(std::memory_order_relaxed));
+    if (m.vcpus[v].ready) widen_flags([&](const ArmFlags& f) { store_flags(m, v, f); });
 }
 
 bool start_control(Monitor& m, std::string* why) {

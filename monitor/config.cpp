@@ -29,19 +29,19 @@ bool parse_action(std::string_view s, Action* out) {
   return true;
 }
 
-bool parse_syscalls(std::string_view s, FilterConfig* cfg) {
+bool parse_syscalls(std::string_view s, FilterConfig* cfg, unsigned table) {
   if (s == "all") {
-    cfg->all_syscalls = true;
-    std::memset(cfg->syscall_bitmap, 0, sizeof cfg->syscall_bitmap);
+    cfg->all_syscalls[table] = true;
+    std::memset(cfg->syscall_bitmap[table], 0, sizeof cfg->syscall_bitmap[table]);
     return true;
   }
-  cfg->all_syscalls = false;
-  std::memset(cfg->syscall_bitmap, 0, sizeof cfg->syscall_bitmap);
+  cfg->all_syscalls[table] = false;
+  std::memset(cfg->syscall_bitmap[table], 0, sizeof cfg->syscall_bitmap[table]);
   while (!s.empty()) {
     const auto sep = s.find(':');
     std::uint64_t nr = 0;
     if (!parse_u64(s.substr(0, sep), &nr) || nr >= abi::kSyscallBits) return false;
-    cfg->syscall_bitmap[nr / 64] |= 1ULL << (nr % 64);
+    cfg->syscall_bitmap[table][nr / 64] |= 1ULL << (nr % 64);
     if (sep == std::string_view::npos) break;
     s.remove_prefix(sep + 1);
   }
@@ -59,10 +59,12 @@ const char* options_usage() {
          "  shm=PATH            event rings file to create (required, must not exist)\n"
          "  ctl=PATH            control socket to create (optional)\n"
          "  ring_kib=N          ring size per vCPU in KiB, power of two, 64..262144 (default 4096)\n"
-         "  entry=auto|0xVA     kernel syscall entry point (default auto: first kernel insn after user syscall)\n"
+         "  entry=auto|0xVA     64-bit syscall entry point (default auto: first kernel insn after a 64-bit syscall;\n"
+         "                      every other door - int $0x80, sysenter, compat syscall - is detected the same way)\n"
          "  bp=0xVA             kernel breakpoint address (repeatable, up to 16)\n"
          "  dtb=0xDTB           initial DTB set member (repeatable, up to 64; default: all DTBs pass)\n"
-         "  syscalls=all|N:N:.. syscall numbers that pass (default all)\n"
+         "  syscalls=all|N:N:.. x86-64 syscall numbers that pass (default all)\n"
+         "  syscalls32=all|N:.. i386 syscall numbers that pass (default all)\n"
          "  cr3_action=ACT entry_action=ACT exit_action=ACT bp_action=ACT\n"
          "                      ACT is drop|async|sync per event class (default drop)\n"
          "  cr3_unfiltered=on|off  forward every CR3 write whatever the DTB set (ablation; default off)\n"
@@ -109,7 +111,9 @@ bool parse_options(int argc, const char* const* argv, Options* out, std::string*
       o.initial.dtb_mode = abi::DtbMode::kSet;
       o.initial.dtbs[o.initial.n_dtbs++] = n;
     } else if (k == "syscalls") {
-      if (!parse_syscalls(v, &o.initial)) return bad("needs 'all' or syscall numbers 0..511 separated by ':'");
+      if (!parse_syscalls(v, &o.initial, 0)) return bad("needs 'all' or syscall numbers 0..511 separated by ':'");
+    } else if (k == "syscalls32") {
+      if (!parse_syscalls(v, &o.initial, 1)) return bad("needs 'all' or i386 syscall numbers 0..511 separated by ':'");
     } else if (k == "cr3_action" || k == "entry_action" || k == "exit_action" || k == "bp_action") {
       Action act{};
       if (!parse_action(v, &act)) return bad("needs drop, async or sync");
@@ -154,12 +158,22 @@ bool parse_options(int argc, const char* const* argv, Options* out, std::string*
     set_why(why, "missing shm=PATH (the event rings file to create)");
     return false;
   }
+  if (const std::string p = snap_len_problem(o.initial.snap_len, o.ring_bytes / 4); !p.empty()) {
+    set_why(why, "snaplen: " + p);
+    return false;
+  }
   *out = std::move(o);
   return true;
 }
 
+std::string snap_len_problem(std::uint32_t snap, std::uint32_t max_record) {
+  if (abi::max_event_bytes(snap) <= max_record) return {};
+  return "snap length " + std::to_string(snap) + " needs records of " + std::to_string(abi::max_event_bytes(snap)) +
+         " bytes; these rings take at most " + std::to_string(max_record) + " (use a larger ring)";
+}
+
 abi::CtlStatus apply_control(const void* msg, std::size_t len, const FilterConfig& cur, FilterConfig* next,
-                             abi::CtlType* type, std::string* why) {
+                             abi::CtlType* type, std::string* why, std::uint32_t max_record) {
   using abi::CtlStatus;
   *type = abi::CtlType{};
   if (len < sizeof(abi::CtlHeader)) {
@@ -230,12 +244,12 @@ abi::CtlStatus apply_control(const void* msg, std::size_t len, const FilterConfi
       std::memcpy(&m, msg, sizeof m);
       bool any = false;
       for (auto w : m.bitmap) any |= w != 0;
-      if (m.all > 1 || m.reserved != 0 || (m.all == 1 && any)) {
-        set_why(why, "syscall set: all must be 0 or 1, bitmap empty when all=1, reserved 0");
+      if (m.all > 1 || m.abi > 1 || (m.all == 1 && any)) {
+        set_why(why, "syscall set: all must be 0 or 1, bitmap empty when all=1, abi 0 (x86-64) or 1 (i386)");
         return CtlStatus::kBadValue;
       }
-      n.all_syscalls = m.all == 1;
-      std::memcpy(n.syscall_bitmap, m.bitmap, sizeof n.syscall_bitmap);
+      n.all_syscalls[m.abi] = m.all == 1;
+      std::memcpy(n.syscall_bitmap[m.abi], m.bitmap, sizeof n.syscall_bitmap[m.abi]);
       break;
     }
     case abi::CtlType::kSetActions: {
@@ -262,6 +276,10 @@ abi::CtlStatus apply_control(const void* msg, std::size_t len, const FilterConfi
       std::memcpy(&m, msg, sizeof m);
       if (m.snap_len > abi::kMaxSnapLen || m.reserved != 0) {
         set_why(why, "snap length must be 0..65536");
+        return CtlStatus::kBadValue;
+      }
+      if (const std::string p = snap_len_problem(m.snap_len, max_record); !p.empty()) {
+        set_why(why, p);
         return CtlStatus::kBadValue;
       }
       n.snap_len = m.snap_len;

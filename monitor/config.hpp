@@ -24,8 +24,10 @@ struct FilterConfig {
   abi::DtbMode dtb_mode = abi::DtbMode::kAll;
   std::uint32_t n_dtbs = 0;
   std::uint64_t dtbs[abi::kMaxDtbs] = {};
-  bool all_syscalls = true;
-  std::uint64_t syscall_bitmap[abi::kSyscallBits / 64] = {};
+  // One syscall set per table: [0] x86-64 numbers (x32 calls use it with the x32 bit cleared),
+  // [1] i386 numbers (int $0x80, sysenter, compat syscall).
+  bool all_syscalls[2] = {true, true};
+  std::uint64_t syscall_bitmap[2][abi::kSyscallBits / 64] = {};
   Action actions[static_cast<std::size_t>(EventClass::kCount)] = {Action::kDrop, Action::kDrop, Action::kDrop,
                                                                    Action::kDrop};
   std::uint32_t snap_len = abi::kDefaultSnapLen;
@@ -38,10 +40,16 @@ struct FilterConfig {
       if (dtbs[i] == dtb) return true;
     return false;
   }
-  [[nodiscard]] bool syscall_passes(std::uint64_t nr) const {
-    if (all_syscalls) return true;
-    return nr < abi::kSyscallBits && (syscall_bitmap[nr / 64] >> (nr % 64) & 1) != 0;
+  [[nodiscard]] static unsigned table_of(abi::SyscallAbi a) { return a == abi::SyscallAbi::kI386 ? 1 : 0; }
+  [[nodiscard]] bool syscall_passes(abi::SyscallAbi a, std::uint64_t nr) const {
+    const unsigned t = table_of(a);
+    if (all_syscalls[t]) return true;
+    if (a == abi::SyscallAbi::kX32) nr &= ~kX32Bit;
+    return nr < abi::kSyscallBits && (syscall_bitmap[t][nr / 64] >> (nr % 64) & 1) != 0;
   }
+  // Unpaired exits (entry not seen): pass only when every number of both tables passes.
+  [[nodiscard]] bool all_pass() const { return all_syscalls[0] && all_syscalls[1]; }
+  static constexpr std::uint64_t kX32Bit = 0x4000'0000;
 };
 
 // Everything fixed at QEMU start.
@@ -69,7 +77,12 @@ const char* options_usage();
 // Validate one control message and derive the next configuration from `cur`. Returns kOk and fills
 // *next (generation = cur.generation + 1) or an error status with *why; *type gets the message type
 // (0 if unreadable). Attach/Detach/GetStats are validated here but change nothing (next = cur).
+// `max_record` is the rings' largest record: a snap length whose worst event (abi::max_event_bytes)
+// does not fit is rejected.
 abi::CtlStatus apply_control(const void* msg, std::size_t len, const FilterConfig& cur, FilterConfig* next,
-                             abi::CtlType* type, std::string* why);
+                             abi::CtlType* type, std::string* why, std::uint32_t max_record = 0xffff'ffffu);
+
+// Why a snap length does not fit rings of `ring_bytes` (empty if it does).
+std::string snap_len_problem(std::uint32_t snap, std::uint32_t max_record);
 
 }  // namespace hvtrace::monitor

@@ -4,18 +4,23 @@
 // vCPU init, so callbacks never allocate, lock, format or throw.
 //
 // Run-time filter changes never retranslate code. Every trap site is a *conditional* callback on a
-// VcpuBoard field, and the callbacks (and the control thread) flip those fields:
-//   - cr3_armed: mov-to-CR3 callback runs (needed to forward CR3 events or to track the DTB);
-//   - entry_gate: each user `syscall` adds 1 inline; the entry callback runs when it equals 1 and
-//     resets it to 0. "Closed" is kGateClosed, so additions never reach 1: a syscall of a process
-//     outside the DTB set costs one inline add and no callback.
-//   - exit_armed / bp_armed: 1 while the current DTB passes the filter.
-// The filter itself (FilterConfig) is published by pointer from a small pool; a vCPU announces the
-// pointer it reads in its hazard slot, and the control thread never rewrites a slot that is current
-// or announced. The generation counter in each config orders the changes.
+// VcpuBoard field (arming.hpp says who writes the armed flags and why they can only err towards
+// running a callback):
+//   - entry_armed / exit_armed / bp_armed: 1 while the current DTB passes the filter;
+//   - cr3_armed: mov-to-CR3 callback runs (needed to forward CR3 events or to follow the DTB);
+//   - detect: the user door instruction last executed (DoorInsn) and door_rip its address, both
+//     inline stores; the first instruction of each known door entry clears detect inline, and every
+//     other kernel TB start has a callback on detect != 0 that learns a new door's entry point
+//     (doors.hpp verifies it was the door, not a fault). No field counts up and waits to be reset,
+//     so no instruction sequence can leave a vCPU's entries undelivered.
+// The filter itself (FilterConfig) is published by pointer from a pool with a slot per vCPU plus
+// two, so the control thread always finds a slot that is neither current nor announced in a vCPU's
+// hazard slot. The generation counter in each config orders the changes.
 #pragma once
 
+#include "arming.hpp"
 #include "config.hpp"
+#include "doors.hpp"
 
 #include "hvtrace/abi/spsc.hpp"
 
@@ -30,42 +35,39 @@ extern "C" {
 
 namespace hvtrace::monitor {
 
-inline constexpr std::uint64_t kGateClosed = 1ULL << 62;
 inline constexpr unsigned kOpenEntries = 8;
-inline constexpr unsigned kConfigPool = 8;
+inline constexpr unsigned kConfigPool = abi::kMaxVcpus + 2;   // every vCPU's hazard + current + one free
+inline constexpr unsigned kSyncDegradeAfter = 3;              // consecutive sync timeouts before async
 inline constexpr std::size_t kScratchBytes = 4 * (sizeof(abi::Capture) + abi::kMaxSnapLen + 8) + 4096;
 
 struct VcpuBoard {
-  std::uint64_t user_syscalls;   // independent counter: user `syscall` executed
+  std::uint64_t user_syscalls;   // independent counters: user `syscall` (any mode), `int $0x80`,
+  std::uint64_t user_int80s;     //   `sysenter` executed
+  std::uint64_t user_sysenters;
   std::uint64_t cr3_writes;      // independent counter: mov-to-CR3 executed
-  std::uint64_t entry_gate;
+  std::uint64_t entry_armed;
   std::uint64_t exit_armed;
   std::uint64_t cr3_armed;
   std::uint64_t bp_armed;
-  std::uint64_t detect;          // 1 between a user `syscall` and the next kernel TB (entry detection)
+  std::uint64_t detect;          // DoorInsn of the last user door instruction; cleared at a known entry
+  std::uint64_t door_rip;        // its address
   std::uint64_t insns;           // icount=on: guest instructions executed (inline add per TB)
 };
 
-// A syscall entered on this vCPU whose return to user mode has not been seen; keyed by (DTB, user RSP).
-struct OpenEntry {
-  std::uint64_t dtb = 0, rsp = 0, nr = 0, seq = 0;
-  std::uint64_t args[6] = {};
-  bool used = false;
-};
-
 struct Vcpu {
-  bool ready = false;
+  std::atomic<bool> ready{false};   // read by the control thread (widening)
   bool has_ring = false;
   abi::RingProducer prod;
   qemu_plugin_register* gpr[16] = {};
   qemu_plugin_register* cr3 = nullptr;
+  qemu_plugin_register* k_gs_base = nullptr;
   GByteArray* regbuf = nullptr;
   GByteArray* membuf = nullptr;
   std::uint8_t* scratch = nullptr;
-  OpenEntry open[kOpenEntries];
-  unsigned next_open = 0;
+  OpenEntries<kOpenEntries> open;
   bool last_sync_timed_out = false;
-  std::atomic<std::uint64_t> cur_dtb{0};
+  unsigned sync_timeouts_in_row = 0;   // kSyncDegradeAfter in a row: sync events go async
+  std::uint32_t attach_epoch = 0;      // Monitor::attach_epoch when the count was last reset
   std::atomic<const FilterConfig*> hazard{nullptr};
 };
 
@@ -73,8 +75,8 @@ struct Monitor {
   Options opt;
   qemu_plugin_id_t id = 0;
   qemu_plugin_scoreboard* board = nullptr;
-  qemu_plugin_u64 f_user_syscalls{}, f_cr3_writes{}, f_entry_gate{}, f_exit_armed{}, f_cr3_armed{}, f_bp_armed{},
-      f_detect{}, f_insns{};
+  qemu_plugin_u64 f_user_syscalls{}, f_user_int80s{}, f_user_sysenters{}, f_cr3_writes{}, f_entry_armed{},
+      f_exit_armed{}, f_cr3_armed{}, f_bp_armed{}, f_detect{}, f_door_rip{}, f_insns{};
   unsigned max_vcpus = 0;
   Vcpu* vcpus = nullptr;
 
@@ -88,8 +90,10 @@ struct Monitor {
   FilterConfig pool[kConfigPool];
   std::atomic<const FilterConfig*> current{nullptr};
 
-  std::atomic<std::uint64_t> entry_va{0};
-  std::atomic<bool> reset_requested{false};
+  std::atomic<std::uint64_t> door_va[static_cast<unsigned>(abi::Door::kCount)] = {};  // 0 until learned
+  std::atomic<bool> reset_in_flight{false};
+  std::atomic<std::uint64_t> detect_rejected{0};
+  std::atomic<std::uint32_t> attach_epoch{0};
   std::uint32_t consumer_gone = 1;        // abort flag for sync waits (u32 for atomic_ref)
   std::atomic<bool> attached{false};
 
@@ -108,6 +112,6 @@ bool start_control(Monitor& m, std::string* why);
 void stop_control(Monitor& m);
 void publish_config(Monitor& m, const FilterConfig& next);   // control thread / install only
 // plugin.cpp
-void rearm_vcpu(Monitor& m, unsigned vcpu, const FilterConfig& cfg, std::uint64_t dtb);
+void store_flags(Monitor& m, unsigned vcpu, const ArmFlags& f);   // seq_cst, see arming.hpp
 
 }  // namespace hvtrace::monitor

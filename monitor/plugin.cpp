@@ -88,10 +88,11 @@ void release_cfg(Vcpu& v) { v.hazard.store(nullptr, std::memory_order_release); 
 
 // Build the captures of one syscall into v.scratch; returns their total size, sets *count.
 std::uint32_t build_captures(Vcpu& v, const SyscallCaptures* spec, const std::uint64_t* args, std::int64_t ret,
-                             std::uint32_t snap, std::uint32_t* count) {
+                             std::uint32_t snap, abi::SyscallAbi sabi, std::uint32_t* count) {
   *count = 0;
   if (spec == nullptr || snap == 0) return 0;
   const auto rd = [&v](std::uint64_t va, void* dst, std::size_t len) { return read_mem(v, va, dst, len); };
+  const std::uint32_t ptr_size = sabi == abi::SyscallAbi::kI386 ? 4 : 8;
   std::uint32_t off = 0;
   for (unsigned i = 0; i < spec->n; ++i) {
     const CaptureSpec& cs = spec->c[i];
@@ -101,7 +102,7 @@ std::uint32_t build_captures(Vcpu& v, const SyscallCaptures* spec, const std::ui
     std::uint32_t n = 0;
     switch (cs.kind) {
       case abi::CaptureKind::kString: n = copy_string(rd, args[cs.arg], data, snap, c); break;
-      case abi::CaptureKind::kArgv: n = copy_argv(rd, args[cs.arg], data, snap, c); break;
+      case abi::CaptureKind::kArgv: n = copy_argv(rd, args[cs.arg], data, snap, c, ptr_size); break;
       case abi::CaptureKind::kBuffer: {
         const std::int64_t len = cs.len_arg < 0 ? ret : static_cast<std::int64_t>(args[cs.len_arg]);
         if (len <= 0) continue;  // nothing transferred
@@ -119,18 +120,34 @@ std::uint32_t build_captures(Vcpu& v, const SyscallCaptures* spec, const std::ui
   return off;
 }
 
-// Publish `body` (+ `extra` bytes from scratch) as one record; waits for the ack when sync.
+unsigned table_of(abi::SyscallAbi a) { return FilterConfig::table_of(a); }
+
+// Publish `body` (+ `extra` bytes from scratch) as one record; waits for the ack when sync. A
+// consumer that stays attached but stops acking costs kSyncDegradeAfter timeouts, then this vCPU
+// sends its sync events async (flagged, counted) until the next attach.
 void emit(Monitor& m, unsigned vcpu, Vcpu& v, const FilterConfig& cfg, Action act, abi::RecordType type,
           abi::EventHeader* body, std::uint32_t body_size, const std::uint8_t* extra, std::uint32_t extra_size,
           std::uint64_t* seq_out = nullptr) {
   const std::uint64_t seq = v.prod.take_seq();
   if (seq_out) *seq_out = seq;
-  const bool sync = act == Action::kSync && abi::aref(m.consumer_gone).load(std::memory_order_acquire) == 0;
+  const std::uint32_t epoch = m.attach_epoch.load(std::memory_order_acquire);
+  if (epoch != v.attach_epoch) {
+    v.attach_epoch = epoch;
+    v.sync_timeouts_in_row = 0;
+  }
+  bool sync = act == Action::kSync && abi::aref(m.consumer_gone).load(std::memory_order_acquire) == 0;
+  const bool degraded = sync && v.sync_timeouts_in_row >= kSyncDegradeAfter;
+  if (degraded) sync = false;
   const std::uint32_t size = abi::align_record(body_size + extra_size);
   auto* p = static_cast<std::uint8_t*>(v.prod.reserve(seq, size));
   if (p == nullptr) return;
   body->rec = abi::RecordHeader{static_cast<std::uint16_t>(type), 0, size};
   if (sync) body->rec.flags |= abi::kFlagSync;
+  if (degraded) {
+    body->rec.flags |= abi::kFlagSyncDegraded;
+    auto* h = v.prod.header();
+    abi::aref(h->sync_degraded).store(h->sync_degraded + 1, std::memory_order_relaxed);
+  }
   if (v.last_sync_timed_out) body->rec.flags |= abi::kFlagSyncTimedOut;
   v.last_sync_timed_out = false;
   body->seq = seq;
@@ -142,123 +159,201 @@ void emit(Monitor& m, unsigned vcpu, Vcpu& v, const FilterConfig& cfg, Action ac
   if (extra_size) std::memcpy(p + body_size, extra, extra_size);
   if (size > body_size + extra_size) std::memset(p + body_size + extra_size, 0, size - body_size - extra_size);
   v.prod.commit();
-  if (sync && !v.prod.wait_ack(seq, m.opt.sync_wait, m.opt.sync_spin_ns, m.opt.sync_timeout_ns, &m.consumer_gone))
+  if (!sync) return;
+  if (v.prod.wait_ack(seq, m.opt.sync_wait, m.opt.sync_spin_ns, m.opt.sync_timeout_ns, &m.consumer_gone)) {
+    v.sync_timeouts_in_row = 0;
+  } else {
     v.last_sync_timed_out = true;
+    ++v.sync_timeouts_in_row;
+  }
 }
 
-void on_syscall_entry_body(Monitor& m, unsigned vcpu) {
+// Narrow this vCPU's armed flags to what `cfg` needs for `dtb` (arming.hpp).
+void narrow(Monitor& m, unsigned vcpu, const FilterConfig& cfg, std::uint64_t dtb) {
+  narrow_flags(cfg, m.current, dtb, [&](const ArmFlags& f) { store_flags(m, vcpu, f); });
+}
+
+EntryRegs read_entry_regs(Vcpu& v, abi::Door door) {
+  EntryRegs r;
+  r.rax = read_reg(v, v.gpr[RAX]);
+  r.rbx = read_reg(v, v.gpr[RBX]);
+  r.rcx = read_reg(v, v.gpr[RCX]);
+  r.rdx = read_reg(v, v.gpr[RDX]);
+  r.rsi = read_reg(v, v.gpr[RSI]);
+  r.rdi = read_reg(v, v.gpr[RDI]);
+  r.rbp = read_reg(v, v.gpr[RBP]);
+  r.rsp = read_reg(v, v.gpr[RSP]);
+  if (door == abi::Door::kSyscall64) {
+    r.r8 = read_reg(v, v.gpr[R8]);
+    r.r9 = read_reg(v, v.gpr[R9]);
+    r.r10 = read_reg(v, v.gpr[R10]);
+  }
+  if (const std::uint64_t at = user_word_address(door, r); at != 0) {
+    std::uint32_t w = 0;
+    if (read_mem(v, at, &w, sizeof w)) r.user_word = w;
+  }
+  if (door == abi::Door::kInt80) {
+    std::uint64_t frame[4] = {};  // RIP, CS, RFLAGS, RSP pushed by the CPU
+    if (read_mem(v, r.rsp, frame, sizeof frame)) {
+      r.frame_rip = frame[0];
+      r.frame_rsp = frame[3];
+    }
+  }
+  return r;
+}
+
+void on_entry_body(Monitor& m, unsigned vcpu, abi::Door door) {
   Vcpu& v = m.vcpus[vcpu];
-  if (!v.ready || !v.has_ring) return;
-  std::uint64_t args[6];
   const std::uint64_t cr3 = read_reg(v, v.cr3);
   const std::uint64_t dtb = abi::dtb_of_cr3(cr3);
   const FilterConfig& cfg = *acquire_cfg(m, v);
   const Action act = cfg.action(EventClass::kSyscallEntry);
   if (act == Action::kDrop || !cfg.dtb_passes(dtb)) {
+    narrow(m, vcpu, cfg, dtb);  // armed wider than needed (a filter change): stop paying for it
     release_cfg(v);
     return;
   }
-  const std::uint64_t nr = read_reg(v, v.gpr[RAX]);
-  args[0] = read_reg(v, v.gpr[RDI]);
-  args[1] = read_reg(v, v.gpr[RSI]);
-  args[2] = read_reg(v, v.gpr[RDX]);
-  args[3] = read_reg(v, v.gpr[R10]);
-  args[4] = read_reg(v, v.gpr[R8]);
-  args[5] = read_reg(v, v.gpr[R9]);
-  const std::uint64_t rsp = read_reg(v, v.gpr[RSP]);
+  const EntryDecode d = decode_entry(door, read_entry_regs(v, door));
   OpenEntry* slot = nullptr;
   if (cfg.action(EventClass::kSyscallExit) != Action::kDrop) {
-    slot = &v.open[v.next_open++ % kOpenEntries];
-    for (auto& o : v.open)  // a stale entry of the same thread (exit never seen) is replaced
-      if (o.used && o.dtb == dtb && o.rsp == rsp) slot = &o;
-    slot->used = true;
-    slot->dtb = dtb;
-    slot->rsp = rsp;
-    slot->nr = nr;
-    slot->seq = 0;
-    std::memcpy(slot->args, args, sizeof args);
+    slot = v.open.claim(dtb, d.user_rsp);
+    *slot = OpenEntry{dtb, d.user_rsp, d.nr, 0, {}, d.abi, door, true};
+    std::memcpy(slot->args, d.args, sizeof d.args);
   }
-  if (!cfg.syscall_passes(nr)) {
+  if (!cfg.syscall_passes(d.abi, d.nr)) {
     release_cfg(v);
     return;
   }
   abi::SyscallEntryEvent e{};
-  e.nr = nr;
-  std::memcpy(e.args, args, sizeof args);
+  e.nr = d.nr;
+  std::memcpy(e.args, d.args, sizeof d.args);
   e.cr3 = cr3;
-  e.user_rip = read_reg(v, v.gpr[RCX]);
-  e.user_rsp = rsp;
-  e.user_syscalls = qemu_plugin_u64_get(m.f_user_syscalls, vcpu);
-  const std::uint32_t extra = build_captures(v, find_captures(nr, false), args, 0, cfg.snap_len, &e.n_captures);
+  e.user_rip = d.user_rip;
+  e.user_rsp = d.user_rsp;
+  e.user_syscalls = qemu_plugin_u64_get(door == abi::Door::kInt80      ? m.f_user_int80s
+                                        : door == abi::Door::kSysenter ? m.f_user_sysenters
+                                                                       : m.f_user_syscalls,
+                                        vcpu);
+  e.kernel_gs_base = read_reg(v, v.k_gs_base);
+  e.abi = static_cast<std::uint8_t>(d.abi);
+  e.door = static_cast<std::uint8_t>(door);
+  const std::uint32_t extra =
+      build_captures(v, find_captures(table_of(d.abi), d.nr, false), d.args, 0, cfg.snap_len, d.abi, &e.n_captures);
   std::uint64_t seq = 0;
   emit(m, vcpu, v, cfg, act, abi::RecordType::kSyscallEntry, &e.hdr, sizeof e, v.scratch, extra, &seq);
   if (slot) slot->seq = seq;
   release_cfg(v);
 }
 
-void on_syscall_entry(unsigned vcpu, void*) {
+void on_entry(unsigned vcpu, void* udata) {
   Monitor& m = *g_mon;
-  SelfTimer timer(m, m.vcpus[vcpu]);
-  qemu_plugin_u64_set(m.f_entry_gate, vcpu, 0);
-  on_syscall_entry_body(m, vcpu);
+  Vcpu& v = m.vcpus[vcpu];
+  if (!v.ready || !v.has_ring) return;
+  SelfTimer timer(m, v);
+  on_entry_body(m, vcpu, static_cast<abi::Door>(reinterpret_cast<std::uintptr_t>(udata)));
 }
 
-// Fires on the first kernel instruction executed after a user `syscall` while the entry point is
-// unknown: that instruction is the entry point (entry_SYSCALL_64). Handles this syscall like the
-// entry callback would, then flushes the code cache once so that only the entry point is trapped.
+void request_reset(Monitor& m) {
+  if (!m.reset_in_flight.exchange(true))
+    qemu_plugin_reset(m.id, [](qemu_plugin_id_t) {
+      g_mon->reset_in_flight.store(false);
+      ::hvtrace_monitor_register_callbacks();
+    });
+}
+
+// Fires at the start of a kernel TB that is not a known door entry while `detect` is set: the
+// kernel was entered right after a user door instruction. If doors.hpp confirms it was the door,
+// this TB's address is that door's entry point: handle this entry, and flush the code cache so the
+// entry point gets its own callbacks (and clears `detect` inline from then on).
 void on_detect(unsigned vcpu, void* udata) {
   Monitor& m = *g_mon;
-  qemu_plugin_u64_set(m.f_detect, vcpu, 0);
+  Vcpu& v = m.vcpus[vcpu];
+  DetectInput in;
+  in.insn = static_cast<DoorInsn>(qemu_plugin_u64_get(m.f_detect, vcpu));
+  in.door_rip = qemu_plugin_u64_get(m.f_door_rip, vcpu);
+  qemu_plugin_u64_set(m.f_detect, vcpu, 0);   // vCPU-owned field (inline stores run on this thread)
+  if (!v.ready) return;
   const std::uint64_t va = reinterpret_cast<std::uintptr_t>(udata);
-  std::uint64_t expected = 0;
-  if (m.entry_va.compare_exchange_strong(expected, va) && m.shm_hdr)
-    abi::aref(m.shm_hdr->syscall_entry_va).store(va, std::memory_order_release);
-  if (qemu_plugin_u64_get(m.f_entry_gate, vcpu) == 1) on_syscall_entry(vcpu, nullptr);
-  if (!m.reset_requested.exchange(true))
-    qemu_plugin_reset(m.id, [](qemu_plugin_id_t) { ::hvtrace_monitor_register_callbacks(); });
-}
-
-OpenEntry* find_open(Vcpu& v, std::uint64_t dtb, std::uint64_t rsp) {
-  for (auto& o : v.open)
-    if (o.used && o.dtb == dtb && o.rsp == rsp) return &o;
-  return nullptr;
+  in.rsp = read_reg(v, v.gpr[RSP]);
+  in.rcx = read_reg(v, v.gpr[RCX]);
+  in.stack_ok = !is_user_va(in.rsp) && read_mem(v, in.rsp, in.stack, sizeof in.stack);
+  // A door already learned (its TBs not yet retranslated): classify by address.
+  std::optional<abi::Door> door;
+  for (unsigned d = 0; d < static_cast<unsigned>(abi::Door::kCount); ++d)
+    if (m.door_va[d].load(std::memory_order_acquire) == va) door = static_cast<abi::Door>(d);
+  if (!door) {
+    in.syscall64_known = m.door_va[static_cast<unsigned>(abi::Door::kSyscall64)].load() != 0;
+    door = classify_entry(in);
+    if (!door) {
+      m.detect_rejected.fetch_add(1, std::memory_order_relaxed);
+      if (m.shm_hdr) abi::aref(m.shm_hdr->detect_rejected).fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    std::uint64_t expected = 0;
+    if (!m.door_va[static_cast<unsigned>(*door)].compare_exchange_strong(expected, va)) return;  // another vCPU won
+    if (m.shm_hdr) {
+      abi::aref(m.shm_hdr->door_entry_va[static_cast<unsigned>(*door)]).store(va, std::memory_order_release);
+      if (*door == abi::Door::kSyscall64) abi::aref(m.shm_hdr->syscall_entry_va).store(va, std::memory_order_release);
+    }
+  }
+  if (v.has_ring && qemu_plugin_u64_get(m.f_entry_armed, vcpu) == 1) on_entry_body(m, vcpu, *door);
+  request_reset(m);
 }
 
 void on_return_to_user(Monitor& m, unsigned vcpu, Vcpu& v, abi::ExitVia via, std::uint64_t user_rip,
                        std::uint64_t user_rsp) {
   const std::uint64_t cr3 = read_reg(v, v.cr3);
   const std::uint64_t dtb = abi::dtb_of_cr3(cr3);
-  OpenEntry* o = find_open(v, dtb, user_rsp);
+  OpenEntry* o = v.open.find(dtb, user_rsp);
   if (o == nullptr && via == abi::ExitVia::kIret) return;  // an interrupt or exception returning
   const FilterConfig& cfg = *acquire_cfg(m, v);
   const Action act = cfg.action(EventClass::kSyscallExit);
-  const std::int64_t nr = o ? static_cast<std::int64_t>(o->nr) : -1;
-  if (act == Action::kDrop || !cfg.dtb_passes(dtb) || (nr < 0 ? !cfg.all_syscalls : !cfg.syscall_passes(nr))) {
+  if (act == Action::kDrop || !cfg.dtb_passes(dtb)) {
+    if (o) o->used = false;
+    narrow(m, vcpu, cfg, dtb);
+    release_cfg(v);
+    return;
+  }
+  if (o ? !cfg.syscall_passes(o->abi, o->nr) : !cfg.all_pass()) {
     if (o) o->used = false;
     release_cfg(v);
     return;
   }
   abi::SyscallExitEvent e{};
-  e.ret = static_cast<std::int64_t>(read_reg(v, v.gpr[RAX]));
-  e.nr = nr;
+  const std::uint64_t rax = read_reg(v, v.gpr[RAX]);
+  const bool i386 = o && o->abi == abi::SyscallAbi::kI386;
+  e.ret = i386 ? static_cast<std::int64_t>(static_cast<std::int32_t>(rax & 0xffff'ffffU)) : static_cast<std::int64_t>(rax);
+  e.nr = o ? static_cast<std::int64_t>(o->nr) : -1;
   e.cr3 = cr3;
   e.user_rip = user_rip;
   e.user_rsp = user_rsp;
   e.entry_seq = o ? o->seq : 0;
+  e.kernel_gs_base = read_reg(v, v.k_gs_base);
   e.via = static_cast<std::uint16_t>(via);
+  e.abi = static_cast<std::uint8_t>(o ? o->abi : abi::SyscallAbi::kX86_64);
+  e.door = static_cast<std::uint8_t>(o ? o->door : abi::Door::kSyscall64);
   std::uint32_t extra = 0;
-  if (o) extra = build_captures(v, find_captures(o->nr, true), o->args, e.ret, cfg.snap_len, &e.n_captures);
+  if (o)
+    extra = build_captures(v, find_captures(table_of(o->abi), o->nr, true), o->args, e.ret, cfg.snap_len, o->abi,
+                           &e.n_captures);
   if (o) o->used = false;
   emit(m, vcpu, v, cfg, act, abi::RecordType::kSyscallExit, &e.hdr, sizeof e, v.scratch, extra);
   release_cfg(v);
 }
 
-void on_sysret(unsigned vcpu, void*) {
+void on_sysret(unsigned vcpu, void* udata) {
   Monitor& m = *g_mon;
   Vcpu& v = m.vcpus[vcpu];
   if (!v.ready || !v.has_ring) return;
   SelfTimer timer(m, v);
-  on_return_to_user(m, vcpu, v, abi::ExitVia::kSysret, read_reg(v, v.gpr[RCX]), read_reg(v, v.gpr[RSP]));
+  const auto via = static_cast<abi::ExitVia>(reinterpret_cast<std::uintptr_t>(udata));
+  std::uint64_t rip = read_reg(v, v.gpr[RCX]);
+  std::uint64_t rsp = read_reg(v, v.gpr[RSP]);
+  if (via == abi::ExitVia::kSysretl) {
+    rip &= 0xffff'ffffULL;
+    rsp &= 0xffff'ffffULL;
+  }
+  on_return_to_user(m, vcpu, v, via, rip, rsp);
 }
 
 void on_iret(unsigned vcpu, void*) {
@@ -286,23 +381,18 @@ void on_cr3_write(unsigned vcpu, void* udata) {
   const std::uint64_t old_cr3 = read_reg(v, v.cr3);
   const std::uint64_t new_cr3 = read_reg(v, v.gpr[u & 15]);
   const std::uint64_t new_dtb = abi::dtb_of_cr3(new_cr3);
-  v.cur_dtb.store(new_dtb, std::memory_order_relaxed);
-  const FilterConfig* cfg = acquire_cfg(m, v);
-  rearm_vcpu(m, vcpu, *cfg, new_dtb);
-  if (m.current.load(std::memory_order_acquire) != cfg) {  // changed meanwhile: arm by the new one
-    release_cfg(v);
-    cfg = acquire_cfg(m, v);
-    rearm_vcpu(m, vcpu, *cfg, new_dtb);
-  }
-  const Action act = cfg->action(EventClass::kCr3);
+  const FilterConfig& cfg = *acquire_cfg(m, v);
+  narrow(m, vcpu, cfg, new_dtb);
+  const Action act = cfg.action(EventClass::kCr3);
   if (act != Action::kDrop &&
-      (cfg->dtb_mode == abi::DtbMode::kAll || cfg->cr3_unfiltered || cfg->dtb_passes(abi::dtb_of_cr3(old_cr3)) || cfg->dtb_passes(new_dtb))) {
+      (cfg.dtb_mode == abi::DtbMode::kAll || cfg.cr3_unfiltered || cfg.dtb_passes(abi::dtb_of_cr3(old_cr3)) ||
+       cfg.dtb_passes(new_dtb))) {
     abi::Cr3WriteEvent e{};
     e.old_cr3 = old_cr3;
     e.new_cr3 = new_cr3;
     e.rip = site_va(u);
     e.cr3_writes = qemu_plugin_u64_get(m.f_cr3_writes, vcpu);
-    emit(m, vcpu, v, *cfg, act, abi::RecordType::kCr3Write, &e.hdr, sizeof e, nullptr, 0);
+    emit(m, vcpu, v, cfg, act, abi::RecordType::kCr3Write, &e.hdr, sizeof e, nullptr, 0);
   }
   release_cfg(v);
 }
@@ -323,6 +413,8 @@ void on_breakpoint(unsigned vcpu, void* udata) {
     const unsigned regs[7] = {RDI, RSI, RDX, RCX, R8, R9, RAX};
     for (unsigned i = 0; i < 7; ++i) e.regs[i] = read_reg(v, v.gpr[regs[i]]);
     emit(m, vcpu, v, cfg, act, abi::RecordType::kBreakpoint, &e.hdr, sizeof e, nullptr, 0);
+  } else {
+    narrow(m, vcpu, cfg, abi::dtb_of_cr3(cr3));
   }
   release_cfg(v);
 }
@@ -331,8 +423,10 @@ void on_tb_trans(qemu_plugin_id_t, qemu_plugin_tb* tb) {
   Monitor& m = *g_mon;
   const bool kernel = is_kernel_va(qemu_plugin_tb_vaddr(tb));
   const std::size_t n = qemu_plugin_tb_n_insns(tb);
-  const std::uint64_t entry = m.entry_va.load(std::memory_order_acquire);
   const bool counting = m.opt.count_only;
+  std::uint64_t doors[static_cast<unsigned>(abi::Door::kCount)];
+  for (unsigned d = 0; d < static_cast<unsigned>(abi::Door::kCount); ++d)
+    doors[d] = m.door_va[d].load(std::memory_order_acquire);
   if (m.opt.icount)
     qemu_plugin_register_vcpu_tb_exec_inline_per_vcpu(tb, QEMU_PLUGIN_INLINE_ADD_U64, m.f_insns, n);
   for (std::size_t i = 0; i < n; ++i) {
@@ -343,13 +437,16 @@ void on_tb_trans(qemu_plugin_id_t, qemu_plugin_tb* tb) {
     if (got != size) continue;
     const std::uint64_t va = qemu_plugin_insn_vaddr(insn);
     if (!kernel) {
-      if (is_syscall(b, size)) {
-        qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(insn, QEMU_PLUGIN_INLINE_ADD_U64, m.f_user_syscalls, 1);
-        if (counting) continue;
-        qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(insn, QEMU_PLUGIN_INLINE_ADD_U64, m.f_entry_gate, 1);
-        if (entry == 0)
-          qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(insn, QEMU_PLUGIN_INLINE_STORE_U64, m.f_detect, 1);
-      }
+      const DoorInsn door = door_insn(b, size);
+      if (door == DoorInsn::kNone) continue;
+      const qemu_plugin_u64 counter = door == DoorInsn::kSyscall ? m.f_user_syscalls
+                                      : door == DoorInsn::kInt80 ? m.f_user_int80s
+                                                                 : m.f_user_sysenters;
+      qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(insn, QEMU_PLUGIN_INLINE_ADD_U64, counter, 1);
+      if (counting) continue;
+      qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(insn, QEMU_PLUGIN_INLINE_STORE_U64, m.f_detect,
+                                                          static_cast<std::uint64_t>(door));
+      qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(insn, QEMU_PLUGIN_INLINE_STORE_U64, m.f_door_rip, va);
       continue;
     }
     const int src = mov_to_cr3_source(b, size);
@@ -361,15 +458,23 @@ void on_tb_trans(qemu_plugin_id_t, qemu_plugin_tb* tb) {
                                                     reinterpret_cast<void*>(encode_site(va, static_cast<unsigned>(src))));
     }
     if (counting) continue;
-    if (i == 0 && entry == 0)
-      qemu_plugin_register_vcpu_insn_exec_cond_cb(insn, on_detect, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_COND_EQ,
-                                                  m.f_detect, 1, reinterpret_cast<void*>(va));
-    if (entry != 0 && va == entry)
-      qemu_plugin_register_vcpu_insn_exec_cond_cb(insn, on_syscall_entry, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_COND_EQ,
-                                                  m.f_entry_gate, 1, nullptr);
-    if (is_sysretq(b, size))
-      qemu_plugin_register_vcpu_insn_exec_cond_cb(insn, on_sysret, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_COND_EQ,
-                                                  m.f_exit_armed, 1, nullptr);
+    bool is_door = false;
+    for (unsigned d = 0; d < static_cast<unsigned>(abi::Door::kCount); ++d) {
+      if (doors[d] == 0 || doors[d] != va) continue;
+      is_door = true;
+      // Clear detection first (callbacks and inline ops of an instruction run in registration order).
+      qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(insn, QEMU_PLUGIN_INLINE_STORE_U64, m.f_detect, 0);
+      qemu_plugin_register_vcpu_insn_exec_cond_cb(insn, on_entry, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_COND_EQ,
+                                                  m.f_entry_armed, 1, reinterpret_cast<void*>(std::uintptr_t{d}));
+    }
+    if (i == 0 && !is_door)
+      qemu_plugin_register_vcpu_insn_exec_cond_cb(insn, on_detect, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_COND_NE,
+                                                  m.f_detect, 0, reinterpret_cast<void*>(va));
+    if (is_sysretq(b, size) || is_sysretl(b, size))
+      qemu_plugin_register_vcpu_insn_exec_cond_cb(
+          insn, on_sysret, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_COND_EQ, m.f_exit_armed, 1,
+          reinterpret_cast<void*>(static_cast<std::uintptr_t>(is_sysretq(b, size) ? abi::ExitVia::kSysret
+                                                                                    : abi::ExitVia::kSysretl)));
     if (is_iretq(b, size))
       qemu_plugin_register_vcpu_insn_exec_cond_cb(insn, on_iret, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_COND_EQ,
                                                   m.f_exit_armed, 1, nullptr);
@@ -393,6 +498,7 @@ void on_vcpu_init(qemu_plugin_id_t, unsigned vcpu) {
     for (unsigned r = 0; r < 16; ++r)
       if (std::strcmp(d.name, kGprNames[r]) == 0) v.gpr[r] = d.handle;
     if (std::strcmp(d.name, "cr3") == 0) v.cr3 = d.handle;
+    if (std::strcmp(d.name, "k_gs_base") == 0) v.k_gs_base = d.handle;
   }
   if (regs) g_array_free(regs, TRUE);
   bool ok = v.cr3 != nullptr && v.scratch != nullptr;
@@ -402,7 +508,9 @@ void on_vcpu_init(qemu_plugin_id_t, unsigned vcpu) {
     return;
   }
   v.ready = true;
-  rearm_vcpu(m, vcpu, *m.current.load(std::memory_order_acquire), 0);
+  const FilterConfig& cfg = *acquire_cfg(m, v);
+  narrow(m, vcpu, cfg, abi::dtb_of_cr3(read_reg(v, v.cr3)));
+  release_cfg(v);
 }
 
 void on_exit(qemu_plugin_id_t, void*) {
@@ -414,17 +522,16 @@ void on_exit(qemu_plugin_id_t, void*) {
 
 }  // namespace
 
-void rearm_vcpu(Monitor& m, unsigned vcpu, const FilterConfig& cfg, std::uint64_t dtb) {
-  const bool passes = cfg.dtb_passes(dtb);
-  const std::uint64_t gate = qemu_plugin_u64_get(m.f_entry_gate, vcpu);
-  const bool want_open = passes && cfg.action(EventClass::kSyscallEntry) != Action::kDrop;
-  // Leave a pending gate (1) alone; move between open (0) and closed (>= kGateClosed) otherwise.
-  if (want_open && gate >= kGateClosed) qemu_plugin_u64_set(m.f_entry_gate, vcpu, 0);
-  if (!want_open && gate < kGateClosed) qemu_plugin_u64_set(m.f_entry_gate, vcpu, kGateClosed);
-  qemu_plugin_u64_set(m.f_exit_armed, vcpu, passes && cfg.action(EventClass::kSyscallExit) != Action::kDrop);
-  qemu_plugin_u64_set(m.f_bp_armed, vcpu, passes && cfg.action(EventClass::kBreakpoint) != Action::kDrop);
-  qemu_plugin_u64_set(m.f_cr3_armed, vcpu,
-                      cfg.action(EventClass::kCr3) != Action::kDrop || cfg.dtb_mode == abi::DtbMode::kSet);
+void store_flags(Monitor& m, unsigned vcpu, const ArmFlags& f) {
+  const auto put = [&](qemu_plugin_u64 field, std::uint64_t val) {
+    auto* p = static_cast<std::uint64_t*>(qemu_plugin_scoreboard_find(field.score, vcpu));
+    std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(reinterpret_cast<char*>(p) + field.offset))
+        .store(val, std::memory_order_seq_cst);
+  };
+  put(m.f_entry_armed, f.entry);
+  put(m.f_exit_armed, f.exit);
+  put(m.f_cr3_armed, f.cr3);
+  put(m.f_bp_armed, f.bp);
 }
 
 }  // namespace hvtrace::monitor
@@ -460,11 +567,14 @@ extern "C" QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const
   m->vcpus = new Vcpu[m->max_vcpus];
   m->pool[0] = m->opt.initial;
   m->current.store(&m->pool[0]);
-  m->entry_va.store(m->opt.entry_va);
+  m->door_va[static_cast<unsigned>(abi::Door::kSyscall64)].store(m->opt.entry_va);
   m->board = qemu_plugin_scoreboard_new(sizeof(VcpuBoard));
   m->f_user_syscalls = qemu_plugin_u64{m->board, offsetof(VcpuBoard, user_syscalls)};
+  m->f_user_int80s = qemu_plugin_u64{m->board, offsetof(VcpuBoard, user_int80s)};
+  m->f_user_sysenters = qemu_plugin_u64{m->board, offsetof(VcpuBoard, user_sysenters)};
   m->f_cr3_writes = qemu_plugin_u64{m->board, offsetof(VcpuBoard, cr3_writes)};
-  m->f_entry_gate = qemu_plugin_u64{m->board, offsetof(VcpuBoard, entry_gate)};
+  m->f_entry_armed = qemu_plugin_u64{m->board, offsetof(VcpuBoard, entry_armed)};
+  m->f_door_rip = qemu_plugin_u64{m->board, offsetof(VcpuBoard, door_rip)};
   m->f_exit_armed = qemu_plugin_u64{m->board, offsetof(VcpuBoard, exit_armed)};
   m->f_cr3_armed = qemu_plugin_u64{m->board, offsetof(VcpuBoard, cr3_armed)};
   m->f_bp_armed = qemu_plugin_u64{m->board, offsetof(VcpuBoard, bp_armed)};

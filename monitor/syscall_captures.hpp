@@ -1,4 +1,4 @@
-// Which syscall arguments the monitor copies out of guest memory (x86-64 numbers), in the spirit
+// Which syscall arguments the monitor copies out of guest memory (x86-64 and i386 numbers), in the spirit
 // of strace's table: one row per syscall. Entry captures run at the kernel entry point (the data
 // is the caller's input); exit captures run on the return to user mode (the kernel's output).
 #pragma once
@@ -16,6 +16,7 @@ struct CaptureSpec {
 };
 
 struct SyscallCaptures {
+  std::uint8_t table;            // 0: x86-64 numbers, 1: i386 numbers
   std::uint16_t nr;
   bool at_exit;
   std::uint8_t n;
@@ -24,46 +25,82 @@ struct SyscallCaptures {
 
 using K = abi::CaptureKind;
 inline constexpr SyscallCaptures kCaptureTable[] = {
-    {0, true, 1, {{1, K::kBuffer, -1}}},                         // read: buf, ret bytes
-    {1, false, 1, {{1, K::kBuffer, 2}}},                         // write: buf, count
-    {2, false, 1, {{0, K::kString, 0}}},                         // open
-    {4, false, 1, {{0, K::kString, 0}}},                         // stat
-    {6, false, 1, {{0, K::kString, 0}}},                         // lstat
-    {17, true, 1, {{1, K::kBuffer, -1}}},                        // pread64
-    {18, false, 1, {{1, K::kBuffer, 2}}},                        // pwrite64
-    {21, false, 1, {{0, K::kString, 0}}},                        // access
-    {44, false, 1, {{1, K::kBuffer, 2}}},                        // sendto
-    {45, true, 1, {{1, K::kBuffer, -1}}},                        // recvfrom
-    {59, false, 2, {{0, K::kString, 0}, {1, K::kArgv, 0}}},      // execve
-    {76, false, 1, {{0, K::kString, 0}}},                        // truncate
-    {80, false, 1, {{0, K::kString, 0}}},                        // chdir
-    {82, false, 2, {{0, K::kString, 0}, {1, K::kString, 0}}},    // rename
-    {83, false, 1, {{0, K::kString, 0}}},                        // mkdir
-    {84, false, 1, {{0, K::kString, 0}}},                        // rmdir
-    {85, false, 1, {{0, K::kString, 0}}},                        // creat
-    {86, false, 2, {{0, K::kString, 0}, {1, K::kString, 0}}},    // link
-    {87, false, 1, {{0, K::kString, 0}}},                        // unlink
-    {88, false, 2, {{0, K::kString, 0}, {1, K::kString, 0}}},    // symlink
-    {89, false, 1, {{0, K::kString, 0}}},                        // readlink
-    {90, false, 1, {{0, K::kString, 0}}},                        // chmod
-    {92, false, 1, {{0, K::kString, 0}}},                        // chown
-    {161, false, 1, {{0, K::kString, 0}}},                       // chroot
-    {257, false, 1, {{1, K::kString, 0}}},                       // openat
-    {258, false, 1, {{1, K::kString, 0}}},                       // mkdirat
-    {262, false, 1, {{1, K::kString, 0}}},                       // newfstatat
-    {263, false, 1, {{1, K::kString, 0}}},                       // unlinkat
-    {264, false, 2, {{1, K::kString, 0}, {3, K::kString, 0}}},   // renameat
-    {267, false, 1, {{1, K::kString, 0}}},                       // readlinkat
-    {269, false, 1, {{1, K::kString, 0}}},                       // faccessat
-    {316, false, 2, {{1, K::kString, 0}, {3, K::kString, 0}}},   // renameat2
-    {322, false, 2, {{1, K::kString, 0}, {2, K::kArgv, 0}}},     // execveat
-    {332, false, 1, {{1, K::kString, 0}}},                       // statx
-    {439, false, 1, {{1, K::kString, 0}}},                       // faccessat2
+    {0, 0, true, 1, {{1, K::kBuffer, -1}}},                         // read: buf, ret bytes
+    {0, 1, false, 1, {{1, K::kBuffer, 2}}},                         // write: buf, count
+    {0, 2, false, 1, {{0, K::kString, 0}}},                         // open
+    {0, 4, false, 1, {{0, K::kString, 0}}},                         // stat
+    {0, 6, false, 1, {{0, K::kString, 0}}},                         // lstat
+    {0, 17, true, 1, {{1, K::kBuffer, -1}}},                        // pread64
+    {0, 18, false, 1, {{1, K::kBuffer, 2}}},                        // pwrite64
+    {0, 21, false, 1, {{0, K::kString, 0}}},                        // access
+    {0, 44, false, 1, {{1, K::kBuffer, 2}}},                        // sendto
+    {0, 45, true, 1, {{1, K::kBuffer, -1}}},                        // recvfrom
+    {0, 59, false, 2, {{0, K::kString, 0}, {1, K::kArgv, 0}}},      // execve
+    {0, 76, false, 1, {{0, K::kString, 0}}},                        // truncate
+    {0, 80, false, 1, {{0, K::kString, 0}}},                        // chdir
+    {0, 82, false, 2, {{0, K::kString, 0}, {1, K::kString, 0}}},    // rename
+    {0, 83, false, 1, {{0, K::kString, 0}}},                        // mkdir
+    {0, 84, false, 1, {{0, K::kString, 0}}},                        // rmdir
+    {0, 85, false, 1, {{0, K::kString, 0}}},                        // creat
+    {0, 86, false, 2, {{0, K::kString, 0}, {1, K::kString, 0}}},    // link
+    {0, 87, false, 1, {{0, K::kString, 0}}},                        // unlink
+    {0, 88, false, 2, {{0, K::kString, 0}, {1, K::kString, 0}}},    // symlink
+    {0, 89, false, 1, {{0, K::kString, 0}}},                        // readlink
+    {0, 90, false, 1, {{0, K::kString, 0}}},                        // chmod
+    {0, 92, false, 1, {{0, K::kString, 0}}},                        // chown
+    {0, 161, false, 1, {{0, K::kString, 0}}},                       // chroot
+    {0, 257, false, 1, {{1, K::kString, 0}}},                       // openat
+    {0, 258, false, 1, {{1, K::kString, 0}}},                       // mkdirat
+    {0, 262, false, 1, {{1, K::kString, 0}}},                       // newfstatat
+    {0, 263, false, 1, {{1, K::kString, 0}}},                       // unlinkat
+    {0, 264, false, 2, {{1, K::kString, 0}, {3, K::kString, 0}}},   // renameat
+    {0, 267, false, 1, {{1, K::kString, 0}}},                       // readlinkat
+    {0, 269, false, 1, {{1, K::kString, 0}}},                       // faccessat
+    {0, 316, false, 2, {{1, K::kString, 0}, {3, K::kString, 0}}},   // renameat2
+    {0, 322, false, 2, {{1, K::kString, 0}, {2, K::kArgv, 0}}},     // execveat
+    {0, 332, false, 1, {{1, K::kString, 0}}},                       // statx
+    {0, 439, false, 1, {{1, K::kString, 0}}},                       // faccessat2
+    {0, 42, false, 1, {{1, K::kBuffer, 2}}},                     // connect: sockaddr, addrlen
+    {0, 49, false, 1, {{1, K::kBuffer, 2}}},                     // bind: sockaddr, addrlen
+    {0, 79, true, 1, {{0, K::kBuffer, -1}}},                     // getcwd: buf, ret bytes
+    {0, 89, true, 1, {{1, K::kBuffer, -1}}},                     // readlink: buf, ret bytes (at exit)
+    {0, 267, true, 1, {{2, K::kBuffer, -1}}},                    // readlinkat: buf, ret bytes (at exit)
+    // i386 numbers (int $0x80, sysenter, compat syscall); pointers are 32-bit
+    {1, 3, true, 1, {{1, K::kBuffer, -1}}},                      // read
+    {1, 4, false, 1, {{1, K::kBuffer, 2}}},                      // write
+    {1, 5, false, 1, {{0, K::kString, 0}}},                      // open
+    {1, 8, false, 1, {{0, K::kString, 0}}},                      // creat
+    {1, 9, false, 2, {{0, K::kString, 0}, {1, K::kString, 0}}},  // link
+    {1, 10, false, 1, {{0, K::kString, 0}}},                     // unlink
+    {1, 11, false, 2, {{0, K::kString, 0}, {1, K::kArgv, 0}}},   // execve
+    {1, 12, false, 1, {{0, K::kString, 0}}},                     // chdir
+    {1, 15, false, 1, {{0, K::kString, 0}}},                     // chmod
+    {1, 33, false, 1, {{0, K::kString, 0}}},                     // access
+    {1, 38, false, 2, {{0, K::kString, 0}, {1, K::kString, 0}}}, // rename
+    {1, 39, false, 1, {{0, K::kString, 0}}},                     // mkdir
+    {1, 40, false, 1, {{0, K::kString, 0}}},                     // rmdir
+    {1, 83, false, 2, {{0, K::kString, 0}, {1, K::kString, 0}}}, // symlink
+    {1, 85, false, 1, {{0, K::kString, 0}}},                     // readlink
+    {1, 180, true, 1, {{1, K::kBuffer, -1}}},                    // pread64
+    {1, 181, false, 1, {{1, K::kBuffer, 2}}},                    // pwrite64
+    {1, 195, false, 1, {{0, K::kString, 0}}},                    // stat64
+    {1, 196, false, 1, {{0, K::kString, 0}}},                    // lstat64
+    {1, 295, false, 1, {{1, K::kString, 0}}},                    // openat
+    {1, 296, false, 1, {{1, K::kString, 0}}},                    // mkdirat
+    {1, 300, false, 1, {{1, K::kString, 0}}},                    // fstatat64
+    {1, 301, false, 1, {{1, K::kString, 0}}},                    // unlinkat
+    {1, 302, false, 2, {{1, K::kString, 0}, {3, K::kString, 0}}},// renameat
+    {1, 305, false, 1, {{1, K::kString, 0}}},                    // readlinkat
+    {1, 307, false, 1, {{1, K::kString, 0}}},                    // faccessat
+    {1, 353, false, 2, {{1, K::kString, 0}, {3, K::kString, 0}}},// renameat2
+    {1, 358, false, 2, {{1, K::kString, 0}, {2, K::kArgv, 0}}},  // execveat
+    {1, 383, false, 1, {{1, K::kString, 0}}},                    // statx
+    {1, 439, false, 1, {{1, K::kString, 0}}},                    // faccessat2
 };
 
-constexpr const SyscallCaptures* find_captures(std::uint64_t nr, bool at_exit) {
+constexpr const SyscallCaptures* find_captures(unsigned table, std::uint64_t nr, bool at_exit) {
   for (const auto& row : kCaptureTable)
-    if (row.nr == nr && row.at_exit == at_exit) return &row;
+    if (row.table == table && row.nr == nr && row.at_exit == at_exit) return &row;
   return nullptr;
 }
 

@@ -27,7 +27,17 @@ constexpr int mov_to_cr3_source(const std::uint8_t* b, std::size_t n) {
 }
 
 constexpr bool is_syscall(const std::uint8_t* b, std::size_t n) { return n == 2 && b[0] == 0x0f && b[1] == 0x05; }
+constexpr bool is_int80(const std::uint8_t* b, std::size_t n) { return n == 2 && b[0] == 0xcd && b[1] == 0x80; }
+constexpr bool is_sysenter(const std::uint8_t* b, std::size_t n) { return n == 2 && b[0] == 0x0f && b[1] == 0x34; }
 constexpr bool is_sysretq(const std::uint8_t* b, std::size_t n) { return n == 3 && b[0] == 0x48 && b[1] == 0x0f && b[2] == 0x07; }
+constexpr bool is_sysretl(const std::uint8_t* b, std::size_t n) { return n == 2 && b[0] == 0x0f && b[1] == 0x07; }
+
+// The user instruction that opens each door, as the detection value it stores (0 = none).
+enum class DoorInsn : std::uint64_t { kNone = 0, kSyscall = 1, kInt80 = 2, kSysenter = 3 };
+constexpr DoorInsn door_insn(const std::uint8_t* b, std::size_t n) {
+  return is_syscall(b, n) ? DoorInsn::kSyscall : is_int80(b, n) ? DoorInsn::kInt80
+                          : is_sysenter(b, n) ? DoorInsn::kSysenter : DoorInsn::kNone;
+}
 constexpr bool is_iretq(const std::uint8_t* b, std::size_t n) { return n == 2 && b[0] == 0x48 && b[1] == 0xcf; }
 
 }  // namespace hvtrace::monitor

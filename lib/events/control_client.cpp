@@ -91,9 +91,11 @@ Result<std::uint32_t> ControlClient::set_dtbs(const std::vector<Dtb>& dtbs) {
   return request(m, abi::CtlType::kSetDtbs);
 }
 
-Result<std::uint32_t> ControlClient::set_syscalls(const std::optional<std::vector<unsigned>>& nrs) {
+Result<std::uint32_t> ControlClient::set_syscalls(const std::optional<std::vector<unsigned>>& nrs,
+                                                  abi::SyscallAbi table) {
   abi::SetSyscallsMsg m{};
   m.all = nrs ? 0 : 1;
+  m.abi = table == abi::SyscallAbi::kI386 ? 1 : 0;
   if (nrs)
     for (unsigned nr : *nrs) {
       if (nr >= abi::kSyscallBits) return make_error("syscall number {} out of range 0..{}", nr, abi::kSyscallBits - 1);
@@ -129,7 +131,8 @@ Result<MonitorStats> ControlClient::stats() {
   auto r = send_raw(&m, sizeof m);
   if (!r) return r.error();
   if (r->status != 0) return make_error("monitor rejected the stats request: {}", r->message);
-  return MonitorStats{r->generation, r->rejected_messages, r->user_syscalls, r->cr3_writes};
+  return MonitorStats{r->generation, r->rejected_messages, r->user_syscalls, r->cr3_writes, r->user_int80s,
+                      r->user_sysenters};
 }
 
 }  // namespace hvtrace::events

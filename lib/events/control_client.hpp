@@ -8,6 +8,7 @@
 #include "common/types.hpp"
 
 #include "hvtrace/abi/control.h"
+#include "hvtrace/abi/events.h"
 
 #include <array>
 #include <chrono>
@@ -28,8 +29,10 @@ struct Actions {
 struct MonitorStats {
   std::uint32_t generation = 0;
   std::uint64_t rejected_messages = 0;
-  std::uint64_t user_syscalls = 0;   // independent inline counters, all vCPUs
-  std::uint64_t cr3_writes = 0;
+  std::uint64_t user_syscalls = 0;   // independent inline counters, all vCPUs: `syscall` (any mode),
+  std::uint64_t cr3_writes = 0;      //   mov-to-CR3, `int $0x80`, `sysenter`
+  std::uint64_t user_int80s = 0;
+  std::uint64_t user_sysenters = 0;
 };
 
 class ControlClient {
@@ -46,7 +49,9 @@ class ControlClient {
   Result<std::uint32_t> attach();
   Result<std::uint32_t> set_all_dtbs();                          // no DTB filter
   Result<std::uint32_t> set_dtbs(const std::vector<Dtb>& dtbs);  // the paper's pre-filter
-  Result<std::uint32_t> set_syscalls(const std::optional<std::vector<unsigned>>& nrs);  // nullopt: all
+  // The numbers that pass in one table (x86-64, which x32 shares, or i386); nullopt: all.
+  Result<std::uint32_t> set_syscalls(const std::optional<std::vector<unsigned>>& nrs,
+                                     abi::SyscallAbi table = abi::SyscallAbi::kX86_64);
   Result<std::uint32_t> set_actions(const Actions& a);
   Result<std::uint32_t> set_snap_len(std::uint32_t bytes);
   Result<std::uint32_t> detach();

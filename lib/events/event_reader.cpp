@@ -69,6 +69,39 @@ Dtb Event::dtb() const {
   }
 }
 
+std::string_view abi_name(abi::SyscallAbi a) {
+  switch (a) {
+    case abi::SyscallAbi::kX86_64: return "x86_64";
+    case abi::SyscallAbi::kI386: return "i386";
+    case abi::SyscallAbi::kX32: return "x32";
+    case abi::SyscallAbi::kCount: break;
+  }
+  return "?";
+}
+
+std::string_view door_name(abi::Door d) {
+  switch (d) {
+    case abi::Door::kSyscall64: return "syscall";
+    case abi::Door::kInt80: return "int80";
+    case abi::Door::kSysenter: return "sysenter";
+    case abi::Door::kSyscallCompat: return "syscall32";
+    case abi::Door::kCount: break;
+  }
+  return "?";
+}
+
+abi::SyscallAbi Event::syscall_abi() const {
+  if (type == abi::RecordType::kSyscallEntry) return static_cast<abi::SyscallAbi>(entry.abi);
+  if (type == abi::RecordType::kSyscallExit) return static_cast<abi::SyscallAbi>(exit.abi);
+  return abi::SyscallAbi::kX86_64;
+}
+
+abi::Door Event::door() const {
+  if (type == abi::RecordType::kSyscallEntry) return static_cast<abi::Door>(entry.door);
+  if (type == abi::RecordType::kSyscallExit) return static_cast<abi::Door>(exit.door);
+  return abi::Door::kSyscall64;
+}
+
 std::uint64_t RingStats::dropped() const {
   std::uint64_t n = 0;
   for (auto d : drops) n += d;
@@ -108,6 +141,9 @@ Result<Event> decode_record(const std::uint8_t* rec, std::size_t size) {
       if (!r) return r.error();
       e.entry = *r;
       common(e.entry.hdr);
+      if (e.entry.abi >= static_cast<std::uint8_t>(abi::SyscallAbi::kCount) ||
+          e.entry.door >= static_cast<std::uint8_t>(abi::Door::kCount))
+        return make_error("syscall entry: bad ABI {} or door {}", e.entry.abi, e.entry.door);
       if (auto c = read_captures(rec + sizeof(abi::SyscallEntryEvent), size - sizeof(abi::SyscallEntryEvent),
                                  e.entry.n_captures, &e.captures);
           !c)
@@ -118,6 +154,9 @@ Result<Event> decode_record(const std::uint8_t* rec, std::size_t size) {
       auto r = read_body<abi::SyscallExitEvent>(rec, size, "syscall exit");
       if (!r) return r.error();
       e.exit = *r;
+      if (e.exit.abi >= static_cast<std::uint8_t>(abi::SyscallAbi::kCount) ||
+          e.exit.door >= static_cast<std::uint8_t>(abi::Door::kCount))
+        return make_error("syscall exit: bad ABI {} or door {}", e.exit.abi, e.exit.door);
       common(e.exit.hdr);
       if (auto c = read_captures(rec + sizeof(abi::SyscallExitEvent), size - sizeof(abi::SyscallExitEvent),
                                  e.exit.n_captures, &e.captures);
@@ -253,6 +292,7 @@ RingStats EventReader::stats(unsigned ring) const {
   for (std::size_t i = 0; i < std::size(s.drops); ++i) s.drops[i] = ld(h->drops[i]);
   s.sync_waits = ld(h->sync_waits);
   s.sync_timeouts = ld(h->sync_timeouts);
+  s.sync_degraded = ld(h->sync_degraded);
   s.cb_calls = ld(h->cb_calls);
   s.cb_ns = ld(h->cb_ns);
   return s;
@@ -261,6 +301,16 @@ RingStats EventReader::stats(unsigned ring) const {
 std::uint64_t EventReader::syscall_entry_va() const {
   auto& h = *reinterpret_cast<abi::ShmHeader*>(base_);
   return std::atomic_ref<std::uint64_t>(h.syscall_entry_va).load(std::memory_order_acquire);
+}
+
+std::uint64_t EventReader::door_entry_va(abi::Door d) const {
+  auto& h = *reinterpret_cast<abi::ShmHeader*>(base_);
+  return std::atomic_ref<std::uint64_t>(h.door_entry_va[static_cast<unsigned>(d)]).load(std::memory_order_acquire);
+}
+
+std::uint64_t EventReader::detect_rejected() const {
+  auto& h = *reinterpret_cast<abi::ShmHeader*>(base_);
+  return std::atomic_ref<std::uint64_t>(h.detect_rejected).load(std::memory_order_acquire);
 }
 
 std::uint32_t EventReader::generation() const {

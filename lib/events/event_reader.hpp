@@ -50,13 +50,16 @@ struct Event {
   std::vector<Capture> captures;
 
   [[nodiscard]] bool sync() const { return (flags & abi::kFlagSync) != 0; }
+  // Syscall entries and exits: the table the number indexes and the door it came through.
+  [[nodiscard]] abi::SyscallAbi syscall_abi() const;
+  [[nodiscard]] abi::Door door() const;
   [[nodiscard]] Dtb dtb() const;   // of the process the event belongs to (new CR3 for kCr3Write)
 };
 
 struct RingStats {
   std::uint64_t published = 0, lost_records = 0, lost_pending = 0;
   std::uint64_t drops[static_cast<std::size_t>(abi::DropCause::kCount)] = {};
-  std::uint64_t sync_waits = 0, sync_timeouts = 0;
+  std::uint64_t sync_waits = 0, sync_timeouts = 0, sync_degraded = 0;
   std::uint64_t cb_calls = 0, cb_ns = 0;   // monitor self-timing (selftime=on)
   [[nodiscard]] std::uint64_t dropped() const;
 };
@@ -88,6 +91,8 @@ class EventReader {
 
   [[nodiscard]] RingStats stats(unsigned ring) const;
   [[nodiscard]] std::uint64_t syscall_entry_va() const;
+  [[nodiscard]] std::uint64_t door_entry_va(abi::Door d) const;   // 0 until the monitor learned it
+  [[nodiscard]] std::uint64_t detect_rejected() const;           // kernel entries by a fault, not a door
   [[nodiscard]] std::uint32_t generation() const;
 
  private:
@@ -100,6 +105,10 @@ class EventReader {
   unsigned rr_ = 0;
   bool auto_ack_ = true;
 };
+
+// Names used in every output: "x86_64", "i386", "x32"; "syscall", "int80", "sysenter", "syscall32".
+[[nodiscard]] std::string_view abi_name(abi::SyscallAbi a);
+[[nodiscard]] std::string_view door_name(abi::Door d);
 
 // Decode one record (header included, `size` bytes). Exposed for tests and fuzzing.
 [[nodiscard]] Result<Event> decode_record(const std::uint8_t* rec, std::size_t size);

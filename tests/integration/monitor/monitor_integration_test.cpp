@@ -16,6 +16,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <fstream>
+#include <sstream>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -221,6 +223,81 @@ TEST_F(Monitor, EverySyscallAndCr3WriteArrivesOnceAgainstTheInlineCounters) {
   EXPECT_NE(reader_->syscall_entry_va(), 0u);
   EXPECT_EQ(insns_backwards, 0u);
   for (auto& [ring, n] : last_insns) EXPECT_GT(n, 1'000'000u) << "vCPU " << ring << " instruction count";
+}
+
+// Every door into the kernel, tried as an attacker would (tests/integration/monitor/guest/doors.c,
+// compiled in the guest with tcc): `int $0x80` from 64-bit code and from 32-bit code, the compat
+// `syscall` that jammed the old entry gate, and `sysenter`. Every write that reached the guest's
+// stdout arrives as an i386 write with its bytes and its door; the calls after the compat syscall
+// arrive too (no re-attach); and per door the entries delivered equal the instructions executed.
+TEST_F(Monitor, EveryDoorIsTrappedAndNoneBlindsTheMonitor) {
+  std::ifstream f(HVTRACE_DOORS_SOURCE);
+  std::stringstream src;
+  src << f.rdbuf();
+  ASSERT_FALSE(src.str().empty());
+  run("cat > /tmp/doors.c <<'HVTRACE_EOF'\n" + src.str() + "HVTRACE_EOF\ntcc -o /tmp/doors /tmp/doors.c");
+  ASSERT_TRUE(ctl_->set_snap_len(abi::kDefaultSnapLen).ok());
+  const std::uint64_t dropped_before = total_dropped();
+  const std::string out = run("/tmp/doors; echo rc=$?; echo doors-after-marker");
+  ASSERT_NE(out.find("doors-P1\n"), std::string::npos) << out;
+  ASSERT_NE(out.find("rc=0"), std::string::npos) << "int $0x80 from 64-bit code returned wrong: " << out;
+  const auto evs = since(gen_, 500ms);
+  EXPECT_EQ(total_dropped(), dropped_before);
+  // Which door each message came through (the 64-bit ones are x86-64 writes).
+  const std::map<std::string, abi::Door> want = {{"doors-P1\n", abi::Door::kSyscall64},
+                                                 {"doors-P80\n", abi::Door::kInt80},
+                                                 {"doors-A80\n", abi::Door::kInt80},
+                                                 {"doors-B32\n", abi::Door::kSyscallCompat},
+                                                 {"doors-C34\n", abi::Door::kSysenter},
+                                                 {"doors-P2\n", abi::Door::kSyscall64},
+                                                 {"doors-after-marker\n", abi::Door::kSyscall64}};
+  std::map<std::string, const Event*> seen;
+  std::map<std::pair<unsigned, int>, std::vector<std::uint64_t>> counts;   // (vCPU, counter family)
+  bool i386_exit_paired = false;
+  for (const auto& e : evs) {
+    ASSERT_NE(e.type, RecordType::kLost);
+    if (e.type == RecordType::kSyscallExit && e.syscall_abi() == abi::SyscallAbi::kI386 && e.exit.nr == 4 &&
+        e.exit.ret == 10 && e.door() == abi::Door::kInt80)
+      i386_exit_paired = true;
+    if (e.type != RecordType::kSyscallEntry) continue;
+    const int family = e.door() == abi::Door::kInt80 ? 1 : e.door() == abi::Door::kSysenter ? 2 : 0;
+    counts[{e.ring, family}].push_back(e.entry.user_syscalls);
+    const bool is_write = (e.syscall_abi() == abi::SyscallAbi::kI386 && e.entry.nr == 4) ||
+                          (e.syscall_abi() == abi::SyscallAbi::kX86_64 && e.entry.nr == 1);
+    if (is_write && e.captures.size() == 1 && want.count(e.captures[0].data)) seen[e.captures[0].data] = &e;
+  }
+  for (const auto& [msg, door] : want) {
+    if (out.find(msg) == std::string::npos) {
+      // Only sysenter may legitimately fail (#UD in long mode on an AMD CPU model): then the
+      // kernel never ran the write, and nothing may have been learned from the fault.
+      EXPECT_EQ(door, abi::Door::kSysenter) << msg << " did not reach the guest's stdout: " << out;
+      continue;
+    }
+    ASSERT_TRUE(seen.count(msg)) << "write of " << msg << " through " << events::door_name(door) << " not delivered";
+    const Event& e = *seen[msg];
+    EXPECT_EQ(e.door(), door) << msg;
+    EXPECT_EQ(e.syscall_abi(), door == abi::Door::kSyscall64 ? abi::SyscallAbi::kX86_64 : abi::SyscallAbi::kI386) << msg;
+    EXPECT_EQ(e.entry.args[0], 1u) << msg;
+    EXPECT_EQ(e.entry.args[2], msg.size()) << msg;
+    EXPECT_NE(e.entry.kernel_gs_base, 0u);
+  }
+  EXPECT_TRUE(i386_exit_paired) << "the return of an i386 write paired with its entry (ret 10)";
+  if (out.find("doors-C34") == std::string::npos)
+    EXPECT_EQ(reader_->door_entry_va(abi::Door::kSysenter), 0u) << "a faulting sysenter was learned as a door";
+  for (const auto& [key, v] : counts)
+    EXPECT_EQ(v.size() - 1, v.back() - v.front())
+        << "vCPU " << key.first << " door family " << key.second << ": entries delivered vs instructions executed";
+  const auto st = ctl_->stats();
+  ASSERT_TRUE(st.ok());
+  EXPECT_GE(st->user_int80s, 2u);
+  EXPECT_NE(reader_->door_entry_va(abi::Door::kInt80), 0u);
+  EXPECT_NE(reader_->door_entry_va(abi::Door::kSyscallCompat), 0u);
+  // Still delivering afterwards, with no re-attach.
+  run("echo doors-later-marker");
+  bool later = false;
+  for (const auto& e : since(gen_))
+    later |= e.type == RecordType::kSyscallEntry && e.captures.size() == 1 && e.captures[0].data == "doors-later-marker\n";
+  EXPECT_TRUE(later);
 }
 
 TEST_F(Monitor, WriteArrivesWithItsBytesAndReadAtExit) {

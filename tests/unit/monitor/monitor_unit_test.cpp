@@ -48,14 +48,18 @@ TEST(X86, SyscallSysretIret) {
 }
 
 TEST(CaptureTable, RowsAreUniqueAndArgumentsValid) {
-  std::set<std::pair<int, bool>> seen;
+  std::set<std::tuple<int, int, bool>> seen;
   for (const auto& r : kCaptureTable) {
-    EXPECT_TRUE(seen.insert({r.nr, r.at_exit}).second) << r.nr;
+    EXPECT_TRUE(seen.insert({r.table, r.nr, r.at_exit}).second) << int{r.table} << " " << r.nr;
+    EXPECT_LE(r.table, 1);
     for (unsigned i = 0; i < r.n; ++i) EXPECT_LT(r.c[i].arg, 6);
   }
-  EXPECT_NE(find_captures(1, false), nullptr);   // write: buffer at entry
-  EXPECT_NE(find_captures(0, true), nullptr);    // read: buffer at exit
-  EXPECT_EQ(find_captures(0, false), nullptr);
+  EXPECT_NE(find_captures(0, 1, false), nullptr);   // write: buffer at entry
+  EXPECT_NE(find_captures(0, 0, true), nullptr);    // read: buffer at exit
+  EXPECT_EQ(find_captures(0, 0, false), nullptr);
+  EXPECT_NE(find_captures(1, 4, false), nullptr);   // i386 write
+  EXPECT_NE(find_captures(1, 11, false), nullptr);  // i386 execve
+  EXPECT_EQ(find_captures(1, 1, false), nullptr);   // i386 exit: nothing to copy
 }
 
 Options parse_ok(std::vector<const char*> args) {
@@ -78,19 +82,21 @@ TEST(Options, DefaultsAndEveryKey) {
   EXPECT_EQ(o.initial.snap_len, 256u);
   EXPECT_EQ(o.initial.dtb_mode, abi::DtbMode::kAll);
   EXPECT_EQ(o.initial.action(EventClass::kCr3), Action::kDrop);
-  o = parse_ok({"shm=/r/m", "ctl=/r/c", "ring_kib=64", "entry=0xffffffff81a00000", "bp=0xffffffff81000010",
+  o = parse_ok({"shm=/r/m", "ctl=/r/c", "ring_kib=2048", "entry=0xffffffff81a00000", "bp=0xffffffff81000010",
                 "dtb=0x1234000", "dtb=0x2000", "syscalls=0:1:59", "cr3_action=sync", "entry_action=async",
                 "exit_action=async", "bp_action=drop", "snaplen=65536", "sync_wait=spin", "sync_spin_us=5",
                 "sync_timeout_ms=10"});
-  EXPECT_EQ(o.ring_bytes, 64u * 1024);
+  EXPECT_EQ(o.ring_bytes, 2048u * 1024);
   EXPECT_EQ(o.entry_va, 0xffffffff81a00000ULL);
   EXPECT_EQ(o.breakpoints.size(), 1u);
   EXPECT_EQ(o.initial.dtb_mode, abi::DtbMode::kSet);
   EXPECT_TRUE(o.initial.dtb_passes(0x1234000));
   EXPECT_FALSE(o.initial.dtb_passes(0x3000));
-  EXPECT_TRUE(o.initial.syscall_passes(59));
-  EXPECT_FALSE(o.initial.syscall_passes(2));
-  EXPECT_FALSE(o.initial.syscall_passes(100000));
+  EXPECT_TRUE(o.initial.syscall_passes(abi::SyscallAbi::kX86_64, 59));
+  EXPECT_FALSE(o.initial.syscall_passes(abi::SyscallAbi::kX86_64, 2));
+  EXPECT_FALSE(o.initial.syscall_passes(abi::SyscallAbi::kX86_64, 100000));
+  EXPECT_TRUE(o.initial.syscall_passes(abi::SyscallAbi::kX32, 59 | 0x40000000));  // x32 shares the x86-64 set
+  EXPECT_TRUE(o.initial.syscall_passes(abi::SyscallAbi::kI386, 4));                // i386 set untouched: all
   EXPECT_EQ(o.initial.action(EventClass::kCr3), Action::kSync);
   EXPECT_EQ(o.initial.snap_len, 65536u);
   EXPECT_EQ(o.sync_wait, abi::WaitMode::kSpin);
@@ -105,6 +111,9 @@ TEST(Options, BadArgumentsSayWhichAndWhy) {
   EXPECT_NE(parse_err({"shm=/a", "ring_kib=100"}).find("power of two"), std::string::npos);
   EXPECT_NE(parse_err({"shm=/a", "ring_kib=32"}).find("power of two"), std::string::npos);
   EXPECT_NE(parse_err({"shm=/a", "snaplen=65537"}).find("0..65536"), std::string::npos);
+  // Two captures of 64 KiB must fit a record: a snap length the rings cannot carry is refused,
+  // instead of every event with such captures being dropped as too big.
+  EXPECT_NE(parse_err({"shm=/a", "ring_kib=64", "snaplen=65536"}).find("larger ring"), std::string::npos);
   EXPECT_NE(parse_err({"shm=/a", "snaplen=-1"}).find("0..65536"), std::string::npos);
   EXPECT_NE(parse_err({"shm=/a", "snaplen=12abc"}).find("0..65536"), std::string::npos);
   EXPECT_NE(parse_err({"shm=/a", "dtb=0x1001"}).find("page-table base"), std::string::npos);
@@ -159,8 +168,18 @@ TEST(Control, ValidChangesBumpTheGeneration) {
   auto s = message<abi::SetSyscallsMsg>(abi::CtlType::kSetSyscalls);
   s.bitmap[0] = 1ULL << 59;
   ASSERT_EQ(apply(s, n2, &next), abi::CtlStatus::kOk);
-  EXPECT_TRUE(next.syscall_passes(59));
-  EXPECT_FALSE(next.syscall_passes(1));
+  EXPECT_TRUE(next.syscall_passes(abi::SyscallAbi::kX86_64, 59));
+  EXPECT_FALSE(next.syscall_passes(abi::SyscallAbi::kX86_64, 1));
+  EXPECT_TRUE(next.syscall_passes(abi::SyscallAbi::kI386, 1));
+  auto s32 = message<abi::SetSyscallsMsg>(abi::CtlType::kSetSyscalls);
+  s32.abi = 1;
+  s32.bitmap[0] = 1ULL << 4;
+  FilterConfig n3;
+  ASSERT_EQ(apply(s32, next, &n3), abi::CtlStatus::kOk);
+  EXPECT_TRUE(n3.syscall_passes(abi::SyscallAbi::kI386, 4));
+  EXPECT_FALSE(n3.syscall_passes(abi::SyscallAbi::kI386, 1));
+  EXPECT_TRUE(n3.syscall_passes(abi::SyscallAbi::kX86_64, 59));   // the other table is kept
+  EXPECT_FALSE(n3.all_pass());
   auto sn = message<abi::SetSnapLenMsg>(abi::CtlType::kSetSnapLen);
   sn.snap_len = 4096;
   ASSERT_EQ(apply(sn, next, &n2), abi::CtlStatus::kOk);
@@ -215,6 +234,14 @@ TEST(Control, EveryMalformedMessageIsRejectedWithAReason) {
   auto sn = message<abi::SetSnapLenMsg>(abi::CtlType::kSetSnapLen);
   sn.snap_len = abi::kMaxSnapLen + 1;
   EXPECT_EQ(apply(sn, cur, &next), abi::CtlStatus::kBadValue);
+  sn.snap_len = abi::kMaxSnapLen;   // valid, but not for 64 KiB rings (max_record 16 KiB)
+  std::string why;
+  abi::CtlType type{};
+  EXPECT_EQ(apply_control(&sn, sizeof sn, cur, &next, &type, &why, 16 * 1024), abi::CtlStatus::kBadValue);
+  EXPECT_NE(why.find("larger ring"), std::string::npos) << why;
+  s = message<abi::SetSyscallsMsg>(abi::CtlType::kSetSyscalls);
+  s.abi = 2;   // only x86-64 (0) and i386 (1) have sets
+  EXPECT_EQ(apply(s, cur, &next), abi::CtlStatus::kBadValue);
   EXPECT_EQ(next.generation, 77u) << "a rejected message wrote the next configuration";
 }
 

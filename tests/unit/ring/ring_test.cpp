@@ -259,3 +259,29 @@ TEST(Ring, SyncWaitGivesUpOnTimeoutAndOnAbort) {
 }
 
 }  // namespace
+
+namespace {
+
+// The consumer maps the ring read-write and may be buggy: the producer must not trust what it can
+// write. A tail outside [head - size, head] drops the event (counted as kBadTail) instead of letting
+// the producer overwrite unread data or run past the ring; a max_record or head rewritten in the
+// header changes nothing the producer does.
+TEST(Ring, ProducerTrustsNothingTheConsumerCanWrite) {
+  TestRing r(64 * 1024, 1000);
+  ASSERT_TRUE(put(r, 64));
+  const std::uint64_t head = r.hdr->head;
+  r.hdr->tail = head + 4096;   // ahead of the producer
+  EXPECT_FALSE(put(r, 64));
+  r.hdr->tail = head - 64 * 1024 - 8;   // further back than the ring holds
+  EXPECT_FALSE(put(r, 64));
+  EXPECT_EQ(r.hdr->drops[static_cast<int>(DropCause::kBadTail)], 2u);
+  r.hdr->tail = head;           // sane again: the producer resumes (after one LOST record)
+  r.hdr->max_record = 0xffff'ffffu;
+  r.hdr->head = 3;              // a scribbled head is ignored: the producer keeps its own
+  EXPECT_FALSE(put(r, 32 * 1024)) << "max_record must come from the producer's own copy (16 KiB)";
+  EXPECT_EQ(r.hdr->drops[static_cast<int>(DropCause::kTooBig)], 1u);
+  EXPECT_TRUE(put(r, 64));
+  EXPECT_EQ(r.hdr->head, head + sizeof(LostRecord) + 64);
+}
+
+}  // namespace

@@ -60,7 +60,7 @@ static_assert(sizeof(SetDtbsMsg) == 24 + 8 * kMaxDtbs);
 struct SetSyscallsMsg {
   CtlHeader hdr;
   std::uint32_t all;        // 1: every number passes (bitmap ignored, must be 0)
-  std::uint32_t reserved;
+  std::uint32_t abi;        // SyscallAbi whose set this is: 0 x86-64 (x32 too), 1 i386 (every 32-bit door)
   std::uint64_t bitmap[kSyscallBits / 64];
 };
 static_assert(sizeof(SetSyscallsMsg) == 24 + 64);
@@ -105,7 +105,9 @@ struct Reply {
   std::uint64_t rejected_messages;
   std::uint64_t user_syscalls;   // independent inline counters, summed over vCPUs
   std::uint64_t cr3_writes;
-  std::uint64_t reserved[5];
+  std::uint64_t user_int80s;     // `int $0x80` executed in user mode
+  std::uint64_t user_sysenters;  // `sysenter` executed in user mode
+  std::uint64_t reserved[3];
 };
 static_assert(sizeof(Reply) == 16 + 8 + 96 + 64);
 

@@ -21,6 +21,22 @@ inline constexpr std::uint32_t kMaxSnapLen = 64 * 1024;
 inline constexpr std::uint32_t kMaxCaptures = 4;        // per event
 inline constexpr std::uint32_t kMaxArgv = 64;           // argv entries copied
 
+// The system-call ABI an entry used (which table its number indexes, which registers hold its
+// arguments). x86-64: rax; rdi, rsi, rdx, r10, r8, r9. i386 (int $0x80 from any mode): eax; ebx,
+// ecx, edx, esi, edi, ebp. i386 through the fast doors (compat `syscall`, `sysenter`, as the 32-bit
+// vDSO enters): eax; ebx, ebp (compat syscall) or ecx (sysenter), edx, esi, edi, and the sixth
+// argument at the user stack pointer. x32: x86-64 registers, numbers with bit 30 set.
+enum class SyscallAbi : std::uint8_t { kX86_64 = 0, kI386 = 1, kX32 = 2, kCount = 3 };
+
+// The door an entry came through (each trapped at its own kernel entry point).
+enum class Door : std::uint8_t {
+  kSyscall64 = 0,      // `syscall` from 64-bit code (LSTAR, entry_SYSCALL_64)
+  kInt80 = 1,          // `int $0x80` from 64- or 32-bit code (IDT vector 0x80)
+  kSysenter = 2,       // `sysenter` from 32-bit code (entry_SYSENTER_compat)
+  kSyscallCompat = 3,  // `syscall` from 32-bit code (CSTAR, entry_SYSCALL_compat)
+  kCount = 4,
+};
+
 struct EventHeader {
   RecordHeader rec;
   std::uint64_t seq;          // per-ring, counts dropped events too: gaps are loss
@@ -44,32 +60,39 @@ static_assert(sizeof(Cr3WriteEvent) == 72);
 
 struct SyscallEntryEvent {
   EventHeader hdr;
-  std::uint64_t nr;                // rax
-  std::uint64_t args[6];           // rdi, rsi, rdx, r10, r8, r9
+  std::uint64_t nr;                // rax (eax for i386)
+  std::uint64_t args[6];           // in the order of the ABI's arguments (see SyscallAbi), zero-extended
   std::uint64_t cr3;
-  std::uint64_t user_rip;          // rcx at entry: the instruction after `syscall`
-  std::uint64_t user_rsp;          // still the user stack at the entry point
-  std::uint64_t user_syscalls;     // independent inline count of user `syscall` executed on this vCPU
+  std::uint64_t user_rip;          // where user mode resumes (after the door instruction; for sysenter
+                                   // the vDSO's landing pad is not known here: 0)
+  std::uint64_t user_rsp;          // the user stack pointer at the door
+  std::uint64_t user_syscalls;     // independent inline count of this door's user instruction on this
+                                   // vCPU (`syscall` counts 64-bit and compat together)
+  std::uint64_t kernel_gs_base;    // the vCPU's kernel per-CPU base (IA32_KERNEL_GS_BASE at the door)
   std::uint32_t n_captures;
-  std::uint32_t reserved;
+  std::uint8_t abi;                // SyscallAbi
+  std::uint8_t door;               // Door
+  std::uint16_t reserved;
 };
-static_assert(sizeof(SyscallEntryEvent) == 136);
+static_assert(sizeof(SyscallEntryEvent) == 144);
 
-enum class ExitVia : std::uint16_t { kSysret = 1, kIret = 2 };
+enum class ExitVia : std::uint16_t { kSysret = 1, kIret = 2, kSysretl = 3 };
 
 struct SyscallExitEvent {
   EventHeader hdr;
-  std::int64_t ret;                // rax
+  std::int64_t ret;                // rax (sign-extended eax for i386)
   std::int64_t nr;                 // of the paired entry, -1 if the monitor did not see it
   std::uint64_t cr3;
   std::uint64_t user_rip;          // where user mode resumes
   std::uint64_t user_rsp;
   std::uint64_t entry_seq;         // seq of the paired entry (same ring), 0 if unpaired
+  std::uint64_t kernel_gs_base;    // the vCPU's kernel per-CPU base (IA32_KERNEL_GS_BASE after swapgs)
   std::uint16_t via;               // ExitVia
-  std::uint16_t reserved;
+  std::uint8_t abi;                // SyscallAbi of the paired entry (kX86_64 if unpaired)
+  std::uint8_t door;               // Door of the paired entry
   std::uint32_t n_captures;
 };
-static_assert(sizeof(SyscallExitEvent) == 96);
+static_assert(sizeof(SyscallExitEvent) == 104);
 
 struct BreakpointEvent {
   EventHeader hdr;
@@ -100,6 +123,15 @@ static_assert(sizeof(Capture) == 16);
 
 constexpr std::uint32_t align_record(std::uint64_t n) {
   return static_cast<std::uint32_t>((n + kRecordAlign - 1) & ~std::uint64_t{kRecordAlign - 1});
+}
+
+// The largest record a syscall event can need at snap length `snap`: the biggest body, then at most
+// kMaxCaptures captures of at most `snap` bytes each (argv: 4 x snap, at most kMaxSnapLen). The snap
+// length is accepted only if this fits the rings' max_record, so no event is dropped as too big.
+constexpr std::uint32_t argv_budget(std::uint32_t snap) { return snap * 4 < kMaxSnapLen ? snap * 4 : kMaxSnapLen; }
+constexpr std::uint32_t max_event_bytes(std::uint32_t snap) {
+  const std::uint32_t widest = argv_budget(snap) > snap ? argv_budget(snap) : snap;
+  return 256 + kMaxCaptures * (static_cast<std::uint32_t>(sizeof(Capture)) + align_record(widest));
 }
 
 }  // namespace hvtrace::abi

@@ -20,7 +20,9 @@
 
 namespace hvtrace::abi {
 
-inline constexpr std::uint32_t kAbiVersion = 2;  // 2: EventHeader::insns
+inline constexpr std::uint32_t kAbiVersion = 3;  // 2: EventHeader::insns; 3: doors (int $0x80, sysenter,
+                                                 // compat syscall), ABI/door/kernel GS base in syscall events,
+                                                 // per-ABI syscall sets, consumer-violation and degraded-sync counts
 inline constexpr std::uint64_t kShmMagic = 0x314d48534543'5448ULL;  // "HTCESHM1" little-endian-ish tag
 inline constexpr std::uint32_t kPageSize = 4096;
 inline constexpr std::uint32_t kCacheLine = 64;
@@ -44,6 +46,8 @@ inline constexpr std::uint16_t kRecordTypeMax = 5;
 // Flags in RecordHeader::flags.
 inline constexpr std::uint16_t kFlagSync = 1u << 0;         // the vCPU waits for an ack of this record's seq
 inline constexpr std::uint16_t kFlagSyncTimedOut = 1u << 1;  // set on the *next* record: the previous wait gave up
+inline constexpr std::uint16_t kFlagSyncDegraded = 1u << 2;  // asked sync, sent async: the consumer stopped acking
+                                                             // (kSyncDegradeAfter timeouts in a row); ends on re-attach
 
 struct RecordHeader {
   std::uint16_t type;   // RecordType
@@ -57,7 +61,8 @@ enum class DropCause : std::uint32_t {
   kRingFull = 0,       // consumer too slow (async) — or detached
   kTooBig = 1,         // record larger than the ring allows (max_record)
   kNoConsumer = 2,     // event dropped because no consumer is attached and action needs one
-  kCount = 3,
+  kBadTail = 3,        // the consumer's tail lay outside [head - data_size, head]: the ring was reset
+  kCount = 4,
 };
 
 struct LostRecord {
@@ -90,6 +95,7 @@ struct alignas(kPageSize) RingHeader {
   std::uint64_t lost_records;                 // LOST records written
   std::uint32_t head_futex;                   // bumped + FUTEX_WAKE when consumer_waiting
   std::uint32_t reserved1;
+  std::uint64_t sync_degraded;                // sync events sent async: the consumer stopped acking
 
   // --- drop and sync counters: written only by the vCPU thread ---
   alignas(kCacheLine) std::uint64_t drops[static_cast<std::size_t>(DropCause::kCount)];
@@ -122,10 +128,12 @@ struct alignas(kPageSize) ShmHeader {
   std::uint64_t file_size;
   std::uint32_t ready;            // store(release) 1 after every ring header is initialised
   std::uint32_t monitor_pid;
-  std::uint64_t syscall_entry_va; // kernel entry point in use (0 until detected); store(release)
+  std::uint64_t syscall_entry_va; // 64-bit `syscall` entry point (0 until detected); store(release)
   std::uint32_t generation;       // filter generation in force; store(release)
   std::uint32_t reserved0;
-  std::uint64_t reserved[10];
+  std::uint64_t door_entry_va[4]; // kernel entry point of each Door (events.h), 0 until detected; store(release)
+  std::uint64_t detect_rejected;  // door detections rejected (the kernel was entered by a fault, not the door)
+  std::uint64_t reserved[5];
 };
 static_assert(sizeof(ShmHeader) == kPageSize);
 static_assert(offsetof(ShmHeader, syscall_entry_va) == 40);

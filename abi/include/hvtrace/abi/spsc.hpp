@@ -64,13 +64,16 @@ inline void init_ring(RingHeader& h, std::uint32_t vcpu, std::uint32_t data_size
   h.vcpu = vcpu;
   h.data_size = data_size;
   h.data_offset = data_offset;
-  h.max_record = data_size / 4 < 2 * kMaxSnapLen ? data_size / 4 : 2 * kMaxSnapLen;
+  h.max_record = data_size / 4;   // >= max_event_bytes(snap) is checked where the snap length is set
 }
 
 class RingProducer {
  public:
   RingProducer() = default;
-  RingProducer(RingHeader* h, std::uint8_t* data) : h_(h), data_(data), size_(h->data_size), mask_(h->data_size - 1) {}
+  // The producer keeps its own copy of everything it must trust (size, max_record, head): the
+  // consumer maps the same file read-write and may be buggy. Call right after init_ring().
+  RingProducer(RingHeader* h, std::uint8_t* data)
+      : h_(h), data_(data), size_(h->data_size), mask_(h->data_size - 1), max_record_(h->max_record), head_(h->head) {}
 
   // Take the sequence number for the next event (dropped events consume one too).
   std::uint64_t take_seq() {
@@ -93,12 +96,16 @@ class RingProducer {
   // A reservation must be followed by commit() before the next reserve().
   void* reserve(std::uint64_t seq, std::uint32_t size) {
     size = align_record(size);
-    if (size < sizeof(RecordHeader) || size > h_->max_record) {
+    if (size < sizeof(RecordHeader) || size > max_record_) {
       drop(seq, DropCause::kTooBig);
       return nullptr;
     }
-    const std::uint64_t head = h_->head;                                        // producer-owned
+    const std::uint64_t head = head_;                                           // our own copy
     const std::uint64_t tail = aref(h_->tail).load(std::memory_order_acquire);  // P2
+    if (tail > head || head - tail > size_) {  // untrusted: outside [head - size, head]
+      drop(seq, DropCause::kBadTail);
+      return nullptr;
+    }
     std::uint64_t pos = head;
     std::uint64_t lost_at = 0, lost_pad = 0;
     const bool need_lost = h_->lost_pending != 0;
@@ -134,6 +141,7 @@ class RingProducer {
     aref(h_->published).store(h_->published + 1, std::memory_order_relaxed);
     // P1 (release semantics included) and P3: a seq_cst store then a seq_cst load, so the pair
     // with C3 is ordered without a standalone fence (which ThreadSanitizer cannot model).
+    head_ = pending_end_;
     aref(h_->head).store(pending_end_, std::memory_order_seq_cst);
     if (aref(h_->consumer_waiting).load(std::memory_order_seq_cst) != 0) {
       aref(h_->head_futex).fetch_add(1, std::memory_order_relaxed);
@@ -212,6 +220,8 @@ class RingProducer {
   std::uint8_t* data_ = nullptr;
   std::uint64_t size_ = 0;
   std::uint64_t mask_ = 0;
+  std::uint32_t max_record_ = 0;
+  std::uint64_t head_ = 0;
   std::uint64_t pending_end_ = 0;
   std::uint64_t lost_last_seq_ = 0;
 };

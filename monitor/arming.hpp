@@ -1,0 +1,59 @@
+// Which trap sites of a vCPU run their callbacks: the "armed" flags of its scoreboard, a pure function
+// of the filter in force and the vCPU's current DTB — plus the one rule that keeps them right while
+// the control thread changes the filter and the vCPU switches address spaces at the same time.
+//
+// Every trap site with a filter is a conditional callback on one flag (== 1). A flag that is 1 when
+// the filter would say 0 only costs a callback (which filters in software and narrows the flags); a
+// flag that is 0 when the filter says 1 loses events. So the rule makes errors only in the cheap
+// direction:
+//   - the control thread never computes per-vCPU flags (it cannot know a vCPU's DTB): after
+//     publishing a new config it *widens* every vCPU's flags to 1 (W);
+//   - a vCPU *narrows* its own flags from the config it holds and the DTB it is entering (N), then
+//     loads the current config pointer (L); if that is no longer the one it used, it widens again.
+// All five accesses are seq_cst. If L read the old config, then N < L < publish < W in the single
+// total order, so W's 1 comes last; if L read the new one, the vCPU widened itself. Either way, after
+// a change every flag is >= what the new config needs until the vCPU narrows again with it.
+// Nobody else writes these fields (the generated code only reads them). Tested under TSan in
+// tests/unit/monitor/arming_test.cpp.
+#pragma once
+
+#include "config.hpp"
+
+#include <atomic>
+#include <cstdint>
+
+namespace hvtrace::monitor {
+
+struct ArmFlags {
+  std::uint64_t entry = 1, exit = 1, cr3 = 1, bp = 1;
+  friend bool operator==(const ArmFlags&, const ArmFlags&) = default;
+};
+inline constexpr ArmFlags kArmAll{1, 1, 1, 1};
+
+// What `cfg` needs on a vCPU running address space `dtb`.
+inline ArmFlags arm_for(const FilterConfig& cfg, std::uint64_t dtb) {
+  const bool passes = cfg.dtb_passes(dtb);
+  ArmFlags f;
+  f.entry = passes && cfg.action(EventClass::kSyscallEntry) != Action::kDrop;
+  f.exit = passes && cfg.action(EventClass::kSyscallExit) != Action::kDrop;
+  f.bp = passes && cfg.action(EventClass::kBreakpoint) != Action::kDrop;
+  // CR3 writes are watched to forward them, or to follow the DTB the other flags depend on.
+  f.cr3 = cfg.action(EventClass::kCr3) != Action::kDrop || cfg.dtb_mode == abi::DtbMode::kSet;
+  return f;
+}
+
+// The vCPU side (N, L): `store` writes the four flags with seq_cst stores.
+template <typename Store>
+void narrow_flags(const FilterConfig& cfg, const std::atomic<const FilterConfig*>& current, std::uint64_t dtb,
+                  Store&& store) {
+  store(arm_for(cfg, dtb));
+  if (current.load(std::memory_order_seq_cst) != &cfg) store(kArmAll);
+}
+
+// The control-thread side (publish, W), for each vCPU after current.store(next, seq_cst).
+template <typename Store>
+void widen_flags(Store&& store) {
+  store(kArmAll);
+}
+
+}  // namespace hvtrace::monitor

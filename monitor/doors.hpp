@@ -1,0 +1,156 @@
+// The doors into the kernel, as pure functions unit-tested without QEMU: how a kernel entry point
+// found after a user door instruction is verified (a fault raised by the door instruction enters
+// the kernel too, through an exception handler, and must not be learned as the door), and which
+// registers hold the number and the arguments at each door's entry point (entry_64.S and
+// entry_64_compat.S: the first instruction of each entry runs with the user's registers).
+#pragma once
+
+#include "hvtrace/abi/events.h"
+#include "x86.hpp"
+
+#include <cstdint>
+#include <optional>
+
+namespace hvtrace::monitor {
+
+constexpr bool is_user_va(std::uint64_t va) { return va < 0x0000'8000'0000'0000ULL; }
+
+// What the detection callback sees at the first kernel instruction after a user door instruction.
+struct DetectInput {
+  DoorInsn insn = DoorInsn::kNone;  // which door instruction ran last in user mode on this vCPU
+  std::uint64_t door_rip = 0;       // its address
+  std::uint64_t rsp = 0, rcx = 0;   // registers at the kernel instruction
+  std::uint64_t stack[2] = {};      // the two words at rsp (an exception frame's first words)
+  bool stack_ok = false;            // they could be read
+  bool syscall64_known = false;     // the 64-bit `syscall` entry point is known already
+};
+
+// The door this kernel entry point belongs to, or nullopt if the kernel was entered another way
+// (an exception raised by the door instruction, such as #UD or #GP). Exact by hardware semantics:
+//  - `syscall` does not switch stacks and puts the next RIP in RCX; an exception switches to a
+//    kernel stack. The first `syscall` entry learned is the 64-bit one (the guest's init, a 64-bit
+//    program, enters the kernel long before any other process exists); the other is the compat one,
+//    and a compat `syscall` can only run below 4 GiB.
+//  - `int $0x80` pushes a frame whose RIP is the next instruction (a fault's frame holds the
+//    faulting one) and whose CS is a user selector.
+//  - `sysenter` pushes nothing; a fault pushes a frame whose RIP (after the error code for #GP) is
+//    the faulting instruction.
+inline std::optional<abi::Door> classify_entry(const DetectInput& in) {
+  switch (in.insn) {
+    case DoorInsn::kSyscall:
+      if (!is_user_va(in.rsp) || in.rcx != in.door_rip + 2) return std::nullopt;
+      if (!in.syscall64_known) return abi::Door::kSyscall64;
+      if (in.door_rip + 2 > 0xffff'ffffULL) return std::nullopt;
+      return abi::Door::kSyscallCompat;
+    case DoorInsn::kInt80:
+      if (is_user_va(in.rsp) || !in.stack_ok || in.stack[0] != in.door_rip + 2 || (in.stack[1] & 3) != 3)
+        return std::nullopt;
+      return abi::Door::kInt80;
+    case DoorInsn::kSysenter:
+      if (is_user_va(in.rsp)) return std::nullopt;
+      if (in.stack_ok && (in.stack[0] == in.door_rip || in.stack[1] == in.door_rip)) return std::nullopt;
+      return abi::Door::kSysenter;
+    case DoorInsn::kNone:
+      break;
+  }
+  return std::nullopt;
+}
+
+// The user's registers at a door's kernel entry point.
+struct EntryRegs {
+  std::uint64_t rax = 0, rbx = 0, rcx = 0, rdx = 0, rsi = 0, rdi = 0, rbp = 0, rsp = 0, r8 = 0, r9 = 0, r10 = 0;
+  std::uint64_t user_word = 0;      // compat syscall: the 32-bit word at the user esp; sysenter: at ebp
+  std::uint64_t frame_rip = 0, frame_rsp = 0;  // int $0x80: the interrupt frame's RIP and RSP
+};
+
+struct EntryDecode {
+  abi::SyscallAbi abi = abi::SyscallAbi::kX86_64;
+  std::uint64_t nr = 0;
+  std::uint64_t args[6] = {};
+  std::uint64_t user_rip = 0, user_rsp = 0;
+};
+
+inline constexpr std::uint64_t kX32SyscallBit = 0x4000'0000;
+
+// Where the user stack word a door needs lives (0: none): compat syscall [esp], sysenter [ebp].
+constexpr std::uint64_t user_word_address(abi::Door d, const EntryRegs& r) {
+  return d == abi::Door::kSyscallCompat ? (r.rsp & 0xffff'ffffULL)
+         : d == abi::Door::kSysenter    ? (r.rbp & 0xffff'ffffULL)
+                                        : 0;
+}
+
+constexpr EntryDecode decode_entry(abi::Door d, const EntryRegs& r) {
+  constexpr std::uint64_t m32 = 0xffff'ffffULL;
+  EntryDecode e;
+  switch (d) {
+    case abi::Door::kSyscall64: {
+      e.nr = r.rax;
+      e.abi = (r.rax & kX32SyscallBit) != 0 && (r.rax >> 32) == 0 ? abi::SyscallAbi::kX32 : abi::SyscallAbi::kX86_64;
+      const std::uint64_t a[6] = {r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9};
+      for (int i = 0; i < 6; ++i) e.args[i] = a[i];
+      e.user_rip = r.rcx;
+      e.user_rsp = r.rsp;
+      return e;
+    }
+    case abi::Door::kInt80: {
+      e.abi = abi::SyscallAbi::kI386;
+      e.nr = r.rax & m32;
+      const std::uint64_t a[6] = {r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp};
+      for (int i = 0; i < 6; ++i) e.args[i] = a[i] & m32;
+      e.user_rip = r.frame_rip;
+      e.user_rsp = r.frame_rsp;
+      return e;
+    }
+    case abi::Door::kSyscallCompat: {
+      e.abi = abi::SyscallAbi::kI386;
+      e.nr = r.rax & m32;
+      const std::uint64_t a[6] = {r.rbx, r.rbp, r.rdx, r.rsi, r.rdi, r.user_word};
+      for (int i = 0; i < 6; ++i) e.args[i] = a[i] & m32;
+      e.user_rip = r.rcx & m32;
+      e.user_rsp = r.rsp & m32;
+      return e;
+    }
+    case abi::Door::kSysenter: {
+      e.abi = abi::SyscallAbi::kI386;
+      e.nr = r.rax & m32;
+      const std::uint64_t a[6] = {r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.user_word};
+      for (int i = 0; i < 6; ++i) e.args[i] = a[i] & m32;
+      e.user_rip = 0;                 // sysenter keeps no return address; the kernel returns to the vDSO
+      e.user_rsp = r.rbp & m32;       // the kernel's pt_regs->sp (the vDSO put esp in ebp)
+      return e;
+    }
+    case abi::Door::kCount:
+      break;
+  }
+  return e;
+}
+
+// An entry whose return to user mode has not been seen, and the pairing rule: the same address
+// space and the same user stack pointer (a thread's user RSP is unchanged across its syscall).
+struct OpenEntry {
+  std::uint64_t dtb = 0, rsp = 0, nr = 0, seq = 0;
+  std::uint64_t args[6] = {};
+  abi::SyscallAbi abi = abi::SyscallAbi::kX86_64;
+  abi::Door door = abi::Door::kSyscall64;
+  bool used = false;
+};
+
+template <unsigned N>
+struct OpenEntries {
+  OpenEntry slot[N];
+  unsigned next = 0;
+  // The slot for a new entry: a stale entry of the same thread (its exit was never seen) is
+  // replaced, else the oldest slot round robin.
+  OpenEntry* claim(std::uint64_t dtb, std::uint64_t rsp) {
+    for (auto& o : slot)
+      if (o.used && o.dtb == dtb && o.rsp == rsp) return &o;
+    return &slot[next++ % N];
+  }
+  OpenEntry* find(std::uint64_t dtb, std::uint64_t rsp) {
+    for (auto& o : slot)
+      if (o.used && o.dtb == dtb && o.rsp == rsp) return &o;
+    return nullptr;
+  }
+};
+
+}  // namespace hvtrace::monitor
