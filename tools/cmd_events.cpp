@@ -22,6 +22,7 @@
 #include <chrono>
 #include <cstdio>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -118,8 +119,10 @@ nlohmann::json to_json(const events::Event& e) {
 void run_events(const EventsOptions& o) {
   vm::install_termination_handlers();
   const auto files = vm::monitor_files(o.vm_name);
+  std::optional<vm::VmWatch> watch;  // stop when the VM's QEMU goes away (not with --shm/--ctl alone)
   if (o.shm.empty() || o.ctl.empty()) {
     const auto rec = value_or_throw(vm::find_vm(o.vm_name));
+    watch.emplace(rec);
     if (!vm::fs::exists(files.rings))
       throw UserError(fmt::format("VM '{}' runs without the hvtrace monitor; start it with `hvtrace vm up --name {} "
                                   "--monitor` (or give --shm and --ctl)",
@@ -150,15 +153,18 @@ void run_events(const EventsOptions& o) {
   value_or_throw(ctl.set_actions({action_of(o.cr3), action_of(o.entry), action_of(o.exit), abi::Action::kDrop}));
   const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(o.duration);
   std::uint64_t n = 0;
+  bool vm_alive = true;
   // When the reader of stdout leaves (`hvtrace events | head`), stop quietly but still detach.
   (void)print_guarded(stdout, [&] {
     while (!vm::termination_requested() && (o.count == 0 || n < o.count) &&
            (o.duration == 0 || std::chrono::steady_clock::now() < end)) {
+      vm_alive = !watch || watch->alive();  // before the poll: the last poll drains what QEMU left
       auto got = reader->poll([&](const events::Event& e) {
         write_line(stdout, to_json(e).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
       }, o.count ? o.count - n : SIZE_MAX);
       const std::size_t k = value_or_throw(std::move(got));
       n += k;
+      if (!vm_alive) break;
       if (k == 0) {
         flush_output(stdout);  // idle: hand lines to the reader, and notice one that left
         reader->wait(std::chrono::milliseconds{20});
@@ -173,6 +179,7 @@ void run_events(const EventsOptions& o) {
       fmt::print(stderr, "vCPU {}: lost {} events (ring full {}, too big {}), {} sync waits timed out\n", i,
                  s.dropped(), s.drops[0], s.drops[1], s.sync_timeouts);
   }
+  if (!vm_alive) throw UserError(watch->stopped_message() + " while tracing");
 }
 
 }  // namespace

@@ -8,8 +8,12 @@
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <memory>
+#include <string>
+#include <vector>
 
 namespace hvtrace::tools {
 
@@ -51,21 +55,34 @@ void add_vm_command(CLI::App& app) {
                rec.kernel_release, rec.ssh_port, rec.ram_path.string(), rec.boot_seconds);
   });
 
-  auto exec_name = std::make_shared<std::string>("default");
-  auto exec_cmd = std::make_shared<std::vector<std::string>>();
-  auto exec_timeout = std::make_shared<unsigned>(600);
+  struct ExecOptions {
+    std::string name = "default";
+    std::vector<std::string> command;
+    unsigned timeout_s = 600;
+    bool interactive = false;
+  };
+  auto exec_opts = std::make_shared<ExecOptions>();
   auto* ex = vm->add_subcommand("exec", "Run a command in a running guest over SSH; exits with its status");
-  ex->add_option("--name", *exec_name, "VM name")->capture_default_str();
-  ex->add_option("--timeout", *exec_timeout, "seconds before the command is abandoned")->capture_default_str();
-  ex->add_option("command", *exec_cmd, "command and arguments (use -- before them)")->required();
-  ex->callback([exec_name, exec_cmd, exec_timeout] {
-    const auto rec = value_or_throw(vm::find_vm(*exec_name));
-    std::string command;
-    for (const auto& a : *exec_cmd) command += (command.empty() ? "" : " ") + a;
-    const auto r = value_or_throw(vm::ssh_exec(rec, command, std::chrono::seconds{*exec_timeout}));
-    std::fwrite(r.out.data(), 1, r.out.size(), stdout);
-    std::fwrite(r.err.data(), 1, r.err.size(), stderr);
-    exit_code() = r.exit_status;
+  ex->add_option("--name", exec_opts->name, "VM name")->capture_default_str();
+  ex->add_option("--timeout", exec_opts->timeout_s, "seconds before the command is abandoned")->capture_default_str();
+  ex->add_flag("-i,--interactive", exec_opts->interactive, "pass standard input to the command even from a terminal");
+  ex->add_option("command", exec_opts->command,
+                 "after --: a program and its arguments, passed word for word (no re-splitting or expansion); "
+                 "or one argument, run as a shell command line")
+      ->required();
+  ex->footer(
+      "Examples:\n"
+      "  hvtrace vm exec -- sh -c 'exit 7'           argv as given: exits 7\n"
+      "  hvtrace vm exec -- 'echo $HOME; uname -r'   one argument: the guest's shell runs it\n"
+      "  echo data | hvtrace vm exec -- cat           a pipe or file on stdin reaches the command\n"
+      "Standard input: a pipe or a file is passed to the command (as with ssh); a terminal is not,\n"
+      "the command reads end-of-file (as with docker exec), unless -i is given. No terminal is\n"
+      "allocated in the guest. Output streams through as the command writes it.");
+  ex->callback([exec_opts] {
+    const auto rec = value_or_throw(vm::find_vm(exec_opts->name));
+    const bool pass_stdin = exec_opts->interactive || isatty(STDIN_FILENO) == 0;
+    exit_code() = value_or_throw(vm::ssh_run(rec, vm::remote_command_line(exec_opts->command),
+                                             std::chrono::seconds{exec_opts->timeout_s}, pass_stdin));
   });
 
   auto down_name = std::make_shared<std::string>("default");

@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -20,7 +21,7 @@ std::string describe_wait_status(int status) {
 }
 
 Result<ProcessResult> run_process(const std::vector<std::string>& argv, std::chrono::milliseconds timeout,
-                                  std::size_t max_output) {
+                                  std::size_t max_output, const ProcessIo& io) {
   if (argv.empty()) return make_error("run_process: empty command");
   int out_pipe[2];
   int err_pipe[2];
@@ -38,9 +39,11 @@ Result<ProcessResult> run_process(const std::vector<std::string>& argv, std::chr
   const pid_t pid = fork();
   if (pid < 0) return make_error("fork: {}", strerror(errno));
   if (pid == 0) {
-    const int devnull = open("/dev/null", O_RDONLY);
-    if (devnull >= 0) dup2(devnull, 0);
-    dup2(out_pipe[1], 1);
+    if (!io.pass_stdin) {
+      const int devnull = open("/dev/null", O_RDONLY);
+      if (devnull >= 0) dup2(devnull, 0);
+    }
+    if (!io.pass_stdout) dup2(out_pipe[1], 1);  // else the pipe closes at exec and reads as EOF
     dup2(err_pipe[1], 2);
     execvp(cargv[0], cargv.data());
     dprintf(2, "cannot run %s: %s\n", cargv[0], strerror(errno));
@@ -73,7 +76,12 @@ Result<ProcessResult> run_process(const std::vector<std::string>& argv, std::chr
     for (int i = 0; i < 2; ++i) {
       if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
       const ssize_t got = read(fds[i].fd, buf, sizeof buf);
-      if (got > 0) {
+      if (got > 0 && i == 1 && io.tee_stderr) {
+        (void)!write(2, buf, static_cast<std::size_t>(got));
+        const std::size_t room = ProcessIo::kTeeKeep - std::min(ProcessIo::kTeeKeep, r.err.size());
+        const std::size_t keep = std::min(static_cast<std::size_t>(got), room);
+        r.err.append(buf, keep);
+      } else if (got > 0) {
         if (sinks[i]->size() + static_cast<std::size_t>(got) > max_output) {
           too_big = true;
           break;

@@ -1,6 +1,6 @@
 // Running a child program with a deadline and bounded captured output. Used for the SSH client
 // and for probing QEMU's version; a child that outlives its deadline is killed, never waited on
-// forever.
+// forever. Its streams can instead be passed through (`vm exec`: stdin, stdout and stderr).
 #pragma once
 
 #include "common/result.hpp"
@@ -18,12 +18,23 @@ struct ProcessResult {
   std::string err;
 };
 
-// Run argv[0] (searched in PATH) with stdin from /dev/null. Fails if it cannot start, exceeds
-// `timeout` (it is then killed), prints more than `max_output` bytes on either stream, or a
-// termination signal arrives (termination_requested()).
+// How the child's standard streams are connected. The default captures both outputs and gives
+// the child /dev/null as stdin.
+struct ProcessIo {
+  bool pass_stdin = false;   // the child reads our stdin
+  bool pass_stdout = false;  // the child writes straight to our stdout (ProcessResult::out stays empty)
+  // The child's stderr is copied to ours as it arrives; ProcessResult::err keeps its first
+  // kTeeKeep bytes (enough to diagnose a failing client) and never counts against max_output.
+  bool tee_stderr = false;
+  static constexpr std::size_t kTeeKeep = 64u << 10;
+};
+
+// Run argv[0] (searched in PATH). Fails if it cannot start, exceeds `timeout` (it is then
+// killed), prints more than `max_output` bytes on a captured stream, or a termination signal
+// arrives (termination_requested()).
 [[nodiscard]] Result<ProcessResult> run_process(const std::vector<std::string>& argv,
                                                 std::chrono::milliseconds timeout,
-                                                std::size_t max_output = 64u << 20);
+                                                std::size_t max_output = 64u << 20, const ProcessIo& io = {});
 
 // "exited with 3", "killed by signal 9 (Killed)"
 [[nodiscard]] std::string describe_wait_status(int status);

@@ -87,6 +87,18 @@ bool pid_alive(pid_t pid) {
   return close_paren == std::string::npos || close_paren + 2 >= stat->size() || (*stat)[close_paren + 2] != 'Z';
 }
 
+// The process's start time (clock ticks since boot, field 22 of /proc/<pid>/stat): with the pid,
+// it names one process for good. Empty if there is no such process.
+std::string process_start_time(pid_t pid) {
+  auto stat = read_text(fmt::format("/proc/{}/stat", pid), 1024);
+  if (!stat) return {};
+  std::istringstream fields(stat->substr(std::min(stat->size(), stat->rfind(')') + 2)));
+  std::string f;
+  for (int i = 3; i <= 22 && (fields >> f); ++i) {  // fields after "pid (comm)" start at 3 (state)
+  }
+  return f;
+}
+
 // Only ever signal a process that is still the QEMU we started (pids are reused).
 bool is_qemu(pid_t pid) {
   auto comm = read_text(fmt::format("/proc/{}/comm", pid), 64);
@@ -550,17 +562,60 @@ std::vector<VmRecord> list_vms() {
   return out;
 }
 
+namespace {
+// ssh reports its own failures with status 255 and an "ssh:" or connection message; a remote
+// command's own status 255 comes without one.
+Result<void> check_ssh_client(const VmRecord& vm, const ProcessResult& r) {
+  if (r.exit_code == 255 && (r.err.rfind("ssh:", 0) == 0 || r.err.find("Connection") != std::string::npos ||
+                             r.err.find("Permission denied") != std::string::npos)) {
+    return make_error("SSH to VM '{}' on 127.0.0.1:{} failed: {}", vm.name, vm.ssh_port, trim(r.err));
+  }
+  return {};
+}
+
+}  // namespace
+
 Result<ExecResult> ssh_exec(const VmRecord& vm, std::string_view command, std::chrono::seconds timeout,
                             std::string_view user) {
   auto r = run_process(ssh_argv(vm, command, user), timeout);
   if (!r) return make_error("running `{}` in VM '{}' over SSH: {}", command, vm.name, r.error().message);
-  // ssh reports its own failures with status 255 and an "ssh:" or connection message.
-  if (r->exit_code == 255 && (r->err.rfind("ssh:", 0) == 0 || r->err.find("Connection") != std::string::npos ||
-                              r->err.find("Permission denied") != std::string::npos)) {
-    return make_error("SSH to VM '{}' on 127.0.0.1:{} failed: {}", vm.name, vm.ssh_port, trim(r->err));
-  }
+  HVTRACE_TRY(check_ssh_client(vm, *r));
   return ExecResult{r->exit_code, std::move(r->out), std::move(r->err)};
 }
+
+Result<int> ssh_run(const VmRecord& vm, std::string_view command, std::chrono::seconds timeout, bool pass_stdin,
+                    std::string_view user) {
+  ProcessIo io;
+  io.pass_stdin = pass_stdin;
+  io.pass_stdout = true;
+  io.tee_stderr = true;
+  auto r = run_process(ssh_argv(vm, command, user), timeout, 64u << 20, io);
+  if (!r) return make_error("running `{}` in VM '{}' over SSH: {}", command, vm.name, r.error().message);
+  HVTRACE_TRY(check_ssh_client(vm, *r));
+  return r->exit_code;
+}
+
+std::string shell_quote(std::string_view word) {
+  const bool bare = !word.empty() && std::all_of(word.begin(), word.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           std::string_view("_-+.,/:@%").find(c) != std::string_view::npos;
+  });
+  if (bare) return std::string(word);
+  std::string out = "'";
+  for (char c : word) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+std::string shell_quote_argv(const std::vector<std::string>& argv) {
+  std::string out;
+  for (const auto& a : argv) out += (out.empty() ? "" : " ") + shell_quote(a);
+  return out;
+}
+
+std::string remote_command_line(const std::vector<std::string>& argv) {
+  return argv.size() == 1 ? argv.front() : shell_quote_argv(argv);
+}
+
 
 Result<std::string> qmp_command(const fs::path& socket_path, std::string_view command_json,
                                 std::chrono::milliseconds timeout) {
@@ -627,6 +682,23 @@ Result<std::string> qmp_command(const fs::path& socket_path, std::string_view co
   }
   if (reply->contains("error")) return make_error("QMP error: {}", (*reply)["error"].dump());
   return (*reply)["return"].dump();
+}
+
+VmWatch::VmWatch(const VmRecord& vm, std::chrono::milliseconds interval)
+    : name_(vm.name), qemu_pid_(vm.qemu_pid), start_time_(process_start_time(vm.qemu_pid)), interval_(interval) {
+  alive_ = !start_time_.empty() && pid_alive(qemu_pid_);
+  next_check_ = Clock::now() + interval_;
+}
+
+bool VmWatch::alive() {
+  if (!alive_ || Clock::now() < next_check_) return alive_;
+  alive_ = pid_alive(qemu_pid_) && process_start_time(qemu_pid_) == start_time_;
+  next_check_ = Clock::now() + interval_;
+  return alive_;
+}
+
+std::string VmWatch::stopped_message() const {
+  return fmt::format("VM '{}' stopped (QEMU pid {} exited)", name_, qemu_pid_);
 }
 
 Result<VmRecord> start_detached(VmConfig config, const Progress& progress) {

@@ -143,6 +143,28 @@ struct MonitorFiles {
 // The record as one line of JSON (the schema of vm.json).
 [[nodiscard]] std::string record_to_json(const VmRecord& vm);
 
+// Notices, from another process, that a VM's QEMU has gone: the consumers of its events (events,
+// trace, session) call alive() from their loops and stop with stopped_message() instead of
+// waiting for events that will never come. Dead means: no such process, a zombie, or the pid now
+// belongs to another process (its start time changed).
+class VmWatch {
+ public:
+  explicit VmWatch(const VmRecord& vm, std::chrono::milliseconds interval = std::chrono::milliseconds{200});
+  // True while QEMU runs. Looks at /proc at most once per `interval`, so a consumer may call it
+  // on every loop iteration; once false, stays false.
+  [[nodiscard]] bool alive();
+  // "VM 'lab' stopped (QEMU pid 1234 exited)"
+  [[nodiscard]] std::string stopped_message() const;
+
+ private:
+  std::string name_;
+  pid_t qemu_pid_;
+  std::string start_time_;  // field 22 of /proc/<pid>/stat when the watch began; empty if gone
+  std::chrono::milliseconds interval_;
+  std::chrono::steady_clock::time_point next_check_{};
+  bool alive_ = true;
+};
+
 // Start a VM owned by a detached supervisor process that outlives the caller (`hvtrace vm up`).
 // The supervisor shuts the VM down cleanly on SIGTERM/SIGINT and removes everything when QEMU
 // exits for any reason. Returns once the guest answers SSH, or with the boot error.
@@ -153,6 +175,21 @@ struct MonitorFiles {
 // Run a command in a VM over SSH (Debian's OpenSSH client, the image's key; root or "alice").
 [[nodiscard]] Result<ExecResult> ssh_exec(const VmRecord& vm, std::string_view command,
                                           std::chrono::seconds timeout, std::string_view user = "root");
+
+// Quoting for the guest's POSIX shell (sh, bash): a word in single quotes, each ' written as '\''.
+// Words made only of characters no shell treats specially are left bare, for readable logs.
+[[nodiscard]] std::string shell_quote(std::string_view word);
+[[nodiscard]] std::string shell_quote_argv(const std::vector<std::string>& argv);
+// The command line a `-- CMD...` argument list means in the guest (`vm exec`, `trace`), as with
+// docker exec: several arguments are one program and its arguments, quoted so the guest runs
+// exactly that argv; a single argument is a shell command line, run as given ('echo $HOME; exit 3').
+[[nodiscard]] std::string remote_command_line(const std::vector<std::string>& argv);
+
+// Run `command` in a VM over SSH for a person at a terminal or in a pipeline: the command's stdout
+// and stderr go straight to ours as they arrive, and with `pass_stdin` it reads our stdin (its EOF
+// ends theirs); otherwise it reads /dev/null. Returns the command's exit status.
+[[nodiscard]] Result<int> ssh_run(const VmRecord& vm, std::string_view command, std::chrono::seconds timeout,
+                                  bool pass_stdin, std::string_view user = "root");
 
 // Send one QMP command and return its "return" member as JSON text.
 [[nodiscard]] Result<std::string> qmp_command(const fs::path& socket, std::string_view command_json,

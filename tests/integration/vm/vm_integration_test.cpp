@@ -12,6 +12,9 @@
 #include <unistd.h>
 
 #include <fcntl.h>
+#include <sys/wait.h>
+
+#include <fmt/core.h>
 
 #include <fstream>
 #include <thread>
@@ -43,6 +46,63 @@ bool wait_until(const std::function<bool()>& pred, std::chrono::seconds limit) {
   }
   return pred();
 }
+
+// hvtrace running in the background with its stdout and stderr on pipes we read without blocking.
+struct Background {
+  explicit Background(const std::vector<std::string>& args) {
+    int out_pipe[2], err_pipe[2];
+    if (pipe(out_pipe) != 0 || pipe(err_pipe) != 0) return;
+    pid = fork();
+    if (pid == 0) {
+      dup2(out_pipe[1], 1);
+      dup2(err_pipe[1], 2);
+      close(out_pipe[0]);
+      close(err_pipe[0]);
+      std::vector<char*> argv = {const_cast<char*>(HVTRACE_BIN)};
+      for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      execv(HVTRACE_BIN, argv.data());
+      _exit(127);
+    }
+    close(out_pipe[1]);
+    close(err_pipe[1]);
+    out_fd = out_pipe[0];
+    err_fd = err_pipe[0];
+    fcntl(out_fd, F_SETFL, O_NONBLOCK);
+    fcntl(err_fd, F_SETFL, O_NONBLOCK);
+  }
+  ~Background() {
+    if (pid > 0 && !exited) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+    if (out_fd >= 0) close(out_fd);
+    if (err_fd >= 0) close(err_fd);
+  }
+  static void drain(int fd, std::string& sink) {
+    char buf[65536];
+    ssize_t n;
+    while (fd >= 0 && (n = read(fd, buf, sizeof buf)) > 0) sink.append(buf, static_cast<std::size_t>(n));
+  }
+  void read_available() {
+    drain(out_fd, out);
+    drain(err_fd, err);
+  }
+  void close_stdout() {
+    close(out_fd);
+    out_fd = -1;
+  }
+  // Has it exited (reaped here)? Keeps the wait status.
+  bool has_exited() {
+    if (!exited && waitpid(pid, &status, WNOHANG) == pid) exited = true;
+    return exited;
+  }
+  pid_t pid = -1;
+  int out_fd = -1, err_fd = -1;
+  std::string out, err;
+  bool exited = false;
+  int status = 0;
+};
 
 class GuestLab : public ::testing::Test {
  protected:
@@ -78,6 +138,39 @@ TEST_F(GuestLab, CommandOverSshReturnsOutputAndExitStatus) {
   EXPECT_EQ(r->out, "hello from hvtrace-guest\n");
   EXPECT_EQ(r->err, "to-stderr\n");
   EXPECT_EQ(r->exit_status, 7);
+}
+
+TEST_F(GuestLab, ExecPassesArgvWordForWordAndOneArgumentAsAShellLine) {
+  const std::string name = vm_->record().name;
+  auto status = cli({"vm", "exec", "--name", name, "--", "sh", "-c", "exit 7"});
+  EXPECT_EQ(status.exit_code, 7) << status.err;
+  auto words = cli({"vm", "exec", "--name", name, "--", "printf", "%s|", "a  b", "$HOME", "it's", "", "*"});
+  EXPECT_EQ(words.exit_code, 0) << words.err;
+  EXPECT_EQ(words.out, "a  b|$HOME|it's||*|");
+  auto line = cli({"vm", "exec", "--name", name, "--", "echo $((1+2)) $HOME; exit 3"});
+  EXPECT_EQ(line.exit_code, 3) << line.err;
+  EXPECT_EQ(line.out, "3 /root\n");
+}
+
+TEST_F(GuestLab, ExecPassesAPipeOnStdinToTheCommand) {
+  auto r = run_process({"sh", "-c", "printf 'data\\nmore\\n' | \"$0\" vm exec --name \"$1\" -- cat", HVTRACE_BIN,
+                        vm_->record().name},
+                       60s);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->exit_code, 0) << r->err;
+  EXPECT_EQ(r->out, "data\nmore\n");
+  // A file on stdin, and the command's status still comes back.
+  const std::string file = "/tmp/hvtrace-itest-stdin";
+  std::ofstream(file) << "12345";
+  auto f = run_process({"sh", "-c", "\"$0\" vm exec --name \"$1\" -- sh -c 'wc -c; exit 5' < \"$2\"", HVTRACE_BIN,
+                        vm_->record().name, file},
+                       60s);
+  fs::remove(file);
+  ASSERT_TRUE(f.ok()) << f.error().message;
+  EXPECT_EQ(f->exit_code, 5) << f->err;
+  std::string count = f->out;
+  std::erase(count, ' ');
+  EXPECT_EQ(count, "5\n");
 }
 
 TEST_F(GuestLab, GuestRunsTheImagesDebianKernel) {
@@ -277,6 +370,56 @@ TEST(GuestLabCli, MonitorFlagLoadsTheMonitorAndEventsSeeTheGuestsWrites) {
   EXPECT_FALSE(fs::exists(run_root() / name));
 }
 
+TEST(GuestLabCli, EventsStopQuietlyWhenTheReaderLeavesAndWithAnErrorWhenQemuDies) {
+  const std::string name = "itest-death";
+  auto up = cli({"vm", "up", "--name", name, "--monitor"});
+  ASSERT_EQ(up.exit_code, 0) << up.out << up.err;
+  auto rec = find_vm(name);
+  ASSERT_TRUE(rec.ok()) << rec.error().message;
+  const std::vector<std::string> events = {"events", "--vm", name, "-e", "1"};
+  auto first_line_from = [&](Background& ev) {
+    return wait_until(
+        [&] {
+          (void)cli({"vm", "exec", "--name", name, "--", "echo", "hvtrace-death-marker"}, 30s);
+          ev.read_available();
+          return ev.out.find('\n') != std::string::npos || ev.has_exited();
+        },
+        60s);
+  };
+
+  {  // `hvtrace events | head -1`: once the reader is gone, the next write ends it, quietly.
+    Background ev(events);
+    ASSERT_TRUE(first_line_from(ev)) << ev.err;
+    ASSERT_FALSE(ev.has_exited()) << ev.err;
+    ev.close_stdout();
+    EXPECT_TRUE(wait_until(
+        [&] {
+          (void)cli({"vm", "exec", "--name", name, "--", "echo", "more"}, 30s);
+          return ev.has_exited();
+        },
+        60s))
+        << "events kept running after its reader left";
+    ev.read_available();
+    EXPECT_TRUE(WIFEXITED(ev.status) && WEXITSTATUS(ev.status) == 0) << describe_wait_status(ev.status) << ev.err;
+    EXPECT_EQ(ev.err.find("error"), std::string::npos) << ev.err;
+  }
+
+  // QEMU killed under a running consumer: it notices, says so and fails.
+  Background ev(events);
+  ASSERT_TRUE(first_line_from(ev)) << ev.err;
+  ASSERT_FALSE(ev.has_exited()) << ev.err;
+  ASSERT_EQ(kill(rec->qemu_pid, SIGKILL), 0);
+  // A bound against hanging, not a speed claim (the watch looks every 200 ms).
+  EXPECT_TRUE(wait_until([&] { return ev.has_exited(); }, 3s)) << "events still running after QEMU died";
+  ev.read_available();
+  EXPECT_TRUE(WIFEXITED(ev.status) && WEXITSTATUS(ev.status) == 2) << describe_wait_status(ev.status);
+  EXPECT_NE(ev.err.find(fmt::format("hvtrace: error: VM '{}' stopped (QEMU pid {} exited) while tracing", name,
+                                    rec->qemu_pid)),
+            std::string::npos)
+      << ev.err;
+  EXPECT_TRUE(wait_until([&] { return !fs::exists(rec->run_dir); }, 30s));
+}
+
 TEST(GuestLabCli, NameBeingStartedIsRefusedAndAHalfStartedLeftoverIsReplaced) {
   const std::string name = "itest-busy";
   const fs::path dir = run_root() / name;
@@ -295,6 +438,30 @@ TEST(GuestLabCli, NameBeingStartedIsRefusedAndAHalfStartedLeftoverIsReplaced) {
   ASSERT_EQ(up.exit_code, 0) << up.out << up.err;
   EXPECT_EQ(cli({"vm", "down", "--name", name}).exit_code, 0);
   EXPECT_FALSE(fs::exists(dir));
+}
+
+TEST(GuestImageFiles, BuilderKeepsTheImageOwnerOnlyAlsoWhenItIsUpToDate) {
+  // initrd.img carries the guest's SSH host keys and password hashes. Loosen the modes the way
+  // an image built before this rule has them; the builder (up to date: nothing to rebuild) must
+  // tighten them again.
+  const fs::path dir = default_image_dir();
+  ASSERT_TRUE(fs::is_regular_file(dir / "initrd.img")) << "no default image in " << dir;
+  ASSERT_EQ(chmod(dir.c_str(), 0755), 0);
+  ASSERT_EQ(chmod((dir / "initrd.img").c_str(), 0644), 0);
+  ASSERT_EQ(chmod((dir / "manifest.txt").c_str(), 0644), 0);
+  auto b = run_process({"bash", HVTRACE_SOURCE_DIR "/guest/build-image"}, 1800s);
+  ASSERT_TRUE(b.ok()) << b.error().message;
+  ASSERT_EQ(b->exit_code, 0) << b->out << b->err;
+  struct stat st{};
+  ASSERT_EQ(stat(dir.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0700u) << dir;
+  std::size_t files = 0;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    ASSERT_EQ(stat(e.path().c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 07777, 0600u) << e.path();
+    ++files;
+  }
+  EXPECT_GE(files, 8u);  // vmlinuz initrd.img id_ed25519(.pub) passwords manifest.txt kernel-release cmdline
 }
 
 TEST(GuestLabCli, MissingImageIsAClearError) {

@@ -4,6 +4,9 @@
 #include "vm/vm.hpp"
 
 #include <gtest/gtest.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -154,6 +157,157 @@ TEST(RunProcess, MissingProgramIsStatus127) {
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->exit_code, 127);
   EXPECT_NE(r->err.find("cannot run"), std::string::npos);
+}
+
+// Point one of our standard descriptors at `fd` for the life of the object (the pass-through
+// modes of run_process hand the child our own 0, 1 and 2).
+class RedirectFd {
+ public:
+  RedirectFd(int which, int fd) : which_(which), saved_(dup(which)) { dup2(fd, which); }
+  ~RedirectFd() {
+    dup2(saved_, which_);
+    close(saved_);
+  }
+  RedirectFd(const RedirectFd&) = delete;
+  RedirectFd& operator=(const RedirectFd&) = delete;
+
+ private:
+  int which_;
+  int saved_;
+};
+
+std::string read_all(int fd) {
+  std::string s;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof buf)) > 0) s.append(buf, static_cast<std::size_t>(n));
+  return s;
+}
+
+TEST(RunProcess, PassesOurStdinThroughWhenAsked) {
+  int in[2];
+  ASSERT_EQ(pipe(in), 0);
+  ASSERT_EQ(write(in[1], "piped data\n", 11), 11);
+  close(in[1]);
+  RedirectFd stdin_from_pipe(0, in[0]);
+  close(in[0]);
+  ProcessIo io;
+  io.pass_stdin = true;
+  auto r = run_process({"cat"}, 10s, 1u << 20, io);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->out, "piped data\n");
+  // Without pass_stdin the child reads /dev/null even though our stdin has data.
+  auto closed = run_process({"cat"}, 10s);
+  ASSERT_TRUE(closed.ok()) << closed.error().message;
+  EXPECT_EQ(closed->out, "");
+}
+
+TEST(RunProcess, PassesStdoutAndCopiesStderrWhileKeepingItForDiagnosis) {
+  TempDir d;
+  const fs::path out_file = d.path() / "out", err_file = d.path() / "err";
+  const int out_fd = open(out_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  const int err_fd = open(err_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  ProcessIo io;
+  io.pass_stdout = true;
+  io.tee_stderr = true;
+  Result<ProcessResult> r = make_error("not run");
+  {
+    RedirectFd o(1, out_fd), e(2, err_fd);
+    r = run_process({"sh", "-c", "echo to-out; echo to-err >&2; exit 4"}, 10s, 1u << 20, io);
+  }
+  close(out_fd);
+  close(err_fd);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->exit_code, 4);
+  EXPECT_EQ(r->out, "");
+  EXPECT_EQ(r->err, "to-err\n");
+  const int ro = open(out_file.c_str(), O_RDONLY), re = open(err_file.c_str(), O_RDONLY);
+  EXPECT_EQ(read_all(ro), "to-out\n");
+  EXPECT_EQ(read_all(re), "to-err\n");
+  close(ro);
+  close(re);
+}
+
+// The quoted words, run through a real POSIX shell, come out as exactly the original argv.
+std::vector<std::string> through_sh(const std::vector<std::string>& argv) {
+  auto r = run_process({"sh", "-c", "for a in " + shell_quote_argv(argv) + "; do printf '%s\\0' \"$a\"; done"}, 10s);
+  EXPECT_TRUE(r.ok()) << r.error().message;
+  std::vector<std::string> words;
+  if (!r.ok()) return words;
+  for (std::size_t at = 0; at < r->out.size();) {
+    const auto nul = r->out.find('\0', at);
+    words.push_back(r->out.substr(at, nul - at));
+    at = nul + 1;
+  }
+  return words;
+}
+
+TEST(ShellQuote, ArgvSurvivesTheRemoteShellWordForWord) {
+  const std::vector<std::string> argv = {"sh",  "-c",    "exit 7",     "it's", "",     "$HOME", "a\\b",
+                                         "*",   "two  spaces", "new\nline", "`id`", "FOO=1", "~",     "-n"};
+  EXPECT_EQ(through_sh(argv), argv);
+}
+
+TEST(ShellQuote, PlainWordsStayReadableAndQuotesAreEscapedPosixStyle) {
+  EXPECT_EQ(shell_quote("uname"), "uname");
+  EXPECT_EQ(shell_quote("/proc/cpuinfo"), "/proc/cpuinfo");
+  EXPECT_EQ(shell_quote("it's"), "'it'\\''s'");
+  EXPECT_EQ(shell_quote(""), "''");
+  EXPECT_EQ(shell_quote("FOO=1"), "'FOO=1'");  // not an assignment in the guest
+}
+
+TEST(ShellQuote, OneArgumentIsAShellCommandLineSeveralAreArgv) {
+  EXPECT_EQ(remote_command_line({"echo $HOME; exit 3"}), "echo $HOME; exit 3");
+  EXPECT_EQ(remote_command_line({"sh", "-c", "exit 7"}), "sh -c 'exit 7'");
+}
+
+VmRecord record_for(pid_t qemu_pid) {
+  VmRecord r;
+  r.name = "lab";
+  r.qemu_pid = qemu_pid;
+  return r;
+}
+
+TEST(VmWatch, ProcessThatExitsIsNoticedEvenAsAnUnreapedZombie) {
+  const pid_t child = fork();
+  if (child == 0) {
+    pause();
+    _exit(0);
+  }
+  VmWatch watch(record_for(child), 0ms);
+  EXPECT_TRUE(watch.alive());
+  EXPECT_TRUE(watch.alive());
+  ASSERT_EQ(kill(child, SIGKILL), 0);
+  // Not reaped yet: a zombie is a dead QEMU (its owner may never reap it while we watch).
+  bool dead = false;
+  for (int i = 0; i < 200 && !dead; ++i) {
+    dead = !watch.alive();
+    if (!dead) usleep(10000);
+  }
+  EXPECT_TRUE(dead);
+  EXPECT_FALSE(watch.alive());  // stays dead
+  waitpid(child, nullptr, 0);
+  EXPECT_EQ(watch.stopped_message(), fmt::format("VM 'lab' stopped (QEMU pid {} exited)", child));
+}
+
+TEST(VmWatch, PidThatIsAlreadyGoneIsDeadFromTheStart) {
+  const pid_t child = fork();
+  if (child == 0) _exit(0);
+  waitpid(child, nullptr, 0);
+  VmWatch watch(record_for(child));
+  EXPECT_FALSE(watch.alive());
+}
+
+TEST(VmWatch, ChecksAtMostOncePerInterval) {
+  const pid_t child = fork();
+  if (child == 0) {
+    pause();
+    _exit(0);
+  }
+  VmWatch watch(record_for(child), 3600s);
+  kill(child, SIGKILL);
+  waitpid(child, nullptr, 0);
+  EXPECT_TRUE(watch.alive()) << "looked at /proc before the interval passed";
 }
 
 }  // namespace
