@@ -1,7 +1,7 @@
 // The paper's Table 1 on the real guest, plus the overhead targets: the jansson
 // unzip+compile workload under QEMU with no plugin, with the monitor loaded but idle, and with
-// the monitoring methods of DESIGN.md section 4 — the same monitor, ring and application, only
-// the filter's place and the delivery mode differ:
+// the monitoring methods of docs/architecture.md ("Monitoring methods") — the same monitor, ring
+// and application, only the filter's place and the delivery mode differ:
 //   m2  all syscalls of all processes, sync; the application filters by DTB
 //   m3  every CR3 write sync (application-side filter) + the target's syscalls sync
 //   m4  CR3 writes pre-filtered in the monitor (old or new DTB in the set), sync + target's syscalls sync
