@@ -349,46 +349,52 @@ std::uint64_t KallsymsTables::span_end() const {
 
 Result<KallsymsTables> locate_kallsyms(const mem::PhysMem& mem, const KallsymsLimits& limits,
                                        const std::function<bool(const KallsymsTables&)>& accept) {
-  std::vector<std::uint64_t> hits;
-  mem.for_each_extent([&](const mem::Extent& e) {
-    const auto* begin = reinterpret_cast<const char*>(e.bytes.data());
-    const char* p = begin;
-    std::size_t left = e.bytes.size();
-    while (left >= kDigitTokensLen && hits.size() < 4096) {
-      const void* f = ::memmem(p, left, kDigitTokens, kDigitTokensLen);
-      if (f == nullptr) break;
-      const auto off = static_cast<std::uint64_t>(static_cast<const char*>(f) - begin);
-      // Token "0" must follow another token's NUL.
-      if (off > 0 && begin[off - 1] == 0) hits.push_back(e.base.value + off);
-      const auto consumed = off + 1 - static_cast<std::uint64_t>(p - begin);
-      p += consumed;
-      left -= consumed;
-    }
-    return hits.size() < 4096;
-  });
-  std::size_t token_tables = 0;
+  // Each digit run is tried as soon as the scan meets it, so the scan stops at the kernel's
+  // tables instead of reading the rest of RAM.
+  std::size_t hits = 0, token_tables = 0;
   std::string rejected;
-  for (std::uint64_t hit : hits) {
+  std::optional<KallsymsTables> found;
+  auto try_hit = [&](std::uint64_t hit) {
     auto near = read_window(mem, hit > kMaxTokenTable ? hit - kMaxTokenTable : 0, hit + kMaxTokenTable + 512);
-    if (!near) continue;
+    if (!near) return;
     auto tt = validate_token_table(*near, hit);
-    if (!tt) continue;
+    if (!tt) return;
     ++token_tables;
     std::string why;
     auto t = tables_at(mem, *tt, limits, why);
     if (!t) {
       rejected += "; " + why;
-      continue;
+      return;
     }
     if (accept && !accept(*t)) {
       rejected += fmt::format("; tables at {:#x} rejected by the page tables", t->token_table.value);
-      continue;
+      return;
     }
-    return *t;
-  }
+    found = *t;
+  };
+  mem.for_each_extent([&](const mem::Extent& e) {
+    const auto* begin = reinterpret_cast<const char*>(e.bytes.data());
+    const char* p = begin;
+    std::size_t left = e.bytes.size();
+    while (left >= kDigitTokensLen && hits < 4096 && !found) {
+      const void* f = ::memmem(p, left, kDigitTokens, kDigitTokensLen);
+      if (f == nullptr) break;
+      const auto off = static_cast<std::uint64_t>(static_cast<const char*>(f) - begin);
+      // Token "0" must follow another token's NUL.
+      if (off > 0 && begin[off - 1] == 0) {
+        ++hits;
+        try_hit(e.base.value + off);
+      }
+      const auto consumed = off + 1 - static_cast<std::uint64_t>(p - begin);
+      p += consumed;
+      left -= consumed;
+    }
+    return hits < 4096 && !found;
+  });
+  if (found) return *found;
   if (token_tables == 0)
     return make_error("kallsyms token table not found in {} of RAM ({} candidate digit runs)", mem::human_size(mem.size()),
-                      hits.size());
+                      hits);
   return make_error("kallsyms tables not found in {} of RAM{}", mem::human_size(mem.size()), rejected);
 }
 
