@@ -232,16 +232,21 @@ Result<std::unique_ptr<Kernel>> Kernel::discover(const mem::PhysMem& mem, bool k
     symbols = std::move(*syms);
     return true;
   };
+  // Steps, each named in its error: kallsyms (symbols, virtual slide), the banner and page tables
+  // (physical slide, paging mode; checked per kallsyms candidate), then BTF (structure layouts).
   auto tables = locate_kallsyms(mem, {}, accept);
   if (!tables) {
     Error e = std::move(tables).error();
     if (!why_rejected.empty()) e.message += " (last candidate: " + why_rejected + ")";
+    e.message = "kernel discovery, step kallsyms: " + e.message;
     return e;
   }
   if (auto b = slid(p, "linux_banner", layout->text_va))
     p.banner = read_banner(mem, GPA{layout->text_pa.value + (b->value - layout->text_va.value)});
   p.build_id = build_id(mem, p, *layout);
-  HVTRACE_TRY(add_btf_fields(mem, p, *layout));
+  HVTRACE_TRY(add_btf_fields(mem, p, *layout)
+                  .with_context(fmt::format("kernel discovery, step BTF (symbols and slides found{}{})",
+                                            p.banner.empty() ? "" : "; ", p.banner.substr(0, p.banner.find(" (")))));
   auto k = std::make_unique<Kernel>(mem, std::move(p), *layout, "cold discovery from guest memory");
   k->kallsyms_ = *tables;
   if (keep_symbols) k->symbols_ = std::move(symbols);

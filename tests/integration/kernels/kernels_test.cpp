@@ -68,3 +68,25 @@ TEST_F(Guest, TheCurrentTaskComesFromPcpuHot) {
   ASSERT_TRUE(again->has_value()) << "current task pid " << cur->pid.value << " not in the task list";
   EXPECT_EQ((*again)->task, cur->task);
 }
+
+TEST_F(Guest, AWarmAttachRevalidatesTheCachedTablesWhereverTheLayoutPutsThem) {
+  // 6.12's kallsyms_relative_base lies after the token table: the cached positions must still
+  // validate and decode the same symbols as the cold discovery did.
+  const fs::path dir = fs::temp_directory_path() / ("hvtrace-kernels-profiles-" + std::to_string(::getpid()));
+  kernel::AttachOptions o;
+  o.profile_dir = dir;
+  auto first = kernel::Kernel::attach(*ram_, o);
+  ASSERT_TRUE(first.ok()) << first.error().message;
+  auto second = kernel::Kernel::attach(*ram_, o);
+  ASSERT_TRUE(second.ok()) << second.error().message;
+  EXPECT_EQ((*second)->how().rfind("cached profile", 0), 0u) << (*second)->how();
+  EXPECT_FALSE((*second)->kallsyms().has_value());  // positions come from the profile, not a scan
+  auto cold_syms = (*first)->all_symbols();
+  auto warm_syms = (*second)->all_symbols();
+  ASSERT_TRUE(warm_syms.ok()) << warm_syms.error().message;
+  ASSERT_TRUE(cold_syms.ok()) << cold_syms.error().message;
+  ASSERT_EQ(warm_syms->size(), cold_syms->size());
+  EXPECT_EQ(warm_syms->back().name, cold_syms->back().name);
+  EXPECT_EQ(warm_syms->back().addr, cold_syms->back().addr);
+  fs::remove_all(dir);
+}
