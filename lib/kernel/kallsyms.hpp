@@ -6,19 +6,20 @@
 //     kallsyms_offsets (s32 x N), kallsyms_relative_base (u64), kallsyms_num_syms (u32 N),
 //     kallsyms_names, kallsyms_markers (u32 per 256 symbols), [kallsyms_seqs_of_names (3 bytes x N),
 //     6.2+], kallsyms_token_table, kallsyms_token_index (u16 x 256)
-//   kTokensFirst (Linux >= 6.4, "scripts/kallsyms: change the output order"; Debian's 6.12):
+//   kTokensFirst (Linux >= 6.4, kernel commit 404bad70fcf7; Debian's 6.12):
 //     kallsyms_num_syms, kallsyms_names, kallsyms_markers, kallsyms_token_table,
 //     kallsyms_token_index, kallsyms_offsets, kallsyms_relative_base, kallsyms_seqs_of_names
 //
 // Offsets to addresses (kernel/kallsyms.c, kallsyms_sym_address):
-//   absolute per-CPU (CONFIG_KALLSYMS_ABSOLUTE_PERCPU, x86-64 up to 6.14 at least): a
+//   absolute per-CPU (CONFIG_KALLSYMS_ABSOLUTE_PERCPU: Debian's x86-64 6.1 and 6.12): a
 //     non-negative offset is the absolute value (per-CPU symbols), a negative one means
 //     relative_base - 1 - offset;
 //   plain relative (no absolute per-CPU symbols, newer kernels): relative_base + (u32)offset.
 //   The rule in use is read from the table itself: only the first has negative offsets.
-// Not handled: kallsyms_addresses (absolute addresses, !KALLSYMS_BASE_RELATIVE, gone in 6.11
-// and never used by Debian's x86-64 kernels) and PC-relative kallsyms_offsets with no
-// kallsyms_relative_base at all (newest kernels); both are reported as such.
+// Not handled: kallsyms_addresses (absolute addresses, !KALLSYMS_BASE_RELATIVE, since removed
+// upstream, never used by Debian's x86-64 kernels) and PC-relative kallsyms_offsets with no
+// kallsyms_relative_base at all (newest upstream kernels); discovery then says that names and
+// markers were found but no relative base.
 //
 // Discovery anchors on what every version keeps: the token table holds the one-character tokens
 // "0".."9" consecutively and is confirmed by the token index; kallsyms_num_syms directly
