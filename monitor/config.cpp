@@ -196,7 +196,9 @@ abi::CtlStatus apply_control(const void* msg, std::size_t len, const FilterConfi
   switch (*type) {
     case abi::CtlType::kAttach: want = sizeof(abi::AttachMsg); break;
     case abi::CtlType::kSetDtbs: want = sizeof(abi::SetDtbsMsg); break;
-    case abi::CtlType::kSetSyscalls: want = sizeof(abi::SetSyscallsMsg); break;
+    case abi::CtlType::kSetSyscalls:
+    case abi::CtlType::kSetSyncSyscalls: want = sizeof(abi::SetSyscallsMsg); break;
+    case abi::CtlType::kSetIdentity: want = sizeof(abi::SetIdentityMsg); break;
     case abi::CtlType::kSetActions: want = sizeof(abi::SetActionsMsg); break;
     case abi::CtlType::kSetSnapLen: want = sizeof(abi::SetSnapLenMsg); break;
     case abi::CtlType::kDetach:
@@ -239,7 +241,8 @@ abi::CtlStatus apply_control(const void* msg, std::size_t len, const FilterConfi
       std::memcpy(n.dtbs, m.dtbs, sizeof n.dtbs);
       break;
     }
-    case abi::CtlType::kSetSyscalls: {
+    case abi::CtlType::kSetSyscalls:
+    case abi::CtlType::kSetSyncSyscalls: {
       abi::SetSyscallsMsg m;
       std::memcpy(&m, msg, sizeof m);
       bool any = false;
@@ -248,8 +251,29 @@ abi::CtlStatus apply_control(const void* msg, std::size_t len, const FilterConfi
         set_why(why, "syscall set: all must be 0 or 1, bitmap empty when all=1, abi 0 (x86-64) or 1 (i386)");
         return CtlStatus::kBadValue;
       }
+      if (*type == abi::CtlType::kSetSyncSyscalls) {
+        if (m.all != 0) {
+          set_why(why, "sync syscall set: all must be 0 (list the numbers)");
+          return CtlStatus::kBadValue;
+        }
+        std::memcpy(n.sync_bitmap[m.abi], m.bitmap, sizeof n.sync_bitmap[m.abi]);
+        break;
+      }
       n.all_syscalls[m.abi] = m.all == 1;
       std::memcpy(n.syscall_bitmap[m.abi], m.bitmap, sizeof n.syscall_bitmap[m.abi]);
+      break;
+    }
+    case abi::CtlType::kSetIdentity: {
+      abi::SetIdentityMsg m;
+      std::memcpy(&m, msg, sizeof m);
+      if (m.current_task_off >= abi::kMaxPerCpuOffset || m.pid_off >= abi::kMaxTaskOffset ||
+          m.tgid_off >= abi::kMaxTaskOffset || m.pid_off % 4 != 0 || m.tgid_off % 4 != 0 || m.current_task_off % 8 != 0) {
+        set_why(why, "identity offsets out of range or misaligned");
+        return CtlStatus::kBadValue;
+      }
+      n.current_task_off = m.current_task_off;
+      n.pid_off = m.pid_off;
+      n.tgid_off = m.tgid_off;
       break;
     }
     case abi::CtlType::kSetActions: {

@@ -31,6 +31,11 @@ struct FilterConfig {
   Action actions[static_cast<std::size_t>(EventClass::kCount)] = {Action::kDrop, Action::kDrop, Action::kDrop,
                                                                    Action::kDrop};
   std::uint32_t snap_len = abi::kDefaultSnapLen;
+  // Exits of these numbers are sync even when the exit action is async (per table, like above).
+  std::uint64_t sync_bitmap[2][abi::kSyscallBits / 64] = {};
+  // Identity reads (SetIdentityMsg); current_task_off == 0: off.
+  std::uint64_t current_task_off = 0;
+  std::uint32_t pid_off = 0, tgid_off = 0;
   bool cr3_unfiltered = false;   // forward every CR3 write whatever the DTB set (ablation, method 3)
 
   [[nodiscard]] Action action(EventClass c) const { return actions[static_cast<std::size_t>(c)]; }
@@ -46,6 +51,10 @@ struct FilterConfig {
     if (all_syscalls[t]) return true;
     if (a == abi::SyscallAbi::kX32) nr &= ~kX32Bit;
     return nr < abi::kSyscallBits && (syscall_bitmap[t][nr / 64] >> (nr % 64) & 1) != 0;
+  }
+  [[nodiscard]] bool exit_forced_sync(abi::SyscallAbi a, std::uint64_t nr) const {
+    if (a == abi::SyscallAbi::kX32) nr &= ~kX32Bit;
+    return nr < abi::kSyscallBits && (sync_bitmap[table_of(a)][nr / 64] >> (nr % 64) & 1) != 0;
   }
   // Unpaired exits (entry not seen): pass only when every number of both tables passes.
   [[nodiscard]] bool all_pass() const { return all_syscalls[0] && all_syscalls[1]; }

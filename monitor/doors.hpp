@@ -133,6 +133,9 @@ struct OpenEntry {
   abi::SyscallAbi abi = abi::SyscallAbi::kX86_64;
   abi::Door door = abi::Door::kSyscall64;
   bool used = false;
+  // Strings that could not be read at entry (their page not yet faulted in: the kernel brings it in
+  // while it reads the argument), as argument bits: copied again at the exit.
+  std::uint8_t refetch = 0;
 };
 
 template <unsigned N>
@@ -140,10 +143,13 @@ struct OpenEntries {
   OpenEntry slot[N];
   unsigned next = 0;
   // The slot for a new entry: a stale entry of the same thread (its exit was never seen) is
-  // replaced, else the oldest slot round robin.
+  // replaced, else a free slot, else the slots are reused round robin (an entry whose thread
+  // blocked while N others entered loses its pairing: its exit comes unpaired).
   OpenEntry* claim(std::uint64_t dtb, std::uint64_t rsp) {
     for (auto& o : slot)
       if (o.used && o.dtb == dtb && o.rsp == rsp) return &o;
+    for (auto& o : slot)
+      if (!o.used) return &o;
     return &slot[next++ % N];
   }
   OpenEntry* find(std::uint64_t dtb, std::uint64_t rsp) {

@@ -35,7 +35,7 @@ extern "C" {
 
 namespace hvtrace::monitor {
 
-inline constexpr unsigned kOpenEntries = 8;
+inline constexpr unsigned kOpenEntries = 32;   // threads blocked in a syscall each hold one
 inline constexpr unsigned kConfigPool = abi::kMaxVcpus + 2;   // every vCPU's hazard + current + one free
 inline constexpr unsigned kSyncDegradeAfter = 3;              // consecutive sync timeouts before async
 inline constexpr std::size_t kScratchBytes = 4 * (sizeof(abi::Capture) + abi::kMaxSnapLen + 8) + 4096;
@@ -61,6 +61,7 @@ struct Vcpu {
   qemu_plugin_register* gpr[16] = {};
   qemu_plugin_register* cr3 = nullptr;
   qemu_plugin_register* k_gs_base = nullptr;
+  qemu_plugin_register* gs_base = nullptr;
   GByteArray* regbuf = nullptr;
   GByteArray* membuf = nullptr;
   std::uint8_t* scratch = nullptr;

@@ -173,6 +173,22 @@ void narrow(Monitor& m, unsigned vcpu, const FilterConfig& cfg, std::uint64_t dt
   narrow_flags(cfg, m.current, dtb, [&](const ArmFlags& f) { store_flags(m, vcpu, f); });
 }
 
+// The current task and its ids from the kernel per-CPU base (zero when off or unreadable: a read
+// through the current CR3 fails, e.g., under PTI's user page tables).
+abi::TaskIdentity read_identity(Vcpu& v, const FilterConfig& cfg, std::uint64_t kgs) {
+  abi::TaskIdentity who{};
+  if (cfg.current_task_off == 0 || !is_kernel_va(kgs)) return who;
+  std::uint64_t task = 0;
+  if (!read_mem(v, kgs + cfg.current_task_off, &task, sizeof task) || !is_kernel_va(task)) return who;
+  std::uint32_t pid = 0, tgid = 0;
+  if (!read_mem(v, task + cfg.pid_off, &pid, sizeof pid) || !read_mem(v, task + cfg.tgid_off, &tgid, sizeof tgid))
+    return who;
+  who.task = task;
+  who.pid = pid;
+  who.tgid = tgid;
+  return who;
+}
+
 EntryRegs read_entry_regs(Vcpu& v, abi::Door door) {
   EntryRegs r;
   r.rax = read_reg(v, v.gpr[RAX]);
@@ -214,15 +230,16 @@ void on_entry_body(Monitor& m, unsigned vcpu, abi::Door door) {
     return;
   }
   const EntryDecode d = decode_entry(door, read_entry_regs(v, door));
+  if (!cfg.syscall_passes(d.abi, d.nr)) {
+    if (OpenEntry* stale = v.open.find(dtb, d.user_rsp)) stale->used = false;   // that thread moved on
+    release_cfg(v);
+    return;
+  }
   OpenEntry* slot = nullptr;
   if (cfg.action(EventClass::kSyscallExit) != Action::kDrop) {
     slot = v.open.claim(dtb, d.user_rsp);
-    *slot = OpenEntry{dtb, d.user_rsp, d.nr, 0, {}, d.abi, door, true};
+    *slot = OpenEntry{dtb, d.user_rsp, d.nr, 0, {}, d.abi, door, true, 0};
     std::memcpy(slot->args, d.args, sizeof d.args);
-  }
-  if (!cfg.syscall_passes(d.abi, d.nr)) {
-    release_cfg(v);
-    return;
   }
   abi::SyscallEntryEvent e{};
   e.nr = d.nr;
@@ -235,10 +252,21 @@ void on_entry_body(Monitor& m, unsigned vcpu, abi::Door door) {
                                                                        : m.f_user_syscalls,
                                         vcpu);
   e.kernel_gs_base = read_reg(v, v.k_gs_base);
+  e.who = read_identity(v, cfg, e.kernel_gs_base);
   e.abi = static_cast<std::uint8_t>(d.abi);
   e.door = static_cast<std::uint8_t>(door);
   const std::uint32_t extra =
       build_captures(v, find_captures(table_of(d.abi), d.nr, false), d.args, 0, cfg.snap_len, d.abi, &e.n_captures);
+  if (slot) {   // strings whose first page was not present: try again when the call returns
+    std::uint32_t off = 0;
+    for (std::uint32_t i = 0; i < e.n_captures; ++i) {
+      const auto* c = reinterpret_cast<const abi::Capture*>(v.scratch + off);
+      if (c->kind == static_cast<std::uint8_t>(abi::CaptureKind::kString) && c->data_len == 0 &&
+          (c->flags & abi::kCaptureFault) != 0 && c->arg < 8)
+        slot->refetch = static_cast<std::uint8_t>(slot->refetch | (1u << c->arg));
+      off += static_cast<std::uint32_t>(sizeof(abi::Capture)) + abi::align_record(c->data_len);
+    }
+  }
   std::uint64_t seq = 0;
   emit(m, vcpu, v, cfg, act, abi::RecordType::kSyscallEntry, &e.hdr, sizeof e, v.scratch, extra, &seq);
   if (slot) slot->seq = seq;
@@ -329,15 +357,25 @@ void on_return_to_user(Monitor& m, unsigned vcpu, Vcpu& v, abi::ExitVia via, std
   e.user_rsp = user_rsp;
   e.entry_seq = o ? o->seq : 0;
   e.kernel_gs_base = read_reg(v, v.k_gs_base);
+  e.who = read_identity(v, cfg, e.kernel_gs_base);
   e.via = static_cast<std::uint16_t>(via);
   e.abi = static_cast<std::uint8_t>(o ? o->abi : abi::SyscallAbi::kX86_64);
   e.door = static_cast<std::uint8_t>(o ? o->door : abi::Door::kSyscall64);
   std::uint32_t extra = 0;
-  if (o)
-    extra = build_captures(v, find_captures(table_of(o->abi), o->nr, true), o->args, e.ret, cfg.snap_len, o->abi,
-                           &e.n_captures);
+  if (o) {
+    const SyscallCaptures* spec = find_captures(table_of(o->abi), o->nr, true);
+    SyscallCaptures with_refetch{};
+    if (o->refetch != 0) {   // the exit's own captures plus the entry strings to copy again
+      if (spec) with_refetch = *spec;
+      for (std::uint8_t a = 0; a < 6 && with_refetch.n < abi::kMaxCaptures; ++a)
+        if (o->refetch & (1u << a)) with_refetch.c[with_refetch.n++] = CaptureSpec{a, abi::CaptureKind::kString, 0};
+      spec = &with_refetch;
+    }
+    extra = build_captures(v, spec, o->args, e.ret, cfg.snap_len, o->abi, &e.n_captures);
+  }
   if (o) o->used = false;
-  emit(m, vcpu, v, cfg, act, abi::RecordType::kSyscallExit, &e.hdr, sizeof e, v.scratch, extra);
+  const Action exit_act = o && act == Action::kAsync && cfg.exit_forced_sync(o->abi, o->nr) ? Action::kSync : act;
+  emit(m, vcpu, v, cfg, exit_act, abi::RecordType::kSyscallExit, &e.hdr, sizeof e, v.scratch, extra);
   release_cfg(v);
 }
 
@@ -392,6 +430,8 @@ void on_cr3_write(unsigned vcpu, void* udata) {
     e.new_cr3 = new_cr3;
     e.rip = site_va(u);
     e.cr3_writes = qemu_plugin_u64_get(m.f_cr3_writes, vcpu);
+    e.kernel_gs_base = read_reg(v, v.gs_base);
+    e.who = read_identity(v, cfg, e.kernel_gs_base);
     emit(m, vcpu, v, cfg, act, abi::RecordType::kCr3Write, &e.hdr, sizeof e, nullptr, 0);
   }
   release_cfg(v);
@@ -499,6 +539,7 @@ void on_vcpu_init(qemu_plugin_id_t, unsigned vcpu) {
       if (std::strcmp(d.name, kGprNames[r]) == 0) v.gpr[r] = d.handle;
     if (std::strcmp(d.name, "cr3") == 0) v.cr3 = d.handle;
     if (std::strcmp(d.name, "k_gs_base") == 0) v.k_gs_base = d.handle;
+    if (std::strcmp(d.name, "gs_base") == 0) v.gs_base = d.handle;
   }
   if (regs) g_array_free(regs, TRUE);
   bool ok = v.cr3 != nullptr && v.scratch != nullptr;

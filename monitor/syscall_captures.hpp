@@ -20,7 +20,7 @@ struct SyscallCaptures {
   std::uint16_t nr;
   bool at_exit;
   std::uint8_t n;
-  CaptureSpec c[2];
+  CaptureSpec c[4];   // at most abi::kMaxCaptures
 };
 
 using K = abi::CaptureKind;

@@ -78,6 +78,10 @@ nlohmann::json to_json(const events::Event& e) {
       j["old"] = hex(e.cr3.old_cr3);
       j["new"] = hex(e.cr3.new_cr3);
       j["rip"] = hex(e.cr3.rip);
+      if (e.cr3.who.task) {
+        j["pid"] = e.cr3.who.tgid;
+        j["tid"] = e.cr3.who.pid;
+      }
       break;
     case abi::RecordType::kSyscallEntry:
       j["type"] = "entry";
@@ -87,6 +91,13 @@ nlohmann::json to_json(const events::Event& e) {
       j["dtb"] = hex(e.dtb().value);
       j["rip"] = hex(e.entry.user_rip);
       j["rsp"] = hex(e.entry.user_rsp);
+      j["abi"] = events::abi_name(e.syscall_abi());
+      j["door"] = events::door_name(e.door());
+      j["kgs"] = hex(e.entry.kernel_gs_base);
+      if (e.entry.who.task) {
+        j["pid"] = e.entry.who.tgid;
+        j["tid"] = e.entry.who.pid;
+      }
       break;
     case abi::RecordType::kSyscallExit:
       j["type"] = "exit";
@@ -94,7 +105,15 @@ nlohmann::json to_json(const events::Event& e) {
       j["ret"] = e.exit.ret;
       j["dtb"] = hex(e.dtb().value);
       j["entry_seq"] = e.exit.entry_seq;
-      j["via"] = e.exit.via == static_cast<std::uint16_t>(abi::ExitVia::kIret) ? "iret" : "sysret";
+      j["via"] = e.exit.via == static_cast<std::uint16_t>(abi::ExitVia::kIret)      ? "iret"
+                 : e.exit.via == static_cast<std::uint16_t>(abi::ExitVia::kSysretl) ? "sysretl"
+                                                                                   : "sysret";
+      j["abi"] = events::abi_name(e.syscall_abi());
+      j["door"] = events::door_name(e.door());
+      if (e.exit.who.task) {
+        j["pid"] = e.exit.who.tgid;
+        j["tid"] = e.exit.who.pid;
+      }
       break;
     case abi::RecordType::kBreakpoint:
       j["type"] = "bp";

@@ -3,14 +3,20 @@
 // command's status) sets exit_code().
 #pragma once
 
+#include <string>
+#include <vector>
+
 namespace CLI {
 class App;
 }
 
 namespace hvtrace::tools {
 int& exit_code();
+// The words after `--` on the command line of `hvtrace trace` (the guest command), split off before parsing.
+std::vector<std::string>& trailing_command();
 void add_vm_command(CLI::App& app);    // cmd_vm.cpp: vm up|exec|down|status|list
 void add_run_command(CLI::App& app);   // cmd_run.cpp: the README's main job
 void add_ps_command(CLI::App& app);    // cmd_ps.cpp: process list from guest memory
-void add_events_command(CLI::App& app);  // cmd_events.cpp: the monitor's raw events as JSON Lines
+void add_events_command(CLI::App& app);
+void add_trace_command(CLI::App& app);   // cmd_trace.cpp: strace for VMs  // cmd_events.cpp: the monitor's raw events as JSON Lines
 }  // namespace hvtrace::tools

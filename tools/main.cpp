@@ -17,6 +17,10 @@
 #include <vector>
 
 namespace hvtrace::tools {
+std::vector<std::string>& trailing_command() {
+  static std::vector<std::string> words;
+  return words;
+}
 int& exit_code() {
   static int code = 0;
   return code;
@@ -67,10 +71,21 @@ int main(int argc, char** argv) {
   hvtrace::tools::add_vm_command(app);
   hvtrace::tools::add_ps_command(app);
   hvtrace::tools::add_events_command(app);
+  hvtrace::tools::add_trace_command(app);
 
   hvtrace::vm::install_termination_handlers();
   try {
-    app.parse(argc, argv);
+    // `hvtrace trace ... -- CMD ARGS`: everything after the first "--" is the guest command, word
+    // for word; CLI11 would still match CMD's own options (sh -c) against trace's flags.
+    int parsed = argc;
+    if (argc > 1 && std::string_view(argv[1]) == "trace")
+      for (int i = 2; i < argc; ++i)
+        if (std::string_view(argv[i]) == "--") {
+          hvtrace::tools::trailing_command().assign(argv + i + 1, argv + argc);
+          parsed = i;
+          break;
+        }
+    app.parse(parsed, argv);
   } catch (const CLI::ParseError& e) {
     if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) return app.exit(e);  // --help, --version
     fmt::print(stderr, "hvtrace: error: {}\n", hvtrace::tools::usage_error_message(app, e));

@@ -104,6 +104,25 @@ Result<std::uint32_t> ControlClient::set_syscalls(const std::optional<std::vecto
   return request(m, abi::CtlType::kSetSyscalls);
 }
 
+Result<std::uint32_t> ControlClient::set_sync_syscalls(const std::vector<unsigned>& nrs, abi::SyscallAbi table) {
+  abi::SetSyscallsMsg m{};
+  m.abi = table == abi::SyscallAbi::kI386 ? 1 : 0;
+  for (unsigned nr : nrs) {
+    if (nr >= abi::kSyscallBits) return make_error("syscall number {} out of range 0..{}", nr, abi::kSyscallBits - 1);
+    m.bitmap[nr / 64] |= 1ULL << (nr % 64);
+  }
+  return request(m, abi::CtlType::kSetSyncSyscalls);
+}
+
+Result<std::uint32_t> ControlClient::set_identity(std::uint64_t current_task_off, std::uint32_t pid_off,
+                                                  std::uint32_t tgid_off) {
+  abi::SetIdentityMsg m{};
+  m.current_task_off = current_task_off;
+  m.pid_off = pid_off;
+  m.tgid_off = tgid_off;
+  return request(m, abi::CtlType::kSetIdentity);
+}
+
 Result<std::uint32_t> ControlClient::set_actions(const Actions& a) {
   abi::SetActionsMsg m{};
   m.actions[0] = static_cast<std::uint8_t>(a.cr3);

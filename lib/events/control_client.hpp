@@ -52,6 +52,11 @@ class ControlClient {
   // The numbers that pass in one table (x86-64, which x32 shares, or i386); nullopt: all.
   Result<std::uint32_t> set_syscalls(const std::optional<std::vector<unsigned>>& nrs,
                                      abi::SyscallAbi table = abi::SyscallAbi::kX86_64);
+  // Exits of these numbers are sync even with an async exit action.
+  Result<std::uint32_t> set_sync_syscalls(const std::vector<unsigned>& nrs,
+                                          abi::SyscallAbi table = abi::SyscallAbi::kX86_64);
+  // Where the monitor reads each event's task identity (0 turns it off).
+  Result<std::uint32_t> set_identity(std::uint64_t current_task_off, std::uint32_t pid_off, std::uint32_t tgid_off);
   Result<std::uint32_t> set_actions(const Actions& a);
   Result<std::uint32_t> set_snap_len(std::uint32_t bytes);
   Result<std::uint32_t> detach();

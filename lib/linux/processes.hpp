@@ -69,6 +69,8 @@ class Linux {
 
   [[nodiscard]] const kernel::Kernel& kernel() const { return *kernel_; }
   [[nodiscard]] const TaskLayout& task_layout() const { return layout_; }
+  // Per-CPU offset of the current task pointer (what the monitor reads for event identity).
+  [[nodiscard]] std::uint64_t current_task_offset() const { return current_task_off_; }
 
  private:
   Linux(const kernel::Kernel& k, TaskLayout l, GVA init_task, std::uint64_t current_task_off)

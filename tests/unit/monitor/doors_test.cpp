@@ -112,9 +112,9 @@ TEST(Doors, ArgumentsComeFromEachAbisRegisters) {
 TEST(Doors, ExitsPairWithTheirEntryByAddressSpaceAndStack) {
   OpenEntries<4> open;
   OpenEntry* a = open.claim(0x1000, 0x7000);
-  *a = OpenEntry{0x1000, 0x7000, 1, 10, {}, abi::SyscallAbi::kX86_64, abi::Door::kSyscall64, true};
+  *a = OpenEntry{0x1000, 0x7000, 1, 10, {}, abi::SyscallAbi::kX86_64, abi::Door::kSyscall64, true, 0};
   OpenEntry* b = open.claim(0x2000, 0x7000);
-  *b = OpenEntry{0x2000, 0x7000, 4, 11, {}, abi::SyscallAbi::kI386, abi::Door::kInt80, true};
+  *b = OpenEntry{0x2000, 0x7000, 4, 11, {}, abi::SyscallAbi::kI386, abi::Door::kInt80, true, 0};
   EXPECT_EQ(open.find(0x1000, 0x7000), a);
   EXPECT_EQ(open.find(0x2000, 0x7000)->abi, abi::SyscallAbi::kI386);
   EXPECT_EQ(open.find(0x1000, 0x7008), nullptr);   // another thread of the same process

@@ -186,6 +186,37 @@ TEST(Control, ValidChangesBumpTheGeneration) {
   EXPECT_EQ(n2.snap_len, 4096u);
 }
 
+TEST(Control, IdentityAndSyncSyscallsAreValidated) {
+  FilterConfig cur, next;
+  auto id = message<abi::SetIdentityMsg>(abi::CtlType::kSetIdentity);
+  id.current_task_off = 0x21440;
+  id.pid_off = 0x5b8;
+  id.tgid_off = 0x5bc;
+  ASSERT_EQ(apply(id, cur, &next), abi::CtlStatus::kOk);
+  EXPECT_EQ(next.current_task_off, 0x21440u);
+  EXPECT_EQ(next.tgid_off, 0x5bcu);
+  auto bad = id;
+  bad.pid_off = 0x5b9;                       // misaligned
+  EXPECT_EQ(apply(bad, cur, &next), abi::CtlStatus::kBadValue);
+  bad = id;
+  bad.tgid_off = abi::kMaxTaskOffset;        // outside any task_struct
+  EXPECT_EQ(apply(bad, cur, &next), abi::CtlStatus::kBadValue);
+  bad = id;
+  bad.current_task_off = abi::kMaxPerCpuOffset;
+  EXPECT_EQ(apply(bad, cur, &next), abi::CtlStatus::kBadValue);
+
+  auto sy = message<abi::SetSyscallsMsg>(abi::CtlType::kSetSyncSyscalls);
+  sy.bitmap[0] = 1ULL << 56 | 1ULL << 57;    // clone, fork
+  ASSERT_EQ(apply(sy, cur, &next), abi::CtlStatus::kOk);
+  EXPECT_TRUE(next.exit_forced_sync(abi::SyscallAbi::kX86_64, 56));
+  EXPECT_FALSE(next.exit_forced_sync(abi::SyscallAbi::kX86_64, 1));
+  EXPECT_FALSE(next.exit_forced_sync(abi::SyscallAbi::kI386, 56));
+  EXPECT_TRUE(next.syscall_passes(abi::SyscallAbi::kX86_64, 1)) << "the sync set does not filter";
+  sy.all = 1;
+  sy.bitmap[0] = 0;
+  EXPECT_EQ(apply(sy, cur, &next), abi::CtlStatus::kBadValue);
+}
+
 TEST(Control, EveryMalformedMessageIsRejectedWithAReason) {
   FilterConfig cur, next;
   next.generation = 77;

@@ -5,7 +5,7 @@
 
 #include <gtest/gtest.h>
 
-#include <chrono>
+
 
 using namespace hvtrace;
 using namespace hvtrace::syscalls;
@@ -413,21 +413,3 @@ TEST(Format, HostileCapturesNeverOverrun) {
   EXPECT_EQ(body(s), R"(unlink("abc"...) = 0)");
 }
 
-TEST(Format, FastEnough) {
-  Call o = call("openat", {kFdCwd, 0x1000, 02000000}, 3);
-  o.entry_caps.push_back(str(1, "/usr/lib/x86_64-linux-gnu/libc.so.6"));
-  Call r = call("read", {3, 0x7ffd1000, 832}, 832);
-  r.exit_caps.push_back(cap(1, K::kBuffer, std::string(256, '\x7f'), 832, hvtrace::abi::kCaptureTruncated));
-  constexpr int kN = 20000;
-  std::size_t total = 0;
-  const auto t0 = std::chrono::steady_clock::now();
-  for (int i = 0; i < kN; ++i) {
-    total += to_text(format_call(o, {})).size();
-    total += to_text(format_call(r, {})).size();
-  }
-  const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
-  EXPECT_GT(total, 0U);
-  // 2 µs per call is the target for an optimised build (0.63 µs measured at -O2); this bound only
-  // catches a blow-up (quadratic copying, a table scan per byte) in Debug and sanitizer builds.
-  EXPECT_LT(ns / (2 * kN), 200000) << ns / (2 * kN) << " ns per call";
-}

@@ -26,6 +26,10 @@ enum class CtlType : std::uint16_t {
   kSetSnapLen = 5,    // SetSnapLenMsg
   kDetach = 6,        // CtlHeader only; sync waits end, sync actions degrade to async
   kGetStats = 7,      // CtlHeader only -> Reply with stats filled
+  kSetIdentity = 8,   // SetIdentityMsg: where the current task and its ids are (events' `who`)
+  kSetSyncSyscalls = 9,  // SetSyscallsMsg: exits of these numbers are sync whatever the exit action
+                         // says (the monitoring side must act before the caller runs on, e.g. add
+                         // a fork child's address space to the DTB set)
 };
 
 struct CtlHeader {
@@ -64,6 +68,16 @@ struct SetSyscallsMsg {
   std::uint64_t bitmap[kSyscallBits / 64];
 };
 static_assert(sizeof(SetSyscallsMsg) == 24 + 64);
+
+struct SetIdentityMsg {
+  CtlHeader hdr;
+  std::uint64_t current_task_off;  // per-CPU offset of the current task pointer (0: identity off)
+  std::uint32_t pid_off;           // offsets in task_struct, < kMaxTaskOffset
+  std::uint32_t tgid_off;
+};
+static_assert(sizeof(SetIdentityMsg) == 32);
+inline constexpr std::uint32_t kMaxTaskOffset = 64 * 1024;
+inline constexpr std::uint64_t kMaxPerCpuOffset = 16 * 1024 * 1024;
 
 enum class Action : std::uint8_t { kDrop = 0, kAsync = 1, kSync = 2 };
 enum class EventClass : std::uint8_t { kCr3 = 0, kSyscallEntry = 1, kSyscallExit = 2, kBreakpoint = 3, kCount = 4 };

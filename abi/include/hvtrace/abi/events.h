@@ -49,14 +49,26 @@ struct EventHeader {
 };
 static_assert(sizeof(EventHeader) == 40);
 
+// Who made an event, read by the monitor from the guest's own state at the event (the vCPU's
+// current task through the kernel per-CPU base), once the monitoring side has told it where to look
+// (CtlType::kSetIdentity); all zero before that, or when the reads fail.
+struct TaskIdentity {
+  std::uint64_t task;              // address of the current task_struct
+  std::uint32_t pid;               // task->pid: the thread id
+  std::uint32_t tgid;              // task->tgid: the process id
+};
+static_assert(sizeof(TaskIdentity) == 16);
+
 struct Cr3WriteEvent {
   EventHeader hdr;
   std::uint64_t old_cr3;
   std::uint64_t new_cr3;
   std::uint64_t rip;               // of the mov-to-CR3 instruction
   std::uint64_t cr3_writes;        // independent inline count of mov-to-CR3 executed on this vCPU
+  std::uint64_t kernel_gs_base;    // GS base (kernel mode: the per-CPU base)
+  TaskIdentity who;                // the task running (during exec its mm is already the new one)
 };
-static_assert(sizeof(Cr3WriteEvent) == 72);
+static_assert(sizeof(Cr3WriteEvent) == 96);
 
 struct SyscallEntryEvent {
   EventHeader hdr;
@@ -69,12 +81,13 @@ struct SyscallEntryEvent {
   std::uint64_t user_syscalls;     // independent inline count of this door's user instruction on this
                                    // vCPU (`syscall` counts 64-bit and compat together)
   std::uint64_t kernel_gs_base;    // the vCPU's kernel per-CPU base (IA32_KERNEL_GS_BASE at the door)
+  TaskIdentity who;
   std::uint32_t n_captures;
   std::uint8_t abi;                // SyscallAbi
   std::uint8_t door;               // Door
   std::uint16_t reserved;
 };
-static_assert(sizeof(SyscallEntryEvent) == 144);
+static_assert(sizeof(SyscallEntryEvent) == 160);
 
 enum class ExitVia : std::uint16_t { kSysret = 1, kIret = 2, kSysretl = 3 };
 
@@ -87,12 +100,13 @@ struct SyscallExitEvent {
   std::uint64_t user_rsp;
   std::uint64_t entry_seq;         // seq of the paired entry (same ring), 0 if unpaired
   std::uint64_t kernel_gs_base;    // the vCPU's kernel per-CPU base (IA32_KERNEL_GS_BASE after swapgs)
+  TaskIdentity who;
   std::uint16_t via;               // ExitVia
   std::uint8_t abi;                // SyscallAbi of the paired entry (kX86_64 if unpaired)
   std::uint8_t door;               // Door of the paired entry
   std::uint32_t n_captures;
 };
-static_assert(sizeof(SyscallExitEvent) == 104);
+static_assert(sizeof(SyscallExitEvent) == 120);
 
 struct BreakpointEvent {
   EventHeader hdr;

@@ -1,0 +1,469 @@
+#include "trace/tracer.hpp"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <ctime>
+
+namespace hvtrace::trace {
+namespace {
+
+using abi::SyscallAbi;
+
+constexpr std::uint64_t kX64Clone = 56, kX64Fork = 57, kX64Vfork = 58, kX64Clone3 = 435, kX64Execve = 59,
+                        kX64Execveat = 322, kX64ExitGroup = 231, kX64Exit = 60;
+constexpr std::uint64_t kI386Fork = 2, kI386Clone = 120, kI386Vfork = 190, kI386Clone3 = 435, kI386Execve = 11,
+                        kI386Execveat = 358, kI386ExitGroup = 252, kI386Exit = 1;
+
+std::uint64_t base_nr(SyscallAbi a, std::uint64_t nr) { return a == SyscallAbi::kX32 ? nr & ~0x4000'0000ULL : nr; }
+
+std::int64_t realtime_offset() {
+  timespec rt{}, mono{};
+  clock_gettime(CLOCK_REALTIME, &rt);
+  clock_gettime(CLOCK_MONOTONIC, &mono);
+  return (rt.tv_sec - mono.tv_sec) * 1'000'000'000LL + (rt.tv_nsec - mono.tv_nsec);
+}
+
+}  // namespace
+
+bool is_clone_family(SyscallAbi a, std::uint64_t nr) {
+  nr = base_nr(a, nr);
+  if (a == SyscallAbi::kI386) return nr == kI386Fork || nr == kI386Clone || nr == kI386Vfork || nr == kI386Clone3;
+  return nr == kX64Clone || nr == kX64Fork || nr == kX64Vfork || nr == kX64Clone3;
+}
+bool is_execve(SyscallAbi a, std::uint64_t nr) {
+  nr = base_nr(a, nr);
+  if (a == SyscallAbi::kI386) return nr == kI386Execve || nr == kI386Execveat;
+  return nr == kX64Execve || nr == kX64Execveat;
+}
+bool is_exit_group(SyscallAbi a, std::uint64_t nr) {
+  nr = base_nr(a, nr);
+  return a == SyscallAbi::kI386 ? nr == kI386ExitGroup : nr == kX64ExitGroup;
+}
+bool is_exit(SyscallAbi a, std::uint64_t nr) {
+  nr = base_nr(a, nr);
+  return a == SyscallAbi::kI386 ? nr == kI386Exit : nr == kX64Exit;
+}
+
+Tracer::Tracer(const linux_os::Linux& lx, events::ControlClient& ctl, TraceConfig cfg, LineSink out)
+    : lx_(&lx), ctl_(&ctl), cfg_(std::move(cfg)), out_(std::move(out)), realtime_offset_ns_(realtime_offset()) {}
+
+Result<void> Tracer::trace_pid(std::uint32_t pid) {
+  auto p = lx_->find_pid(Pid{static_cast<std::int32_t>(pid)});
+  if (!p) return std::move(p).with_context(fmt::format("looking up pid {}", pid)).error();
+  if (!*p) return make_error("no process with pid {} in the guest", pid);
+  if (!(*p)->dtb) return make_error("pid {} ({}) is a kernel thread: it makes no system calls to trace", pid, (*p)->comm);
+  procs_[pid] = Traced{pid, (*p)->dtb->value, false, false};
+  return {};
+}
+
+Result<void> Tracer::trace_comm(const std::string& comm) {
+  auto ps = lx_->find_name(comm);
+  if (!ps) return std::move(ps).with_context(fmt::format("looking up processes named '{}'", comm)).error();
+  for (const auto& p : *ps)
+    if (p.dtb) procs_[static_cast<std::uint32_t>(p.tgid.value)] = Traced{static_cast<std::uint32_t>(p.tgid.value), p.dtb->value, false, false};
+  return {};
+}
+
+void Tracer::start_at_exec(std::uint32_t pid) {
+  auto it = procs_.find(pid);
+  if (it != procs_.end()) it->second.waiting_exec = true;
+}
+
+bool Tracer::wanted(SyscallAbi a, std::uint64_t nr) const { return !cfg_.trace_set || cfg_.trace_set->contains(a, nr); }
+
+// Everything the monitor must deliver beyond the user's set: what following processes needs.
+Result<void> Tracer::apply() {
+  const auto& tl = lx_->task_layout();
+  if (lx_->current_task_offset() != 0)
+    if (auto r = ctl_->set_identity(lx_->current_task_offset(), static_cast<std::uint32_t>(tl.pid),
+                                    static_cast<std::uint32_t>(tl.tgid));
+        !r)
+      return std::move(r).with_context("telling the monitor where the current task is").error();
+  if (auto r = ctl_->set_snap_len(cfg_.snap_len); !r) return std::move(r).with_context("setting the snap length").error();
+  const bool wide = all_ || !cfg_.comms.empty() || cfg_.method == 2;
+  for (const auto table : {SyscallAbi::kX86_64, SyscallAbi::kI386}) {
+    std::optional<std::vector<unsigned>> nrs;
+    if (cfg_.trace_set && cfg_.method != 2) {
+      nrs.emplace();
+      const unsigned t = table == SyscallAbi::kI386 ? 1 : 0;
+      for (unsigned nr = 0; nr < syscalls::Table::kMaxNr && nr < abi::kSyscallBits; ++nr)
+        if (cfg_.trace_set->nrs[t].test(nr) || is_clone_family(table, nr) || is_execve(table, nr) ||
+            is_exit_group(table, nr) || is_exit(table, nr))
+          nrs->push_back(nr);
+    }
+    if (auto r = ctl_->set_syscalls(nrs, table); !r) return std::move(r).with_context("setting the syscall set").error();
+    std::vector<unsigned> sync;
+    if (cfg_.follow)
+      for (unsigned nr = 0; nr < abi::kSyscallBits; ++nr)
+        if (is_clone_family(table, nr)) sync.push_back(nr);
+    if (auto r = ctl_->set_sync_syscalls(sync, table); !r) return std::move(r).with_context("setting the sync set").error();
+  }
+  events::Actions a;
+  const abi::Action sc = cfg_.method == 5 ? abi::Action::kAsync : abi::Action::kSync;
+  a.syscall_entry = sc;
+  a.syscall_exit = sc;
+  a.cr3 = wide ? abi::Action::kDrop : abi::Action::kSync;
+  a.cr3_unfiltered = cfg_.method == 3;
+  if (cfg_.method == 3) a.cr3 = abi::Action::kSync;
+  if (wide) {
+    if (auto r = ctl_->set_all_dtbs(); !r) return std::move(r).with_context("setting the DTB filter").error();
+  } else if (auto r = push_dtbs(); !r) {
+    return r;
+  }
+  if (auto r = ctl_->set_actions(a); !r) return std::move(r).with_context("setting the actions").error();
+  return {};
+}
+
+Result<void> Tracer::push_dtbs() {
+  if (all_ || !cfg_.comms.empty() || cfg_.method == 2) return {};
+  std::set<std::uint64_t> want;
+  for (const auto& [tgid, t] : procs_)
+    if (!t.exited && t.dtb != 0) want.insert(t.dtb);
+  if (want == pushed_dtbs_) return {};
+  if (want.size() > abi::kMaxDtbs)
+    return make_error("{} traced address spaces; the monitor's filter takes at most {}", want.size(), abi::kMaxDtbs);
+  std::vector<Dtb> v;
+  for (auto d : want) v.push_back(Dtb{d});
+  if (auto r = ctl_->set_dtbs(v); !r) return std::move(r).with_context("updating the DTB filter").error();
+  pushed_dtbs_ = std::move(want);
+  return {};
+}
+
+Tracer::Traced* Tracer::traced(std::uint32_t tgid) {
+  auto it = procs_.find(tgid);
+  if (it != procs_.end() && !it->second.exited) return &it->second;
+  return nullptr;
+}
+
+std::string Tracer::comm_of(const abi::TaskIdentity& who) {
+  if (who.task == 0) return "?";
+  auto it = comm_cache_.find(who.task);
+  if (it != comm_cache_.end()) return it->second;
+  auto p = lx_->read_task(GVA{who.task});
+  std::string c = p ? p->comm : std::string("?");
+  if (comm_cache_.size() > 4096) comm_cache_.clear();   // bounded: tasks come and go
+  comm_cache_[who.task] = c;
+  return c;
+}
+
+Result<void> Tracer::handle(const events::Event& e) {
+  ++stats_.events;
+  if (e.sync()) ++stats_.sync_events;
+  switch (e.type) {
+    case abi::RecordType::kLost:
+      stats_.lost += e.lost.lost;
+      return {};
+    case abi::RecordType::kSyscallEntry: ++stats_.entries; return on_entry(e);
+    case abi::RecordType::kSyscallExit: ++stats_.exits; return on_exit(e);
+    case abi::RecordType::kCr3Write: ++stats_.cr3; return on_cr3(e);
+    default: return {};
+  }
+}
+
+Result<void> Tracer::on_entry(const events::Event& e) {
+  abi::TaskIdentity who = e.entry.who;
+  const SyscallAbi sabi = e.syscall_abi();
+  if (who.task == 0) {   // identity unavailable (e.g. PTI's user page tables): the DTB's process
+    ++stats_.no_identity;
+    for (const auto& [tgid, t] : procs_)
+      if (!t.exited && t.dtb == e.dtb().value) who.tgid = who.pid = tgid;
+    if (who.tgid == 0) return {};
+  }
+  Traced* t = traced(who.tgid);
+  if (t == nullptr && all_) t = &(procs_[who.tgid] = Traced{who.tgid, e.dtb().value, false, false});
+  if (t == nullptr && !cfg_.comms.empty() && is_execve(sabi, e.entry.nr)) {
+    // --comm: a program of that name starting (basename of execve's path).
+    for (const auto& c : e.captures)
+      if (c.kind == abi::CaptureKind::kString && c.arg == (e.entry.nr == kX64Execveat ? 1u : 0u)) {
+        const std::string base = c.data.substr(c.data.rfind('/') == std::string::npos ? 0 : c.data.rfind('/') + 1);
+        if (std::find(cfg_.comms.begin(), cfg_.comms.end(), base.substr(0, 15)) != cfg_.comms.end())
+          t = &(procs_[who.tgid] = Traced{who.tgid, e.dtb().value, false, false});
+      }
+  }
+  if (t == nullptr && cfg_.follow) {
+    // A task in a traced address space (a vfork child before its exec, a thread we missed).
+    for (auto& [tgid, p] : procs_)
+      if (!p.exited && p.dtb == e.dtb().value) {
+        t = &(procs_[who.tgid] = Traced{who.tgid, p.dtb, false, false});
+        break;
+      }
+  }
+  if (t == nullptr) {
+    ++stats_.foreign;
+    return {};
+  }
+  if (t->waiting_exec) {
+    if (!is_execve(sabi, e.entry.nr) || who.pid != t->tgid) return {};
+    t->waiting_exec = false;
+  }
+  if (!cfg_.follow && who.pid != who.tgid && !all_) {   // without -f only the thread-group leader, as strace
+    ++stats_.foreign;
+    return {};
+  }
+  tids_seen_.insert(who.pid);
+  if (tids_seen_.size() > 1) multi_ = true;
+  // A call of this thread still open: its exit was never delivered. A successful execve does not
+  // return to the old program: the next call of the thread proves it succeeded.
+  if (auto it = pending_.find(who.pid); it != pending_.end()) {
+    Pending p = std::move(it->second);
+    pending_.erase(it);
+    const bool exec_ok = is_execve(p.call.abi, p.call.nr);
+    complete(who.pid, std::move(p), exec_ok ? std::optional<std::int64_t>(0) : std::nullopt, {}, e.time_ns);
+  }
+  Pending p;
+  p.call.abi = sabi;
+  p.call.nr = e.entry.nr;
+  std::copy(std::begin(e.entry.args), std::end(e.entry.args), p.call.args);
+  p.call.entry_caps = e.captures;
+  p.entry_ns = e.time_ns;
+  p.pid = who.tgid;
+  p.comm = comm_of(who);
+  if (is_exit_group(sabi, e.entry.nr) || is_exit(sabi, e.entry.nr)) {
+    const bool group = is_exit_group(sabi, e.entry.nr);
+    const auto code = static_cast<std::int32_t>(e.entry.args[0] & 0xff);
+    complete(who.pid, std::move(p), std::nullopt, {}, e.time_ns);
+    if (group || who.pid == who.tgid) {
+      if (!cfg_.summary_only && !cfg_.json) {
+        before_line(who.pid);
+        out_(fmt::format("{}+++ exited with {} +++", prefix(who.pid, e.time_ns), code));
+      }
+      t->exited = true;
+      if (auto r = push_dtbs(); !r) return r;
+    }
+    open_line_tid_.reset();
+    return {};
+  }
+  const bool shown = wanted(p.call.abi, p.call.nr);
+  pending_[who.pid] = std::move(p);
+  if (shown) open_line_tid_ = who.pid;
+  return {};
+}
+
+Result<void> Tracer::on_exit(const events::Event& e) {
+  const std::uint32_t tid = e.exit.who.task ? e.exit.who.pid : 0;
+  auto it = tid ? pending_.find(tid) : pending_.end();
+  if (it == pending_.end()) {
+    // Without identity, pair by the only open call in that address space.
+    if (tid == 0)
+      for (auto i = pending_.begin(); i != pending_.end(); ++i)
+        if (procs_.count(i->second.pid) && procs_[i->second.pid].dtb == e.dtb().value) it = i;
+    if (it == pending_.end()) return {};
+  }
+  const std::uint32_t key = it->first;
+  Pending p = std::move(it->second);
+  pending_.erase(it);
+  const SyscallAbi a = p.call.abi;
+  const std::uint64_t nr = p.call.nr;
+  const std::uint32_t parent = p.pid;
+  complete(key, std::move(p), e.exit.ret, e.captures, e.time_ns);
+  if (open_line_tid_ == key) open_line_tid_.reset();
+  if (cfg_.follow && is_clone_family(a, nr) && e.exit.ret > 0)
+    return add_child(static_cast<std::uint32_t>(e.exit.ret), parent);
+  return {};
+}
+
+// Runs while the parent's vCPU waits (the clone family's exits are sync): the child's address
+// space joins the filter before the parent runs on. A thread shares its parent's.
+Result<void> Tracer::add_child(std::uint32_t child, std::uint32_t parent_tgid) {
+  auto p = lx_->find_pid(Pid{static_cast<std::int32_t>(child)});
+  if (!p || !*p || !(*p)->dtb) return {};   // a thread (not a group leader) or gone already
+  procs_[child] = Traced{child, (*p)->dtb->value, false, false};
+  (void)parent_tgid;
+  return push_dtbs();
+}
+
+// A CR3 write touching a traced address space, delivered sync. During exec the kernel switches to
+// the new mm after making it the task's own, so "the running task's mm is the new CR3" tells an
+// exec apart from a context switch (where the running task still owns the old one).
+Result<void> Tracer::on_cr3(const events::Event& e) {
+  const auto& who = e.cr3.who;
+  if (who.task == 0) return {};
+  const std::uint64_t old_dtb = abi::dtb_of_cr3(e.cr3.old_cr3), new_dtb = abi::dtb_of_cr3(e.cr3.new_cr3);
+  if (old_dtb == new_dtb) return {};
+  Traced* t = traced(who.tgid);
+  bool vfork_child = false;
+  if (t == nullptr && cfg_.follow)
+    for (const auto& [tgid, p] : procs_)
+      if (!p.exited && p.dtb == old_dtb) vfork_child = true;
+  if (t == nullptr && !vfork_child) return {};
+  auto task = lx_->read_task(GVA{who.task});
+  if (!task || !task->dtb || task->dtb->value != new_dtb) return {};   // a context switch
+  comm_cache_.erase(who.task);
+  if (t == nullptr) t = &(procs_[who.tgid] = Traced{who.tgid, new_dtb, false, false});
+  t->dtb = new_dtb;
+  return push_dtbs();
+}
+
+// A line for `tid` is about to be printed: a call of another thread still open is shown as
+// <unfinished ...> first (strace's interleaving), so every line reads in the order things happened.
+void Tracer::before_line(std::uint32_t tid) {
+  if (open_line_tid_ && *open_line_tid_ != tid)
+    if (auto it = pending_.find(*open_line_tid_); it != pending_.end() && !it->second.printed_unfinished)
+      print_unfinished(it->first, it->second);
+  open_line_tid_.reset();
+}
+
+void Tracer::print_unfinished(std::uint32_t tid, Pending& p) {
+  p.printed_unfinished = true;
+  if (cfg_.summary_only || cfg_.json || !wanted(p.call.abi, p.call.nr)) return;
+  const std::string name = syscalls::format_call(p.call, {cfg_.string_limit}).name;
+  out_(fmt::format("{}{}{} <unfinished ...>", prefix(tid, p.entry_ns), name,
+                   syscalls::format_args(p.call, {cfg_.string_limit})));
+}
+
+void Tracer::complete(std::uint32_t tid, Pending p, std::optional<std::int64_t> ret,
+                      std::vector<events::Capture> exit_caps, std::uint64_t exit_ns) {
+  if (!wanted(p.call.abi, p.call.nr)) return;
+  p.call.ret = ret;
+  // A string the monitor could not read at entry (page not yet present) and copied again at exit.
+  for (auto it = exit_caps.begin(); it != exit_caps.end();) {
+    bool used = false;
+    if (it->kind == abi::CaptureKind::kString)
+      for (auto& ec : p.call.entry_caps)
+        if (ec.arg == it->arg && ec.kind == abi::CaptureKind::kString && ec.data.empty() &&
+            (ec.flags & abi::kCaptureFault) != 0) {
+          ec = *it;
+          used = true;
+        }
+    it = used ? exit_caps.erase(it) : it + 1;
+  }
+  p.call.exit_caps = std::move(exit_caps);
+  CallRecord r;
+  r.pid = p.pid;
+  r.tid = tid;
+  r.comm = p.comm;
+  r.abi = p.call.abi;
+  r.nr = p.call.nr;
+  r.f = syscalls::format_call(p.call, {cfg_.string_limit});
+  r.ret = ret;
+  r.entry_ns = p.entry_ns;
+  r.exit_ns = exit_ns;
+  r.resumed = p.printed_unfinished;
+  auto& c = counts_[r.f.name];
+  ++c.calls;
+  if (r.f.failed) ++c.errors;
+  if (exit_ns > p.entry_ns) c.total_ns += exit_ns - p.entry_ns;
+  if (!cfg_.status.shows(r.f.failed)) return;
+  emit(r);
+}
+
+std::string Tracer::prefix(std::uint32_t tid, std::uint64_t ns) const {
+  std::string s;
+  if (cfg_.follow || multi_ || all_ || procs_.size() > 1) {
+    std::uint32_t pid = tid;
+    if (auto it = pending_.find(tid); it != pending_.end()) pid = it->second.pid;
+    s = pid == tid ? fmt::format("[pid {:>5}] ", tid) : fmt::format("[pid {:>5}/{}] ", pid, tid);
+  }
+  const std::int64_t wall = static_cast<std::int64_t>(ns) + realtime_offset_ns_;
+  const std::time_t secs = static_cast<std::time_t>(wall / 1'000'000'000);
+  std::tm tm{};
+  localtime_r(&secs, &tm);
+  switch (cfg_.time) {
+    case TimeFormat::kNone: break;
+    case TimeFormat::kSeconds: s += fmt::format("{:02}:{:02}:{:02} ", tm.tm_hour, tm.tm_min, tm.tm_sec); break;
+    case TimeFormat::kMicros:
+      s += fmt::format("{:02}:{:02}:{:02}.{:06} ", tm.tm_hour, tm.tm_min, tm.tm_sec, (wall / 1000) % 1'000'000);
+      break;
+    case TimeFormat::kEpoch: s += fmt::format("{}.{:06} ", wall / 1'000'000'000, (wall / 1000) % 1'000'000); break;
+  }
+  return s;
+}
+
+void Tracer::emit(const CallRecord& r) {
+  if (cfg_.summary_only) return;
+  if (cfg_.json) {
+    nlohmann::json j = {{"v", 1},
+                        {"time_ns", static_cast<std::int64_t>(r.entry_ns) + realtime_offset_ns_},
+                        {"pid", r.pid},
+                        {"tid", r.tid},
+                        {"comm", r.comm},
+                        {"abi", events::abi_name(r.abi)},
+                        {"nr", r.nr},
+                        {"syscall", r.f.name},
+                        {"args", r.f.args},
+                        {"ret", r.ret ? nlohmann::json(*r.ret) : nlohmann::json(nullptr)},
+                        {"ret_text", r.f.ret},
+                        {"failed", r.f.failed}};
+    if (r.f.failed && r.ret)
+      if (auto n = syscalls::errno_name(static_cast<int>(-*r.ret))) j["errno"] = std::string(*n);
+    if (r.exit_ns > r.entry_ns) j["duration_ns"] = r.exit_ns - r.entry_ns;
+    out_(j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+    return;
+  }
+  before_line(r.tid);
+  std::string line = prefix(r.tid, r.entry_ns);
+  const std::string who = r.pid == r.tid ? fmt::format("{} ", r.comm) : fmt::format("{} ", r.comm);
+  if (r.resumed) {
+    line += fmt::format("<... {} resumed>) = {}", r.f.name, r.f.ret);
+  } else {
+    line += syscalls::to_text(r.f, line.size());
+  }
+  if (r.abi == SyscallAbi::kI386) line += " [i386]";
+  if (cfg_.show_duration && r.exit_ns > r.entry_ns)
+    line += fmt::format(" <{}.{:06}>", (r.exit_ns - r.entry_ns) / 1'000'000'000, ((r.exit_ns - r.entry_ns) / 1000) % 1'000'000);
+  (void)who;
+  out_(line);
+}
+
+bool Tracer::done() const {
+  if (all_ || procs_.empty()) return false;
+  return std::all_of(procs_.begin(), procs_.end(), [](const auto& kv) { return kv.second.exited; });
+}
+
+void Tracer::finish(const std::vector<events::RingStats>& rings, const events::MonitorStats& before,
+                    const events::MonitorStats& after) {
+  for (auto& [tid, p] : pending_)
+    if (!cfg_.summary_only && !cfg_.json && wanted(p.call.abi, p.call.nr) && !p.printed_unfinished)
+      out_(fmt::format("{}{}{} <unfinished ...>", prefix(tid, p.entry_ns), syscalls::format_call(p.call, {cfg_.string_limit}).name,
+                       syscalls::format_args(p.call, {cfg_.string_limit})));
+  if (!cfg_.summary_only) return;
+  std::vector<std::pair<std::string, SyscallCount>> rows(counts_.begin(), counts_.end());
+  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) {
+    return a.second.total_ns != b.second.total_ns ? a.second.total_ns > b.second.total_ns : a.first < b.first;
+  });
+  std::uint64_t total_ns = 0, calls = 0, errors = 0;
+  for (const auto& [n, c] : rows) {
+    total_ns += c.total_ns;
+    calls += c.calls;
+    errors += c.errors;
+  }
+  out_(fmt::format("{:>6} {:>11} {:>11} {:>9} {:>9} {}", "% time", "seconds", "usecs/call", "calls", "errors", "syscall"));
+  const std::string rule = "------ ----------- ----------- --------- --------- ----------------";
+  out_(rule);
+  for (const auto& [n, c] : rows)
+    out_(fmt::format("{:>6.2f} {:>11.6f} {:>11} {:>9} {:>9} {}", total_ns ? 100.0 * static_cast<double>(c.total_ns) / static_cast<double>(total_ns) : 0.0,
+                     static_cast<double>(c.total_ns) / 1e9, c.calls ? c.total_ns / 1000 / c.calls : 0, c.calls,
+                     c.errors ? std::to_string(c.errors) : std::string(), n));
+  out_(rule);
+  out_(fmt::format("{:>6.2f} {:>11.6f} {:>11} {:>9} {:>9} total", 100.0, static_cast<double>(total_ns) / 1e9,
+                   calls ? total_ns / 1000 / calls : 0, calls, errors ? std::to_string(errors) : std::string()));
+  // What the monitor did for this trace.
+  events::RingStats sum;
+  for (const auto& s : rings) {
+    sum.published += s.published;
+    for (std::size_t i = 0; i < std::size(sum.drops); ++i) sum.drops[i] += s.drops[i];
+    sum.sync_waits += s.sync_waits;
+    sum.sync_timeouts += s.sync_timeouts;
+    sum.sync_degraded += s.sync_degraded;
+  }
+  const std::uint64_t trapped = (after.user_syscalls - before.user_syscalls) + (after.user_int80s - before.user_int80s) +
+                                (after.user_sysenters - before.user_sysenters);
+  out_("");
+  out_("monitor (this trace):");
+  out_(fmt::format("  {:<34} {:>10}", "syscall instructions executed", trapped));
+  out_(fmt::format("  {:<34} {:>10}", "syscall entries delivered", stats_.entries));
+  out_(fmt::format("  {:<34} {:>10}", "filtered out in the hypervisor", trapped > stats_.entries ? trapped - stats_.entries : 0));
+  out_(fmt::format("  {:<34} {:>10}", "CR3 events delivered", stats_.cr3));
+  out_(fmt::format("  {:<34} {:>10}", "events delivered, not traced", stats_.foreign));
+  out_(fmt::format("  {:<34} {:>10}", "synchronous pauses", stats_.sync_events));
+  out_(fmt::format("  {:<34} {:>10}", "lost: ring full", sum.drops[0]));
+  out_(fmt::format("  {:<34} {:>10}", "lost: record too big", sum.drops[1]));
+  out_(fmt::format("  {:<34} {:>10}", "lost: no consumer", sum.drops[2]));
+  out_(fmt::format("  {:<34} {:>10}", "lost: bad consumer tail", sum.drops[3]));
+  out_(fmt::format("  {:<34} {:>10}", "sync waits timed out", sum.sync_timeouts));
+}
+
+}  // namespace hvtrace::trace

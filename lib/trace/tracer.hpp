@@ -1,0 +1,151 @@
+// The tracing engine behind `hvtrace trace`: turns the monitor's raw events into completed system
+// calls of the processes being traced, strace's way — process-bound, following exec and (with -f)
+// fork/clone, attributing every call to the task the guest itself says was running (the identity
+// the monitor reads from the vCPU's current task), never to a CR3 value alone.
+//
+// How the in-hypervisor filter follows the traced processes (the paper's DTB set):
+//  - a traced process's address space (DTB) is in the set; its syscalls pass, all others' are
+//    dropped inside QEMU (methods 3-5) or here (method 2);
+//  - exec: the kernel writes CR3 from the old address space to the new one while the exec'ing task
+//    already owns the new mm. CR3 writes touching a traced DTB are delivered synchronously, so the
+//    new DTB joins the set before the new program runs its first instruction;
+//  - fork/clone: the exits of the clone family are synchronous (kSetSyncSyscalls): the child's DTB
+//    joins the set before the parent runs on; with vfork the child shares the parent's DTB until
+//    its exec, which the rule above follows;
+//  - exit_group removes a process; its DTB leaves the set (a page-table root is reused later).
+// Methods (docs/architecture.md): 2 every syscall of every process sync, filtered here; 3 as 4 plus
+// every CR3 write delivered sync; 4 syscalls and traced CR3 writes sync, DTB filter in QEMU; 5 as 4
+// but syscalls async (only CR3 transitions of traced processes and clone exits pause the vCPU).
+#pragma once
+
+#include "common/result.hpp"
+#include "events/control_client.hpp"
+#include "events/event_reader.hpp"
+#include "linux/processes.hpp"
+#include "syscalls/syscalls.hpp"
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace hvtrace::trace {
+
+enum class TimeFormat { kNone, kSeconds, kMicros, kEpoch };   // -t, -tt, -ttt
+
+struct TraceConfig {
+  int method = 5;                               // 2..5
+  bool follow = false;                          // -f
+  std::optional<syscalls::TraceSet> trace_set;  // -e trace= (nullopt: all)
+  syscalls::StatusSet status;                   // -e status=
+  std::uint32_t string_limit = 32;              // -s
+  std::uint32_t snap_len = 256;                 // bytes the monitor copies per capture
+  TimeFormat time = TimeFormat::kNone;
+  bool show_duration = false;                   // -T
+  bool json = false;
+  bool summary_only = false;                    // -c
+  std::vector<std::string> comms;               // --comm: also trace processes that exec a program of this name
+};
+
+// One completed call, as printed (text) or serialised (JSON).
+struct CallRecord {
+  std::uint32_t pid = 0, tid = 0;
+  std::string comm;
+  abi::SyscallAbi abi = abi::SyscallAbi::kX86_64;
+  std::uint64_t nr = 0;
+  syscalls::Formatted f;
+  std::optional<std::int64_t> ret;
+  std::uint64_t entry_ns = 0, exit_ns = 0;   // host monotonic
+  bool resumed = false;                      // its entry was printed as <unfinished ...>
+};
+
+struct SyscallCount {
+  std::uint64_t calls = 0, errors = 0, total_ns = 0;
+};
+
+struct TraceStats {
+  std::uint64_t events = 0, entries = 0, exits = 0, cr3 = 0, sync_events = 0, lost = 0;
+  std::uint64_t foreign = 0;      // delivered but not of a traced task (dropped here)
+  std::uint64_t no_identity = 0;  // events whose task could not be read
+};
+
+class Tracer {
+ public:
+  using LineSink = std::function<void(const std::string&)>;
+  Tracer(const linux_os::Linux& lx, events::ControlClient& ctl, TraceConfig cfg, LineSink out);
+
+  // Targets. trace_pid: a running process (its threads too); start_at_exec: trace this process
+  // from its next execve on (`-- CMD`); all: every process (no -p/--comm).
+  Result<void> trace_pid(std::uint32_t pid);
+  Result<void> trace_comm(const std::string& comm);   // running processes with this name
+  void start_at_exec(std::uint32_t pid);
+  void trace_all() { all_ = true; }
+
+  // Push the filter that the method and the targets need to the monitor.
+  Result<void> apply();
+  // One event from the rings; sync events are acked by the reader after this returns.
+  Result<void> handle(const events::Event& e);
+  // Print what is still open as <unfinished ...> and, with -c, the summary.
+  void finish(const std::vector<events::RingStats>& rings, const events::MonitorStats& before,
+              const events::MonitorStats& after);
+
+  [[nodiscard]] bool done() const;   // every traced process has exited (and there were some)
+  [[nodiscard]] const TraceStats& stats() const { return stats_; }
+  [[nodiscard]] const std::map<std::string, SyscallCount>& counts() const { return counts_; }
+
+ private:
+  struct Pending {
+    syscalls::Call call;
+    std::uint64_t entry_ns = 0;
+    bool printed_unfinished = false;
+    std::uint32_t pid = 0;
+    std::string comm;
+  };
+  struct Traced {
+    std::uint32_t tgid = 0;
+    std::uint64_t dtb = 0;
+    bool waiting_exec = false;   // `-- CMD`: nothing printed before its execve
+    bool exited = false;
+  };
+
+  bool wanted(abi::SyscallAbi a, std::uint64_t nr) const;
+  std::string comm_of(const abi::TaskIdentity& who);
+  Traced* traced(std::uint32_t tgid);
+  Result<void> on_entry(const events::Event& e);
+  Result<void> on_exit(const events::Event& e);
+  Result<void> on_cr3(const events::Event& e);
+  Result<void> add_child(std::uint32_t child_pid, std::uint32_t parent_tgid);
+  void complete(std::uint32_t tid, Pending p, std::optional<std::int64_t> ret, std::vector<events::Capture> exit_caps,
+                std::uint64_t exit_ns);
+  void print_unfinished(std::uint32_t tid, Pending& p);
+  void before_line(std::uint32_t tid);
+  void emit(const CallRecord& r);
+  std::string prefix(std::uint32_t tid, std::uint64_t ns) const;
+  Result<void> push_dtbs();
+
+  const linux_os::Linux* lx_;
+  events::ControlClient* ctl_;
+  TraceConfig cfg_;
+  LineSink out_;
+  bool all_ = false;
+  std::map<std::uint32_t, Traced> procs_;        // by tgid
+  std::map<std::uint32_t, Pending> pending_;     // by tid
+  std::optional<std::uint32_t> open_line_tid_;   // whose entry was the last thing seen
+  std::map<std::uint64_t, std::string> comm_cache_;   // task address -> comm
+  std::map<std::string, SyscallCount> counts_;
+  std::set<std::uint64_t> pushed_dtbs_;
+  TraceStats stats_;
+  std::int64_t realtime_offset_ns_ = 0;
+  bool multi_ = false;                           // more than one task seen: prefix lines with the pid
+  std::set<std::uint32_t> tids_seen_;
+};
+
+// The x86-64 and i386 numbers of the clone family (fork, vfork, clone, clone3).
+[[nodiscard]] bool is_clone_family(abi::SyscallAbi a, std::uint64_t nr);
+[[nodiscard]] bool is_execve(abi::SyscallAbi a, std::uint64_t nr);
+[[nodiscard]] bool is_exit_group(abi::SyscallAbi a, std::uint64_t nr);
+
+}  // namespace hvtrace::trace

@@ -1,0 +1,255 @@
+// `hvtrace trace` against ground truth: programs run in the guest under the guest's own strace and
+// under hvtrace (from outside), their calls compared on what both see — the syscall, its decoded
+// path argument where it has one, and its return value or errno. Also: following a pipeline's
+// children, process-bound traces with a busy unrelated process, a traced process whose page-table
+// root is reused after it exits, all four methods, and bad input.
+#include "vm/process.hpp"
+#include "vm/vm.hpp"
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <map>
+#include <regex>
+#include <sstream>
+
+namespace hvtrace {
+namespace {
+
+using namespace std::chrono_literals;
+constexpr const char* kVm = "itest-trace";
+
+// One call as both tools print it, reduced to what both see.
+struct Line {
+  long pid = 0;
+  std::string name, path, ret;
+  bool operator==(const Line& o) const { return name == o.name && path == o.path && ret == o.ret; }
+};
+std::ostream& operator<<(std::ostream& os, const Line& l) { return os << l.pid << " " << l.name << "(" << l.path << ") = " << l.ret; }
+
+// Parses strace's and hvtrace's text: an optional pid prefix ("123 " from strace -f -o, "[pid  123] "
+// from hvtrace), name(args) = ret. Interrupted lines are skipped (both tools split them alike only
+// sometimes); returns of address-valued calls are masked.
+std::vector<Line> parse(const std::string& text) {
+  static const std::string pfx = R"(^(?:\[pid\s+(\d+)(?:/\d+)?\] |(\d+) +)?)";
+  static const std::regex re(pfx + R"(([a-z_0-9]+)\((.*)\)\s+= (.*)$)");
+  static const std::regex unfinished(pfx + R"(([a-z_0-9]+)\((.*) <unfinished \.\.\.>$)");
+  static const std::regex resumed(pfx + R"(<\.\.\. ([a-z_0-9]+) resumed>(.*)\)\s+= (.*)$)");
+  static const std::regex path_re(R"re(^(?:AT_FDCWD, )?"([^"]*)")re");
+  std::map<long, std::pair<std::string, std::string>> open;   // pid -> (name, args so far)
+  std::vector<Line> out;
+  std::istringstream in(text);
+  for (std::string s; std::getline(in, s);) {
+    std::smatch m;
+    std::string name, args, ret;
+    long pid = 0;
+    const auto pid_of = [&] { return std::stol(m[1].matched ? m[1].str() : m[2].matched ? m[2].str() : "0"); };
+    if (std::regex_match(s, m, unfinished)) {
+      open[pid_of()] = {m[3], m[4]};
+      continue;
+    }
+    if (std::regex_match(s, m, resumed)) {
+      pid = pid_of();
+      auto it = open.find(pid);
+      if (it == open.end() || it->second.first != m[3].str()) continue;
+      name = m[3];
+      args = it->second.second + m[4].str();
+      ret = m[5];
+      open.erase(it);
+    } else if (std::regex_match(s, m, re)) {
+      pid = pid_of();
+      name = m[3];
+      args = m[4];
+      ret = m[5];
+    } else {
+      continue;
+    }
+    Line l;
+    l.pid = pid;
+    l.name = name;
+    std::smatch pm;
+    if (std::regex_search(args, pm, path_re)) l.path = pm[1];
+    l.ret = ret;
+    if (auto sp = l.ret.find(" <"); sp != std::string::npos) l.ret.resize(sp);   // -T
+    while (!l.ret.empty() && l.ret.back() == ' ') l.ret.pop_back();
+    if (l.name == "mmap" || l.name == "brk" || l.name == "mremap" || l.name == "set_tid_address" ||
+        l.name == "clone" || l.name == "clone3" || l.name == "fork" || l.name == "vfork" || l.name == "wait4")
+      l.ret = "*";   // addresses and pids differ between two runs
+    if (l.name == "getpid" || l.name == "getppid" || l.name == "gettid" || l.name == "rt_sigreturn") l.ret = "*";
+    if (l.name == "getrandom") l.path.clear();   // random bytes, not a path
+    out.push_back(std::move(l));
+  }
+  return out;
+}
+
+class Trace : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto img = vm::load_image(vm::default_image_dir());
+    ASSERT_TRUE(img.ok()) << img.error().message;
+    vm::VmConfig c;
+    c.name = kVm;
+    c.image = std::move(img).value();
+    c.plugin = vm::monitor_plugin(HVTRACE_MONITOR_PLUGIN, kVm, {});
+    auto v = vm::Vm::start(c);
+    ASSERT_TRUE(v.ok()) << v.error().message;
+    vm_ = std::move(v).value().release();
+    std::ifstream f(HVTRACE_CALLS_SOURCE);
+    std::stringstream src;
+    src << f.rdbuf();
+    guest("cat > /tmp/calls.c <<'HVTRACE_EOF'\n" + src.str() + "HVTRACE_EOF\ntcc -o /tmp/calls /tmp/calls.c");
+  }
+  static void TearDownTestSuite() {
+    if (vm_) (void)vm_->shutdown();
+    delete vm_;
+  }
+  static std::string guest(const std::string& cmd, int want_status = 0) {
+    auto r = vm_->exec(cmd, 300s);
+    EXPECT_TRUE(r.ok()) << cmd << ": " << (r.ok() ? "" : r.error().message);
+    if (!r.ok()) return "";
+    EXPECT_EQ(r->exit_status, want_status) << cmd << ": " << r->err;
+    return r->out;
+  }
+  // hvtrace with these arguments; the trace goes to a file, returned in .out.
+  static vm::ProcessResult hvtrace(std::vector<std::string> args, std::chrono::seconds deadline = 300s) {
+    std::vector<std::string> argv = {HVTRACE_BIN};
+    argv.insert(argv.end(), args.begin(), args.end());
+    auto r = vm::run_process(argv, deadline);
+    if (!r) return vm::ProcessResult{-1, "", r.error().message};
+    return std::move(r).value();
+  }
+  static std::string slurp(const std::string& path) {
+    std::ifstream f(path);
+    std::stringstream s;
+    s << f.rdbuf();
+    return s.str();
+  }
+  // The same command under hvtrace (host) and the guest's strace; both parsed.
+  static std::pair<std::vector<Line>, std::vector<Line>> both(const std::vector<std::string>& cmd, bool follow,
+                                                              const std::string& method = "5") {
+    const std::string out = ::testing::TempDir() + "hvtrace-trace.txt";
+    std::vector<std::string> a = {"trace", "--vm", kVm, "--method", method, "-o", out};
+    if (follow) a.push_back("-f");
+    a.push_back("--");
+    a.insert(a.end(), cmd.begin(), cmd.end());
+    const auto r = hvtrace(a);
+    EXPECT_NE(r.exit_code, -1) << r.err;
+    EXPECT_EQ(r.err.find("lost"), std::string::npos) << r.err;
+    const std::string mine = slurp(out);
+    std::string quoted;
+    for (const auto& w : cmd) quoted += vm::shell_quote(w) + " ";
+    // CMD's output goes to a pipe in both runs (under hvtrace: the SSH session's).
+    guest("strace " + std::string(follow ? "-f " : "") + "-o /tmp/strace.txt " + quoted + " 2>&1 | cat >/dev/null; true");
+    return {parse(mine), parse(guest("cat /tmp/strace.txt"))};
+  }
+  static inline vm::Vm* vm_ = nullptr;
+};
+
+// Per process in order of first appearance, so pids need not match between the two runs.
+std::vector<std::vector<Line>> by_process(const std::vector<Line>& v) {
+  std::vector<long> order;
+  std::map<long, std::vector<Line>> m;
+  for (const auto& l : v) {
+    if (!m.count(l.pid)) order.push_back(l.pid);
+    m[l.pid].push_back(l);
+  }
+  std::vector<std::vector<Line>> out;
+  for (long p : order) out.push_back(m[p]);
+  return out;
+}
+
+TEST_F(Trace, ShortProgramMatchesTheGuestsStraceCallByCall) {
+  auto [mine, truth] = both({"/tmp/calls"}, false);
+  ASSERT_GT(truth.size(), 20u);
+  EXPECT_EQ(mine, truth);
+  // The failing calls are there with their errno names.
+  bool enoent = false, ebadf = false;
+  for (const auto& l : mine) {
+    enoent |= l.name == "openat" && l.path == "/nonexistent/hvtrace" && l.ret.find("ENOENT") != std::string::npos;
+    ebadf |= l.name == "close" && l.ret.find("EBADF") != std::string::npos;
+  }
+  EXPECT_TRUE(enoent && ebadf);
+}
+
+TEST_F(Trace, TenThousandCallsMatchTheGuestsStrace) {
+  auto [mine, truth] = both({"/tmp/calls", "2600"}, false);
+  ASSERT_GT(truth.size(), 10'000u);
+  EXPECT_EQ(mine.size(), truth.size());
+  EXPECT_EQ(mine, truth);
+}
+
+TEST_F(Trace, FollowsAPipelinesChildren) {
+  auto [mine, truth] = both({"sh", "-c", "cat /etc/passwd | grep root | wc -l"}, true);
+  const auto m = by_process(mine), t = by_process(truth);
+  ASSERT_EQ(m.size(), t.size()) << "processes traced";
+  ASSERT_GE(m.size(), 4u);   // sh, cat, grep, wc
+  // Each child's calls from its execve on (sh's own order of forks and waits may interleave differently).
+  std::multiset<std::string> mine_execs, true_execs;
+  for (const auto& l : mine)
+    if (l.name == "execve") mine_execs.insert(l.path);
+  for (const auto& l : truth)
+    if (l.name == "execve") true_execs.insert(l.path);
+  EXPECT_EQ(mine_execs, true_execs);
+  std::multiset<std::string> mine_calls, true_calls;
+  for (const auto& l : mine) mine_calls.insert(l.name + "(" + l.path + ")=" + l.ret);
+  for (const auto& l : truth) true_calls.insert(l.name + "(" + l.path + ")=" + l.ret);
+  EXPECT_EQ(mine_calls, true_calls);
+}
+
+TEST_F(Trace, EveryMethodSeesTheSameCalls) {
+  std::vector<Line> first;
+  for (const char* method : {"5", "4", "3", "2"}) {
+    auto [mine, truth] = both({"/tmp/calls", "20"}, false, method);
+    EXPECT_EQ(mine, truth) << "method " << method;
+    if (first.empty()) first = mine;
+    EXPECT_EQ(mine, first) << "method " << method;
+  }
+}
+
+TEST_F(Trace, ProcessBoundABusyUnrelatedProcessLeavesNoTrace) {
+  guest("(for i in $(seq 1 400); do cat /proc/version >/dev/null; done) >/dev/null 2>&1 &");
+  const std::string out = ::testing::TempDir() + "hvtrace-bound.txt";
+  const auto r = hvtrace({"trace", "--vm", kVm, "-f", "-o", out, "--", "/tmp/calls", "300"});
+  EXPECT_EQ(r.exit_code, 3) << r.err;   // the program's own status
+  const auto lines = parse(slurp(out));
+  ASSERT_GT(lines.size(), 1000u);
+  for (const auto& l : lines) ASSERT_NE(l.path, "/proc/version") << "a call of the unrelated process: " << l;
+}
+
+TEST_F(Trace, AProcessThatExitsIsNotFollowedIntoTheNextOwnerOfItsPageTables) {
+  const std::string pid = guest("sleep 3 >/dev/null 2>&1 & echo $!");
+  const std::string out = ::testing::TempDir() + "hvtrace-pid.txt";
+  // New processes keep starting after sleep exits; their page-table roots come from the same pool.
+  guest("(sleep 2; for i in $(seq 1 100); do /bin/ls / >/dev/null; done) >/dev/null 2>&1 &");
+  const auto r = hvtrace({"trace", "--vm", kVm, "-o", out, "--duration", "20", "-p", pid.substr(0, pid.find('\n'))});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  const std::string text = slurp(out);
+  EXPECT_NE(text.find("+++ exited with 0 +++"), std::string::npos) << text;
+  for (const auto& l : parse(text)) EXPECT_NE(l.name, "execve") << "traced a later process: " << text;
+  EXPECT_EQ(text.find("getdents64"), std::string::npos) << "ls's calls attributed to the traced sleep:\n" << text;
+}
+
+TEST_F(Trace, BadInputIsOneClearErrorAndTheGuestRunsOn) {
+  const std::pair<std::vector<std::string>, std::string> cases[] = {
+      {{"trace", "--vm", kVm, "-e", "trace=opne", "--", "true"}, "unknown syscall or class 'opne'"},
+      {{"trace", "--vm", kVm, "-e", "trace=%fille", "--", "true"}, "%fille"},
+      {{"trace", "--vm", kVm, "-p", "999999"}, "no process with pid 999999"},
+      {{"trace", "--vm", "no-such-vm", "--", "true"}, "no-such-vm"},
+      {{"trace", "--vm", kVm, "-o", "/nonexistent-dir/x.txt", "--", "true"}, "/nonexistent-dir/x.txt"},
+      {{"trace", "--vm", kVm, "--json", "-c", "--", "true"}, "pick one"},
+      {{"trace", "--vm", kVm, "-p", "1", "--", "true"}, "do not combine"},
+      {{"trace", "--vm", kVm, "--method", "7", "--", "true"}, "--method 7"},
+  };
+  for (const auto& [args, want] : cases) {
+    const auto r = hvtrace(args, 60s);
+    EXPECT_EQ(r.exit_code, 2) << fmt::format("{}", fmt::join(args, " ")) << "\n" << r.err;
+    EXPECT_EQ(r.err.rfind("hvtrace: error: ", 0), 0u) << r.err;
+    EXPECT_NE(r.err.find(want), std::string::npos) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << "one line: " << r.err;
+  }
+  EXPECT_EQ(guest("echo still-running"), "still-running\n");
+}
+
+}  // namespace
+}  // namespace hvtrace

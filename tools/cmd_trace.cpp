@@ -1,0 +1,264 @@
+// hvtrace trace: strace for virtual machines. Attaches to a running VM's monitor and its RAM,
+// traces the chosen processes (or CMD run in the guest over SSH) from outside the guest, and prints
+// their system calls decoded as strace does — or JSON Lines, or a -c summary with the monitor's own
+// counts. The engine is lib/trace; this file is the command line and the run loop.
+#include "commands.hpp"
+#include "guest_view.hpp"
+#include "output.hpp"
+
+#include "common/result.hpp"
+#include "events/control_client.hpp"
+#include "events/event_reader.hpp"
+#include "mem/phys_mem.hpp"
+#include "syscalls/syscalls.hpp"
+#include "trace/tracer.hpp"
+#include "vm/vm.hpp"
+
+#include <CLI/CLI.hpp>
+#include <fmt/core.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <future>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace hvtrace::tools {
+namespace {
+
+using namespace std::chrono_literals;
+
+struct TraceOptions {
+  std::string vm_name = "default";
+  std::vector<std::uint32_t> pids;
+  std::vector<std::string> comms;
+  bool follow = false;
+  std::vector<std::string> exprs;   // -e
+  std::uint32_t string_limit = 32;
+  std::string output;
+  bool json = false, summary = false, duration_per_call = false;
+  int timestamps = 0;               // -t count
+  bool ttt = false;
+  int method = 5;
+  double duration = 0;
+  std::vector<std::string> command;
+};
+
+const char* kExamples = R"(
+Examples:
+  hvtrace trace -- ls -l /                   run ls in the guest and trace it, like strace ls -l /
+  hvtrace trace -f -e trace=%file -- sh -c 'cat /etc/passwd | wc -l'
+  hvtrace trace -p 153                       trace a running process (its threads with -f)
+  hvtrace trace --comm sshd -f -o ssh.txt    trace every process named sshd, and their children
+  hvtrace trace -c -- jansson-workload 1     count calls, and what the monitor did
+  hvtrace trace --json -e trace=openat,read -- cat /etc/hostname
+Methods (--method, see docs/architecture.md): 5 (default) syscalls copied in the hypervisor and
+delivered async; 4 the same, each syscall pausing the guest; 3 as 4 plus every CR3 write; 2 every
+syscall of every process pausing the guest, filtered here.
+)";
+
+std::string token() {
+  std::random_device rd;
+  return fmt::format("{:08x}{:08x}", rd(), rd());
+}
+
+void run_trace(const TraceOptions& o) {
+  vm::install_termination_handlers();
+  if (o.method < 2 || o.method > 5) throw UserError(fmt::format("--method {}: use 2, 3, 4 or 5", o.method));
+  if (!o.command.empty() && (!o.pids.empty() || !o.comms.empty()))
+    throw UserError("-- CMD starts a new process to trace; do not combine it with -p or --comm");
+  if (o.json && o.summary) throw UserError("--json and -c are two different outputs; pick one");
+  trace::TraceConfig cfg;
+  cfg.method = o.method;
+  cfg.follow = o.follow;
+  cfg.string_limit = o.string_limit;
+  cfg.json = o.json;
+  cfg.summary_only = o.summary;
+  cfg.show_duration = o.duration_per_call;
+  cfg.comms = o.comms;
+  cfg.time = o.ttt ? trace::TimeFormat::kEpoch
+             : o.timestamps >= 3 ? trace::TimeFormat::kEpoch
+             : o.timestamps == 2 ? trace::TimeFormat::kMicros
+             : o.timestamps == 1 ? trace::TimeFormat::kSeconds
+                                 : trace::TimeFormat::kNone;
+  for (const auto& e : o.exprs) {
+    if (e.rfind("trace=", 0) == 0) {
+      cfg.trace_set = value_or_throw(syscalls::parse_trace_set(e.substr(6)));
+    } else if (e.rfind("status=", 0) == 0) {
+      cfg.status = value_or_throw(syscalls::parse_status_set(e.substr(7)));
+    } else if (e.find('=') == std::string::npos) {
+      cfg.trace_set = value_or_throw(syscalls::parse_trace_set(e));   // -e open,read as strace takes it
+    } else {
+      throw UserError(fmt::format("-e {}: hvtrace knows trace= and status=", e));
+    }
+  }
+  // Output first, so an unwritable -o fails before anything touches the guest.
+  std::FILE* out = stderr;   // as strace: the trace on stderr, CMD's own output on stdout
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(nullptr, &std::fclose);
+  if (!o.output.empty()) {
+    file.reset(std::fopen(o.output.c_str(), "w"));
+    if (!file) throw UserError(fmt::format("-o {}: {}", o.output, std::strerror(errno)));
+    out = file.get();
+  }
+  const auto rec = value_or_throw(vm::find_vm(o.vm_name));
+  const auto files = vm::monitor_files(o.vm_name);
+  if (!vm::fs::exists(files.rings))
+    throw UserError(fmt::format("VM '{}' runs without the hvtrace monitor; start it with `hvtrace vm up --name {} --monitor`",
+                                rec.name, rec.name));
+  vm::VmWatch watch(rec);
+  GuestView g = attach_guest(value_or_throw(mem::open_ram_file(rec.ram_path)));
+  auto reader = value_or_throw(events::EventReader::open(files.rings, 5s));
+  auto ctl = value_or_throw(events::ControlClient::connect(files.control, 5s));
+  value_or_throw(ctl.attach());
+  trace::Tracer tracer(*g.os, ctl, cfg, [out](const std::string& line) { write_line(out, line); });
+  for (auto pid : o.pids) value_or_throw(tracer.trace_pid(pid));
+  for (const auto& c : o.comms) value_or_throw(tracer.trace_comm(c));
+  if (o.pids.empty() && o.comms.empty() && o.command.empty()) tracer.trace_all();
+
+  // -- CMD: a shell in the guest announces itself in its command line, waits for a go file, then
+  // execs CMD; tracing starts at that execve, so CMD is seen from its first system call.
+  std::future<Result<int>> cmd_status;
+  std::string go_file;
+  if (!o.command.empty()) {
+    const std::string tok = token();
+    go_file = "/tmp/.hvtrace-go-" + tok;
+    const std::string remote = fmt::format(
+        "while [ ! -e {0} ]; do usleep 10000 2>/dev/null || sleep 1; done; rm -f {0}; exec {1}", go_file,
+        vm::remote_command_line(o.command));
+    const bool pass_stdin = isatty(STDIN_FILENO) == 0;
+    cmd_status = std::async(std::launch::async, [rec, remote, pass_stdin] {
+      return vm::ssh_run(rec, remote, std::chrono::hours{24}, pass_stdin);
+    });
+    std::optional<std::uint32_t> shell;
+    const auto give_up = std::chrono::steady_clock::now() + 30s;
+    while (!shell && std::chrono::steady_clock::now() < give_up && !vm::termination_requested()) {
+      if (cmd_status.wait_for(0s) == std::future_status::ready) break;
+      // The waiting shell's command line names the go file; so does a child it forked for usleep
+      // until that child execs, so take the candidate whose parent is not a candidate too.
+      auto ps = g.os->processes();
+      std::vector<const linux_os::Process*> cands;
+      if (ps)
+        for (const auto& p : *ps)
+          if (p.dtb && (p.comm == "bash" || p.comm == "sh"))
+            if (auto cl = g.os->cmdline(p); cl && cl->find(go_file) != std::string::npos && cl->find("while") != std::string::npos)
+              cands.push_back(&p);
+      for (const auto* c : cands)
+        if (std::none_of(cands.begin(), cands.end(), [&](const auto* o) { return o->tgid.value == c->ppid.value; }))
+          shell = static_cast<std::uint32_t>(c->tgid.value);
+      if (!shell) std::this_thread::sleep_for(20ms);
+    }
+    if (!shell) {
+      if (cmd_status.valid() && cmd_status.wait_for(0s) == std::future_status::ready) {
+        auto r = cmd_status.get();
+        if (!r) throw UserError(r.error().message);
+      }
+      throw UserError("the command's shell did not appear in the guest within 30 s");
+    }
+    value_or_throw(tracer.trace_pid(*shell));
+    tracer.start_at_exec(*shell);
+  }
+  value_or_throw(tracer.apply());
+  const auto before = value_or_throw(ctl.stats());
+  std::vector<events::RingStats> rings_before;
+  for (unsigned i = 0; i < reader->rings(); ++i) rings_before.push_back(reader->stats(i));
+  // Start CMD while this thread already serves the rings (the waiting shell's CR3 switches are sync).
+  std::future<Result<vm::ExecResult>> go;
+  if (!go_file.empty())
+    go = std::async(std::launch::async, [rec, go_file] { return vm::ssh_exec(rec, "touch " + go_file, 30s); });
+
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(o.duration);
+  bool vm_alive = true;
+  std::optional<Result<void>> failure;
+  std::optional<std::chrono::steady_clock::time_point> cmd_done_at;
+  const bool finished_writing = print_guarded(out, [&] {
+    while (!vm::termination_requested() && (o.duration == 0 || std::chrono::steady_clock::now() < end)) {
+      vm_alive = watch.alive();
+      auto got = reader->poll([&](const events::Event& e) {
+        if (failure) return;
+        if (auto r = tracer.handle(e); !r) failure = r;
+      });
+      const std::size_t k = value_or_throw(std::move(got));
+      if (failure || !vm_alive) break;
+      if (go.valid() && go.wait_for(0s) == std::future_status::ready) {
+        auto r = go.get();
+        if (!r || r->exit_status != 0)
+          failure = Result<void>(make_error("could not start the command in the guest: {}", r ? r->err : r.error().message));
+      }
+      if (cmd_status.valid() && !cmd_done_at && cmd_status.wait_for(0s) == std::future_status::ready)
+        cmd_done_at = std::chrono::steady_clock::now();
+      // CMD finished: give the rings a moment to hand over its last events, then stop.
+      if (cmd_done_at && k == 0 && std::chrono::steady_clock::now() - *cmd_done_at > 300ms) break;
+      if (tracer.done() && k == 0) break;
+      if (k == 0) {
+        flush_output(out);
+        reader->wait(20ms);
+      }
+    }
+  });
+  (void)ctl.set_actions({});   // the guest runs on unpaused and unwatched
+  const auto after = ctl.stats();
+  std::vector<events::RingStats> rings;
+  for (unsigned i = 0; i < reader->rings(); ++i) {
+    auto s = reader->stats(i);
+    const auto& b = rings_before[i];
+    for (std::size_t d = 0; d < std::size(s.drops); ++d) s.drops[d] -= b.drops[d];
+    s.sync_waits -= b.sync_waits;
+    s.sync_timeouts -= b.sync_timeouts;
+    s.sync_degraded -= b.sync_degraded;
+    rings.push_back(s);
+  }
+  if (finished_writing) {
+    (void)print_guarded(out, [&] { tracer.finish(rings, before, after ? *after : before); });
+  }
+  (void)ctl.detach();
+  std::uint64_t lost = 0;
+  for (const auto& s : rings) lost += s.dropped();
+  if (lost != 0 || tracer.stats().lost != 0)
+    fmt::print(stderr, "hvtrace: lost {} events (ring full {}, too big {}, bad tail {})\n", std::max(lost, tracer.stats().lost),
+               rings.empty() ? 0 : rings[0].drops[0], rings.empty() ? 0 : rings[0].drops[1],
+               rings.empty() ? 0 : rings[0].drops[3]);
+  if (failure && !*failure) throw UserError(failure->error().message);
+  if (!vm_alive) throw UserError(watch.stopped_message() + " while tracing");
+  if (cmd_status.valid()) {
+    if (cmd_status.wait_for(vm::termination_requested() ? 0s : 10s) == std::future_status::ready) {
+      auto r = cmd_status.get();
+      if (!r) throw UserError(r.error().message);
+      exit_code() = *r;
+    }
+  }
+}
+
+}  // namespace
+
+void add_trace_command(CLI::App& app) {
+  auto o = std::make_shared<TraceOptions>();
+  auto* cmd = app.add_subcommand("trace", "Trace the system calls of guest processes from the hypervisor, like strace");
+  cmd->footer(std::string("\n  -- CMD ARGS...    run CMD in the guest over SSH and trace it from its first system call\n") + kExamples);
+  cmd->add_option("--vm", o->vm_name, "VM to trace (started with `hvtrace vm up --monitor`)")->capture_default_str();
+  cmd->add_option("-p,--pid", o->pids, "trace this process (repeatable); with -f its children too");
+  cmd->add_option("--comm", o->comms, "trace processes of this name, running or started later (repeatable)");
+  cmd->add_flag("-f,--follow-forks", o->follow, "follow fork, vfork, clone and clone3 children and threads");
+  cmd->add_option("-e", o->exprs, "trace=SET (names, %file %process %network %desc %memory %signal %ipc, !negation) or status=failed|successful");
+  cmd->add_option("-s,--string-limit", o->string_limit, "print at most this many bytes of each string (strace -s)")
+      ->capture_default_str()->check(CLI::Range(1, 65536));
+  cmd->add_option("-o,--output", o->output, "write the trace to FILE instead of stderr");
+  cmd->add_flag("--json", o->json, "one JSON object per completed call (schema in README)");
+  cmd->add_flag("-c,--summary-only", o->summary, "count time, calls and errors per syscall, and the monitor's own counts");
+  cmd->add_flag("-t", o->timestamps, "prefix lines with the time of day (-tt: with microseconds, -ttt: epoch seconds)");
+  cmd->add_flag("--ttt", o->ttt, "epoch timestamps with microseconds (same as -ttt)");
+  cmd->add_flag("-T", o->duration_per_call, "show the time spent in each call");
+  cmd->add_option("--method", o->method, "monitoring method 2, 3, 4 or 5 (docs/architecture.md)")->capture_default_str();
+  cmd->add_option("--duration", o->duration, "stop after this many seconds");
+  cmd->callback([o] {
+    o->command = trailing_command();
+    run_trace(*o);
+  });
+}
+
+}  // namespace hvtrace::tools
