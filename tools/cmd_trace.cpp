@@ -9,6 +9,8 @@
 #include "common/result.hpp"
 #include "events/control_client.hpp"
 #include "events/event_reader.hpp"
+#include "kernel/profile.hpp"
+#include "kernel/syscall_meta.hpp"
 #include "mem/phys_mem.hpp"
 #include "syscalls/syscalls.hpp"
 #include "trace/tracer.hpp"
@@ -117,6 +119,32 @@ void run_trace(const TraceOptions& o) {
   auto ctl = value_or_throw(events::ControlClient::connect(files.control, 5s));
   value_or_throw(ctl.attach());
   trace::Tracer tracer(*g.os, ctl, cfg, [out](const std::string& line) { write_line(out, line); });
+  // The guest's own syscall table (names for numbers the compiled-in table does not know), and
+  // where it disagrees with the compiled-in one.
+  if (auto gs = kernel::guest_syscalls(*g.kernel, kernel::default_profile_dir()); gs) {
+    tracer.set_guest_names(gs->x64_table);
+    const auto diffs = kernel::compare_syscall_tables(
+        *gs,
+        [](unsigned nr) -> std::optional<std::string> {
+          const auto* i = syscalls::Table::get(abi::SyscallAbi::kX86_64).by_nr(nr);
+          if (i == nullptr) return std::nullopt;
+          return std::string(syscalls::kernel_entry_name(abi::SyscallAbi::kX86_64, nr, i->name));
+        },
+        [](std::string_view) { return true; });
+    // Numbers this kernel does not implement (ni_syscall, or newer than it) are expected; a
+    // different name for the same number is worth a person's attention.
+    std::vector<std::string> renamed;
+    for (const auto& d : diffs)
+      if (d.find("guest has none") == std::string::npos) renamed.push_back(d);
+    if (!renamed.empty())
+      fmt::print(stderr, "hvtrace: note: the guest's syscall table names {} number(s) differently from the compiled-in one, e.g. {}\n",
+                 renamed.size(), renamed.front());
+    if (std::getenv("HVTRACE_SYSCALL_DIFF"))
+      for (const auto& d : diffs) fmt::print(stderr, "  {}\n", d);
+  } else {
+    fmt::print(stderr, "hvtrace: note: the guest's own syscall table could not be read ({}); using the compiled-in one\n",
+               gs.error().message);
+  }
   for (auto pid : o.pids) value_or_throw(tracer.trace_pid(pid));
   for (const auto& c : o.comms) value_or_throw(tracer.trace_comm(c));
   if (o.pids.empty() && o.comms.empty() && o.command.empty()) tracer.trace_all();

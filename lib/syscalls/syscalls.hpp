@@ -128,6 +128,10 @@ struct Formatted {
 // width of whatever prefix the caller prints first), then `= ret`.
 [[nodiscard]] std::string to_text(const Formatted& f, std::size_t start_col = 0);
 
+// The kernel's entry-point name of a call (sys_call_table's column, without "sys_"), where it
+// differs from the name strace prints: "newstat" for x86-64 stat. Otherwise strace_name.
+[[nodiscard]] std::string_view kernel_entry_name(abi::SyscallAbi abi, std::uint64_t nr, std::string_view strace_name);
+
 [[nodiscard]] std::optional<std::string_view> errno_name(int err);
 [[nodiscard]] std::optional<std::string_view> errno_message(int err);   // C library's strerror text
 [[nodiscard]] std::optional<std::string_view> signal_name(int sig);    // "SIGINT", "SIGRT_3"

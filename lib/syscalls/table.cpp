@@ -204,4 +204,17 @@ std::optional<std::string_view> signal_name(int sig) {
   return rt[static_cast<std::size_t>(sig - kSigRtMin)];
 }
 
+std::string_view kernel_entry_name(abi::SyscallAbi abi, std::uint64_t nr, std::string_view strace_name) {
+  (void)nr;
+  if (abi != abi::SyscallAbi::kX86_64 && abi != abi::SyscallAbi::kX32) return strace_name;
+  // syscall_64.tbl names its entry points after the kernel functions; strace after the call.
+  static constexpr std::pair<std::string_view, std::string_view> kAliases[] = {
+      {"stat", "newstat"}, {"fstat", "newfstat"}, {"lstat", "newlstat"}, {"uname", "newuname"}, {"umount2", "umount"},
+      {"sendfile", "sendfile64"},
+  };
+  for (const auto& [user, kernel] : kAliases)
+    if (strace_name == user) return kernel;
+  return strace_name;
+}
+
 }  // namespace hvtrace::syscalls

@@ -338,6 +338,8 @@ void Tracer::complete(std::uint32_t tid, Pending p, std::optional<std::int64_t> 
   r.abi = p.call.abi;
   r.nr = p.call.nr;
   r.f = syscalls::format_call(p.call, {cfg_.string_limit});
+  if (p.call.abi == SyscallAbi::kX86_64 && syscalls::Table::get(SyscallAbi::kX86_64).by_nr(p.call.nr) == nullptr)
+    if (auto it = guest_names_.find(static_cast<std::uint32_t>(p.call.nr)); it != guest_names_.end()) r.f.name = it->second;
   r.ret = ret;
   r.entry_ns = p.entry_ns;
   r.exit_ns = exit_ns;

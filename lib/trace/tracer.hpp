@@ -83,6 +83,8 @@ class Tracer {
   Result<void> trace_comm(const std::string& comm);   // running processes with this name
   void start_at_exec(std::uint32_t pid);
   void trace_all() { all_ = true; }
+  // x86-64 names read from the guest's sys_call_table, for numbers the compiled-in table lacks.
+  void set_guest_names(std::map<std::uint32_t, std::string> names) { guest_names_ = std::move(names); }
 
   // Push the filter that the method and the targets need to the monitor.
   Result<void> apply();
@@ -141,6 +143,7 @@ class Tracer {
   std::int64_t realtime_offset_ns_ = 0;
   bool multi_ = false;                           // more than one task seen: prefix lines with the pid
   std::set<std::uint32_t> tids_seen_;
+  std::map<std::uint32_t, std::string> guest_names_;
 };
 
 // The x86-64 and i386 numbers of the clone family (fork, vfork, clone, clone3).
