@@ -25,10 +25,10 @@
 namespace hvtrace::monitor {
 
 struct ArmFlags {
-  std::uint64_t entry = 1, exit = 1, cr3 = 1, bp = 1;
+  std::uint64_t entry = 1, exit = 1, cr3 = 1;
   friend bool operator==(const ArmFlags&, const ArmFlags&) = default;
 };
-inline constexpr ArmFlags kArmAll{1, 1, 1, 1};
+inline constexpr ArmFlags kArmAll{1, 1, 1};
 
 // What `cfg` needs on a vCPU running address space `dtb`.
 inline ArmFlags arm_for(const FilterConfig& cfg, std::uint64_t dtb) {
@@ -36,13 +36,12 @@ inline ArmFlags arm_for(const FilterConfig& cfg, std::uint64_t dtb) {
   ArmFlags f;
   f.entry = passes && cfg.action(EventClass::kSyscallEntry) != Action::kDrop;
   f.exit = passes && cfg.action(EventClass::kSyscallExit) != Action::kDrop;
-  f.bp = passes && cfg.action(EventClass::kBreakpoint) != Action::kDrop;
   // CR3 writes are watched to forward them, or to follow the DTB the other flags depend on.
   f.cr3 = cfg.action(EventClass::kCr3) != Action::kDrop || cfg.dtb_mode == abi::DtbMode::kSet;
   return f;
 }
 
-// The vCPU side (N, L): `store` writes the four flags with seq_cst stores.
+// The vCPU side (N, L): `store` writes the three flags with seq_cst stores.
 template <typename Store>
 void narrow_flags(const FilterConfig& cfg, const std::atomic<const FilterConfig*>& current, std::uint64_t dtb,
                   Store&& store) {

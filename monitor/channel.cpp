@@ -95,6 +95,7 @@ bool serve_message(Monitor& m, int fd) {
       return true;
     default:
       publish_config(m, next);
+      if (type == abi::CtlType::kAddBreakpoint || type == abi::CtlType::kRemoveBreakpoint) breakpoints_changed(m, next);
       reply(fd, req, st, "applied", m, false);
       return true;
   }

@@ -3,6 +3,7 @@
 #include "config.hpp"
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string_view>
@@ -52,6 +53,59 @@ void set_why(std::string* why, std::string s) {
   if (why) *why = std::move(s);
 }
 
+std::string hex(std::uint64_t x) {
+  char b[24];
+  std::snprintf(b, sizeof b, "%#llx", static_cast<unsigned long long>(x));
+  return b;
+}
+
+// Why an AddBreakpointMsg cannot be added to `cur` (empty: it can, *out is the entry).
+std::string breakpoint_problem(const abi::AddBreakpointMsg& m, const FilterConfig& cur, Breakpoint* out) {
+  const std::string who = "breakpoint " + std::to_string(m.id) + ": ";
+  if (m.id == 0) return "breakpoint id 0 is not allowed (ids are 1..2^32-1)";
+  constexpr std::uint64_t kUpper = 0xffff'8000'0000'0000ULL, kLowerEnd = 0x0000'8000'0000'0000ULL;
+  if (m.va == 0) return who + "address 0";
+  if (m.va >= kLowerEnd && m.va < kUpper) return who + "address " + hex(m.va) + " is not canonical";
+  if (m.action > static_cast<std::uint8_t>(Action::kSync))
+    return who + "action " + std::to_string(m.action) + " is not 0 (drop), 1 (async) or 2 (sync)";
+  const auto kind = static_cast<abi::BreakpointKind>(m.kind);
+  if (kind == abi::BreakpointKind::kKernel) {
+    if (m.va < kUpper)
+      return who + "kernel breakpoint at lower-half address " + hex(m.va) + " (kernel text is in the upper half)";
+    if (m.n_dtbs > abi::kMaxBreakpointDtbs)
+      return who + "a kernel breakpoint takes 0 (every address space) to 4 DTBs, not " + std::to_string(m.n_dtbs);
+  } else if (kind == abi::BreakpointKind::kUser) {
+    if (m.va >= kUpper) return who + "user breakpoint at upper-half address " + hex(m.va);
+    if (m.n_dtbs != 1)
+      return who + "a user breakpoint needs exactly one DTB (a user address means nothing outside its address "
+                   "space), got " + std::to_string(m.n_dtbs);
+  } else {
+    return who + "kind " + std::to_string(m.kind) + " is not 1 (kernel) or 2 (user)";
+  }
+  for (std::uint32_t i = 0; i < abi::kMaxBreakpointDtbs; ++i) {
+    if (i >= m.n_dtbs && m.dtbs[i] != 0) return who + "DTB entries past n_dtbs must be zero";
+    if (i < m.n_dtbs && (m.dtbs[i] == 0 || (m.dtbs[i] & ~abi::kDtbMask) != 0))
+      return who + "DTB " + hex(m.dtbs[i]) + " is not a page-table base (low 13 bits and bit 63 must be 0)";
+  }
+  Breakpoint b;
+  b.va = m.va;
+  b.id = m.id;
+  b.kind = kind;
+  b.action = static_cast<Action>(m.action);
+  b.n_dtbs = m.n_dtbs;
+  std::memcpy(b.dtbs, m.dtbs, sizeof b.dtbs);
+  for (std::uint32_t i = 0; i < cur.n_bps; ++i) {
+    const Breakpoint& o = cur.bps[i];
+    if (o.id == m.id) return who + "id already in use (at " + hex(o.va) + ")";
+    if (o.va == b.va && o.n_dtbs == b.n_dtbs && std::memcmp(o.dtbs, b.dtbs, sizeof b.dtbs) == 0)
+      return who + "duplicate of breakpoint " + std::to_string(o.id) + " (same address and scope)";
+  }
+  if (cur.n_bps >= abi::kMaxBreakpoints)
+    return who + "the table is full (" + std::to_string(abi::kMaxBreakpoints) + " breakpoints; remove one first)";
+  *out = b;
+  return {};
+}
+
 }  // namespace
 
 const char* options_usage() {
@@ -61,7 +115,8 @@ const char* options_usage() {
          "  ring_kib=N          ring size per vCPU in KiB, power of two, 64..262144 (default 4096)\n"
          "  entry=auto|0xVA     64-bit syscall entry point (default auto: first kernel insn after a 64-bit syscall;\n"
          "                      every other door - int $0x80, sysenter, compat syscall - is detected the same way)\n"
-         "  bp=0xVA             kernel breakpoint address (repeatable, up to 16)\n"
+         "  bp=0xVA             kernel breakpoint, every address space, action bp_action= (repeatable, up to\n"
+         "                      64; ids 0x80000000, 0x80000001, ...; more are added at run time over ctl=)\n"
          "  dtb=0xDTB           initial DTB set member (repeatable, up to 64; default: all DTBs pass)\n"
          "  syscalls=all|N:N:.. x86-64 syscall numbers that pass (default all)\n"
          "  syscalls32=all|N:.. i386 syscall numbers that pass (default all)\n"
@@ -103,8 +158,11 @@ bool parse_options(int argc, const char* const* argv, Options* out, std::string*
       else o.entry_va = n;
     } else if (k == "bp") {
       if (!parse_u64(v, &n) || n < 0xffff'8000'0000'0000ULL) return bad("needs a kernel virtual address");
-      if (o.breakpoints.size() >= abi::kMaxBreakpoints) return bad("too many breakpoints (at most 16)");
-      o.breakpoints.push_back(n);
+      if (o.initial.n_bps >= abi::kMaxBreakpoints) return bad("too many breakpoints (at most 64)");
+      Breakpoint& b = o.initial.bps[o.initial.n_bps];
+      b.va = n;
+      b.id = abi::kInitialBreakpointId + o.initial.n_bps++;
+      b.kind = abi::BreakpointKind::kKernel;
     } else if (k == "dtb") {
       if (!parse_u64(v, &n) || n == 0 || (n & ~abi::kDtbMask) != 0) return bad("needs a page-table base (CR3 without PCID/bit 12/bit 63)");
       if (o.initial.n_dtbs >= abi::kMaxDtbs) return bad("too many DTBs (at most 64)");
@@ -154,6 +212,8 @@ bool parse_options(int argc, const char* const* argv, Options* out, std::string*
       return bad("unknown key");
     }
   }
+  for (std::uint32_t i = 0; i < o.initial.n_bps; ++i)   // bp_action= may come after the bp= arguments
+    o.initial.bps[i].action = o.initial.action(EventClass::kBreakpoint);
   if (o.shm_path.empty() && !o.count_only) {
     set_why(why, "missing shm=PATH (the event rings file to create)");
     return false;
@@ -201,6 +261,8 @@ abi::CtlStatus apply_control(const void* msg, std::size_t len, const FilterConfi
     case abi::CtlType::kSetIdentity: want = sizeof(abi::SetIdentityMsg); break;
     case abi::CtlType::kSetActions: want = sizeof(abi::SetActionsMsg); break;
     case abi::CtlType::kSetSnapLen: want = sizeof(abi::SetSnapLenMsg); break;
+    case abi::CtlType::kAddBreakpoint: want = sizeof(abi::AddBreakpointMsg); break;
+    case abi::CtlType::kRemoveBreakpoint: want = sizeof(abi::RemoveBreakpointMsg); break;
     case abi::CtlType::kDetach:
     case abi::CtlType::kGetStats: want = sizeof(abi::CtlHeader); break;
     default:
@@ -307,6 +369,32 @@ abi::CtlStatus apply_control(const void* msg, std::size_t len, const FilterConfi
         return CtlStatus::kBadValue;
       }
       n.snap_len = m.snap_len;
+      break;
+    }
+    case abi::CtlType::kAddBreakpoint: {
+      abi::AddBreakpointMsg m;
+      std::memcpy(&m, msg, sizeof m);
+      Breakpoint b;
+      if (const std::string p = breakpoint_problem(m, cur, &b); !p.empty()) {
+        set_why(why, p);
+        return CtlStatus::kBadValue;
+      }
+      n.bps[n.n_bps++] = b;
+      break;
+    }
+    case abi::CtlType::kRemoveBreakpoint: {
+      abi::RemoveBreakpointMsg m;
+      std::memcpy(&m, msg, sizeof m);
+      std::uint32_t at = n.n_bps;
+      for (std::uint32_t i = 0; i < n.n_bps; ++i)
+        if (n.bps[i].id == m.id) at = i;
+      if (m.reserved != 0 || at == n.n_bps) {
+        set_why(why, m.reserved != 0 ? "remove breakpoint: reserved field must be 0"
+                                     : "no breakpoint with id " + std::to_string(m.id));
+        return CtlStatus::kBadValue;
+      }
+      for (std::uint32_t i = at; i + 1 < n.n_bps; ++i) n.bps[i] = n.bps[i + 1];
+      n.bps[--n.n_bps] = Breakpoint{};
       break;
     }
     default:

@@ -18,6 +18,23 @@ namespace hvtrace::monitor {
 using abi::Action;
 using abi::EventClass;
 
+// One breakpoint in force (AddBreakpointMsg, validated).
+struct Breakpoint {
+  std::uint64_t va = 0;
+  std::uint32_t id = 0;
+  abi::BreakpointKind kind = abi::BreakpointKind::kKernel;
+  Action action = Action::kDrop;
+  std::uint16_t n_dtbs = 0;                   // 0: every address space (kernel only)
+  std::uint64_t dtbs[abi::kMaxBreakpointDtbs] = {};
+
+  [[nodiscard]] bool fires_in(std::uint64_t dtb) const {
+    if (n_dtbs == 0) return true;
+    for (std::uint16_t i = 0; i < n_dtbs; ++i)
+      if (dtbs[i] == dtb) return true;
+    return false;
+  }
+};
+
 // The filter in force. Plain data, copied whole on every change and published at once.
 struct FilterConfig {
   std::uint32_t generation = 0;
@@ -37,6 +54,9 @@ struct FilterConfig {
   std::uint64_t current_task_off = 0;
   std::uint32_t pid_off = 0, tgid_off = 0;
   bool cr3_unfiltered = false;   // forward every CR3 write whatever the DTB set (ablation, method 3)
+  // Breakpoints in force, in the order they were added (bp= arguments first).
+  std::uint32_t n_bps = 0;
+  Breakpoint bps[abi::kMaxBreakpoints] = {};
 
   [[nodiscard]] Action action(EventClass c) const { return actions[static_cast<std::size_t>(c)]; }
   [[nodiscard]] bool dtb_passes(std::uint64_t dtb) const {
@@ -67,14 +87,14 @@ struct Options {
   std::string ctl_path;                      // ctl=PATH (optional: no run-time control without it)
   std::uint32_t ring_bytes = abi::kDefaultRingBytes;
   std::uint64_t entry_va = 0;                // entry=auto|0xVA (0: detect)
-  std::vector<std::uint64_t> breakpoints;    // bp=0xVA, repeatable
   abi::WaitMode sync_wait = abi::WaitMode::kAdaptive;
   std::uint64_t sync_spin_ns = 20'000;
   std::uint64_t sync_timeout_ns = 1'000'000'000;
   bool count_only = false;                   // count=on: only the independent inline counters
   bool icount = false;                       // icount=on: count guest instructions per vCPU (EventHeader::insns)
   bool selftime = false;                     // selftime=on: time every trap callback (RingHeader::cb_ns)
-  FilterConfig initial;                      // dtb=, syscalls=, cr3=/entry=/exit=/bp_action=, snaplen=
+  FilterConfig initial;                      // dtb=, syscalls=, cr3=/entry=/exit=/bp_action=, snaplen=,
+                                             // bp= (kernel breakpoints, every address space, action bp_action=)
 };
 
 // Parse QEMU's "-plugin lib.so,key=value,..." arguments. On error returns false and sets *why.

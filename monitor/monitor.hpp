@@ -6,13 +6,18 @@
 // Run-time filter changes never retranslate code. Every trap site is a *conditional* callback on a
 // VcpuBoard field (arming.hpp says who writes the armed flags and why they can only err towards
 // running a callback):
-//   - entry_armed / exit_armed / bp_armed: 1 while the current DTB passes the filter;
+//   - entry_armed / exit_armed: 1 while the current DTB passes the filter;
 //   - cr3_armed: mov-to-CR3 callback runs (needed to forward CR3 events or to follow the DTB);
 //   - detect: the user door instruction last executed (DoorInsn) and door_rip its address, both
 //     inline stores; the first instruction of each known door entry clears detect inline, and every
 //     other kernel TB start has a callback on detect != 0 that learns a new door's entry point
 //     (doors.hpp verifies it was the door, not a fault). No field counts up and waits to be reset,
 //     so no instruction sequence can leave a vCPU's entries undelivered.
+//   - reset_req: set by the control thread after the breakpoint table changed; every kernel TB
+//     start has a callback on reset_req != 0 that asks QEMU, from the vCPU thread, for the code
+//     cache flush (qemu_plugin_reset flushes only when called on a vCPU thread). Breakpoints
+//     themselves are unconditional callbacks at their addresses, registered at translation from
+//     bp_site (the addresses in force); the callback checks the table (FilterConfig::bps).
 // The filter itself (FilterConfig) is published by pointer from a pool with a slot per vCPU plus
 // two, so the control thread always finds a slot that is neither current nor announced in a vCPU's
 // hazard slot. The generation counter in each config orders the changes.
@@ -48,7 +53,7 @@ struct VcpuBoard {
   std::uint64_t entry_armed;
   std::uint64_t exit_armed;
   std::uint64_t cr3_armed;
-  std::uint64_t bp_armed;
+  std::uint64_t reset_req;       // 1: the breakpoint table changed, flush the code cache (plugin.cpp)
   std::uint64_t detect;          // DoorInsn of the last user door instruction; cleared at a known entry
   std::uint64_t door_rip;        // its address
   std::uint64_t insns;           // icount=on: guest instructions executed (inline add per TB)
@@ -77,7 +82,7 @@ struct Monitor {
   qemu_plugin_id_t id = 0;
   qemu_plugin_scoreboard* board = nullptr;
   qemu_plugin_u64 f_user_syscalls{}, f_user_int80s{}, f_user_sysenters{}, f_cr3_writes{}, f_entry_armed{},
-      f_exit_armed{}, f_cr3_armed{}, f_bp_armed{}, f_detect{}, f_door_rip{}, f_insns{};
+      f_exit_armed{}, f_cr3_armed{}, f_reset_req{}, f_detect{}, f_door_rip{}, f_insns{};
   unsigned max_vcpus = 0;
   Vcpu* vcpus = nullptr;
 
@@ -93,6 +98,12 @@ struct Monitor {
 
   std::atomic<std::uint64_t> door_va[static_cast<unsigned>(abi::Door::kCount)] = {};  // 0 until learned
   std::atomic<bool> reset_in_flight{false};
+  // Breakpoint addresses for translation (a copy of the table's non-drop addresses; translation
+  // has no hazard slot). Changed by the control thread only, each change followed by a flush.
+  std::atomic<std::uint64_t> bp_site[abi::kMaxBreakpoints] = {};
+  std::atomic<std::uint32_t> n_bp_sites{0};
+  std::atomic<std::uint64_t> bp_serial{0};   // table changes so far
+  std::atomic<std::uint64_t> bp_flushed{0};  // table changes a queued flush covers
   std::atomic<std::uint64_t> detect_rejected{0};
   std::atomic<std::uint32_t> attach_epoch{0};
   std::uint32_t consumer_gone = 1;        // abort flag for sync waits (u32 for atomic_ref)
@@ -114,5 +125,6 @@ void stop_control(Monitor& m);
 void publish_config(Monitor& m, const FilterConfig& next);   // control thread / install only
 // plugin.cpp
 void store_flags(Monitor& m, unsigned vcpu, const ArmFlags& f);   // seq_cst, see arming.hpp
+void breakpoints_changed(Monitor& m, const FilterConfig& now);    // control thread, after publish_config
 
 }  // namespace hvtrace::monitor

@@ -281,12 +281,38 @@ void on_entry(unsigned vcpu, void* udata) {
   on_entry_body(m, vcpu, static_cast<abi::Door>(reinterpret_cast<std::uintptr_t>(udata)));
 }
 
-void request_reset(Monitor& m) {
-  if (!m.reset_in_flight.exchange(true))
-    qemu_plugin_reset(m.id, [](qemu_plugin_id_t) {
-      g_mon->reset_in_flight.store(false);
-      ::hvtrace_monitor_register_callbacks();
-    });
+// False if a reset is already in flight (nothing queued). Flushes the code cache only when called
+// on a vCPU thread (QEMU flushes when current_cpu is set), so the control thread never calls it.
+bool request_reset(Monitor& m) {
+  if (m.reset_in_flight.exchange(true)) return false;
+  qemu_plugin_reset(m.id, [](qemu_plugin_id_t) {
+    g_mon->reset_in_flight.store(false);
+    ::hvtrace_monitor_register_callbacks();
+  });
+  return true;
+}
+
+std::atomic_ref<std::uint64_t> board_field(qemu_plugin_u64 field, unsigned vcpu) {
+  auto* p = static_cast<char*>(qemu_plugin_scoreboard_find(field.score, vcpu)) + field.offset;
+  return std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(p));
+}
+
+// Fires at a kernel TB start while this vCPU's reset_req is set: the breakpoint table changed
+// (serial bp_serial). Queue one flush that covers it, unless a flush queued after that change
+// already does. The clear comes before the serial is read (both seq_cst, the control thread bumps
+// the serial before it sets the flags), so a change is either seen here or leaves the flag set.
+void on_reset_req(unsigned vcpu, void*) {
+  Monitor& m = *g_mon;
+  board_field(m.f_reset_req, vcpu).store(0, std::memory_order_seq_cst);
+  const std::uint64_t want = m.bp_serial.load(std::memory_order_seq_cst);
+  if (m.bp_flushed.load(std::memory_order_seq_cst) >= want) return;
+  if (!request_reset(m)) {   // another flush in flight may predate the change: try again next TB
+    board_field(m.f_reset_req, vcpu).store(1, std::memory_order_seq_cst);
+    return;
+  }
+  std::uint64_t seen = m.bp_flushed.load();
+  while (seen < want && !m.bp_flushed.compare_exchange_weak(seen, want)) {
+  }
 }
 
 // Fires at the start of a kernel TB that is not a known door entry while `detect` is set: the
@@ -325,7 +351,7 @@ void on_detect(unsigned vcpu, void* udata) {
     }
   }
   if (v.has_ring && qemu_plugin_u64_get(m.f_entry_armed, vcpu) == 1) on_entry_body(m, vcpu, *door);
-  request_reset(m);
+  (void)request_reset(m);   // in flight: that one re-registers with door_va already set
 }
 
 void on_return_to_user(Monitor& m, unsigned vcpu, Vcpu& v, abi::ExitVia via, std::uint64_t user_rip,
@@ -437,26 +463,43 @@ void on_cr3_write(unsigned vcpu, void* udata) {
   release_cfg(v);
 }
 
+// At an address with a breakpoint (udata = the address). The table decides, not the translation:
+// a TB translated before a removal still calls here until the flush, and finds nothing to report.
 void on_breakpoint(unsigned vcpu, void* udata) {
   Monitor& m = *g_mon;
   Vcpu& v = m.vcpus[vcpu];
   if (!v.ready || !v.has_ring) return;
   SelfTimer timer(m, v);
+  const std::uint64_t va = reinterpret_cast<std::uintptr_t>(udata);
   const std::uint64_t cr3 = read_reg(v, v.cr3);
+  const std::uint64_t dtb = abi::dtb_of_cr3(cr3);
   const FilterConfig& cfg = *acquire_cfg(m, v);
-  const Action act = cfg.action(EventClass::kBreakpoint);
-  if (act != Action::kDrop && cfg.dtb_passes(abi::dtb_of_cr3(cr3))) {
-    abi::BreakpointEvent e{};
-    e.va = site_va(reinterpret_cast<std::uintptr_t>(udata));
-    e.cr3 = cr3;
-    e.rsp = read_reg(v, v.gpr[RSP]);
-    const unsigned regs[7] = {RDI, RSI, RDX, RCX, R8, R9, RAX};
-    for (unsigned i = 0; i < 7; ++i) e.regs[i] = read_reg(v, v.gpr[regs[i]]);
-    emit(m, vcpu, v, cfg, act, abi::RecordType::kBreakpoint, &e.hdr, sizeof e, nullptr, 0);
-  } else {
-    narrow(m, vcpu, cfg, abi::dtb_of_cr3(cr3));
+  abi::BreakpointEvent e{};
+  bool have_regs = false;
+  for (std::uint32_t i = 0; i < cfg.n_bps; ++i) {
+    const Breakpoint& b = cfg.bps[i];
+    if (b.va != va || b.action == Action::kDrop || !b.fires_in(dtb)) continue;
+    if (!have_regs) {
+      have_regs = true;
+      e.va = va;
+      e.cr3 = cr3;
+      e.rsp = read_reg(v, v.gpr[RSP]);
+      const unsigned regs[7] = {RDI, RSI, RDX, RCX, R8, R9, RAX};
+      for (unsigned r = 0; r < 7; ++r) e.regs[r] = read_reg(v, v.gpr[regs[r]]);
+      if (read_mem(v, e.rsp, &e.ret_addr, sizeof e.ret_addr)) e.flags |= abi::kBpRetAddrRead;
+    }
+    e.id = b.id;
+    e.kind = static_cast<std::uint8_t>(b.kind);
+    emit(m, vcpu, v, cfg, b.action, abi::RecordType::kBreakpoint, &e.hdr, sizeof e, nullptr, 0);
   }
   release_cfg(v);
+}
+
+bool is_bp_site(const Monitor& m, std::uint64_t va) {
+  const std::uint32_t n = m.n_bp_sites.load(std::memory_order_acquire);
+  for (std::uint32_t i = 0; i < n && i < abi::kMaxBreakpoints; ++i)
+    if (m.bp_site[i].load(std::memory_order_relaxed) == va) return true;
+  return false;
 }
 
 void on_tb_trans(qemu_plugin_id_t, qemu_plugin_tb* tb) {
@@ -476,6 +519,9 @@ void on_tb_trans(qemu_plugin_id_t, qemu_plugin_tb* tb) {
     const std::size_t got = qemu_plugin_insn_data(insn, b, sizeof b);
     if (got != size) continue;
     const std::uint64_t va = qemu_plugin_insn_vaddr(insn);
+    if (!counting && is_bp_site(m, va))
+      qemu_plugin_register_vcpu_insn_exec_cb(insn, on_breakpoint, QEMU_PLUGIN_CB_R_REGS,
+                                             reinterpret_cast<void*>(static_cast<std::uintptr_t>(va)));
     if (!kernel) {
       const DoorInsn door = door_insn(b, size);
       if (door == DoorInsn::kNone) continue;
@@ -510,6 +556,9 @@ void on_tb_trans(qemu_plugin_id_t, qemu_plugin_tb* tb) {
     if (i == 0 && !is_door)
       qemu_plugin_register_vcpu_insn_exec_cond_cb(insn, on_detect, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_COND_NE,
                                                   m.f_detect, 0, reinterpret_cast<void*>(va));
+    if (i == 0)
+      qemu_plugin_register_vcpu_insn_exec_cond_cb(insn, on_reset_req, QEMU_PLUGIN_CB_NO_REGS, QEMU_PLUGIN_COND_NE,
+                                                  m.f_reset_req, 0, nullptr);
     if (is_sysretq(b, size) || is_sysretl(b, size))
       qemu_plugin_register_vcpu_insn_exec_cond_cb(
           insn, on_sysret, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_COND_EQ, m.f_exit_armed, 1,
@@ -518,10 +567,6 @@ void on_tb_trans(qemu_plugin_id_t, qemu_plugin_tb* tb) {
     if (is_iretq(b, size))
       qemu_plugin_register_vcpu_insn_exec_cond_cb(insn, on_iret, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_COND_EQ,
                                                   m.f_exit_armed, 1, nullptr);
-    for (const std::uint64_t bp : m.opt.breakpoints)
-      if (bp == va)
-        qemu_plugin_register_vcpu_insn_exec_cond_cb(insn, on_breakpoint, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_COND_EQ,
-                                                    m.f_bp_armed, 1, reinterpret_cast<void*>(encode_site(va, 0)));
   }
 }
 
@@ -572,7 +617,24 @@ void store_flags(Monitor& m, unsigned vcpu, const ArmFlags& f) {
   put(m.f_entry_armed, f.entry);
   put(m.f_exit_armed, f.exit);
   put(m.f_cr3_armed, f.cr3);
-  put(m.f_bp_armed, f.bp);
+}
+
+// The table in `now` is in force (published): give translation its addresses, then have a vCPU
+// flush the code cache (on_reset_req) so every address is translated again with or without its
+// callback. One flush per change, nothing per event.
+void breakpoints_changed(Monitor& m, const FilterConfig& now) {
+  std::uint64_t sites[abi::kMaxBreakpoints];
+  std::uint32_t n = 0;
+  for (std::uint32_t i = 0; i < now.n_bps; ++i)
+    if (now.bps[i].action != Action::kDrop) sites[n++] = now.bps[i].va;
+  bool same = n == m.n_bp_sites.load();
+  for (std::uint32_t i = 0; same && i < n; ++i) same = m.bp_site[i].load() == sites[i];
+  if (same) return;   // the same addresses have callbacks (e.g. a drop breakpoint): nothing to retranslate
+  for (std::uint32_t i = 0; i < n; ++i) m.bp_site[i].store(sites[i], std::memory_order_relaxed);
+  m.n_bp_sites.store(n, std::memory_order_release);
+  m.bp_serial.fetch_add(1, std::memory_order_seq_cst);
+  for (unsigned v = 0; v < m.max_vcpus; ++v)
+    if (m.vcpus[v].ready) board_field(m.f_reset_req, v).store(1, std::memory_order_seq_cst);
 }
 
 }  // namespace hvtrace::monitor
@@ -618,7 +680,9 @@ extern "C" QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const
   m->f_door_rip = qemu_plugin_u64{m->board, offsetof(VcpuBoard, door_rip)};
   m->f_exit_armed = qemu_plugin_u64{m->board, offsetof(VcpuBoard, exit_armed)};
   m->f_cr3_armed = qemu_plugin_u64{m->board, offsetof(VcpuBoard, cr3_armed)};
-  m->f_bp_armed = qemu_plugin_u64{m->board, offsetof(VcpuBoard, bp_armed)};
+  m->f_reset_req = qemu_plugin_u64{m->board, offsetof(VcpuBoard, reset_req)};
+  for (std::uint32_t i = 0; i < m->opt.initial.n_bps; ++i)   // bp= arguments: in force from the start
+    if (m->opt.initial.bps[i].action != Action::kDrop) m->bp_site[m->n_bp_sites++].store(m->opt.initial.bps[i].va);
   m->f_detect = qemu_plugin_u64{m->board, offsetof(VcpuBoard, detect)};
   m->f_insns = qemu_plugin_u64{m->board, offsetof(VcpuBoard, insns)};
   g_mon = m;

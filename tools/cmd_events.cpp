@@ -117,8 +117,14 @@ nlohmann::json to_json(const events::Event& e) {
       break;
     case abi::RecordType::kBreakpoint:
       j["type"] = "bp";
+      j["id"] = e.bp.id;
       j["va"] = hex(e.bp.va);
       j["dtb"] = hex(e.dtb().value);
+      j["args"] = nlohmann::json::array();
+      for (unsigned i = 0; i < 6; ++i) j["args"].push_back(hex(e.bp.regs[i]));
+      j["rsp"] = hex(e.bp.rsp);
+      if (e.bp.flags & abi::kBpRetAddrRead) j["ret_addr"] = hex(e.bp.ret_addr);
+      else j["ret_addr"] = nullptr;
       break;
     default: j["type"] = "unknown"; break;
   }

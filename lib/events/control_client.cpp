@@ -139,6 +139,26 @@ Result<std::uint32_t> ControlClient::set_snap_len(std::uint32_t bytes) {
   return request(m, abi::CtlType::kSetSnapLen);
 }
 
+Result<std::uint32_t> ControlClient::add_breakpoint(const BreakpointSpec& bp) {
+  if (bp.dtbs.size() > abi::kMaxBreakpointDtbs)
+    return make_error("breakpoint {}: {} DTBs, a breakpoint takes at most {}", bp.id, bp.dtbs.size(),
+                      abi::kMaxBreakpointDtbs);
+  abi::AddBreakpointMsg m{};
+  m.id = bp.id;
+  m.kind = static_cast<std::uint8_t>(bp.kind);
+  m.action = static_cast<std::uint8_t>(bp.action);
+  m.n_dtbs = static_cast<std::uint16_t>(bp.dtbs.size());
+  m.va = bp.va;
+  for (std::size_t i = 0; i < bp.dtbs.size(); ++i) m.dtbs[i] = bp.dtbs[i].value;
+  return request(m, abi::CtlType::kAddBreakpoint);
+}
+
+Result<std::uint32_t> ControlClient::remove_breakpoint(std::uint32_t id) {
+  abi::RemoveBreakpointMsg m{};
+  m.id = id;
+  return request(m, abi::CtlType::kRemoveBreakpoint);
+}
+
 Result<std::uint32_t> ControlClient::detach() {
   abi::CtlHeader m{};
   return request(m, abi::CtlType::kDetach);

@@ -35,6 +35,15 @@ struct MonitorStats {
   std::uint64_t user_sysenters = 0;
 };
 
+// A breakpoint for the monitor (abi::AddBreakpointMsg); the monitor validates it and says why not.
+struct BreakpointSpec {
+  std::uint32_t id = 0;          // != 0, chosen by the caller, unique among the breakpoints in force
+  std::uint64_t va = 0;          // kernel: upper half (e.g. a kallsyms address); user: lower half
+  abi::BreakpointKind kind = abi::BreakpointKind::kKernel;
+  abi::Action action = abi::Action::kAsync;
+  std::vector<Dtb> dtbs;         // kernel: empty = every address space, else at most 4; user: exactly one
+};
+
 class ControlClient {
  public:
   [[nodiscard]] static Result<ControlClient> connect(const std::filesystem::path& socket,
@@ -59,6 +68,9 @@ class ControlClient {
   Result<std::uint32_t> set_identity(std::uint64_t current_task_off, std::uint32_t pid_off, std::uint32_t tgid_off);
   Result<std::uint32_t> set_actions(const Actions& a);
   Result<std::uint32_t> set_snap_len(std::uint32_t bytes);
+  // Breakpoints at run time: each change costs the guest one code-cache flush, not a cost per event.
+  Result<std::uint32_t> add_breakpoint(const BreakpointSpec& bp);
+  Result<std::uint32_t> remove_breakpoint(std::uint32_t id);
   Result<std::uint32_t> detach();
   Result<MonitorStats> stats();
 

@@ -1,6 +1,8 @@
 // EventReader: see event_reader.hpp.
 #include "events/event_reader.hpp"
 
+#include "hvtrace/abi/control.h"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -168,6 +170,9 @@ Result<Event> decode_record(const std::uint8_t* rec, std::size_t size) {
       auto r = read_body<abi::BreakpointEvent>(rec, size, "breakpoint");
       if (!r) return r.error();
       e.bp = *r;
+      if (e.bp.kind != static_cast<std::uint8_t>(abi::BreakpointKind::kKernel) &&
+          e.bp.kind != static_cast<std::uint8_t>(abi::BreakpointKind::kUser))
+        return make_error("breakpoint: bad kind {}", e.bp.kind);
       common(e.bp.hdr);
       return e;
     }

@@ -6,6 +6,9 @@
 // plugin arguments are rejected with a reason.
 #include "events/control_client.hpp"
 #include "events/event_reader.hpp"
+#include "kernel/kernel.hpp"
+#include "linux/processes.hpp"
+#include "mem/phys_mem.hpp"
 #include "vm/process.hpp"
 #include "vm/vm.hpp"
 
@@ -19,6 +22,7 @@
 #include <fstream>
 #include <sstream>
 #include <map>
+#include <set>
 #include <mutex>
 #include <thread>
 
@@ -141,6 +145,9 @@ class Monitor : public ::testing::Test {
     delete collector_;
     delete ctl_;
     delete reader_;
+    delete lx_;
+    delete kernel_;
+    delete ram_;
     if (vm_) (void)vm_->shutdown();
     delete vm_;
   }
@@ -162,6 +169,15 @@ class Monitor : public ::testing::Test {
     EXPECT_EQ(r->exit_status, 0) << cmd << ": " << r->err;
     return r->out;
   }
+  // Copies a C source of this repository into the guest and compiles it there with tcc.
+  static bool compile_in_guest(const char* source, const std::string& binary) {
+    std::ifstream f(source);
+    std::stringstream src;
+    src << f.rdbuf();
+    EXPECT_FALSE(src.str().empty()) << source;
+    run("cat > " + binary + ".c <<'HVTRACE_EOF'\n" + src.str() + "HVTRACE_EOF\ntcc -o " + binary + " " + binary + ".c");
+    return !src.str().empty();
+  }
   // Events of the current generation or later, collected after `settle`.
   static std::vector<Event> since(std::uint32_t gen, std::chrono::milliseconds settle = 300ms) {
     std::this_thread::sleep_for(settle);
@@ -176,7 +192,42 @@ class Monitor : public ::testing::Test {
     return n;
   }
 
+  // The guest seen from its memory (kallsyms, processes), for the breakpoint tests; attached once.
+  static linux_os::Linux& introspect() {
+    if (!lx_) {
+      auto ram = mem::open_ram_file(vm_->record().ram_path);
+      EXPECT_TRUE(ram.ok()) << ram.error().message;
+      ram_ = std::move(ram).value().release();
+      auto k = kernel::Kernel::attach(*ram_);
+      EXPECT_TRUE(k.ok()) << k.error().message;
+      kernel_ = std::move(k).value().release();
+      auto lx = linux_os::Linux::attach(*kernel_);
+      EXPECT_TRUE(lx.ok()) << lx.error().message;
+      lx_ = new linux_os::Linux(std::move(lx).value());
+    }
+    return *lx_;
+  }
+  // A kernel function's runtime address from the guest's own kallsyms (the full list: the profile
+  // keeps only the symbols discovery needs); 0 if absent.
+  static std::uint64_t kernel_function(const std::string& name) {
+    (void)introspect();
+    auto syms = kernel_->all_symbols();
+    EXPECT_TRUE(syms.ok()) << syms.error().message;
+    if (!syms.ok()) return 0;
+    for (const auto& s : *syms)
+      if (s.name == name && (s.type == 'T' || s.type == 't')) return s.addr.value;
+    return 0;
+  }
+  static Dtb dtb_of_pid(int pid) {
+    auto p = introspect().find_pid(Pid{pid});
+    EXPECT_TRUE(p.ok() && p->has_value() && (*p)->dtb) << "pid " << pid << " or its DTB not found";
+    return p.ok() && p->has_value() && (*p)->dtb ? *(*p)->dtb : Dtb{0};
+  }
+
   static inline vm::Vm* vm_ = nullptr;
+  static inline mem::FileMem* ram_ = nullptr;
+  static inline kernel::Kernel* kernel_ = nullptr;
+  static inline linux_os::Linux* lx_ = nullptr;
   static inline EventReader* reader_ = nullptr;
   static inline Collector* collector_ = nullptr;
   static inline ControlClient* ctl_ = nullptr;
@@ -231,11 +282,7 @@ TEST_F(Monitor, EverySyscallAndCr3WriteArrivesOnceAgainstTheInlineCounters) {
 // stdout arrives as an i386 write with its bytes and its door; the calls after the compat syscall
 // arrive too (no re-attach); and per door the entries delivered equal the instructions executed.
 TEST_F(Monitor, EveryDoorIsTrappedAndNoneBlindsTheMonitor) {
-  std::ifstream f(HVTRACE_DOORS_SOURCE);
-  std::stringstream src;
-  src << f.rdbuf();
-  ASSERT_FALSE(src.str().empty());
-  run("cat > /tmp/doors.c <<'HVTRACE_EOF'\n" + src.str() + "HVTRACE_EOF\ntcc -o /tmp/doors /tmp/doors.c");
+  ASSERT_TRUE(compile_in_guest(HVTRACE_DOORS_SOURCE, "/tmp/doors"));
   ASSERT_TRUE(ctl_->set_snap_len(abi::kDefaultSnapLen).ok());
   const std::uint64_t dropped_before = total_dropped();
   const std::string out = run("/tmp/doors; echo rc=$?; echo doors-after-marker");
@@ -334,6 +381,181 @@ TEST_F(Monitor, ExecveArrivesWithFilenameAndArgv) {
       found = argv == std::vector<std::string>{"/bin/busybox", "echo", "one", "two", "three"};
     }
   EXPECT_TRUE(found);
+}
+
+// Run-time breakpoints (ControlClient::add_breakpoint): removes the listed ids however a test ends,
+// so no breakpoint outlives its test.
+struct RemoveBreakpoints {
+  ControlClient* ctl;
+  std::vector<std::uint32_t> ids;
+  ~RemoveBreakpoints() {
+    for (auto id : ids)
+      if (ctl) (void)ctl->remove_breakpoint(id);
+  }
+};
+
+std::vector<const Event*> bp_events(const std::vector<Event>& evs, std::uint32_t id) {
+  std::vector<const Event*> out;
+  for (const auto& e : evs)
+    if (e.type == RecordType::kBreakpoint && e.bp.id == id) out.push_back(&e);
+  return out;
+}
+
+constexpr bool kernel_half(std::uint64_t va) { return va >= 0xffff'8000'0000'0000ULL; }
+constexpr bool user_half(std::uint64_t va) { return va != 0 && va < 0x0000'8000'0000'0000ULL; }
+
+// A kernel function found in guest memory (kallsyms, KASLR applied) gets a breakpoint while the
+// guest runs: it fires with the function's arguments (do_sys_openat2(dfd, filename, how)), in
+// every address space, then scoped to one process's DTB only there and synchronously, and never
+// after its removal.
+TEST_F(Monitor, KernelBreakpointAddedAtRunTimeFiresInItsScopeUntilRemoved) {
+  const std::uint64_t va = kernel_function("do_sys_openat2");
+  ASSERT_NE(va, 0u) << "do_sys_openat2 not in the guest's kallsyms";
+  ASSERT_TRUE(va >= kernel_->layout().text_va.value && va < kernel_->layout().end_va.value) << std::hex << va;
+  ASSERT_TRUE(ctl_->set_actions({}).ok());   // only breakpoints deliver
+  RemoveBreakpoints guard{ctl_, {101, 102}};
+
+  auto g = ctl_->add_breakpoint({101, va, abi::BreakpointKind::kKernel, abi::Action::kAsync, {}});
+  ASSERT_TRUE(g.ok()) << g.error().message;
+  run("cat /etc/hostname >/dev/null");
+  auto evs = since(*g);
+  auto hits = bp_events(evs, 101);
+  ASSERT_FALSE(hits.empty()) << "no breakpoint event for do_sys_openat2 at " << std::hex << va;
+  std::set<std::uint64_t> dtbs;
+  bool at_fdcwd = false;
+  for (const Event* e : hits) {
+    EXPECT_EQ(e->bp.va, va);
+    EXPECT_EQ(e->bp.kind, static_cast<std::uint8_t>(abi::BreakpointKind::kKernel));
+    EXPECT_TRUE(user_half(e->bp.regs[1])) << "filename is a user pointer: " << std::hex << e->bp.regs[1];
+    EXPECT_TRUE(kernel_half(e->bp.regs[2])) << "how is on the kernel stack: " << std::hex << e->bp.regs[2];
+    EXPECT_TRUE(kernel_half(e->bp.rsp));
+    EXPECT_TRUE(e->bp.flags & abi::kBpRetAddrRead);
+    EXPECT_TRUE(kernel_half(e->bp.ret_addr)) << "returns into kernel code: " << std::hex << e->bp.ret_addr;
+    at_fdcwd |= static_cast<std::int32_t>(e->bp.regs[0]) == -100;
+    dtbs.insert(e->dtb().value);
+  }
+  EXPECT_TRUE(at_fdcwd) << "no open relative to AT_FDCWD (cat's open of /etc/hostname)";
+  EXPECT_GE(dtbs.size(), 2u) << "an unscoped kernel breakpoint fires in every process that opens files";
+
+  // Scoped to one process (a shell opening a file in a loop, no fork), and sync.
+  const std::string pid_line = run("sh -c 'while :; do read x </etc/hostname; done' >/dev/null 2>&1 </dev/null & echo $!");
+  const int pid = std::stoi(pid_line);
+  const Dtb target = dtb_of_pid(pid);
+  ASSERT_NE(target.value, 0u);
+  ASSERT_TRUE(ctl_->remove_breakpoint(101).ok());
+  std::uint64_t timeouts_before = 0;
+  for (unsigned i = 0; i < reader_->rings(); ++i) timeouts_before += reader_->stats(i).sync_timeouts;
+  g = ctl_->add_breakpoint({102, va, abi::BreakpointKind::kKernel, abi::Action::kSync, {target}});
+  ASSERT_TRUE(g.ok()) << g.error().message;
+  run("cat /etc/hostname >/dev/null; ls / >/dev/null");
+  evs = since(*g);
+  EXPECT_TRUE(bp_events(evs, 101).empty()) << "breakpoint 101 reported after its removal";
+  hits = bp_events(evs, 102);
+  EXPECT_GE(hits.size(), 5u);
+  for (const Event* e : hits) {
+    EXPECT_EQ(e->dtb().value, target.value) << "scoped breakpoint fired in another address space";
+    EXPECT_EQ(static_cast<std::int32_t>(e->bp.regs[0]), -100);
+    EXPECT_TRUE(e->flags & abi::kFlagSync);
+  }
+  std::uint64_t timeouts = 0;
+  for (unsigned i = 0; i < reader_->rings(); ++i) timeouts += reader_->stats(i).sync_timeouts;
+  EXPECT_EQ(timeouts, timeouts_before) << "sync breakpoint events are acked like the others";
+
+  // Removed: nothing more, although the loop keeps opening and stale translations still call back
+  // until the flush.
+  g = ctl_->remove_breakpoint(102);
+  ASSERT_TRUE(g.ok()) << g.error().message;
+  run("cat /etc/hostname >/dev/null");
+  std::size_t after = 0;
+  for (const auto& e : since(*g)) after += e.type == RecordType::kBreakpoint;
+  EXPECT_EQ(after, 0u) << "breakpoint events after the last removal";
+  run(fmt::format("kill {}", pid));
+}
+
+// A function of a user program (tests/integration/monitor/guest/bpmark.c, compiled in the guest):
+// two instances have it at the same address; a breakpoint scoped to the first one's DTB reports
+// exactly its five calls with their argument, and none of the second's.
+TEST_F(Monitor, UserBreakpointFiresOnlyInTheProcessOfItsDtb) {
+  ASSERT_TRUE(compile_in_guest(HVTRACE_BPMARK_SOURCE, "/tmp/bpmark"));
+  run("rm -f /tmp/bp-go");
+  std::istringstream started(run(
+      "/tmp/bpmark 100 /tmp/bp-go >/tmp/bpA.out 2>&1 </dev/null & echo $!; "
+      "/tmp/bpmark 200 /tmp/bp-go >/tmp/bpB.out 2>&1 </dev/null & echo $!; "
+      "while [ ! -s /tmp/bpA.out ] || [ ! -s /tmp/bpB.out ]; do sleep 0.05; done; cat /tmp/bpA.out /tmp/bpB.out"));
+  int pid_a = 0, pid_b = 0;
+  std::string addr_a, addr_b;
+  started >> pid_a >> pid_b >> addr_a >> addr_b;
+  ASSERT_TRUE(pid_a > 0 && pid_b > 0) << started.str();
+  ASSERT_EQ(addr_a, addr_b) << "tcc output is not position independent: marker at one address in both";
+  const std::uint64_t marker = std::stoull(addr_a, nullptr, 16);
+  ASSERT_TRUE(user_half(marker)) << addr_a;
+  const Dtb dtb_a = dtb_of_pid(pid_a), dtb_b = dtb_of_pid(pid_b);
+  ASSERT_NE(dtb_a.value, 0u);
+  ASSERT_NE(dtb_a.value, dtb_b.value);
+  ASSERT_TRUE(ctl_->set_actions({}).ok());
+  RemoveBreakpoints guard{ctl_, {201}};
+  auto g = ctl_->add_breakpoint({201, marker, abi::BreakpointKind::kUser, abi::Action::kAsync, {dtb_a}});
+  ASSERT_TRUE(g.ok()) << g.error().message;
+  const std::string out = run(fmt::format(
+      "touch /tmp/bp-go; while kill -0 {0} 2>/dev/null || kill -0 {1} 2>/dev/null; do sleep 0.05; done; "
+      "cat /tmp/bpA.out /tmp/bpB.out",
+      pid_a, pid_b));
+  EXPECT_NE(out.find("called 100..104"), std::string::npos) << out;
+  EXPECT_NE(out.find("called 200..204"), std::string::npos) << out;
+  std::vector<std::int32_t> args;
+  const auto evs = since(*g);
+  for (const Event* e : bp_events(evs, 201)) {
+    EXPECT_EQ(e->dtb().value, dtb_a.value) << "fired in the second instance";
+    EXPECT_EQ(e->bp.va, marker);
+    EXPECT_EQ(e->bp.kind, static_cast<std::uint8_t>(abi::BreakpointKind::kUser));
+    EXPECT_TRUE(e->bp.flags & abi::kBpRetAddrRead);
+    EXPECT_TRUE(user_half(e->bp.ret_addr)) << "returns into main: " << std::hex << e->bp.ret_addr;
+    args.push_back(static_cast<std::int32_t>(e->bp.regs[0]));
+  }
+  EXPECT_EQ(args, (std::vector<std::int32_t>{100, 101, 102, 103, 104}));
+}
+
+// Bad breakpoints come back with the monitor's reason and change nothing; the table holds 64; the
+// plugin goes on delivering.
+TEST_F(Monitor, BadBreakpointsAreRejectedWithAReasonAndThePluginKeepsDelivering) {
+  const std::uint64_t va = kernel_function("do_sys_openat2");
+  ASSERT_NE(va, 0u);
+  ASSERT_TRUE(ctl_->set_actions({}).ok());
+  auto before = ctl_->stats();
+  ASSERT_TRUE(before.ok());
+  RemoveBreakpoints guard{ctl_, {}};
+  for (std::uint32_t id = 1000; id < 1000 + abi::kMaxBreakpoints + 1; ++id) guard.ids.push_back(id);
+  guard.ids.push_back(301);
+  const auto rejected = [&](const events::BreakpointSpec& bp, const char* reason) {
+    auto r = ctl_->add_breakpoint(bp);
+    if (r.ok()) return ::testing::AssertionFailure() << "accepted";
+    if (r.error().message.find(reason) == std::string::npos)
+      return ::testing::AssertionFailure() << "reason: " << r.error().message;
+    return ::testing::AssertionSuccess();
+  };
+  using K = abi::BreakpointKind;
+  using A = abi::Action;
+  EXPECT_TRUE(rejected({301, 0x401000, K::kUser, A::kAsync, {}}, "needs exactly one DTB"));
+  EXPECT_TRUE(rejected({301, 0, K::kKernel, A::kAsync, {}}, "address 0"));
+  EXPECT_TRUE(rejected({301, 0x0000'9000'0000'0000ULL, K::kKernel, A::kAsync, {}}, "not canonical"));
+  EXPECT_TRUE(rejected({301, va, K::kKernel, static_cast<A>(7), {}}, "action 7"));
+  // 64 breakpoints (drop: in the table, never firing), then the duplicate id and the 65th.
+  for (std::uint32_t i = 0; i < abi::kMaxBreakpoints; ++i) {
+    auto r = ctl_->add_breakpoint({1000 + i, va + 16 * (i + 1), K::kKernel, A::kDrop, {}});
+    ASSERT_TRUE(r.ok()) << i << ": " << r.error().message;
+  }
+  EXPECT_TRUE(rejected({1000, va, K::kKernel, A::kAsync, {}}, "id already in use"));
+  EXPECT_TRUE(rejected({1000 + abi::kMaxBreakpoints, va, K::kKernel, A::kAsync, {}}, "table is full"));
+  auto after = ctl_->stats();
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->rejected_messages, before->rejected_messages + 6);
+  EXPECT_EQ(after->generation, before->generation + abi::kMaxBreakpoints) << "only the 64 good ones changed the filter";
+  for (std::uint32_t i = 0; i < abi::kMaxBreakpoints; ++i) ASSERT_TRUE(ctl_->remove_breakpoint(1000 + i).ok());
+  // Still delivering: a breakpoint added now fires.
+  auto g = ctl_->add_breakpoint({301, va, K::kKernel, A::kAsync, {}});
+  ASSERT_TRUE(g.ok()) << g.error().message;
+  run("cat /etc/hostname >/dev/null");
+  EXPECT_FALSE(bp_events(since(*g), 301).empty());
 }
 
 #if HVTRACE_MON_SMP == 1

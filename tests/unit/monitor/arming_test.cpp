@@ -16,23 +16,22 @@ namespace hvtrace::monitor {
 namespace {
 
 struct Board {
-  std::uint64_t f[4] = {0, 0, 0, 0};
+  std::uint64_t f[3] = {0, 0, 0};
   void store(const ArmFlags& a) {
-    const std::uint64_t v[4] = {a.entry, a.exit, a.cr3, a.bp};
-    for (int i = 0; i < 4; ++i) std::atomic_ref<std::uint64_t>(f[i]).store(v[i], std::memory_order_seq_cst);
+    const std::uint64_t v[3] = {a.entry, a.exit, a.cr3};
+    for (int i = 0; i < 3; ++i) std::atomic_ref<std::uint64_t>(f[i]).store(v[i], std::memory_order_seq_cst);
   }
   ArmFlags load() {
     ArmFlags a;
     a.entry = std::atomic_ref<std::uint64_t>(f[0]).load();
     a.exit = std::atomic_ref<std::uint64_t>(f[1]).load();
     a.cr3 = std::atomic_ref<std::uint64_t>(f[2]).load();
-    a.bp = std::atomic_ref<std::uint64_t>(f[3]).load();
     return a;
   }
 };
 
 bool covers(const ArmFlags& have, const ArmFlags& need) {
-  return have.entry >= need.entry && have.exit >= need.exit && have.cr3 >= need.cr3 && have.bp >= need.bp;
+  return have.entry >= need.entry && have.exit >= need.exit && have.cr3 >= need.cr3;
 }
 
 TEST(Arming, FlagsFollowTheFilterAndTheAddressSpace) {
@@ -41,10 +40,10 @@ TEST(Arming, FlagsFollowTheFilterAndTheAddressSpace) {
   c.n_dtbs = 1;
   c.dtbs[0] = 0x5000;
   c.actions[static_cast<int>(EventClass::kSyscallEntry)] = Action::kAsync;
-  EXPECT_EQ(arm_for(c, 0x5000), (ArmFlags{1, 0, 1, 0}));
-  EXPECT_EQ(arm_for(c, 0x6000), (ArmFlags{0, 0, 1, 0}));   // CR3 still watched: to follow the DTB
+  EXPECT_EQ(arm_for(c, 0x5000), (ArmFlags{1, 0, 1}));
+  EXPECT_EQ(arm_for(c, 0x6000), (ArmFlags{0, 0, 1}));   // CR3 still watched: to follow the DTB
   c.dtb_mode = abi::DtbMode::kAll;
-  EXPECT_EQ(arm_for(c, 0x6000), (ArmFlags{1, 0, 0, 0}));
+  EXPECT_EQ(arm_for(c, 0x6000), (ArmFlags{1, 0, 0}));
 }
 
 TEST(Arming, FilterChangesRacingAddressSpaceSwitchesNeverLeaveAFlagTooLow) {

@@ -88,7 +88,12 @@ TEST(Options, DefaultsAndEveryKey) {
                 "sync_timeout_ms=10"});
   EXPECT_EQ(o.ring_bytes, 2048u * 1024);
   EXPECT_EQ(o.entry_va, 0xffffffff81a00000ULL);
-  EXPECT_EQ(o.breakpoints.size(), 1u);
+  ASSERT_EQ(o.initial.n_bps, 1u);   // a kernel breakpoint in every address space, action bp_action=
+  EXPECT_EQ(o.initial.bps[0].va, 0xffffffff81000010ULL);
+  EXPECT_EQ(o.initial.bps[0].id, abi::kInitialBreakpointId);
+  EXPECT_EQ(o.initial.bps[0].kind, abi::BreakpointKind::kKernel);
+  EXPECT_EQ(o.initial.bps[0].action, Action::kDrop);
+  EXPECT_EQ(o.initial.bps[0].n_dtbs, 0u);
   EXPECT_EQ(o.initial.dtb_mode, abi::DtbMode::kSet);
   EXPECT_TRUE(o.initial.dtb_passes(0x1234000));
   EXPECT_FALSE(o.initial.dtb_passes(0x3000));
@@ -123,8 +128,8 @@ TEST(Options, BadArgumentsSayWhichAndWhy) {
   EXPECT_NE(parse_err({"shm=/a", "exit_action=later"}).find("drop, async or sync"), std::string::npos);
   EXPECT_NE(parse_err({"shm=/a", "sync_timeout_ms=0"}).find("1..60000"), std::string::npos);
   std::vector<const char*> many = {"shm=/a"};
-  for (int i = 0; i < 17; ++i) many.push_back("bp=0xffffffff81000000");
-  EXPECT_NE(parse_err(many).find("at most 16"), std::string::npos);
+  for (int i = 0; i < 65; ++i) many.push_back("bp=0xffffffff81000000");
+  EXPECT_NE(parse_err(many).find("at most 64"), std::string::npos);
 }
 
 template <typename M>

@@ -16,7 +16,8 @@ namespace hvtrace::abi {
 inline constexpr std::uint32_t kCtlMagic = 0x4c544348;   // "HCTL"
 inline constexpr std::uint32_t kMaxDtbs = 64;
 inline constexpr std::uint32_t kSyscallBits = 512;       // syscall numbers 0..511
-inline constexpr std::uint32_t kMaxBreakpoints = 16;
+inline constexpr std::uint32_t kMaxBreakpoints = 64;    // in force at once (bp= arguments included)
+inline constexpr std::uint32_t kMaxBreakpointDtbs = 4;  // address spaces one breakpoint may be scoped to
 
 enum class CtlType : std::uint16_t {
   kAttach = 1,        // AttachMsg -> Reply (status, generation); the consumer of the rings
@@ -30,6 +31,8 @@ enum class CtlType : std::uint16_t {
   kSetSyncSyscalls = 9,  // SetSyscallsMsg: exits of these numbers are sync whatever the exit action
                          // says (the monitoring side must act before the caller runs on, e.g. add
                          // a fork child's address space to the DTB set)
+  kAddBreakpoint = 10,     // AddBreakpointMsg: a breakpoint with its own action and scope
+  kRemoveBreakpoint = 11,  // RemoveBreakpointMsg
 };
 
 struct CtlHeader {
@@ -81,6 +84,36 @@ inline constexpr std::uint64_t kMaxPerCpuOffset = 16 * 1024 * 1024;
 
 enum class Action : std::uint8_t { kDrop = 0, kAsync = 1, kSync = 2 };
 enum class EventClass : std::uint8_t { kCr3 = 0, kSyscallEntry = 1, kSyscallExit = 2, kBreakpoint = 3, kCount = 4 };
+
+// Breakpoints (kAddBreakpoint / kRemoveBreakpoint). Each change costs one flush of QEMU's code
+// cache (the next translation of the address gets or loses its callback), nothing per event; a
+// stale translation never reports a breakpoint that is no longer in force. A breakpoint has its own
+// action and scope: neither the DTB set nor SetActionsMsg's breakpoint slot (ignored) applies.
+// The monitor cannot check that a kernel address is the start of an instruction in kernel text (it
+// has no symbols): it accepts any canonical upper-half address, and an address that is never the
+// start of an executed instruction simply never fires.
+enum class BreakpointKind : std::uint8_t {
+  kKernel = 1,   // upper-half address; scope: every address space (n_dtbs 0) or 1..kMaxBreakpointDtbs DTBs
+  kUser = 2,     // lower-half address; scope: exactly one DTB (the address means nothing elsewhere)
+};
+
+struct AddBreakpointMsg {
+  CtlHeader hdr;
+  std::uint32_t id;         // != 0, chosen by the consumer, unique among the breakpoints in force
+  std::uint8_t kind;        // BreakpointKind
+  std::uint8_t action;      // Action: drop (kept, never fires), async, sync (the vCPU waits for the ack)
+  std::uint16_t n_dtbs;     // see BreakpointKind; entries >= n_dtbs must be 0
+  std::uint64_t va;         // canonical, != 0, in the half that `kind` names
+  std::uint64_t dtbs[kMaxBreakpointDtbs];   // page-table bases (kDtbMask)
+};
+static_assert(sizeof(AddBreakpointMsg) == 64);
+
+struct RemoveBreakpointMsg {
+  CtlHeader hdr;
+  std::uint32_t id;         // of a breakpoint in force
+  std::uint32_t reserved;   // 0
+};
+static_assert(sizeof(RemoveBreakpointMsg) == 24);
 
 // SetActionsMsg::flags
 inline constexpr std::uint32_t kActionCr3Unfiltered = 1u << 0;  // forward every CR3 write, ignoring the DTB set

@@ -108,14 +108,26 @@ struct SyscallExitEvent {
 };
 static_assert(sizeof(SyscallExitEvent) == 120);
 
+// One per breakpoint in force at `va` whose scope holds the DTB (several breakpoints at one
+// address: one event each, in table order). Registers as the instruction at `va` is about to run:
+// at a function's first instruction, regs hold the System V arguments and ret_addr the return address.
+inline constexpr std::uint8_t kBpRetAddrRead = 1u << 0;   // BreakpointEvent::flags: ret_addr is valid
+
 struct BreakpointEvent {
   EventHeader hdr;
   std::uint64_t va;
   std::uint64_t cr3;
   std::uint64_t rsp;
   std::uint64_t regs[7];           // rdi, rsi, rdx, rcx, r8, r9, rax
+  std::uint64_t ret_addr;          // the 8 bytes at [rsp] (0 and flag clear if unreadable)
+  std::uint32_t id;                // AddBreakpointMsg::id (bp= arguments: kInitialBreakpointId + index)
+  std::uint8_t kind;               // BreakpointKind
+  std::uint8_t flags;              // kBpRetAddrRead
+  std::uint16_t reserved;
 };
-static_assert(sizeof(BreakpointEvent) == 120);
+static_assert(sizeof(BreakpointEvent) == 136);
+static_assert(offsetof(BreakpointEvent, ret_addr) == 120 && offsetof(BreakpointEvent, id) == 128);
+inline constexpr std::uint32_t kInitialBreakpointId = 0x8000'0000;   // id of the first bp= argument
 
 enum class CaptureKind : std::uint8_t {
   kString = 1,    // NUL-terminated string; data excludes the NUL
