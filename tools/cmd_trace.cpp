@@ -13,6 +13,7 @@
 #include "kernel/syscall_meta.hpp"
 #include "mem/phys_mem.hpp"
 #include "syscalls/syscalls.hpp"
+#include "trace/recording.hpp"
 #include "trace/tracer.hpp"
 #include "vm/vm.hpp"
 
@@ -24,6 +25,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <ctime>
+#include <fstream>
 #include <future>
 #include <memory>
 #include <random>
@@ -50,6 +53,8 @@ struct TraceOptions {
   int method = 5;
   double duration = 0;
   std::vector<std::string> command;
+  std::string write_file, read_file;   // -w / -r
+  bool vm_given = false, method_given = false;
 };
 
 const char* kExamples = R"(
@@ -60,6 +65,11 @@ Examples:
   hvtrace trace --comm sshd -f -o ssh.txt    trace every process named sshd, and their children
   hvtrace trace -c -- jansson-workload 1     count calls, and what the monitor did
   hvtrace trace --json -e trace=openat,read -- cat /etc/hostname
+  hvtrace trace -w ls.rec -- ls /            record the events and the guest's answers, then
+  hvtrace trace -r ls.rec -e trace=%file     decode them later, with no VM
+Replay (-r): -e, -s, -o, --json, -c, -t, -T apply as in a live trace; -p, --comm and -f select
+from what was recorded and cannot widen it (a process or child the live run did not trace has no
+events in the file). Without -p/--comm the live run's targets are used.
 Methods (--method, see docs/architecture.md): 5 (default) syscalls copied in the hypervisor and
 delivered async; 4 the same, each syscall pausing the guest; 3 as 4 plus every CR3 write; 2 every
 syscall of every process pausing the guest, filtered here.
@@ -70,12 +80,18 @@ std::string token() {
   return fmt::format("{:08x}{:08x}", rd(), rd());
 }
 
-void run_trace(const TraceOptions& o) {
-  vm::install_termination_handlers();
-  if (o.method < 2 || o.method > 5) throw UserError(fmt::format("--method {}: use 2, 3, 4 or 5", o.method));
-  if (!o.command.empty() && (!o.pids.empty() || !o.comms.empty()))
-    throw UserError("-- CMD starts a new process to trace; do not combine it with -p or --comm");
-  if (o.json && o.summary) throw UserError("--json and -c are two different outputs; pick one");
+// The command line as the kernel has it (for the recording's header), bounded.
+std::string own_command_line() {
+  std::ifstream f("/proc/self/cmdline", std::ios::binary);
+  std::string s(4096, '\0');
+  f.read(s.data(), static_cast<std::streamsize>(s.size()));
+  s.resize(static_cast<std::size_t>(std::max<std::streamsize>(f.gcount(), 0)));
+  while (!s.empty() && s.back() == '\0') s.pop_back();
+  std::replace(s.begin(), s.end(), '\0', ' ');
+  return s;
+}
+
+trace::TraceConfig make_config(const TraceOptions& o) {
   trace::TraceConfig cfg;
   cfg.method = o.method;
   cfg.follow = o.follow;
@@ -100,14 +116,81 @@ void run_trace(const TraceOptions& o) {
       throw UserError(fmt::format("-e {}: hvtrace knows trace= and status=", e));
     }
   }
-  // Output first, so an unwritable -o fails before anything touches the guest.
-  std::FILE* out = stderr;   // as strace: the trace on stderr, CMD's own output on stdout
-  std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(nullptr, &std::fclose);
-  if (!o.output.empty()) {
-    file.reset(std::fopen(o.output.c_str(), "w"));
-    if (!file) throw UserError(fmt::format("-o {}: {}", o.output, std::strerror(errno)));
-    out = file.get();
+  return cfg;
+}
+
+using OutFile = std::unique_ptr<std::FILE, int (*)(std::FILE*)>;
+
+// -o FILE or stderr (as strace: the trace on stderr, CMD's own output on stdout).
+std::FILE* open_output(const TraceOptions& o, OutFile& file) {
+  if (o.output.empty()) return stderr;
+  file.reset(std::fopen(o.output.c_str(), "w"));
+  if (!file) throw UserError(fmt::format("-o {}: {}", o.output, std::strerror(errno)));
+  return file.get();
+}
+
+void print_lost(const std::vector<events::RingStats>& rings, std::uint64_t tracer_lost) {
+  std::uint64_t lost = 0;
+  for (const auto& s : rings) lost += s.dropped();
+  if (lost != 0 || tracer_lost != 0)
+    fmt::print(stderr, "hvtrace: lost {} events (ring full {}, too big {}, bad tail {})\n", std::max(lost, tracer_lost),
+               rings.empty() ? 0 : rings[0].drops[0], rings.empty() ? 0 : rings[0].drops[1],
+               rings.empty() ? 0 : rings[0].drops[3]);
+}
+
+// -r FILE: the recorded events through the whole decoding stack, no VM.
+void replay_trace(const TraceOptions& o, trace::TraceConfig cfg) {
+  OutFile file(nullptr, &std::fclose);
+  std::FILE* out = open_output(o, file);
+  auto reader = value_or_throw(trace::RecordingReader::open(o.read_file));
+  trace::Replayer replay(reader);
+  if (!o.pids.empty() || !o.comms.empty()) {   // which processes the events show
+    auto pass = value_or_throw(trace::RecordingReader::open(o.read_file));
+    if (auto r = replay.guest().index(pass); !r)
+      fmt::print(stderr, "hvtrace: note: {}: indexing stops there\n", r.error().message);
   }
+  value_or_throw(replay.start());
+  const auto recorded = replay.targets().value_or(trace::RecordedTargets{});
+  if (!o.method_given) cfg.method = static_cast<int>(recorded.method);
+  trace::NullSink sink;
+  trace::Tracer tracer(replay.guest(), sink, cfg, [out](const std::string& line) { write_line(out, line); });
+  tracer.set_realtime_offset(reader.header().realtime_offset_ns);
+  tracer.set_guest_names(replay.guest_names());
+  if (!o.pids.empty() || !o.comms.empty()) {
+    for (auto pid : o.pids) value_or_throw(tracer.trace_pid(pid));
+    for (const auto& c : o.comms) value_or_throw(tracer.trace_comm(c));
+  } else {
+    value_or_throw(trace::apply_targets(tracer, recorded));
+  }
+  value_or_throw(tracer.apply());
+  Result<void> ran;
+  const bool finished_writing = print_guarded(out, [&] { ran = replay.run(tracer); });
+  const auto counters = replay.counters().value_or(trace::RecordedCounters{});
+  if (finished_writing) (void)print_guarded(out, [&] { tracer.finish(counters.rings, counters.before, counters.after); });
+  print_lost(counters.rings, tracer.stats().lost);
+  if (!ran) throw UserError(ran.error().message);
+  if (!replay.counters() && o.summary)
+    fmt::print(stderr, "hvtrace: note: {} has no monitor counters (the live trace did not finish); the monitor's part of -c is zero\n",
+               o.read_file);
+}
+
+void run_trace(const TraceOptions& o) {
+  vm::install_termination_handlers();
+  if (o.method < 2 || o.method > 5) throw UserError(fmt::format("--method {}: use 2, 3, 4 or 5", o.method));
+  if (!o.command.empty() && (!o.pids.empty() || !o.comms.empty()))
+    throw UserError("-- CMD starts a new process to trace; do not combine it with -p or --comm");
+  if (o.json && o.summary) throw UserError("--json and -c are two different outputs; pick one");
+  if (!o.read_file.empty()) {
+    if (!o.write_file.empty()) throw UserError("-r replays a recording and -w writes one; pick one");
+    if (!o.command.empty()) throw UserError("-r replays a recording: there is no command to run; drop -- CMD");
+    if (o.vm_given || o.method_given)
+      throw UserError(fmt::format("-r replays a recording with no VM; drop {}", o.vm_given ? "--vm" : "--method"));
+  }
+  trace::TraceConfig cfg = make_config(o);
+  if (!o.read_file.empty()) return replay_trace(o, std::move(cfg));
+  // Output first, so an unwritable -o fails before anything touches the guest.
+  OutFile file(nullptr, &std::fclose);
+  std::FILE* out = open_output(o, file);
   const auto rec = value_or_throw(vm::find_vm(o.vm_name));
   const auto files = vm::monitor_files(o.vm_name);
   if (!vm::fs::exists(files.rings))
@@ -118,11 +201,37 @@ void run_trace(const TraceOptions& o) {
   auto reader = value_or_throw(events::EventReader::open(files.rings, 5s));
   auto ctl = value_or_throw(events::ControlClient::connect(files.control, 5s));
   value_or_throw(ctl.attach());
-  trace::Tracer tracer(*g.os, ctl, cfg, [out](const std::string& line) { write_line(out, line); });
+  // -w: every answer the guest gives the tracer goes into the recording next to the events.
+  trace::LiveGuest live(*g.os);
+  trace::ControlSink sink(ctl);
+  std::unique_ptr<trace::RecordingWriter> writer;
+  std::optional<trace::RecordingGuest> recording_guest;
+  trace::GuestQueries* guest = &live;
+  const std::int64_t realtime_offset = [] {
+    timespec rt{}, mono{};
+    clock_gettime(CLOCK_REALTIME, &rt);
+    clock_gettime(CLOCK_MONOTONIC, &mono);
+    return (rt.tv_sec - mono.tv_sec) * 1'000'000'000LL + (rt.tv_nsec - mono.tv_nsec);
+  }();
+  if (!o.write_file.empty()) {
+    trace::RecordingHeader h;
+    h.abi_version = abi::kAbiVersion;
+    h.created_unix_s = static_cast<std::int64_t>(std::time(nullptr));
+    h.realtime_offset_ns = realtime_offset;
+    h.kernel_banner = g.kernel->profile().banner;
+    h.kernel_build_id = g.kernel->profile().build_id;
+    h.command_line = own_command_line();
+    writer = value_or_throw(trace::RecordingWriter::create(o.write_file, h));
+    recording_guest.emplace(live, *writer);
+    guest = &*recording_guest;
+  }
+  trace::Tracer tracer(*guest, sink, cfg, [out](const std::string& line) { write_line(out, line); });
+  tracer.set_realtime_offset(realtime_offset);
   // The guest's own syscall table (names for numbers the compiled-in table does not know), and
   // where it disagrees with the compiled-in one.
   if (auto gs = kernel::guest_syscalls(*g.kernel, kernel::default_profile_dir()); gs) {
     tracer.set_guest_names(gs->x64_table);
+    if (writer) writer->guest_names(gs->x64_table);
     const auto diffs = kernel::compare_syscall_tables(
         *gs,
         [](unsigned nr) -> std::optional<std::string> {
@@ -153,6 +262,7 @@ void run_trace(const TraceOptions& o) {
   // execs CMD; tracing starts at that execve, so CMD is seen from its first system call.
   std::future<Result<int>> cmd_status;
   std::string go_file;
+  std::uint32_t shell_pid = 0;
   if (!o.command.empty()) {
     const std::string tok = token();
     go_file = "/tmp/.hvtrace-go-" + tok;
@@ -177,7 +287,7 @@ void run_trace(const TraceOptions& o) {
             if (auto cl = g.os->cmdline(p); cl && cl->find(go_file) != std::string::npos && cl->find("while") != std::string::npos)
               cands.push_back(&p);
       for (const auto* c : cands)
-        if (std::none_of(cands.begin(), cands.end(), [&](const auto* o) { return o->tgid.value == c->ppid.value; }))
+        if (std::none_of(cands.begin(), cands.end(), [&](const auto* other) { return other->tgid.value == c->ppid.value; }))
           shell = static_cast<std::uint32_t>(c->tgid.value);
       if (!shell) std::this_thread::sleep_for(20ms);
     }
@@ -188,8 +298,19 @@ void run_trace(const TraceOptions& o) {
       }
       throw UserError("the command's shell did not appear in the guest within 30 s");
     }
+    shell_pid = *shell;
     value_or_throw(tracer.trace_pid(*shell));
     tracer.start_at_exec(*shell);
+  }
+  if (writer) {
+    trace::RecordedTargets t;
+    t.pids = o.pids;
+    t.comms = o.comms;
+    if (!o.command.empty()) t.start_at_exec = shell_pid;
+    t.all = o.pids.empty() && o.comms.empty() && o.command.empty();
+    t.follow = o.follow;
+    t.method = static_cast<std::uint32_t>(o.method);
+    writer->targets(t);
   }
   value_or_throw(tracer.apply());
   const auto before = value_or_throw(ctl.stats());
@@ -209,9 +330,11 @@ void run_trace(const TraceOptions& o) {
       vm_alive = watch.alive();
       auto got = reader->poll([&](const events::Event& e) {
         if (failure) return;
+        if (writer) writer->event(e);
         if (auto r = tracer.handle(e); !r) failure = r;
       });
       const std::size_t k = value_or_throw(std::move(got));
+      if (writer && writer->failed() && !failure) failure = Result<void>(make_error("{}", *writer->failed()));
       if (failure || !vm_alive) break;
       if (go.valid() && go.wait_for(0s) == std::future_status::ready) {
         auto r = go.get();
@@ -245,12 +368,11 @@ void run_trace(const TraceOptions& o) {
     (void)print_guarded(out, [&] { tracer.finish(rings, before, after ? *after : before); });
   }
   (void)ctl.detach();
-  std::uint64_t lost = 0;
-  for (const auto& s : rings) lost += s.dropped();
-  if (lost != 0 || tracer.stats().lost != 0)
-    fmt::print(stderr, "hvtrace: lost {} events (ring full {}, too big {}, bad tail {})\n", std::max(lost, tracer.stats().lost),
-               rings.empty() ? 0 : rings[0].drops[0], rings.empty() ? 0 : rings[0].drops[1],
-               rings.empty() ? 0 : rings[0].drops[3]);
+  if (writer) {
+    writer->counters(trace::RecordedCounters{rings, before, after ? *after : before});
+    if (auto r = writer->close(); !r && !failure) failure = r;
+  }
+  print_lost(rings, tracer.stats().lost);
   if (failure && !*failure) throw UserError(failure->error().message);
   if (!vm_alive) throw UserError(watch.stopped_message() + " while tracing");
   if (cmd_status.valid()) {
@@ -268,7 +390,7 @@ void add_trace_command(CLI::App& app) {
   auto o = std::make_shared<TraceOptions>();
   auto* cmd = app.add_subcommand("trace", "Trace the system calls of guest processes from the hypervisor, like strace");
   cmd->footer(std::string("\n  -- CMD ARGS...    run CMD in the guest over SSH and trace it from its first system call\n") + kExamples);
-  cmd->add_option("--vm", o->vm_name, "VM to trace (started with `hvtrace vm up --monitor`)")->capture_default_str();
+  auto* vm_opt = cmd->add_option("--vm", o->vm_name, "VM to trace (started with `hvtrace vm up --monitor`)")->capture_default_str();
   cmd->add_option("-p,--pid", o->pids, "trace this process (repeatable); with -f its children too");
   cmd->add_option("--comm", o->comms, "trace processes of this name, running or started later (repeatable)");
   cmd->add_flag("-f,--follow-forks", o->follow, "follow fork, vfork, clone and clone3 children and threads");
@@ -281,9 +403,14 @@ void add_trace_command(CLI::App& app) {
   cmd->add_flag("-t", o->timestamps, "prefix lines with the time of day (-tt: with microseconds, -ttt: epoch seconds)");
   cmd->add_flag("--ttt", o->ttt, "epoch timestamps with microseconds (same as -ttt)");
   cmd->add_flag("-T", o->duration_per_call, "show the time spent in each call");
-  cmd->add_option("--method", o->method, "monitoring method 2, 3, 4 or 5 (docs/architecture.md)")->capture_default_str();
+  auto* method_opt = cmd->add_option("--method", o->method, "monitoring method 2, 3, 4 or 5 (docs/architecture.md)")->capture_default_str();
   cmd->add_option("--duration", o->duration, "stop after this many seconds");
-  cmd->callback([o] {
+  cmd->add_option("-w,--write", o->write_file, "also record the events and the guest's answers to FILE, for -r");
+  cmd->add_option("-r,--read", o->read_file,
+                  "decode a recording made with -w instead of a VM (-p/--comm/-f select from what was recorded, they cannot widen it)");
+  cmd->callback([o, vm_opt, method_opt] {
+    o->vm_given = vm_opt->count() > 0;
+    o->method_given = method_opt->count() > 0;
     o->command = trailing_command();
     run_trace(*o);
   });

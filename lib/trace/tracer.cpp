@@ -47,23 +47,76 @@ bool is_exit(SyscallAbi a, std::uint64_t nr) {
   return a == SyscallAbi::kI386 ? nr == kI386Exit : nr == kX64Exit;
 }
 
-Tracer::Tracer(const linux_os::Linux& lx, events::ControlClient& ctl, TraceConfig cfg, LineSink out)
-    : lx_(&lx), ctl_(&ctl), cfg_(std::move(cfg)), out_(std::move(out)), realtime_offset_ns_(realtime_offset()) {}
+namespace {
+ProcInfo proc_info(const linux_os::Process& p) {
+  return ProcInfo{static_cast<std::uint32_t>(p.tgid.value), p.dtb ? std::optional<std::uint64_t>(p.dtb->value) : std::nullopt, p.comm};
+}
+}  // namespace
+
+Result<std::optional<ProcInfo>> LiveGuest::pid(std::uint32_t pid) {
+  auto p = lx_->find_pid(Pid{static_cast<std::int32_t>(pid)});
+  if (!p) return p.error();
+  if (!*p) return std::optional<ProcInfo>();
+  return std::optional<ProcInfo>(proc_info(**p));
+}
+
+Result<std::vector<ProcInfo>> LiveGuest::name(const std::string& comm) {
+  auto ps = lx_->find_name(comm);
+  if (!ps) return ps.error();
+  std::vector<ProcInfo> v;
+  for (const auto& p : *ps) v.push_back(proc_info(p));
+  return v;
+}
+
+std::optional<TaskInfo> LiveGuest::task(std::uint64_t task_addr) {
+  auto p = lx_->read_task(GVA{task_addr});
+  if (!p) return std::nullopt;
+  return TaskInfo{p->dtb ? std::optional<std::uint64_t>(p->dtb->value) : std::nullopt, p->comm};
+}
+
+IdentityOffsets LiveGuest::identity() {
+  const auto& tl = lx_->task_layout();
+  return IdentityOffsets{lx_->current_task_offset(), static_cast<std::uint32_t>(tl.pid), static_cast<std::uint32_t>(tl.tgid)};
+}
+
+namespace {
+Result<void> done_or(Result<std::uint32_t> r) {
+  if (!r) return r.error();
+  return {};
+}
+}  // namespace
+
+Result<void> ControlSink::set_identity(const IdentityOffsets& id) {
+  return done_or(ctl_->set_identity(id.current_task, id.pid, id.tgid));
+}
+Result<void> ControlSink::set_snap_len(std::uint32_t bytes) { return done_or(ctl_->set_snap_len(bytes)); }
+Result<void> ControlSink::set_syscalls(const std::optional<std::vector<unsigned>>& nrs, abi::SyscallAbi table) {
+  return done_or(ctl_->set_syscalls(nrs, table));
+}
+Result<void> ControlSink::set_sync_syscalls(const std::vector<unsigned>& nrs, abi::SyscallAbi table) {
+  return done_or(ctl_->set_sync_syscalls(nrs, table));
+}
+Result<void> ControlSink::set_all_dtbs() { return done_or(ctl_->set_all_dtbs()); }
+Result<void> ControlSink::set_dtbs(const std::vector<Dtb>& dtbs) { return done_or(ctl_->set_dtbs(dtbs)); }
+Result<void> ControlSink::set_actions(const events::Actions& a) { return done_or(ctl_->set_actions(a)); }
+
+Tracer::Tracer(GuestQueries& guest, FilterSink& filter, TraceConfig cfg, LineSink out)
+    : guest_(&guest), filter_(&filter), cfg_(std::move(cfg)), out_(std::move(out)), realtime_offset_ns_(realtime_offset()) {}
 
 Result<void> Tracer::trace_pid(std::uint32_t pid) {
-  auto p = lx_->find_pid(Pid{static_cast<std::int32_t>(pid)});
+  auto p = guest_->pid(pid);
   if (!p) return std::move(p).with_context(fmt::format("looking up pid {}", pid)).error();
   if (!*p) return make_error("no process with pid {} in the guest", pid);
   if (!(*p)->dtb) return make_error("pid {} ({}) is a kernel thread: it makes no system calls to trace", pid, (*p)->comm);
-  procs_[pid] = Traced{pid, (*p)->dtb->value, false, false};
+  procs_[pid] = Traced{pid, *(*p)->dtb, false, false};
   return {};
 }
 
 Result<void> Tracer::trace_comm(const std::string& comm) {
-  auto ps = lx_->find_name(comm);
+  auto ps = guest_->name(comm);
   if (!ps) return std::move(ps).with_context(fmt::format("looking up processes named '{}'", comm)).error();
   for (const auto& p : *ps)
-    if (p.dtb) procs_[static_cast<std::uint32_t>(p.tgid.value)] = Traced{static_cast<std::uint32_t>(p.tgid.value), p.dtb->value, false, false};
+    if (p.dtb) procs_[p.tgid] = Traced{p.tgid, *p.dtb, false, false};
   return {};
 }
 
@@ -76,13 +129,10 @@ bool Tracer::wanted(SyscallAbi a, std::uint64_t nr) const { return !cfg_.trace_s
 
 // Everything the monitor must deliver beyond the user's set: what following processes needs.
 Result<void> Tracer::apply() {
-  const auto& tl = lx_->task_layout();
-  if (lx_->current_task_offset() != 0)
-    if (auto r = ctl_->set_identity(lx_->current_task_offset(), static_cast<std::uint32_t>(tl.pid),
-                                    static_cast<std::uint32_t>(tl.tgid));
-        !r)
+  if (const auto id = guest_->identity(); id.current_task != 0)
+    if (auto r = filter_->set_identity(id); !r)
       return std::move(r).with_context("telling the monitor where the current task is").error();
-  if (auto r = ctl_->set_snap_len(cfg_.snap_len); !r) return std::move(r).with_context("setting the snap length").error();
+  if (auto r = filter_->set_snap_len(cfg_.snap_len); !r) return std::move(r).with_context("setting the snap length").error();
   const bool wide = all_ || !cfg_.comms.empty() || cfg_.method == 2;
   for (const auto table : {SyscallAbi::kX86_64, SyscallAbi::kI386}) {
     std::optional<std::vector<unsigned>> nrs;
@@ -94,12 +144,12 @@ Result<void> Tracer::apply() {
             is_exit_group(table, nr) || is_exit(table, nr))
           nrs->push_back(nr);
     }
-    if (auto r = ctl_->set_syscalls(nrs, table); !r) return std::move(r).with_context("setting the syscall set").error();
+    if (auto r = filter_->set_syscalls(nrs, table); !r) return std::move(r).with_context("setting the syscall set").error();
     std::vector<unsigned> sync;
     if (cfg_.follow)
       for (unsigned nr = 0; nr < abi::kSyscallBits; ++nr)
         if (is_clone_family(table, nr)) sync.push_back(nr);
-    if (auto r = ctl_->set_sync_syscalls(sync, table); !r) return std::move(r).with_context("setting the sync set").error();
+    if (auto r = filter_->set_sync_syscalls(sync, table); !r) return std::move(r).with_context("setting the sync set").error();
   }
   events::Actions a;
   const abi::Action sc = cfg_.method == 5 ? abi::Action::kAsync : abi::Action::kSync;
@@ -109,11 +159,11 @@ Result<void> Tracer::apply() {
   a.cr3_unfiltered = cfg_.method == 3;
   if (cfg_.method == 3) a.cr3 = abi::Action::kSync;
   if (wide) {
-    if (auto r = ctl_->set_all_dtbs(); !r) return std::move(r).with_context("setting the DTB filter").error();
+    if (auto r = filter_->set_all_dtbs(); !r) return std::move(r).with_context("setting the DTB filter").error();
   } else if (auto r = push_dtbs(); !r) {
     return r;
   }
-  if (auto r = ctl_->set_actions(a); !r) return std::move(r).with_context("setting the actions").error();
+  if (auto r = filter_->set_actions(a); !r) return std::move(r).with_context("setting the actions").error();
   return {};
 }
 
@@ -127,7 +177,7 @@ Result<void> Tracer::push_dtbs() {
     return make_error("{} traced address spaces; the monitor's filter takes at most {}", want.size(), abi::kMaxDtbs);
   std::vector<Dtb> v;
   for (auto d : want) v.push_back(Dtb{d});
-  if (auto r = ctl_->set_dtbs(v); !r) return std::move(r).with_context("updating the DTB filter").error();
+  if (auto r = filter_->set_dtbs(v); !r) return std::move(r).with_context("updating the DTB filter").error();
   pushed_dtbs_ = std::move(want);
   return {};
 }
@@ -142,7 +192,7 @@ std::string Tracer::comm_of(const abi::TaskIdentity& who) {
   if (who.task == 0) return "?";
   auto it = comm_cache_.find(who.task);
   if (it != comm_cache_.end()) return it->second;
-  auto p = lx_->read_task(GVA{who.task});
+  auto p = guest_->task(who.task);
   std::string c = p ? p->comm : std::string("?");
   if (comm_cache_.size() > 4096) comm_cache_.clear();   // bounded: tasks come and go
   comm_cache_[who.task] = c;
@@ -268,9 +318,9 @@ Result<void> Tracer::on_exit(const events::Event& e) {
 // Runs while the parent's vCPU waits (the clone family's exits are sync): the child's address
 // space joins the filter before the parent runs on. A thread shares its parent's.
 Result<void> Tracer::add_child(std::uint32_t child, std::uint32_t parent_tgid) {
-  auto p = lx_->find_pid(Pid{static_cast<std::int32_t>(child)});
+  auto p = guest_->pid(child);
   if (!p || !*p || !(*p)->dtb) return {};   // a thread (not a group leader) or gone already
-  procs_[child] = Traced{child, (*p)->dtb->value, false, false};
+  procs_[child] = Traced{child, *(*p)->dtb, false, false};
   (void)parent_tgid;
   return push_dtbs();
 }
@@ -289,8 +339,8 @@ Result<void> Tracer::on_cr3(const events::Event& e) {
     for (const auto& [tgid, p] : procs_)
       if (!p.exited && p.dtb == old_dtb) vfork_child = true;
   if (t == nullptr && !vfork_child) return {};
-  auto task = lx_->read_task(GVA{who.task});
-  if (!task || !task->dtb || task->dtb->value != new_dtb) return {};   // a context switch
+  auto task = guest_->task(who.task);
+  if (!task || !task->dtb || *task->dtb != new_dtb) return {};   // a context switch
   comm_cache_.erase(who.task);
   if (t == nullptr) t = &(procs_[who.tgid] = Traced{who.tgid, new_dtb, false, false});
   t->dtb = new_dtb;

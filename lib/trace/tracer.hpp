@@ -62,6 +62,83 @@ struct CallRecord {
   bool resumed = false;                      // its entry was printed as <unfinished ...>
 };
 
+// What the Tracer asks the guest, behind an interface: the live guest (LiveGuest), a recording
+// decorator that writes every answer next to the events (recording.hpp), and a replay that answers
+// from a recording with no VM.
+struct ProcInfo {
+  std::uint32_t tgid = 0;
+  std::optional<std::uint64_t> dtb;   // none: a kernel thread
+  std::string comm;
+};
+struct TaskInfo {
+  std::optional<std::uint64_t> dtb;   // of the task's current mm
+  std::string comm;
+};
+struct IdentityOffsets {
+  std::uint64_t current_task = 0;     // 0: unknown (the monitor is not told)
+  std::uint32_t pid = 0, tgid = 0;
+};
+
+class GuestQueries {
+ public:
+  virtual ~GuestQueries() = default;
+  virtual Result<std::optional<ProcInfo>> pid(std::uint32_t pid) = 0;        // the group leader with this pid
+  virtual Result<std::vector<ProcInfo>> name(const std::string& comm) = 0;   // running processes of this name
+  virtual std::optional<TaskInfo> task(std::uint64_t task_addr) = 0;         // nullopt: unreadable
+  virtual IdentityOffsets identity() = 0;
+};
+
+// Where the in-hypervisor filter goes: the monitor's control channel, or nowhere (replay).
+class FilterSink {
+ public:
+  virtual ~FilterSink() = default;
+  virtual Result<void> set_identity(const IdentityOffsets& id) = 0;
+  virtual Result<void> set_snap_len(std::uint32_t bytes) = 0;
+  virtual Result<void> set_syscalls(const std::optional<std::vector<unsigned>>& nrs, abi::SyscallAbi table) = 0;
+  virtual Result<void> set_sync_syscalls(const std::vector<unsigned>& nrs, abi::SyscallAbi table) = 0;
+  virtual Result<void> set_all_dtbs() = 0;
+  virtual Result<void> set_dtbs(const std::vector<Dtb>& dtbs) = 0;
+  virtual Result<void> set_actions(const events::Actions& a) = 0;
+};
+
+class LiveGuest final : public GuestQueries {
+ public:
+  explicit LiveGuest(const linux_os::Linux& lx) : lx_(&lx) {}
+  Result<std::optional<ProcInfo>> pid(std::uint32_t pid) override;
+  Result<std::vector<ProcInfo>> name(const std::string& comm) override;
+  std::optional<TaskInfo> task(std::uint64_t task_addr) override;
+  IdentityOffsets identity() override;
+
+ private:
+  const linux_os::Linux* lx_;
+};
+
+class ControlSink final : public FilterSink {
+ public:
+  explicit ControlSink(events::ControlClient& ctl) : ctl_(&ctl) {}
+  Result<void> set_identity(const IdentityOffsets& id) override;
+  Result<void> set_snap_len(std::uint32_t bytes) override;
+  Result<void> set_syscalls(const std::optional<std::vector<unsigned>>& nrs, abi::SyscallAbi table) override;
+  Result<void> set_sync_syscalls(const std::vector<unsigned>& nrs, abi::SyscallAbi table) override;
+  Result<void> set_all_dtbs() override;
+  Result<void> set_dtbs(const std::vector<Dtb>& dtbs) override;
+  Result<void> set_actions(const events::Actions& a) override;
+
+ private:
+  events::ControlClient* ctl_;
+};
+
+class NullSink final : public FilterSink {
+ public:
+  Result<void> set_identity(const IdentityOffsets&) override { return {}; }
+  Result<void> set_snap_len(std::uint32_t) override { return {}; }
+  Result<void> set_syscalls(const std::optional<std::vector<unsigned>>&, abi::SyscallAbi) override { return {}; }
+  Result<void> set_sync_syscalls(const std::vector<unsigned>&, abi::SyscallAbi) override { return {}; }
+  Result<void> set_all_dtbs() override { return {}; }
+  Result<void> set_dtbs(const std::vector<Dtb>&) override { return {}; }
+  Result<void> set_actions(const events::Actions&) override { return {}; }
+};
+
 struct SyscallCount {
   std::uint64_t calls = 0, errors = 0, total_ns = 0;
 };
@@ -75,7 +152,7 @@ struct TraceStats {
 class Tracer {
  public:
   using LineSink = std::function<void(const std::string&)>;
-  Tracer(const linux_os::Linux& lx, events::ControlClient& ctl, TraceConfig cfg, LineSink out);
+  Tracer(GuestQueries& guest, FilterSink& filter, TraceConfig cfg, LineSink out);
 
   // Targets. trace_pid: a running process (its threads too); start_at_exec: trace this process
   // from its next execve on (`-- CMD`); all: every process (no -p/--comm).
@@ -85,6 +162,9 @@ class Tracer {
   void trace_all() { all_ = true; }
   // x86-64 names read from the guest's sys_call_table, for numbers the compiled-in table lacks.
   void set_guest_names(std::map<std::uint32_t, std::string> names) { guest_names_ = std::move(names); }
+  // Host CLOCK_REALTIME - CLOCK_MONOTONIC for -t and JSON time_ns (a replay uses the recorded one).
+  void set_realtime_offset(std::int64_t ns) { realtime_offset_ns_ = ns; }
+  [[nodiscard]] std::int64_t realtime_offset_ns() const { return realtime_offset_ns_; }
 
   // Push the filter that the method and the targets need to the monitor.
   Result<void> apply();
@@ -128,8 +208,8 @@ class Tracer {
   std::string prefix(std::uint32_t tid, std::uint64_t ns) const;
   Result<void> push_dtbs();
 
-  const linux_os::Linux* lx_;
-  events::ControlClient* ctl_;
+  GuestQueries* guest_;
+  FilterSink* filter_;
   TraceConfig cfg_;
   LineSink out_;
   bool all_ = false;
