@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <memory>
 #include <thread>
@@ -181,26 +182,63 @@ TEST(Ring, CorruptFramingIsReportedNotFollowed) {
   EXPECT_EQ(r.cons.peek(&rec), PeekStatus::kCorrupt);
 }
 
+// The producer thread of a threaded test. A failing assertion on the consumer side (the test
+// body) returns early: the destructor then raises the stop flag, which every producer loop and
+// wait checks, and joins, so a failure fails the test instead of hanging the suite (or
+// terminating it through a joinable std::thread).
+class ProducerThread {
+ public:
+  template <typename F>
+  explicit ProducerThread(F&& body) : t_([this, body = std::forward<F>(body)] { body(stop_); }) {}
+  ~ProducerThread() {
+    std::atomic_ref<std::uint32_t>(stop_).store(1, std::memory_order_release);
+    join();
+  }
+  ProducerThread(const ProducerThread&) = delete;
+  ProducerThread& operator=(const ProducerThread&) = delete;
+  void join() {   // the producer ran to its end
+    if (t_.joinable()) t_.join();
+  }
+  // Producer side: the consumer gave up.
+  static bool stopped(const std::uint32_t& stop) {
+    return std::atomic_ref<const std::uint32_t>(stop).load(std::memory_order_acquire) != 0;
+  }
+
+ private:
+  std::uint32_t stop_ = 0;   // a futex-sized word: wait_ack takes it as its abort flag
+  std::thread t_;
+};
+
+// How many empty waits the consumer tolerates before calling the producer stuck (each wait is
+// bounded; the count, not a measured time, decides).
+constexpr int kMaxIdleWaits = 10'000;
+
 // A producer thread and a consumer thread; the consumer sometimes lags so the ring fills. Every
 // seq is either received (in order, intact) or inside a LOST record: received + lost == sent.
 TEST(Ring, ThreadedStressAccountsForEveryEvent) {
   TestRing r(16384);
   constexpr std::uint64_t kEvents = 300'000;
-  std::thread producer([&] {
-    for (std::uint64_t i = 0; i < kEvents; ++i) put(r, 32 + static_cast<std::uint32_t>((i * 7919) % 600));
+  std::atomic<bool> producer_done{false};
+  ProducerThread producer([&](const std::uint32_t& stop) {
+    for (std::uint64_t i = 0; i < kEvents && !ProducerThread::stopped(stop); ++i)
+      put(r, 32 + static_cast<std::uint32_t>((i * 7919) % 600));
     // One last record that must get through, so pending loss is always announced.
-    while (!put(r, 32)) std::this_thread::yield();
+    while (!ProducerThread::stopped(stop) && !put(r, 32)) std::this_thread::yield();
+    producer_done = true;
   });
   std::uint64_t received = 0, lost = 0, next = 0;
   bool done = false;
+  int idle = 0;
   while (!done) {
     const RecordHeader* rec = nullptr;
     const PeekStatus st = r.cons.peek(&rec);
     ASSERT_NE(st, PeekStatus::kCorrupt);
     if (st == PeekStatus::kEmpty) {
+      ASSERT_LT(++idle, kMaxIdleWaits) << "the producer stopped producing (finished: " << producer_done << ")";
       r.cons.wait_data(WaitMode::kAdaptive, 2000, 1'000'000);
       continue;
     }
+    idle = 0;
     bool is_lost = false;
     if (rec->type == static_cast<std::uint16_t>(RecordType::kLost)) {
       const auto* l = reinterpret_cast<const LostRecord*>(rec);
@@ -226,18 +264,26 @@ TEST(Ring, ThreadedStressAccountsForEveryEvent) {
 TEST(Ring, ThreadedSyncRoundTrips) {
   TestRing r(16384);
   constexpr std::uint64_t kEvents = 20'000;
-  std::uint32_t abort = 0;
-  std::uint64_t acked_ok = 0;
-  std::thread producer([&] {
-    for (std::uint64_t i = 0; i < kEvents; ++i) {
+  std::atomic<std::uint64_t> acked_ok{0};
+  std::atomic<bool> put_failed{false};
+  ProducerThread producer([&](const std::uint32_t& stop) {
+    for (std::uint64_t i = 0; i < kEvents && !ProducerThread::stopped(stop); ++i) {
       std::uint64_t seq = 0;
-      ASSERT_TRUE(put(r, 64, &seq));
+      if (!put(r, 64, &seq)) {
+        put_failed = true;   // reported by the consumer side; the producer just stops
+        return;
+      }
       const WaitMode mode = i % 3 == 0 ? WaitMode::kSpin : i % 3 == 1 ? WaitMode::kBlock : WaitMode::kAdaptive;
-      if (r.prod.wait_ack(seq, mode, 5'000, 5'000'000'000ULL, &abort)) ++acked_ok;
+      // The stop flag is the abort word: a consumer that failed ends this wait at once.
+      if (r.prod.wait_ack(seq, mode, 5'000, 5'000'000'000ULL, &stop)) ++acked_ok;
     }
   });
   for (std::uint64_t i = 0; i < kEvents; ++i) {
-    while (!r.cons.wait_data(i % 2 ? WaitMode::kBlock : WaitMode::kAdaptive, 5'000, 1'000'000'000)) {}
+    int idle = 0;
+    while (!r.cons.wait_data(i % 2 ? WaitMode::kBlock : WaitMode::kAdaptive, 5'000, 1'000'000'000)) {
+      ASSERT_FALSE(put_failed) << "the producer could not put event " << i;
+      ASSERT_LT(++idle, 30) << "no event " << i << " from the producer";
+    }
     const std::uint64_t seq = get(r);
     ASSERT_EQ(seq, i);
     r.cons.ack(seq);
