@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <functional>
 #include <memory>
 
 namespace hvtrace::kernel {
@@ -348,10 +349,11 @@ std::uint64_t KallsymsTables::span_end() const {
 }
 
 Result<KallsymsTables> locate_kallsyms(const mem::PhysMem& mem, const KallsymsLimits& limits,
-                                       const std::function<bool(const KallsymsTables&)>& accept) {
+                                       const std::function<bool(const KallsymsTables&)>& accept,
+                                       const std::vector<PhysRange>* regions, KallsymsScanStats* stats) {
   // Each digit run is tried as soon as the scan meets it, so the scan stops at the kernel's
   // tables instead of reading the rest of RAM.
-  std::size_t hits = 0, token_tables = 0;
+  std::size_t hits = 0, token_tables = 0, complete = 0;
   std::string rejected;
   std::optional<KallsymsTables> found;
   auto try_hit = [&](std::uint64_t hit) {
@@ -366,17 +368,19 @@ Result<KallsymsTables> locate_kallsyms(const mem::PhysMem& mem, const KallsymsLi
       rejected += "; " + why;
       return;
     }
+    ++complete;
     if (accept && !accept(*t)) {
       rejected += fmt::format("; tables at {:#x} rejected by the page tables", t->token_table.value);
       return;
     }
     found = *t;
   };
-  mem.for_each_extent([&](const mem::Extent& e) {
+  std::size_t budget_end = kMaxDigitRuns;   // per region: a region full of planted runs cannot starve the next
+  auto scan = [&](const mem::Extent& e) {
     const auto* begin = reinterpret_cast<const char*>(e.bytes.data());
     const char* p = begin;
     std::size_t left = e.bytes.size();
-    while (left >= kDigitTokensLen && hits < 4096 && !found) {
+    while (left >= kDigitTokensLen && hits < budget_end && !found) {
       const void* f = ::memmem(p, left, kDigitTokens, kDigitTokensLen);
       if (f == nullptr) break;
       const auto off = static_cast<std::uint64_t>(static_cast<const char*>(f) - begin);
@@ -389,8 +393,26 @@ Result<KallsymsTables> locate_kallsyms(const mem::PhysMem& mem, const KallsymsLi
       p += consumed;
       left -= consumed;
     }
-    return hits < 4096 && !found;
-  });
+    return hits < budget_end && !found;
+  };
+  if (regions == nullptr) {
+    mem.for_each_extent(scan);
+  } else {
+    // Region by region, in the order given, each with its own budget; only the parts of the
+    // extents inside the region are read (token "0" is never a table's first byte, so a run at a
+    // region's very start is no candidate and nothing before the start is needed).
+    for (const PhysRange& r : *regions) {
+      budget_end = hits + kMaxDigitRuns;
+      mem.for_each_extent([&](const mem::Extent& e) {
+        const std::uint64_t eb = e.base.value, ee = eb + e.bytes.size();
+        const std::uint64_t b = std::max(eb, r.begin), en = std::min(ee, r.end);
+        if (b >= en) return true;
+        return scan(mem::Extent{GPA{b}, e.bytes.subspan(b - eb, en - b)});
+      });
+      if (found) break;
+    }
+  }
+  if (stats) *stats = KallsymsScanStats{hits, token_tables, complete};
   if (found) return *found;
   if (token_tables == 0)
     return make_error("kallsyms token table not found in {} of RAM ({} candidate digit runs)", mem::human_size(mem.size()),

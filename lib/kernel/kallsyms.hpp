@@ -35,6 +35,7 @@
 #include "mem/phys_mem.hpp"
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -73,12 +74,30 @@ struct KallsymsLimits {
   std::uint64_t max_backscan = 32ULL << 20;          // how far before the token table to look
 };
 
-// Find the tables by scanning the RAM's data extents (holes are skipped, never touched).
-// Candidates are tried in address order; the first that validates completely wins unless
-// `accept` (optional) rejects it, e.g. because page tables disagree.
+// A physical range [begin, end) the scan is confined to (the kernel image: kernel/image.hpp).
+struct PhysRange {
+  std::uint64_t begin = 0, end = 0;
+};
+
+// What a scan examined, so tests can check its cost by counts, not by time.
+struct KallsymsScanStats {
+  std::uint64_t digit_runs = 0;      // "0".."9" runs examined as token-table candidates
+  std::uint64_t token_tables = 0;    // ... confirmed by a token index (then the tables around them are sought)
+  std::uint64_t complete = 0;        // complete tables handed to `accept`
+};
+
+// At most this many digit runs are examined per scan (a guest can plant runs anywhere in RAM it
+// can write; discovery confines the scan to the kernel image, where it cannot).
+inline constexpr std::uint64_t kMaxDigitRuns = 4096;
+
+// Find the tables by scanning the RAM's data extents (holes are skipped, never touched), only
+// inside `regions` when given (nothing outside them is read). Candidates are tried in address
+// order; the first that validates completely wins unless `accept` (optional) rejects it, e.g.
+// because page tables disagree.
 [[nodiscard]] Result<KallsymsTables> locate_kallsyms(
     const mem::PhysMem& mem, const KallsymsLimits& limits = {},
-    const std::function<bool(const KallsymsTables&)>& accept = {});
+    const std::function<bool(const KallsymsTables&)>& accept = {}, const std::vector<PhysRange>* regions = nullptr,
+    KallsymsScanStats* stats = nullptr);
 
 // Validate the tables given the physical positions of relative_base and the token table (from a
 // cached profile; either order, as the layout has it).

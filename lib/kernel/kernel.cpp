@@ -178,11 +178,42 @@ Kernel::Kernel(const mem::PhysMem& mem, Profile profile, KernelLayout layout, st
     : mem_(&mem), profile_(std::move(profile)), layout_(layout), how_(std::move(how)),
       kernel_as_(mem, layout.kernel_dtb, layout.paging) {}
 
+// kallsyms inside the kernel image found from the page-table chain (kernel/image.hpp): digit
+// runs elsewhere in RAM, which any guest process can plant, are never examined. Only when no
+// image is found that way (page tables unlike Linux's) is all RAM scanned.
+Result<KallsymsTables> locate_kallsyms_in_image(const mem::PhysMem& mem, DiscoveryStats& st,
+                                                const std::function<bool(const KallsymsTables&)>& accept = {}) {
+  st.images = find_kernel_images(mem, &st.image_scan);
+  std::vector<PhysRange> regions;
+  for (const auto& c : st.images) regions.push_back(PhysRange{c.text_pa.value, c.text_pa.value + c.size});
+  st.whole_ram_scanned = regions.empty();
+  auto in_image = [&](const KallsymsTables& t) {
+    // Cheap, before decoding anything: the relative base (_text) must lie in a found image's
+    // virtual range and the tables in its physical range.
+    for (const auto& c : st.images)
+      if (t.relative_base >= c.text_va.value && t.relative_base - c.text_va.value < c.size &&
+          c.holds_pa(t.span_begin(), t.span_end() - t.span_begin()))
+        return true;
+    return regions.empty();
+  };
+  return locate_kallsyms(
+      mem, {},
+      [&](const KallsymsTables& t) {
+        if (!in_image(t)) {
+          ++st.rejected_outside_image;
+          return false;
+        }
+        return !accept || accept(t);
+      },
+      regions.empty() ? nullptr : &regions, &st.kallsyms);
+}
+
 Result<std::unique_ptr<Kernel>> Kernel::discover(const mem::PhysMem& mem, bool keep_symbols) {
   Profile p;
   std::optional<KernelLayout> layout;
   std::vector<Symbol> symbols;
   std::string why_rejected;
+  DiscoveryStats stats;
   auto accept = [&](const KallsymsTables& t) {
     auto syms = decode_kallsyms(mem, t);
     if (!syms) {
@@ -234,7 +265,7 @@ Result<std::unique_ptr<Kernel>> Kernel::discover(const mem::PhysMem& mem, bool k
   };
   // Steps, each named in its error: kallsyms (symbols, virtual slide), the banner and page tables
   // (physical slide, paging mode; checked per kallsyms candidate), then BTF (structure layouts).
-  auto tables = locate_kallsyms(mem, {}, accept);
+  auto tables = locate_kallsyms_in_image(mem, stats, accept);
   if (!tables) {
     Error e = std::move(tables).error();
     if (!why_rejected.empty()) e.message += " (last candidate: " + why_rejected + ")";
@@ -249,6 +280,7 @@ Result<std::unique_ptr<Kernel>> Kernel::discover(const mem::PhysMem& mem, bool k
                                             p.banner.empty() ? "" : "; ", p.banner.substr(0, p.banner.find(" (")))));
   auto k = std::make_unique<Kernel>(mem, std::move(p), *layout, "cold discovery from guest memory");
   k->kallsyms_ = *tables;
+  k->discovery_stats_ = std::move(stats);
   if (keep_symbols) k->symbols_ = std::move(symbols);
   return k;
 }
@@ -260,7 +292,8 @@ Result<std::unique_ptr<Kernel>> Kernel::attach(const mem::PhysMem& mem, const At
     if (!p) return std::move(p).error();
     // A foreign profile knows symbol offsets but not this boot's slides: the virtual one is
     // kallsyms_relative_base in memory, the physical one comes from the banner.
-    auto tables = locate_kallsyms(mem);
+    DiscoveryStats st;
+    auto tables = locate_kallsyms_in_image(mem, st);
     if (!tables) return std::move(tables).error();
     auto l = find_layout_by_banner(mem, *p, fixed_text_va(GVA{tables->relative_base}), {});
     if (!l) return std::move(l).with_context(fmt::format("profile {} does not match this guest", opts.profile_file->string())).error();
@@ -312,7 +345,8 @@ Result<std::vector<Symbol>> Kernel::all_symbols() const {
     if (!t) return std::move(t).error();
     return decode_kallsyms(*mem_, *t);
   }
-  auto t = locate_kallsyms(*mem_);
+  DiscoveryStats st;
+  auto t = locate_kallsyms_in_image(*mem_, st);
   if (!t) return std::move(t).error();
   return decode_kallsyms(*mem_, *t);
 }

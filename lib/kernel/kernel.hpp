@@ -9,6 +9,7 @@
 #include "arch/paging.hpp"
 #include "common/result.hpp"
 #include "common/types.hpp"
+#include "kernel/image.hpp"
 #include "kernel/kallsyms.hpp"
 #include "kernel/profile.hpp"
 #include "mem/phys_mem.hpp"
@@ -30,6 +31,15 @@ struct KernelLayout {
   Dtb kernel_dtb;              // physical address of init_top_pgt
   arch::PagingMode paging = arch::PagingMode::k4Level;
   std::uint64_t page_offset_base = 0;  // start of the direct map
+};
+
+// What a cold discovery examined (counts, for tests of its cost against a hostile guest).
+struct DiscoveryStats {
+  KernelImageScanStats image_scan;
+  std::vector<KernelImageCandidate> images;   // from the page-table chain, most referenced first
+  bool whole_ram_scanned = false;             // no image found that way: kallsyms sought in all RAM
+  KallsymsScanStats kallsyms;
+  std::uint64_t rejected_outside_image = 0;   // complete tables whose relative base is not the image's
 };
 
 struct AttachOptions {
@@ -56,6 +66,8 @@ class Kernel {
   // The full symbol list (cold discovery with keep_symbols, or after all_symbols()).
   [[nodiscard]] Result<std::vector<Symbol>> all_symbols() const;
   [[nodiscard]] const std::optional<KallsymsTables>& kallsyms() const { return kallsyms_; }
+  // Cold discovery only: what it examined.
+  [[nodiscard]] const DiscoveryStats& discovery_stats() const { return discovery_stats_; }
 
   // A symbol's runtime address (slide applied; per-CPU symbols are offsets, not addresses).
   [[nodiscard]] std::optional<GVA> symbol(const std::string& name) const;
@@ -85,6 +97,7 @@ class Kernel {
   KernelLayout layout_;
   std::string how_;
   std::optional<KallsymsTables> kallsyms_;
+  DiscoveryStats discovery_stats_;
   std::optional<std::vector<Symbol>> symbols_;
   mutable arch::AddressSpace kernel_as_;
 };

@@ -192,6 +192,12 @@ Result<GVA> FakeGuest::add_task(const FakeTask& t) {
     // argv in the task's own address space, as the kernel's mm->arg_start..arg_end describe it.
     arch::PageTableBuilder user_pt(m, o_.paging, *pgd, kUserTablePages);
     HVTRACE_TRY(user_pt.map(GVA{L::kArgvVa}, *args_page, mem::kPageSize, arch::kPteUser | arch::kPteWrite | arch::kPteNx));
+    // The kernel half is shared with init_top_pgt, as pgd_ctor copies it into every new pgd.
+    for (unsigned i = 256; i < 512; ++i) {
+      auto e = m.read_u64(GPA{kernel_dtb().value + 8ULL * i});
+      if (!e) return std::move(e).error();
+      HVTRACE_TRY(m.write_u64(GPA{pgd->value + 8ULL * i}, *e));
+    }
     std::string args;
     for (const auto& a : t.argv.empty() ? std::vector<std::string>{t.comm} : t.argv) args += a + '\0';
     args.resize(std::min<std::size_t>(args.size(), mem::kPageSize));
