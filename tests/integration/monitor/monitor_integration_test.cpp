@@ -41,6 +41,7 @@ class Collector {
   explicit Collector(EventReader* r) : r_(r) {}
   ~Collector() { stop(); }
   void start() {
+    if (t_.joinable()) return;
     stop_ = false;
     t_ = std::thread([this] {
       while (!stop_) {
@@ -110,6 +111,9 @@ TEST(MonitorArguments, BadPluginArgumentsMakeQemuExitWithTheReason) {
   }
 }
 
+// The run-time breakpoint ids the tests below use (1000.. too: BadBreakpoints fills the table).
+constexpr std::uint32_t kTestBreakpointIds[] = {101, 102, 201, 301};
+
 class Monitor : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -151,11 +155,24 @@ class Monitor : public ::testing::Test {
     if (vm_) (void)vm_->shutdown();
     delete vm_;
   }
+  // Every test starts from the same filter, whatever the tests before it did or how they ended
+  // (the order is not fixed: --gtest_shuffle must pass): consumer attached and collecting, every
+  // DTB, every number of every table, no sync-at-exit numbers, no identity reads, default snap
+  // length, no run-time breakpoint of any test, async syscall and CR3 events.
   void SetUp() override {
+    ASSERT_NE(vm_, nullptr);
+    if (ctl_ == nullptr) connect();   // a test that replaced the consumer ended early
     ASSERT_NE(ctl_, nullptr);
+    collector_->start();              // no-op when running
     ASSERT_TRUE(ctl_->set_all_dtbs().ok());
-    ASSERT_TRUE(ctl_->set_syscalls(std::nullopt).ok());
+    for (auto table : {abi::SyscallAbi::kX86_64, abi::SyscallAbi::kI386, abi::SyscallAbi::kX32}) {
+      ASSERT_TRUE(ctl_->set_syscalls(std::nullopt, table).ok());
+      ASSERT_TRUE(ctl_->set_sync_syscalls({}, table).ok());
+    }
+    ASSERT_TRUE(ctl_->set_identity(0, 0, 0).ok());
     ASSERT_TRUE(ctl_->set_snap_len(abi::kDefaultSnapLen).ok());
+    for (std::uint32_t id : kTestBreakpointIds) (void)ctl_->remove_breakpoint(id);   // absent: rejected
+    for (std::uint32_t i = 0; i < abi::kMaxBreakpoints; ++i) (void)ctl_->remove_breakpoint(1000 + i);
     auto g = ctl_->set_actions({abi::Action::kAsync, abi::Action::kAsync, abi::Action::kAsync, abi::Action::kDrop});
     ASSERT_TRUE(g.ok()) << g.error().message;
     gen_ = *g;
@@ -561,6 +578,9 @@ TEST_F(Monitor, BadBreakpointsAreRejectedWithAReasonAndThePluginKeepsDelivering)
 #if HVTRACE_MON_SMP == 1
 TEST_F(Monitor, DtbSetDeliversOnlyThatProcessAndChangesTakeEffect) {
   run("sh -c 'while :; do echo tgt-marker-77 >/dev/null; done' >/dev/null 2>&1 </dev/null &");
+  struct KillLoop {   // however the test ends, the busy loop does not outlive it
+    ~KillLoop() { (void)vm_->exec("pkill -f tgt-marker-77; true", 60s); }
+  } kill_loop;
   std::uint64_t target = 0;
   for (int tries = 0; tries < 20 && target == 0; ++tries)
     for (const auto& e : since(gen_, 200ms))
@@ -606,7 +626,6 @@ TEST_F(Monitor, DtbSetDeliversOnlyThatProcessAndChangesTakeEffect) {
   for (const auto& e : since(*g))
     if (e.type == RecordType::kSyscallEntry && e.dtb().value != target) ++others;
   EXPECT_GT(others, 20u);
-  run("pkill -f tgt-marker-77; true");
 }
 
 TEST_F(Monitor, MalformedControlMessagesAreRejectedAndThePluginKeepsRunning) {
@@ -685,14 +704,21 @@ TEST_F(Monitor, KillingTheConsumerInSyncModeDoesNotHangTheGuest) {
     (void)!write(ready[1], &ok, 1);
     _exit(1);
   }
+  struct Reap {   // however the test ends, the dying consumer does not outlive it
+    pid_t pid;
+    int fds[2];
+    ~Reap() {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+      close(fds[0]);
+      close(fds[1]);
+    }
+  } reap{child, {ready[0], ready[1]}};
   char ok = 0;
   ASSERT_EQ(read(ready[0], &ok, 1), 1);
   EXPECT_EQ(ok, 1) << "the dying consumer could not set sync actions";
   std::this_thread::sleep_for(1500ms);  // the guest runs into unacked sync events
   kill(child, SIGKILL);
-  waitpid(child, nullptr, 0);
-  close(ready[0]);
-  close(ready[1]);
   auto r = vm_->exec("echo alive", 60s);
   ASSERT_TRUE(r.ok()) << r.error().message;
   EXPECT_EQ(r->out, "alive\n");
@@ -705,9 +731,36 @@ TEST_F(Monitor, KillingTheConsumerInSyncModeDoesNotHangTheGuest) {
 
 // A breakpoint at a kernel address is an exec callback: set at the syscall entry point (found by
 // the previous boot, same kernel, no KASLR), it fires exactly once per syscall entry.
+// The syscall entry point of the default guest booted with nokaslr: the one the Monitor suite
+// detected if it ran first, else learned here from a boot of our own (test order is not fixed).
+std::uint64_t nokaslr_entry_va() {
+  if (Monitor::detected_entry_va_ != 0) return Monitor::detected_entry_va_;
+  auto img = vm::load_image(vm::default_image_dir());
+  EXPECT_TRUE(img.ok());
+  if (!img.ok()) return 0;
+  vm::VmConfig c;
+  c.name = HVTRACE_MON_VM "-entry";
+  c.image = std::move(img).value();
+  c.kernel_args = {"nokaslr"};
+  c.plugin = vm::monitor_plugin(HVTRACE_MONITOR_PLUGIN, HVTRACE_MON_VM "-entry", {"entry_action=async"});
+  auto v = vm::Vm::start(c);
+  EXPECT_TRUE(v.ok()) << v.error().message;
+  if (!v.ok()) return 0;
+  auto r = EventReader::open(shm_path(HVTRACE_MON_VM "-entry"), 5s);
+  EXPECT_TRUE(r.ok()) << r.error().message;
+  std::uint64_t va = 0;
+  if (r.ok()) {
+    auto out = (*v)->exec("true", 60s);
+    EXPECT_TRUE(out.ok()) << out.error().message;
+    va = (*r)->syscall_entry_va();
+  }
+  (void)(*v)->shutdown();
+  return va;
+}
+
 TEST(MonitorBreakpoints, BreakpointAtTheEntryPointFiresOncePerSyscall) {
-  const std::uint64_t va = Monitor::detected_entry_va_;
-  ASSERT_NE(va, 0u) << "the Monitor suite did not detect the entry point";
+  const std::uint64_t va = nokaslr_entry_va();
+  ASSERT_NE(va, 0u) << "the syscall entry point was not detected";
   auto img = vm::load_image(vm::default_image_dir());
   ASSERT_TRUE(img.ok());
   vm::VmConfig c;
