@@ -230,6 +230,34 @@ TEST_F(Trace, AProcessThatExitsIsNotFollowedIntoTheNextOwnerOfItsPageTables) {
   EXPECT_EQ(text.find("getdents64"), std::string::npos) << "ls's calls attributed to the traced sleep:\n" << text;
 }
 
+TEST_F(Trace, ARecordingReplaysWithNoVmToTheSameTrace) {
+  const std::string rec = ::testing::TempDir() + "hvtrace-trace.rec";
+  const std::string a = ::testing::TempDir() + "hvtrace-trace-live.txt";
+  const std::string b = ::testing::TempDir() + "hvtrace-trace-replay.txt";
+  const std::string c = ::testing::TempDir() + "hvtrace-trace-openat.txt";
+  auto r = hvtrace({"trace", "--vm", kVm, "-w", rec, "-o", a, "--", "/tmp/calls"});
+  ASSERT_EQ(r.exit_code, 3) << r.err;   // calls exits with 3, and so does trace
+  r = hvtrace({"trace", "-r", rec, "-o", b}, 60s);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string live = slurp(a), replayed = slurp(b);
+  ASSERT_GT(parse(live).size(), 20u);
+  EXPECT_EQ(live, replayed);
+  // The same recording with a narrower trace set: openat lines only, the ones the live run saw.
+  r = hvtrace({"trace", "-r", rec, "-e", "trace=openat", "-o", c}, 60s);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto only = parse(slurp(c));
+  ASSERT_FALSE(only.empty());
+  for (const auto& l : only) EXPECT_EQ(l.name, "openat") << l;
+  std::vector<Line> want;
+  for (const auto& l : parse(live))
+    if (l.name == "openat") want.push_back(l);
+  EXPECT_EQ(only, want);
+  // -r takes no VM.
+  r = hvtrace({"trace", "-r", rec, "--vm", kVm}, 60s);
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("drop --vm"), std::string::npos) << r.err;
+}
+
 TEST_F(Trace, BadInputIsOneClearErrorAndTheGuestRunsOn) {
   const std::pair<std::vector<std::string>, std::string> cases[] = {
       {{"trace", "--vm", kVm, "-e", "trace=opne", "--", "true"}, "unknown syscall or class 'opne'"},
