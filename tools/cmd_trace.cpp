@@ -27,6 +27,7 @@
 #include <cstdio>
 #include <ctime>
 #include <fstream>
+#include <functional>
 #include <future>
 #include <memory>
 #include <random>
@@ -261,17 +262,32 @@ void run_trace(const TraceOptions& o) {
   // -- CMD: a shell in the guest announces itself in its command line, waits for a go file, then
   // execs CMD; tracing starts at that execve, so CMD is seen from its first system call.
   std::future<Result<int>> cmd_status;
+  struct OnExit {
+    std::function<void()> fn;
+    explicit OnExit(std::function<void()> f) : fn(std::move(f)) {}
+    ~OnExit() { fn(); }
+    OnExit(const OnExit&) = delete;
+    OnExit& operator=(const OnExit&) = delete;
+  };
+  bool go_sent = false;
+  std::optional<OnExit> cancel_guard;   // destroyed before cmd_status, whose destructor waits for the shell
   std::string go_file;
   std::uint32_t shell_pid = 0;
   if (!o.command.empty()) {
     const std::string tok = token();
     go_file = "/tmp/.hvtrace-go-" + tok;
     const std::string remote = fmt::format(
-        "while [ ! -e {0} ]; do usleep 10000 2>/dev/null || sleep 1; done; rm -f {0}; exec {1}", go_file,
-        vm::remote_command_line(o.command));
+        "while [ ! -e {0} ]; do [ -e {0}.cancel ] && rm -f {0}.cancel && exit 125; usleep 10000 2>/dev/null || sleep 1; "
+        "done; rm -f {0}; exec {1}",
+        go_file, vm::remote_command_line(o.command));
     const bool pass_stdin = isatty(STDIN_FILENO) == 0;
     cmd_status = std::async(std::launch::async, [rec, remote, pass_stdin] {
       return vm::ssh_run(rec, remote, std::chrono::hours{24}, pass_stdin);
+    });
+    // Whatever ends this command before CMD was let go (an error, a signal), the waiting shell in
+    // the guest is told to give up, so neither it nor our wait for its SSH session lingers.
+    cancel_guard.emplace([rec, go_file, &go_sent] {
+      if (!go_sent) (void)vm::ssh_exec(rec, "touch " + go_file + ".cancel", 30s);
     });
     std::optional<std::uint32_t> shell;
     const auto give_up = std::chrono::steady_clock::now() + 30s;
@@ -320,6 +336,7 @@ void run_trace(const TraceOptions& o) {
   std::future<Result<vm::ExecResult>> go;
   if (!go_file.empty())
     go = std::async(std::launch::async, [rec, go_file] { return vm::ssh_exec(rec, "touch " + go_file, 30s); });
+    go_sent = true;
 
   const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(o.duration);
   bool vm_alive = true;
@@ -352,6 +369,7 @@ void run_trace(const TraceOptions& o) {
       }
     }
   });
+  (void)tracer.detach();       // the fork breakpoint
   (void)ctl.set_actions({});   // the guest runs on unpaused and unwatched
   const auto after = ctl.stats();
   std::vector<events::RingStats> rings;

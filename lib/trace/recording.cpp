@@ -320,6 +320,8 @@ void RecordingWriter::task_answer(std::uint64_t task, const std::optional<TaskIn
     o.put<std::uint8_t>(a->dtb ? 1 : 0);
     o.put<std::uint64_t>(a->dtb.value_or(0));
     o.str(a->comm);
+    o.put<std::uint32_t>(a->tgid);
+    o.put<std::uint32_t>(a->ppid);
   }
   frame(FrameType::kTaskAnswer, o.data());
 }
@@ -481,6 +483,8 @@ Result<std::optional<Frame>> RecordingReader::next() {
         const auto dtb = in.get<std::uint64_t>();
         if (has) t.dtb = dtb;
         t.comm = in.str();
+        t.tgid = in.get<std::uint32_t>();
+        t.ppid = in.get<std::uint32_t>();
         f.task = std::move(t);
       }
       break;

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cstdlib>
 #include <chrono>
 #include <ctime>
 
@@ -71,7 +72,21 @@ Result<std::vector<ProcInfo>> LiveGuest::name(const std::string& comm) {
 std::optional<TaskInfo> LiveGuest::task(std::uint64_t task_addr) {
   auto p = lx_->read_task(GVA{task_addr});
   if (!p) return std::nullopt;
-  return TaskInfo{p->dtb ? std::optional<std::uint64_t>(p->dtb->value) : std::nullopt, p->comm};
+  return TaskInfo{p->dtb ? std::optional<std::uint64_t>(p->dtb->value) : std::nullopt, p->comm,
+                  static_cast<std::uint32_t>(p->tgid.value), static_cast<std::uint32_t>(p->ppid.value)};
+}
+
+std::optional<std::uint64_t> LiveGuest::symbol(const std::string& name) {
+  if (auto s = lx_->kernel().symbol(name)) return s->value;
+  // A cached profile keeps only the symbols discovery needs: decode the guest's kallsyms (once).
+  if (!all_symbols_) {
+    auto all = lx_->kernel().all_symbols();
+    all_symbols_.emplace();
+    if (all)
+      for (const auto& s : *all) all_symbols_->emplace(s.name, s.addr.value);
+  }
+  if (auto it = all_symbols_->find(name); it != all_symbols_->end()) return it->second;
+  return std::nullopt;
 }
 
 IdentityOffsets LiveGuest::identity() {
@@ -85,6 +100,9 @@ Result<void> done_or(Result<std::uint32_t> r) {
   return {};
 }
 }  // namespace
+
+Result<void> ControlSink::add_breakpoint(const events::BreakpointSpec& b) { return done_or(ctl_->add_breakpoint(b)); }
+Result<void> ControlSink::remove_breakpoint(std::uint32_t id) { return done_or(ctl_->remove_breakpoint(id)); }
 
 Result<void> ControlSink::set_identity(const IdentityOffsets& id) {
   return done_or(ctl_->set_identity(id.current_task, id.pid, id.tgid));
@@ -151,6 +169,21 @@ Result<void> Tracer::apply() {
         if (is_clone_family(table, nr)) sync.push_back(nr);
     if (auto r = filter_->set_sync_syscalls(sync, table); !r) return std::move(r).with_context("setting the sync set").error();
   }
+  // -f: a synchronous kernel breakpoint where a new task becomes runnable (wake_up_new_task(p),
+  // in the parent's context, before the child can run a single instruction) adds the child's
+  // address space to the filter. The sync clone exits stay as the fallback for kernels without
+  // the symbol; without this, a child the scheduler runs first (6.12's EEVDF does) was missed.
+  if (cfg_.follow && !all_ && cfg_.comms.empty() && cfg_.method != 2)
+    if (const auto va = guest_->symbol("wake_up_new_task")) {
+      (void)filter_->remove_breakpoint(kForkBreakpointId);   // left by a tracer that died
+      events::BreakpointSpec b;
+      b.id = kForkBreakpointId;
+      b.va = *va;
+      b.kind = abi::BreakpointKind::kKernel;
+      b.action = abi::Action::kSync;
+      if (auto r = filter_->add_breakpoint(b); !r) return std::move(r).with_context("setting the fork breakpoint").error();
+      fork_bp_ = true;
+    }
   events::Actions a;
   const abi::Action sc = cfg_.method == 5 ? abi::Action::kAsync : abi::Action::kSync;
   a.syscall_entry = sc;
@@ -209,6 +242,7 @@ Result<void> Tracer::handle(const events::Event& e) {
     case abi::RecordType::kSyscallEntry: ++stats_.entries; return on_entry(e);
     case abi::RecordType::kSyscallExit: ++stats_.exits; return on_exit(e);
     case abi::RecordType::kCr3Write: ++stats_.cr3; return on_cr3(e);
+    case abi::RecordType::kBreakpoint: return on_breakpoint(e);
     default: return {};
   }
 }
@@ -323,6 +357,24 @@ Result<void> Tracer::add_child(std::uint32_t child, std::uint32_t parent_tgid) {
   procs_[child] = Traced{child, *(*p)->dtb, false, false};
   (void)parent_tgid;
   return push_dtbs();
+}
+
+// wake_up_new_task(struct task_struct *p): p is the new task (rdi), its mm already its own.
+Result<void> Tracer::on_breakpoint(const events::Event& e) {
+  if (e.bp.id != kForkBreakpointId || !cfg_.follow) return {};
+  const auto child = guest_->task(e.bp.regs[0]);
+  if (!child || !child->dtb || child->tgid == 0) return {};
+  if (traced(child->tgid) != nullptr) return {};               // a thread of a traced process
+  const Traced* parent = traced(child->ppid);
+  if (parent == nullptr || parent->waiting_exec) return {};    // not a child of ours (yet)
+  procs_[child->tgid] = Traced{child->tgid, *child->dtb, false, false};
+  return push_dtbs();
+}
+
+Result<void> Tracer::detach() {
+  if (!fork_bp_) return {};
+  fork_bp_ = false;
+  return filter_->remove_breakpoint(kForkBreakpointId);
 }
 
 // A CR3 write touching a traced address space, delivered sync. During exec the kernel switches to

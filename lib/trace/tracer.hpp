@@ -73,6 +73,8 @@ struct ProcInfo {
 struct TaskInfo {
   std::optional<std::uint64_t> dtb;   // of the task's current mm
   std::string comm;
+  std::uint32_t tgid = 0;             // its process
+  std::uint32_t ppid = 0;             // its parent's process (real_parent)
 };
 struct IdentityOffsets {
   std::uint64_t current_task = 0;     // 0: unknown (the monitor is not told)
@@ -86,6 +88,8 @@ class GuestQueries {
   virtual Result<std::vector<ProcInfo>> name(const std::string& comm) = 0;   // running processes of this name
   virtual std::optional<TaskInfo> task(std::uint64_t task_addr) = 0;         // nullopt: unreadable
   virtual IdentityOffsets identity() = 0;
+  // A kernel symbol's address (from the guest's kallsyms); nullopt when unknown or replaying.
+  virtual std::optional<std::uint64_t> symbol(const std::string&) { return std::nullopt; }
 };
 
 // Where the in-hypervisor filter goes: the monitor's control channel, or nowhere (replay).
@@ -99,6 +103,8 @@ class FilterSink {
   virtual Result<void> set_all_dtbs() = 0;
   virtual Result<void> set_dtbs(const std::vector<Dtb>& dtbs) = 0;
   virtual Result<void> set_actions(const events::Actions& a) = 0;
+  virtual Result<void> add_breakpoint(const events::BreakpointSpec&) { return {}; }
+  virtual Result<void> remove_breakpoint(std::uint32_t) { return {}; }
 };
 
 class LiveGuest final : public GuestQueries {
@@ -108,9 +114,11 @@ class LiveGuest final : public GuestQueries {
   Result<std::vector<ProcInfo>> name(const std::string& comm) override;
   std::optional<TaskInfo> task(std::uint64_t task_addr) override;
   IdentityOffsets identity() override;
+  std::optional<std::uint64_t> symbol(const std::string& name) override;
 
  private:
   const linux_os::Linux* lx_;
+  std::optional<std::map<std::string, std::uint64_t>> all_symbols_;
 };
 
 class ControlSink final : public FilterSink {
@@ -123,6 +131,8 @@ class ControlSink final : public FilterSink {
   Result<void> set_all_dtbs() override;
   Result<void> set_dtbs(const std::vector<Dtb>& dtbs) override;
   Result<void> set_actions(const events::Actions& a) override;
+  Result<void> add_breakpoint(const events::BreakpointSpec& b) override;
+  Result<void> remove_breakpoint(std::uint32_t id) override;
 
  private:
   events::ControlClient* ctl_;
@@ -167,6 +177,8 @@ class Tracer {
   [[nodiscard]] std::int64_t realtime_offset_ns() const { return realtime_offset_ns_; }
 
   // Push the filter that the method and the targets need to the monitor.
+  // Take back what apply() added to the monitor that outlives the filter (the fork breakpoint).
+  Result<void> detach();
   Result<void> apply();
   // One event from the rings; sync events are acked by the reader after this returns.
   Result<void> handle(const events::Event& e);
@@ -199,6 +211,8 @@ class Tracer {
   Result<void> on_entry(const events::Event& e);
   Result<void> on_exit(const events::Event& e);
   Result<void> on_cr3(const events::Event& e);
+  Result<void> on_breakpoint(const events::Event& e);
+  bool fork_bp_ = false;
   Result<void> add_child(std::uint32_t child_pid, std::uint32_t parent_tgid);
   void complete(std::uint32_t tid, Pending p, std::optional<std::int64_t> ret, std::vector<events::Capture> exit_caps,
                 std::uint64_t exit_ns);
@@ -225,6 +239,9 @@ class Tracer {
   std::set<std::uint32_t> tids_seen_;
   std::map<std::uint32_t, std::string> guest_names_;
 };
+
+// The id of the breakpoint `-f` sets at the kernel's wake_up_new_task (a new task made runnable).
+inline constexpr std::uint32_t kForkBreakpointId = 0x7472'0001;
 
 // The x86-64 and i386 numbers of the clone family (fork, vfork, clone, clone3).
 [[nodiscard]] bool is_clone_family(abi::SyscallAbi a, std::uint64_t nr);
