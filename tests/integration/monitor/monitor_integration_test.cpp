@@ -117,7 +117,7 @@ constexpr std::uint32_t kTestBreakpointIds[] = {101, 102, 201, 301};
 class Monitor : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    auto img = vm::load_image(vm::default_image_dir());
+    auto img = vm::load_image(vm::image_dir(HVTRACE_MON_IMAGE));
     ASSERT_TRUE(img.ok()) << img.error().message;
     vm::VmConfig c;
     c.name = HVTRACE_MON_VM;

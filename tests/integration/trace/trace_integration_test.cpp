@@ -12,6 +12,7 @@
 #include <fstream>
 #include <map>
 #include <regex>
+#include <set>
 #include <sstream>
 
 namespace hvtrace {
@@ -99,6 +100,10 @@ class Trace : public ::testing::Test {
     std::stringstream src;
     src << f.rdbuf();
     guest("cat > /tmp/calls.c <<'HVTRACE_EOF'\n" + src.str() + "HVTRACE_EOF\ntcc -o /tmp/calls /tmp/calls.c");
+    std::ifstream tf(HVTRACE_THREADS_SOURCE);
+    std::stringstream tsrc;
+    tsrc << tf.rdbuf();
+    guest("cat > /tmp/threads.c <<'HVTRACE_EOF'\n" + tsrc.str() + "HVTRACE_EOF\ntcc -o /tmp/threads /tmp/threads.c -lpthread");
   }
   static void TearDownTestSuite() {
     if (vm_) (void)vm_->shutdown();
@@ -200,6 +205,37 @@ TEST_F(Trace, FollowsAPipelinesChildren) {
   for (const auto& l : truth)
     if (!timing(l)) true_calls.insert(l.name + "(" + l.path + ")=" + l.ret);
   EXPECT_EQ(mine_calls, true_calls);
+}
+
+TEST_F(Trace, FollowsAMultiThreadedProgramsThreads) {
+  const std::string out = ::testing::TempDir() + "hvtrace-threads.json";
+  const auto r = hvtrace({"trace", "--vm", kVm, "-f", "--json", "-e", "trace=write,clone,clone3", "-o", out, "--", "/tmp/threads"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::map<std::string, std::pair<long, long>> writer;   // line -> (pid, tid)
+  std::set<long> thread_ids;                              // what clone/clone3 returned
+  std::istringstream in(slurp(out));
+  static const std::regex num(R"re("(pid|tid|ret)":(-?\d+))re");
+  for (std::string s; std::getline(in, s);) {
+    std::map<std::string, long> v;
+    for (auto it = std::sregex_iterator(s.begin(), s.end(), num); it != std::sregex_iterator(); ++it)
+      v[(*it)[1]] = std::stol((*it)[2]);
+    if (s.find("\"syscall\":\"clone") != std::string::npos) thread_ids.insert(v["ret"]);
+    for (const char* m : {"thread-0", "thread-1", "thread-2"})
+      if (s.find("\"syscall\":\"write\"") != std::string::npos && s.find(m) != std::string::npos) writer[m] = {v["pid"], v["tid"]};
+  }
+  ASSERT_EQ(writer.size(), 3u) << slurp(out);
+  const long pid = writer["thread-0"].first;
+  EXPECT_EQ(writer["thread-0"].second, pid) << "the main thread's tid is the pid";
+  for (const char* m : {"thread-1", "thread-2"}) {
+    EXPECT_EQ(writer[m].first, pid) << m << ": same process";
+    EXPECT_NE(writer[m].second, pid) << m << ": its own thread";
+    EXPECT_TRUE(thread_ids.count(writer[m].second)) << m << ": a thread the main thread created";
+  }
+  EXPECT_NE(writer["thread-1"].second, writer["thread-2"].second);
+  // The guest's strace sees the same three writes.
+  guest("strace -f -e trace=write -o /tmp/strace-threads.txt /tmp/threads | cat >/dev/null");
+  const std::string truth = guest("cat /tmp/strace-threads.txt");
+  for (const char* m : {"thread-0", "thread-1", "thread-2"}) EXPECT_NE(truth.find(m), std::string::npos) << truth;
 }
 
 TEST_F(Trace, EveryMethodSeesTheSameCalls) {
