@@ -334,9 +334,10 @@ void run_trace(const TraceOptions& o) {
   for (unsigned i = 0; i < reader->rings(); ++i) rings_before.push_back(reader->stats(i));
   // Start CMD while this thread already serves the rings (the waiting shell's CR3 switches are sync).
   std::future<Result<vm::ExecResult>> go;
-  if (!go_file.empty())
+  if (!go_file.empty()) {
     go = std::async(std::launch::async, [rec, go_file] { return vm::ssh_exec(rec, "touch " + go_file, 30s); });
     go_sent = true;
+  }
 
   const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(o.duration);
   bool vm_alive = true;

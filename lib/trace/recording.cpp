@@ -185,55 +185,30 @@ std::vector<std::uint8_t> encode_record(const events::Event& e) {
     h.vcpu = e.ring;
     h.generation = e.generation;
   };
-  const auto set_size = [](auto& hdr, std::vector<std::uint8_t>& b) {
-    hdr.size = static_cast<std::uint32_t>(b.size());
-    std::memcpy(b.data(), &hdr, sizeof hdr);
+  // A body alone, or a syscall body followed by its capture blocks.
+  const auto event = [&](auto body) {
+    common(body.hdr);
+    return plain(body);
   };
+  const auto call = [&](auto body) {
+    common(body.hdr);
+    body.n_captures = static_cast<decltype(body.n_captures)>(std::min<std::size_t>(e.captures.size(), abi::kMaxCaptures));
+    auto b = with_captures(body, e);
+    std::memcpy(b.data(), &body, sizeof body);
+    return b;
+  };
+  std::vector<std::uint8_t> b;
   switch (e.type) {
-    case abi::RecordType::kLost: {
-      auto b = plain(e.lost);
-      abi::RecordHeader h{static_cast<std::uint16_t>(e.type), e.flags, 0};
-      set_size(h, b);
-      return b;
-    }
-    case abi::RecordType::kCr3Write: {
-      auto body = e.cr3;
-      common(body.hdr);
-      auto b = plain(body);
-      abi::RecordHeader h{static_cast<std::uint16_t>(e.type), e.flags, 0};
-      set_size(h, b);
-      return b;
-    }
-    case abi::RecordType::kBreakpoint: {
-      auto body = e.bp;
-      common(body.hdr);
-      auto b = plain(body);
-      abi::RecordHeader h{static_cast<std::uint16_t>(e.type), e.flags, 0};
-      set_size(h, b);
-      return b;
-    }
-    case abi::RecordType::kSyscallEntry: {
-      auto body = e.entry;
-      common(body.hdr);
-      body.n_captures = static_cast<decltype(body.n_captures)>(std::min<std::size_t>(e.captures.size(), abi::kMaxCaptures));
-      auto b = with_captures(body, e);
-      std::memcpy(b.data(), &body, sizeof body);
-      abi::RecordHeader h{static_cast<std::uint16_t>(e.type), e.flags, 0};
-      set_size(h, b);
-      return b;
-    }
-    case abi::RecordType::kSyscallExit: {
-      auto body = e.exit;
-      common(body.hdr);
-      body.n_captures = static_cast<decltype(body.n_captures)>(std::min<std::size_t>(e.captures.size(), abi::kMaxCaptures));
-      auto b = with_captures(body, e);
-      std::memcpy(b.data(), &body, sizeof body);
-      abi::RecordHeader h{static_cast<std::uint16_t>(e.type), e.flags, 0};
-      set_size(h, b);
-      return b;
-    }
+    case abi::RecordType::kLost: b = plain(e.lost); break;
+    case abi::RecordType::kCr3Write: b = event(e.cr3); break;
+    case abi::RecordType::kBreakpoint: b = event(e.bp); break;
+    case abi::RecordType::kSyscallEntry: b = call(e.entry); break;
+    case abi::RecordType::kSyscallExit: b = call(e.exit); break;
     default: return {};
   }
+  const abi::RecordHeader h{static_cast<std::uint16_t>(e.type), e.flags, static_cast<std::uint32_t>(b.size())};
+  std::memcpy(b.data(), &h, sizeof h);
+  return b;
 }
 
 // ---- writer ---------------------------------------------------------------------------------

@@ -341,21 +341,19 @@ Result<void> Tracer::on_exit(const events::Event& e) {
   pending_.erase(it);
   const SyscallAbi a = p.call.abi;
   const std::uint64_t nr = p.call.nr;
-  const std::uint32_t parent = p.pid;
   complete(key, std::move(p), e.exit.ret, e.captures, e.time_ns);
   if (open_line_tid_ == key) open_line_tid_.reset();
   if (cfg_.follow && is_clone_family(a, nr) && e.exit.ret > 0)
-    return add_child(static_cast<std::uint32_t>(e.exit.ret), parent);
+    return add_child(static_cast<std::uint32_t>(e.exit.ret));
   return {};
 }
 
 // Runs while the parent's vCPU waits (the clone family's exits are sync): the child's address
 // space joins the filter before the parent runs on. A thread shares its parent's.
-Result<void> Tracer::add_child(std::uint32_t child, std::uint32_t parent_tgid) {
+Result<void> Tracer::add_child(std::uint32_t child) {
   auto p = guest_->pid(child);
   if (!p || !*p || !(*p)->dtb) return {};   // a thread (not a group leader) or gone already
   procs_[child] = Traced{child, *(*p)->dtb, false, false};
-  (void)parent_tgid;
   return push_dtbs();
 }
 
@@ -499,7 +497,6 @@ void Tracer::emit(const CallRecord& r) {
   }
   before_line(r.tid);
   std::string line = prefix(r.tid, r.entry_ns);
-  const std::string who = r.pid == r.tid ? fmt::format("{} ", r.comm) : fmt::format("{} ", r.comm);
   if (r.resumed) {
     line += fmt::format("<... {} resumed>) = {}", r.f.name, r.f.ret);
   } else {
@@ -508,7 +505,6 @@ void Tracer::emit(const CallRecord& r) {
   if (r.abi == SyscallAbi::kI386) line += " [i386]";
   if (cfg_.show_duration && r.exit_ns > r.entry_ns)
     line += fmt::format(" <{}.{:06}>", (r.exit_ns - r.entry_ns) / 1'000'000'000, ((r.exit_ns - r.entry_ns) / 1000) % 1'000'000);
-  (void)who;
   out_(line);
 }
 

@@ -213,7 +213,7 @@ class Tracer {
   Result<void> on_cr3(const events::Event& e);
   Result<void> on_breakpoint(const events::Event& e);
   bool fork_bp_ = false;
-  Result<void> add_child(std::uint32_t child_pid, std::uint32_t parent_tgid);
+  Result<void> add_child(std::uint32_t child_pid);
   void complete(std::uint32_t tid, Pending p, std::optional<std::int64_t> ret, std::vector<events::Capture> exit_caps,
                 std::uint64_t exit_ns);
   void print_unfinished(std::uint32_t tid, Pending& p);
