@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <ctime>
 #include <fstream>
@@ -371,7 +372,16 @@ void run_trace(const TraceOptions& o) {
     }
   });
   (void)tracer.detach();       // the fork breakpoint
+  bool interrupted_cmd = false;
   (void)ctl.set_actions({});   // the guest runs on unpaused and unwatched
+  // Interrupted while CMD still runs: end it as a terminal's Ctrl-C would end `strace CMD`'s child
+  // (an SSH session without a terminal does not pass the signal on).
+  if (vm::termination_requested() && cmd_status.valid() && shell_pid != 0 &&
+      cmd_status.wait_for(0s) != std::future_status::ready) {
+    vm::clear_termination_request();   // lets this one SSH call run; a second Ctrl-C cuts it short
+    interrupted_cmd = true;
+    (void)vm::ssh_exec(rec, fmt::format("kill -TERM {} 2>/dev/null", shell_pid), 30s);
+  }
   const auto after = ctl.stats();
   std::vector<events::RingStats> rings;
   for (unsigned i = 0; i < reader->rings(); ++i) {
@@ -398,7 +408,7 @@ void run_trace(const TraceOptions& o) {
     if (cmd_status.wait_for(vm::termination_requested() ? 0s : 10s) == std::future_status::ready) {
       auto r = cmd_status.get();
       if (!r) throw UserError(r.error().message);
-      exit_code() = *r;
+      exit_code() = interrupted_cmd ? 128 + SIGINT : *r;   // as a shell reports a Ctrl-C'd command
     }
   }
 }
