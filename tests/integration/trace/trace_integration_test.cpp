@@ -299,6 +299,19 @@ TEST_F(Trace, ARecordingReplaysWithNoVmToTheSameTrace) {
   EXPECT_NE(r.err.find("drop --vm"), std::string::npos) << r.err;
 }
 
+// Ctrl-C while CMD runs: the trace so far is kept, CMD is ended in the guest too (as a terminal's
+// Ctrl-C would end strace's child), and hvtrace reports an interrupted command (130).
+TEST_F(Trace, CtrlCEndsTheTraceAndTheCommand) {
+  const std::string out = ::testing::TempDir() + "hvtrace-int.txt";
+  auto r = vm::run_process({"timeout", "--preserve-status", "-s", "INT", "8", HVTRACE_BIN, "trace", "--vm", kVm, "-o", out,
+                            "--", "sh", "-c", "while :; do cat /proc/version >/dev/null; done"},
+                           120s);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->exit_code, 130) << r->err;
+  EXPECT_NE(slurp(out).find("execve(\"/bin/sh\""), std::string::npos) << "the trace up to Ctrl-C is kept";
+  EXPECT_EQ(guest("ps -o args | grep -c '[w]hile :'; true"), "0\n") << "the command still runs in the guest";
+}
+
 TEST_F(Trace, BadInputIsOneClearErrorAndTheGuestRunsOn) {
   const std::pair<std::vector<std::string>, std::string> cases[] = {
       {{"trace", "--vm", kVm, "-e", "trace=opne", "--", "true"}, "unknown syscall or class 'opne'"},
