@@ -397,11 +397,25 @@ Result<void> Tracer::on_cr3(const events::Event& e) {
   return push_dtbs();
 }
 
+namespace {
+// A string argument the monitor could not read at entry (its page was not yet present); the monitor
+// copies it again at the exit, once the kernel has brought the page in.
+bool awaits_refetch(const syscalls::Call& c) {
+  return std::any_of(c.entry_caps.begin(), c.entry_caps.end(), [](const events::Capture& ec) {
+    return ec.kind == abi::CaptureKind::kString && ec.data.empty() && (ec.flags & abi::kCaptureFault) != 0;
+  });
+}
+}  // namespace
+
 // A line for `tid` is about to be printed: a call of another thread still open is shown as
 // <unfinished ...> first (strace's interleaving), so every line reads in the order things happened.
+// A call whose string argument is only known at its exit is not split: it is printed whole when it
+// returns, so its path is never shown as "" (strace reads it at entry, faulting the page in; the
+// monitor must not touch guest memory, so it waits for the kernel to do that).
 void Tracer::before_line(std::uint32_t tid) {
   if (open_line_tid_ && *open_line_tid_ != tid)
-    if (auto it = pending_.find(*open_line_tid_); it != pending_.end() && !it->second.printed_unfinished)
+    if (auto it = pending_.find(*open_line_tid_);
+        it != pending_.end() && !it->second.printed_unfinished && !awaits_refetch(it->second.call))
       print_unfinished(it->first, it->second);
   open_line_tid_.reset();
 }

@@ -7,9 +7,12 @@
 #include "vm/vm.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <regex>
 #include <set>
@@ -164,6 +167,14 @@ std::vector<std::vector<Line>> by_process(const std::vector<Line>& v) {
   return out;
 }
 
+// What only one side saw, for a failure message a person can act on.
+std::string difference(const std::multiset<std::string>& mine, const std::multiset<std::string>& truth) {
+  std::vector<std::string> only_mine, only_truth;
+  std::set_difference(mine.begin(), mine.end(), truth.begin(), truth.end(), std::back_inserter(only_mine));
+  std::set_difference(truth.begin(), truth.end(), mine.begin(), mine.end(), std::back_inserter(only_truth));
+  return fmt::format("only hvtrace: {}\nonly strace: {}", fmt::join(only_mine, " "), fmt::join(only_truth, " "));
+}
+
 TEST_F(Trace, ShortProgramMatchesTheGuestsStraceCallByCall) {
   auto [mine, truth] = both({"/tmp/calls"}, false);
   ASSERT_GT(truth.size(), 20u);
@@ -204,7 +215,7 @@ TEST_F(Trace, FollowsAPipelinesChildren) {
     if (!timing(l)) mine_calls.insert(l.name + "(" + l.path + ")=" + l.ret);
   for (const auto& l : truth)
     if (!timing(l)) true_calls.insert(l.name + "(" + l.path + ")=" + l.ret);
-  EXPECT_EQ(mine_calls, true_calls);
+  EXPECT_EQ(mine_calls, true_calls) << difference(mine_calls, true_calls);
 }
 
 TEST_F(Trace, FollowsAMultiThreadedProgramsThreads) {

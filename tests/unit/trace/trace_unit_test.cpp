@@ -29,6 +29,7 @@ struct Cap {
   unsigned arg;
   abi::CaptureKind kind;
   std::string data;
+  std::uint16_t flags = 0;
 };
 
 // One record's bytes as the monitor lays it out, decoded by the real decoder.
@@ -42,7 +43,7 @@ events::Event decode(T body, abi::RecordType type, const std::vector<Cap>& caps 
   std::memcpy(b.data(), &body, sizeof body);
   std::size_t at = sizeof body;
   for (const auto& c : caps) {
-    abi::Capture h{static_cast<std::uint8_t>(c.arg), static_cast<std::uint8_t>(c.kind), 0,
+    abi::Capture h{static_cast<std::uint8_t>(c.arg), static_cast<std::uint8_t>(c.kind), c.flags,
                    static_cast<std::uint32_t>(c.data.size()), c.data.size()};
     std::memcpy(b.data() + at, &h, sizeof h);
     std::memcpy(b.data() + at + sizeof h, c.data.data(), c.data.size());
@@ -243,6 +244,39 @@ TEST(Tracer, PrintsWhatStraceWouldWithForksFollowed) {
       R"([pid   100] +++ exited with 3 +++)",
   };
   EXPECT_EQ(lines, want);
+}
+
+// A path whose page was not yet present at entry arrives only with the exit (the monitor copies it
+// again there). When another process's line comes between, the call is not split into
+// <unfinished ...> with an empty path: it is printed whole, with its path, when it returns.
+TEST(Tracer, APathKnownOnlyAtExitIsPrintedWholeWhenTheCallReturns) {
+  Stream s;
+  s.entry(kShell, kShellTask, kOldDtb, 59, {0x1000, 0x2000, 0x3000}, {{0, abi::CaptureKind::kString, "/tmp/calls"}});
+  s.cr3(kShell, kShellTask, kOldDtb, kNewDtb);
+  s.exit(kShell, kShellTask, kNewDtb, 59, 0);
+  s.entry(kShell, kShellTask, kNewDtb, 57, {});
+  s.exit(kShell, kShellTask, kNewDtb, 57, kChild);
+  s.entry(kShell, kShellTask, kNewDtb, 39, {});                         // getpid of the other process
+  s.entry(kChild, kChildTask, kChildDtb, 89, {0x7000, 0x8000, 4096},
+          {{0, abi::CaptureKind::kString, "", abi::kCaptureFault}});   // readlink, path not yet paged in
+  s.exit(kShell, kShellTask, kNewDtb, 39, kShell);
+  s.exit(kChild, kChildTask, kChildDtb, 89, 12,
+         {{0, abi::CaptureKind::kString, "/proc/self/exe"}, {1, abi::CaptureKind::kBuffer, "/bin/busybox"}});
+  FakeGuest fake;
+  NullSink sink;
+  std::vector<std::string> lines;
+  Tracer t(fake, sink, config(true), [&](const std::string& l) { lines.push_back(l); });
+  t.set_realtime_offset(0);
+  RecordedTargets targets;
+  targets.start_at_exec = kShell;
+  targets.follow = true;
+  ASSERT_TRUE(apply_targets(t, targets).ok());
+  ASSERT_TRUE(t.apply().ok());
+  for (const auto& e : s.events) ASSERT_TRUE(t.handle(e).ok());
+  t.finish({}, {}, {});
+  ASSERT_EQ(lines.size(), 4u) << ::testing::PrintToString(lines);
+  EXPECT_NE(lines[2].find("[pid   100] getpid()"), std::string::npos) << lines[2];
+  EXPECT_EQ(lines[3], R"([pid   200] readlink("/proc/self/exe", "/bin/busybox", 4096) = 12)");
 }
 
 TEST(Tracer, WithoutFollowTheChildIsNotTraced) {
