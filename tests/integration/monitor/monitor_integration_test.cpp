@@ -347,10 +347,12 @@ TEST_F(Monitor, EveryDoorIsTrappedAndNoneBlindsTheMonitor) {
   }
   // Entries and exits pair per vCPU: with 2 vCPUs a write that sleeps can return on the other one,
   // unpaired (README, Not done), so the pairing is asserted on 1 vCPU.
-  if (HVTRACE_MON_SMP == 1)
+  if (HVTRACE_MON_SMP == 1) {
     EXPECT_TRUE(i386_exit_paired) << "the return of an i386 write paired with its entry (ret 10)";
-  if (out.find("doors-C34") == std::string::npos)
+  }
+  if (out.find("doors-C34") == std::string::npos) {
     EXPECT_EQ(reader_->door_entry_va(abi::Door::kSysenter), 0u) << "a faulting sysenter was learned as a door";
+  }
   for (const auto& [key, v] : counts)
     EXPECT_EQ(v.size() - 1, v.back() - v.front())
         << "vCPU " << key.first << " door family " << key.second << ": entries delivered vs instructions executed";
