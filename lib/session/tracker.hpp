@@ -1,0 +1,79 @@
+// The honeypot view's engine (`hvtrace session`): turns the completed system calls of an SSH
+// server's processes and their descendants into sessions — connection, login attempts, terminal
+// input and output, commands, files, network connections — and writes each session's record
+// (transcript.txt, session.cast, events.jsonl, files/) through a SessionOutput.
+//
+// Pure library: no VM, no monitor. The live side (tools/cmd_session.cpp) feeds it the calls the
+// Tracer completes (trace::Tracer's call hook), credentials read at user-space breakpoints
+// (getpwnam's name, crypt's passphrase) and the processes already running at start.
+// Every input comes from an attacker-controlled guest: every buffer is bounded by TrackerConfig.
+#pragma once
+
+#include "syscalls/syscalls.hpp"
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace hvtrace::session {
+
+// One completed system call of a watched process. Times: host CLOCK_MONOTONIC, ns.
+struct CallEvent {
+  std::uint32_t pid = 0, tid = 0;   // guest tgid and tid
+  std::string comm;
+  syscalls::Call call;              // number, args, entry/exit captures, return value
+  std::uint64_t entry_ns = 0, exit_ns = 0;
+};
+
+enum class Credential { kUser, kPassword };
+
+struct TrackerConfig {
+  std::filesystem::path dir;                   // sessions go to dir/<12-hex session id>/
+  std::string sensor = "hvtrace";              // Cowrie's `sensor` field
+  std::int64_t realtime_offset_ns = 0;         // CLOCK_REALTIME - CLOCK_MONOTONIC (timestamps)
+  std::uint64_t max_file_bytes = 16 << 20;     // bytes kept under files/ per session (SHA-256 covers what was seen)
+  std::uint64_t max_output_bytes = 64 << 20;   // terminal bytes kept per session (cast + transcript)
+  std::uint32_t max_line_bytes = 64 << 10;     // one command line as entered
+  std::uint32_t max_processes = 4096;          // tracked per session (a fork storm is counted, not kept)
+  std::uint16_t dst_port = 22;                 // the server's port as the client sees it
+  std::function<void(const std::string&)> follow;   // --follow: one line per command, as it happens
+};
+
+class Tracker {
+ public:
+  explicit Tracker(TrackerConfig cfg);
+  ~Tracker();
+  Tracker(const Tracker&) = delete;
+  Tracker& operator=(const Tracker&) = delete;
+
+  // A listening SSH server process (dropbear, sshd): each child it forks is one connection.
+  void add_server(std::uint32_t pid);
+  // A process already running at start (from the guest's process list), parent first: a child
+  // of a server opens a session (picked up: its connection details are unknown), its descendants
+  // join that session.
+  void add_existing(std::uint32_t pid, std::uint32_t ppid, const std::string& comm, std::uint64_t now_ns);
+  void on_call(const CallEvent& e);
+  // A login credential read at a breakpoint in a server process (user name at getpwnam, password
+  // at crypt); the outcome is decided by what the process does next.
+  void on_credential(std::uint32_t pid, Credential kind, std::string value, std::uint64_t ns);
+  // Close every open session (end of watch, SIGINT): processes still running are recorded.
+  void finish(std::uint64_t now_ns);
+
+  struct Stats {
+    std::uint64_t sessions = 0, open = 0, commands = 0, login_attempts = 0;
+    std::uint64_t truncated_bytes = 0;   // input/output/file bytes not kept because of a cap
+  };
+  [[nodiscard]] Stats stats() const;
+  // Session ids, in order of start (for the demo's summary and the tests).
+  [[nodiscard]] std::vector<std::string> session_ids() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace hvtrace::session
