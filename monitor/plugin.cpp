@@ -104,7 +104,13 @@ std::uint32_t build_captures(Vcpu& v, const SyscallCaptures* spec, const std::ui
       case abi::CaptureKind::kString: n = copy_string(rd, args[cs.arg], data, snap, c); break;
       case abi::CaptureKind::kArgv: n = copy_argv(rd, args[cs.arg], data, snap, c, ptr_size); break;
       case abi::CaptureKind::kBuffer: {
-        const std::int64_t len = cs.len_arg < 0 ? ret : static_cast<std::int64_t>(args[cs.len_arg]);
+        std::int64_t len = 0;
+        if (cs.len_arg == kFixedLen) {   // a structure of known size; nothing when NULL or failed
+          if (args[cs.arg] == 0 || ret < 0) continue;
+          len = cs.fixed;
+        } else {
+          len = cs.len_arg < 0 ? ret : static_cast<std::int64_t>(args[cs.len_arg]);
+        }
         if (len <= 0) continue;  // nothing transferred
         n = copy_buffer(rd, args[cs.arg], static_cast<std::uint64_t>(len), data, snap, c);
         break;

@@ -9,11 +9,21 @@
 
 namespace hvtrace::monitor {
 
+// len_arg of a buffer whose length the call does not pass as a value: copy `fixed` bytes. For
+// structures the kernel fills in through a pointer whose size sits behind another pointer
+// (accept's sockaddr, its length at *arg2) or is implied by the request (ioctl, pipe's two fds).
+// The copy is skipped when the pointer is NULL or the call failed (ret < 0; at entry ret is 0),
+// is bounded by the snap length like any buffer, and a fault flags it as usual. true_len = fixed:
+// the decoder knows the structure's real extent (e.g. from sa_family).
+inline constexpr std::int8_t kFixedLen = -2;
+
 struct CaptureSpec {
   std::uint8_t arg;              // pointer argument
   abi::CaptureKind kind;
-  std::int8_t len_arg;           // buffer length: argument index, or -1 = the return value
+  std::int8_t len_arg;           // buffer length: argument index, -1 = the return value, kFixedLen = `fixed`
+  std::uint16_t fixed = 0;       // bytes to copy when len_arg == kFixedLen
 };
+inline constexpr std::uint16_t kSockaddrMax = 110;   // sizeof(struct sockaddr_un): covers sockaddr_in6 (28)
 
 struct SyscallCaptures {
   std::uint8_t table;            // 0: x86-64 numbers, 1: i386 numbers
@@ -65,6 +75,13 @@ inline constexpr SyscallCaptures kCaptureTable[] = {
     {0, 79, true, 1, {{0, K::kBuffer, -1}}},                     // getcwd: buf, ret bytes
     {0, 89, true, 1, {{1, K::kBuffer, -1}}},                     // readlink: buf, ret bytes (at exit)
     {0, 267, true, 1, {{2, K::kBuffer, -1}}},                    // readlinkat: buf, ret bytes (at exit)
+    {0, 43, true, 1, {{1, K::kBuffer, kFixedLen, kSockaddrMax}}},   // accept: peer sockaddr (len at *arg2)
+    {0, 288, true, 1, {{1, K::kBuffer, kFixedLen, kSockaddrMax}}},  // accept4: peer sockaddr
+    {0, 51, true, 1, {{1, K::kBuffer, kFixedLen, kSockaddrMax}}},   // getsockname: own sockaddr
+    {0, 52, true, 1, {{1, K::kBuffer, kFixedLen, kSockaddrMax}}},   // getpeername: peer sockaddr
+    {0, 16, false, 1, {{2, K::kBuffer, kFixedLen, 8}}},             // ioctl: 8 bytes at arg (TIOCSWINSZ's winsize; may be no pointer: a fault is flagged)
+    {0, 22, true, 1, {{0, K::kBuffer, kFixedLen, 8}}},              // pipe: the two fds
+    {0, 293, true, 1, {{0, K::kBuffer, kFixedLen, 8}}},             // pipe2: the two fds
     // i386 numbers (int $0x80, sysenter, compat syscall); pointers are 32-bit
     {1, 3, true, 1, {{1, K::kBuffer, -1}}},                      // read
     {1, 4, false, 1, {{1, K::kBuffer, 2}}},                      // write

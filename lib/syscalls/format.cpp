@@ -444,6 +444,28 @@ class Decoding {
  private:
   void clone();
   void fcntl();
+  // pipe/pipe2's int[2] at exit: [3, 4] as strace prints it.
+  void fd_pair(unsigned i) {
+    const events::Capture* cp = cap(i, abi::CaptureKind::kBuffer, true);
+    if (cp == nullptr || u(i) == 0 || !returned_ok() || cp->data.size() < 8) {
+      ptr(i);
+      return;
+    }
+    std::int32_t fds[2] = {};
+    std::memcpy(fds, cp->data.data(), sizeof fds);
+    fmt::format_to(std::back_inserter(next()), "[{}, {}]", fds[0], fds[1]);
+  }
+  // TIOCSWINSZ's struct winsize, copied at entry.
+  void winsize(unsigned i) {
+    const events::Capture* cp = cap(i, abi::CaptureKind::kBuffer, false);
+    if (cp == nullptr || u(i) == 0 || cp->data.size() < 8) {
+      ptr(i);
+      return;
+    }
+    std::uint16_t w[4] = {};
+    std::memcpy(w, cp->data.data(), sizeof w);
+    fmt::format_to(std::back_inserter(next()), "{{ws_row={}, ws_col={}, ws_xpixel={}, ws_ypixel={}}}", w[0], w[1], w[2], w[3]);
+  }
   void ioctl();
   void prctl();
   void mmap(std::uint64_t page);
@@ -524,6 +546,7 @@ void Decoding::ioctl() {
     case 0x540c: case 0x540d: case 0x541d: case 0x5422: case 0x5427: case 0x5428: case 0x5437:
     case 0x5450: case 0x5451: break;                                       // no argument
     case 0x540e: case 0x5409: case 0x5425: case 0x540a: case 0x540b: sdec(2); break;   // integer
+    case 0x5414: winsize(2); break;                                        // TIOCSWINSZ
     default: ptr(2);
   }
 }
@@ -599,8 +622,8 @@ void Decoding::decode(const SyscallInfo& info) {
     case D::kWaitpid: dec(0); ptr(1); flags(2, kWaitOptions); break;
     case D::kDup2: fd(0); fd(1); break;
     case D::kDup3: fd(0); fd(1); flags(2, kOpenFlags); break;
-    case D::kPipe: ptr(0); break;
-    case D::kPipe2: ptr(0); flags(1, kOpenFlags); break;
+    case D::kPipe: fd_pair(0); break;
+    case D::kPipe2: fd_pair(0); flags(1, kOpenFlags); break;
     case D::kFcntl: fcntl(); break;
     case D::kGetcwd: path(0, true, true); udec(1); break;
     case D::kUnlinkat: dirfd(0); path(1); flags(2, kAtFlags); break;

@@ -52,7 +52,34 @@ TEST(CaptureTable, RowsAreUniqueAndArgumentsValid) {
   for (const auto& r : kCaptureTable) {
     EXPECT_TRUE(seen.insert({r.table, r.nr, r.at_exit}).second) << int{r.table} << " " << r.nr;
     EXPECT_LE(r.table, 1);
-    for (unsigned i = 0; i < r.n; ++i) EXPECT_LT(r.c[i].arg, 6);
+    for (unsigned i = 0; i < r.n; ++i) {
+      EXPECT_LT(r.c[i].arg, 6);
+      EXPECT_TRUE(r.c[i].len_arg == -1 || r.c[i].len_arg == kFixedLen || (r.c[i].len_arg >= 0 && r.c[i].len_arg < 6))
+          << r.nr;
+      // A fixed length is a buffer's, bounded and non-zero.
+      if (r.c[i].len_arg == kFixedLen) {
+        EXPECT_EQ(r.c[i].kind, abi::CaptureKind::kBuffer) << r.nr;
+        EXPECT_GT(r.c[i].fixed, 0) << r.nr;
+        EXPECT_LE(r.c[i].fixed, 256) << r.nr;
+      }
+    }
+  }
+  // What `hvtrace session` needs (x86-64): the peer's sockaddr at accept/accept4/getpeername/
+  // getsockname's exit, ioctl's argument at entry (TIOCSWINSZ), pipe/pipe2's fds at exit.
+  for (const unsigned nr : {43u, 288u, 51u, 52u}) {
+    const auto* row = find_captures(0, nr, true);
+    ASSERT_NE(row, nullptr) << nr;
+    EXPECT_EQ(row->c[0].arg, 1);
+    EXPECT_EQ(row->c[0].len_arg, kFixedLen);
+    EXPECT_GE(row->c[0].fixed, 28u);   // sockaddr_in6
+  }
+  ASSERT_NE(find_captures(0, 16, false), nullptr);
+  EXPECT_EQ(find_captures(0, 16, false)->c[0].arg, 2);
+  EXPECT_EQ(find_captures(0, 16, false)->c[0].fixed, 8u);   // struct winsize
+  for (const unsigned nr : {22u, 293u}) {
+    ASSERT_NE(find_captures(0, nr, true), nullptr) << nr;
+    EXPECT_EQ(find_captures(0, nr, true)->c[0].arg, 0);
+    EXPECT_EQ(find_captures(0, nr, true)->c[0].fixed, 8u);   // int[2]
   }
   EXPECT_NE(find_captures(0, 1, false), nullptr);   // write: buffer at entry
   EXPECT_NE(find_captures(0, 0, true), nullptr);    // read: buffer at exit

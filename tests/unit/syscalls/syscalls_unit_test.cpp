@@ -276,6 +276,12 @@ TEST(Format, DescriptorCalls) {
   EXPECT_EQ(body(call("close", {3}, 0)), "close(3) = 0");
   EXPECT_EQ(body(call("dup2", {3, 1}, 1)), "dup2(3, 1) = 1");
   EXPECT_EQ(body(call("pipe2", {0x7ffd0000, 02000000}, 0)), "pipe2(0x7ffd0000, O_CLOEXEC) = 0");
+  Call pp = call("pipe2", {0x7ffd0000, 02000000}, 0);
+  pp.exit_caps.push_back(cap(0, K::kBuffer, std::string("\x03\0\0\0\x04\0\0\0", 8), 8));
+  EXPECT_EQ(body(pp), "pipe2([3, 4], O_CLOEXEC) = 0");
+  Call p1 = call("pipe", {0x7ffd0000}, 0);
+  p1.exit_caps.push_back(cap(0, K::kBuffer, std::string("\x05\0\0\0\x06\0\0\0", 8), 8));
+  EXPECT_EQ(body(p1), "pipe([5, 6]) = 0");
   EXPECT_EQ(body(call("fcntl", {3, 2, 1}, 0)), "fcntl(3, F_SETFD, FD_CLOEXEC) = 0");
   EXPECT_EQ(body(call("fcntl", {3, 1}, 1)), "fcntl(3, F_GETFD) = 0x1 (flags FD_CLOEXEC)");
   EXPECT_EQ(body(call("fcntl", {3, 3}, 2)), "fcntl(3, F_GETFL) = 0x2 (flags O_RDWR)");
@@ -289,6 +295,12 @@ TEST(Format, DescriptorCalls) {
   EXPECT_EQ(body(call("ioctl", {1, 0x5413, 0x7ffd0000}, 0)), "ioctl(1, TIOCGWINSZ, 0x7ffd0000) = 0");
   EXPECT_EQ(body(call("ioctl", {0, 0x540e, 0}, 0)), "ioctl(0, TIOCSCTTY, 0) = 0");
   EXPECT_EQ(body(call("ioctl", {3, 0x5451}, 0)), "ioctl(3, FIOCLEX) = 0");
+  Call ws = call("ioctl", {3, 0x5414, 0x7ffd0000}, 0);
+  ws.entry_caps.push_back(cap(2, K::kBuffer, std::string("\x18\x00\x50\x00\x00\x00\x00\x00", 8), 8));
+  EXPECT_EQ(body(ws), "ioctl(3, TIOCSWINSZ, {ws_row=24, ws_col=80, ws_xpixel=0, ws_ypixel=0}) = 0");
+  Call wf = call("ioctl", {3, 0x5414, 0x10}, 0);
+  wf.entry_caps.push_back(cap(2, K::kBuffer, "", 8, hvtrace::abi::kCaptureFault));   // unreadable: the pointer
+  EXPECT_EQ(body(wf), "ioctl(3, TIOCSWINSZ, 0x10) = 0");
   EXPECT_EQ(body(call("ioctl", {3, 0x80085499, 0x1000}, 0)), "ioctl(3, _IOC(_IOC_READ, 0x54, 0x99, 0x8), 0x1000) = 0");
   EXPECT_EQ(body(call("getdents64", {3, 0x5000, 32768}, 0)), "getdents64(3, 0x5000, 32768) = 0");
 }
@@ -350,6 +362,19 @@ TEST(Format, Sockets) {
   EXPECT_EQ(body(call("connect", {3, 0x1000, 16}, 0)), "connect(3, 0x1000, 16) = 0");
   EXPECT_EQ(body(call("accept4", {3, 0, 0, 02000000}, 4)), "accept4(3, NULL, NULL, SOCK_CLOEXEC) = 4");
   EXPECT_EQ(body(call("listen", {3, 128}, 0)), "listen(3, 128) = 0");
+  // The monitor copies a fixed 110 bytes of accept's/getpeername's sockaddr (its length is behind
+  // a pointer): the family says how much of it is the address.
+  std::string peer(110, '\x7f');
+  peer.replace(0, 16, std::string("\x02\x00\xa2\x3c\x0a\x00\x02\x02\0\0\0\0\0\0\0\0", 16));
+  Call a4 = call("accept4", {3, 0x7ffc1000, 0x7ffc0ffc, 02000000}, 5);
+  a4.exit_caps.push_back(cap(1, K::kBuffer, peer, 110));
+  EXPECT_EQ(body(a4), R"(accept4(3, {sa_family=AF_INET, sin_port=htons(41532), sin_addr=inet_addr("10.0.2.2")}, 0x7ffc0ffc, SOCK_CLOEXEC) = 5)");
+  Call gp = call("getpeername", {5, 0x7ffc1000, 0x7ffc0ffc}, 0);
+  gp.exit_caps.push_back(cap(1, K::kBuffer, peer, 110));
+  EXPECT_EQ(body(gp), R"(getpeername(5, {sa_family=AF_INET, sin_port=htons(41532), sin_addr=inet_addr("10.0.2.2")}, 0x7ffc0ffc) = 0)");
+  Call gf = call("getsockname", {5, 0x7ffc1000, 0x7ffc0ffc}, -9);
+  gf.exit_caps.push_back(cap(1, K::kBuffer, peer, 110));   // a failed call shows the pointer
+  EXPECT_EQ(body(gf), "getsockname(5, 0x7ffc1000, 0x7ffc0ffc) = -1 EBADF (Bad file descriptor)");
   Call s = call("sendto", {3, 0x1000, 2, 0x4000, 0, 0}, 2);
   s.entry_caps.push_back(cap(1, K::kBuffer, "hi", 2));
   EXPECT_EQ(body(s), R"(sendto(3, "hi", 2, MSG_NOSIGNAL, NULL, 0) = 2)");
