@@ -430,7 +430,8 @@ void Tracer::print_unfinished(std::uint32_t tid, Pending& p) {
 
 void Tracer::complete(std::uint32_t tid, Pending p, std::optional<std::int64_t> ret,
                       std::vector<events::Capture> exit_caps, std::uint64_t exit_ns) {
-  if (!wanted(p.call.abi, p.call.nr)) return;
+  const bool shown = wanted(p.call.abi, p.call.nr);
+  if (!shown && !call_hook_) return;
   p.call.ret = ret;
   // A string the monitor could not read at entry (page not yet present) and copied again at exit.
   for (auto it = exit_caps.begin(); it != exit_caps.end();) {
@@ -458,6 +459,8 @@ void Tracer::complete(std::uint32_t tid, Pending p, std::optional<std::int64_t> 
   r.entry_ns = p.entry_ns;
   r.exit_ns = exit_ns;
   r.resumed = p.printed_unfinished;
+  if (call_hook_) call_hook_(r, p.call);   // every call, whatever -e trace= and status= show
+  if (!shown) return;
   auto& c = counts_[r.f.name];
   ++c.calls;
   if (r.f.failed) ++c.errors;

@@ -175,6 +175,13 @@ class Tracer {
   // Host CLOCK_REALTIME - CLOCK_MONOTONIC for -t and JSON time_ns (a replay uses the recorded one).
   void set_realtime_offset(std::int64_t ns) { realtime_offset_ns_ = ns; }
   [[nodiscard]] std::int64_t realtime_offset_ns() const { return realtime_offset_ns_; }
+  // Another component's view of every completed call of a traced task (hvtrace session): the
+  // record as printed and the raw call (args, entry and exit captures, return value). Called for
+  // every call, independent of the output format and of -e trace=/status= (a call the monitor was
+  // not asked to deliver cannot be seen: without -e trace= it delivers all). Called before the
+  // call's line is printed; not for calls still open at finish().
+  using CallHook = std::function<void(const CallRecord&, const syscalls::Call&)>;
+  void set_call_hook(CallHook hook) { call_hook_ = std::move(hook); }
 
   // Push the filter that the method and the targets need to the monitor.
   // Take back what apply() added to the monitor that outlives the filter (the fork breakpoint).
@@ -238,6 +245,7 @@ class Tracer {
   bool multi_ = false;                           // more than one task seen: prefix lines with the pid
   std::set<std::uint32_t> tids_seen_;
   std::map<std::uint32_t, std::string> guest_names_;
+  CallHook call_hook_;
 };
 
 // The id of the breakpoint `-f` sets at the kernel's wake_up_new_task (a new task made runnable).

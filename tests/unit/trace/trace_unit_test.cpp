@@ -296,6 +296,37 @@ TEST(Tracer, TraceSetShowsOnlyItsCalls) {
   EXPECT_EQ(lines[3], "[pid   100] +++ exited with 3 +++");
 }
 
+// The call hook (hvtrace session's input) sees every completed call with its raw captures,
+// whatever -e trace= shows and the output format is.
+TEST(Tracer, CallHookSeesEveryCallWhateverTheOutputShows) {
+  FakeGuest fake;
+  NullSink sink;
+  std::vector<std::string> lines;
+  std::vector<std::pair<CallRecord, syscalls::Call>> seen;
+  Tracer t(fake, sink, config(true, "openat", true), [&](const std::string& l) { lines.push_back(l); });
+  t.set_call_hook([&](const CallRecord& r, const syscalls::Call& c) { seen.emplace_back(r, c); });
+  RecordedTargets targets;
+  targets.start_at_exec = kShell;
+  targets.follow = true;
+  ASSERT_TRUE(apply_targets(t, targets).ok());
+  ASSERT_TRUE(t.apply().ok());
+  for (const auto& e : program().events) ASSERT_TRUE(t.handle(e).ok());
+  t.finish({}, {}, {});
+  EXPECT_EQ(lines.size(), 2u);   // JSON, openat only
+  std::vector<std::string> names;
+  for (const auto& [r, c] : seen) names.push_back(r.f.name);
+  const std::vector<std::string> want = {"execve", "openat", "openat", "fork", "write", "exit_group", "wait4", "exit_group"};
+  EXPECT_EQ(names, want);
+  const auto& [wr, wc] = seen.at(4);
+  EXPECT_EQ(wr.pid, kChild);
+  EXPECT_EQ(wr.tid, kChild);
+  EXPECT_EQ(wc.nr, 1u);
+  EXPECT_EQ(wc.ret, 3);
+  ASSERT_EQ(wc.entry_caps.size(), 1u);
+  EXPECT_EQ(wc.entry_caps[0].data, "hi\n");
+  EXPECT_FALSE(seen.back().second.ret.has_value());   // exit_group does not return
+}
+
 TEST(Tracer, JsonHasTheSchemasFields) {
   const auto lines = live(config(true, "openat", true));
   ASSERT_EQ(lines.size(), 2u);
