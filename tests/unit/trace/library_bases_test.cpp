@@ -1,0 +1,87 @@
+// LibraryBases: load bases learnt from a process's own open/mmap/close/munmap/execve/fork calls,
+// as glibc's loader makes them.
+#include "trace/library_bases.hpp"
+
+#include <gtest/gtest.h>
+
+namespace hvtrace::trace {
+namespace {
+
+using K = abi::CaptureKind;
+
+syscalls::Call call(std::uint64_t nr, std::initializer_list<std::uint64_t> args, std::int64_t ret, std::string path = {},
+                    unsigned path_arg = 1) {
+  syscalls::Call c;
+  c.nr = nr;
+  unsigned i = 0;
+  for (auto a : args) c.args[i++] = a;
+  c.ret = ret;
+  if (!path.empty()) {
+    events::Capture cp;
+    cp.arg = static_cast<std::uint8_t>(path_arg);
+    cp.kind = K::kString;
+    cp.data = path;
+    cp.true_len = path.size();
+    c.entry_caps.push_back(cp);
+  }
+  return c;
+}
+
+constexpr std::uint64_t kAtFdcwd = static_cast<std::uint64_t>(-100);
+
+TEST(LibraryBases, LearnsTheBaseFromTheFirstMmapOfTheOpenedFd) {
+  LibraryBases lb({"libc.so.6", "libcrypt.so.1"});
+  EXPECT_TRUE(lb.on_call(10, call(257, {kAtFdcwd, 0x1000, 0x80000}, 3, "/lib/x86_64-linux-gnu/libcrypt.so.1")).empty());
+  EXPECT_TRUE(lb.on_call(10, call(9, {0, 0x1000, 1, 0x802, 4, 0}, 0x7f0000001000)).empty());   // another fd
+  const auto ch = lb.on_call(10, call(9, {0, 0x25000, 1, 0x802, 3, 0}, 0x7f1234560000));
+  ASSERT_EQ(ch.size(), 1u);
+  EXPECT_EQ(ch[0].kind, LibraryBases::Change::Kind::kLoaded);
+  EXPECT_EQ(ch[0].lib, "libcrypt.so.1");
+  EXPECT_EQ(ch[0].base, 0x7f1234560000u);
+  // The other segments (MAP_FIXED at an offset) change nothing.
+  EXPECT_TRUE(lb.on_call(10, call(9, {0x7f1234562000, 0x1000, 5, 0x812, 3, 0x2000}, 0x7f1234562000)).empty());
+  EXPECT_TRUE(lb.on_call(10, call(3, {3}, 0)).empty());
+  EXPECT_EQ(lb.base(10, "libcrypt.so.1"), 0x7f1234560000u);
+  EXPECT_FALSE(lb.base(10, "libc.so.6").has_value());
+  EXPECT_FALSE(lb.base(11, "libcrypt.so.1").has_value());
+}
+
+TEST(LibraryBases, CloseFailedCallsAndOtherNamesDoNotCount) {
+  LibraryBases lb({"libc.so.6"});
+  (void)lb.on_call(10, call(257, {kAtFdcwd, 0x1000, 0}, 3, "/lib/libc.so.6"));
+  (void)lb.on_call(10, call(3, {3}, 0));
+  EXPECT_TRUE(lb.on_call(10, call(9, {0, 0x1000, 1, 2, 3, 0}, 0x7f0000000000)).empty());   // fd 3 is closed
+  (void)lb.on_call(10, call(257, {kAtFdcwd, 0x1000, 0}, -2, "/lib/libc.so.6"));          // ENOENT
+  (void)lb.on_call(10, call(257, {kAtFdcwd, 0x1000, 0}, 4, "/lib/libc.so.6.bak"));
+  (void)lb.on_call(10, call(2, {0x1000, 0}, 5, "/usr/lib/libc.so.6", 0));                  // open(2)
+  EXPECT_TRUE(lb.on_call(10, call(9, {0, 0x1000, 1, 2, 4, 0}, 0x7f0000000000)).empty());
+  EXPECT_TRUE(lb.on_call(10, call(9, {0, 0x1000, 1, 2, 5, 0}, -12)).empty());              // ENOMEM
+  EXPECT_EQ(lb.on_call(10, call(9, {0, 0x1000, 1, 2, 5, 0}, 0x7f0000002000)).size(), 1u);
+}
+
+TEST(LibraryBases, MunmapExecveExitForgetAndForkInherits) {
+  LibraryBases lb({"libc.so.6"});
+  (void)lb.on_call(10, call(257, {kAtFdcwd, 0x1000, 0}, 3, "/lib/libc.so.6"));
+  (void)lb.on_call(10, call(9, {0, 0x1000, 1, 2, 3, 0}, 0x7f0000000000));
+  const auto forked = lb.on_call(10, call(57, {}, 11));
+  ASSERT_EQ(forked.size(), 1u);
+  EXPECT_EQ(forked[0].pid, 11u);
+  EXPECT_EQ(lb.base(11, "libc.so.6"), 0x7f0000000000u);
+  EXPECT_TRUE(lb.on_call(10, call(56, {0x3d0f00, 0, 0, 0, 0}, 12)).empty());   // CLONE_THREAD: a thread
+  const auto ex = lb.on_call(11, call(59, {0x1000, 0x2000, 0x3000}, 0));
+  ASSERT_EQ(ex.size(), 1u);
+  EXPECT_EQ(ex[0].kind, LibraryBases::Change::Kind::kUnloaded);
+  EXPECT_FALSE(lb.base(11, "libc.so.6").has_value());
+  const auto un = lb.on_call(10, call(11, {0x7f0000000000, 0x200000}, 0));
+  ASSERT_EQ(un.size(), 1u);
+  EXPECT_EQ(un[0].kind, LibraryBases::Change::Kind::kUnloaded);
+  (void)lb.on_call(10, call(257, {kAtFdcwd, 0x1000, 0}, 3, "/lib/libc.so.6"));
+  (void)lb.on_call(10, call(9, {0, 0x1000, 1, 2, 3, 0}, 0x7f0000000000));
+  syscalls::Call eg;
+  eg.nr = 231;   // exit_group: no return value
+  EXPECT_EQ(lb.on_call(10, eg).size(), 1u);
+  EXPECT_EQ(lb.bases(10), nullptr);
+}
+
+}  // namespace
+}  // namespace hvtrace::trace
