@@ -41,6 +41,11 @@ struct TrackerConfig {
   std::uint32_t max_processes = 4096;          // tracked per session (a fork storm is counted, not kept)
   std::uint16_t dst_port = 22;                 // the server's port as the client sees it
   std::function<void(const std::string&)> follow;   // --follow: one line per command, as it happens
+  // Added by the engine (defaults suit a honeypot; every one bounds what a hostile guest can make
+  // hvtrace hold or write):
+  std::uint32_t max_open_sessions = 256;       // sessions tracked at once (a connection flood is counted, not kept)
+  std::uint32_t max_fds = 4096;                // fds tracked per process
+  std::uint64_t max_process_events = 100000;   // hvtrace.process.* / hvtrace.net.* events per session
 };
 
 class Tracker {
@@ -66,6 +71,10 @@ class Tracker {
   struct Stats {
     std::uint64_t sessions = 0, open = 0, commands = 0, login_attempts = 0;
     std::uint64_t truncated_bytes = 0;   // input/output/file bytes not kept because of a cap
+    // Added by the engine:
+    std::uint64_t sessions_not_kept = 0;    // connections beyond max_open_sessions
+    std::uint64_t processes_not_kept = 0;   // processes beyond max_processes (fork storms)
+    std::uint64_t write_errors = 0;         // failed writes to DIR (disk full, permissions)
   };
   [[nodiscard]] Stats stats() const;
   // Session ids, in order of start (for the demo's summary and the tests).

@@ -1,0 +1,637 @@
+// The session engine with no VM: synthetic completed calls, laid out as the Tracer hands them over
+// (syscalls::Call with the monitor's captures), for whole scripted SSH sessions as dropbear makes
+// them — the server's accept and fork, a failed then a good password, the pty, typed input with a
+// typo corrected, commands and their output, a file written, a wget download, an sftp upload,
+// logout — checked in the files a user reads: transcript.txt, session.cast (asciicast v2),
+// events.jsonl (Cowrie's event ids), files/<sha256>. Then concurrency and hostile input.
+#include "session/text.hpp"
+#include "session/tracker.hpp"
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+namespace hvtrace::session {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using abi::CaptureKind;
+
+constexpr std::uint64_t kAtFdcwd = static_cast<std::uint64_t>(-100);
+constexpr std::uint64_t kCreateFlags = 0x241;   // O_WRONLY|O_CREAT|O_TRUNC
+constexpr std::uint64_t kForkFlags = 0x1200011; // clone as glibc's fork calls it
+
+std::string sockaddr_in(std::uint8_t a, std::uint8_t b, std::uint8_t c, std::uint8_t d, std::uint16_t port) {
+  std::string s(16, '\0');
+  s[0] = 2;
+  s[2] = static_cast<char>(port >> 8);
+  s[3] = static_cast<char>(port & 0xff);
+  s[4] = static_cast<char>(a);
+  s[5] = static_cast<char>(b);
+  s[6] = static_cast<char>(c);
+  s[7] = static_cast<char>(d);
+  return s;
+}
+
+events::Capture cap(unsigned arg, CaptureKind kind, std::string data, std::uint16_t flags = 0, std::uint64_t true_len = 0) {
+  events::Capture c;
+  c.arg = arg;
+  c.kind = kind;
+  c.flags = flags;
+  c.true_len = true_len != 0 ? true_len : data.size();
+  c.data = std::move(data);
+  return c;
+}
+
+// Feeds a Tracker calls by name, advancing a clock 1 ms per call.
+class Guest {
+ public:
+  explicit Guest(Tracker& t) : t_(&t) {}
+  std::uint64_t now = 1'000'000'000;
+
+  void call(std::uint32_t pid, std::string_view name, std::vector<std::uint64_t> args, std::optional<std::int64_t> ret,
+            std::vector<events::Capture> entry = {}, std::vector<events::Capture> exit = {}, std::uint32_t tid = 0) {
+    CallEvent e;
+    e.pid = pid;
+    e.tid = tid != 0 ? tid : pid;
+    e.comm = "proc";
+    const auto nr = syscalls::Table::get(abi::SyscallAbi::kX86_64).by_name(name);
+    EXPECT_TRUE(nr.has_value()) << name;
+    e.call.nr = nr.value_or(0);
+    for (std::size_t i = 0; i < args.size() && i < 6; ++i) e.call.args[i] = args[i];
+    e.call.ret = ret;
+    e.call.entry_caps = std::move(entry);
+    e.call.exit_caps = std::move(exit);
+    e.entry_ns = now;
+    now += 1'000'000;
+    e.exit_ns = now;
+    t_->on_call(e);
+  }
+  void accept(std::uint32_t server, int fd, std::string addr) {
+    call(server, "accept4", {3, 0x1000, 0x2000, 0x80000}, fd, {}, {cap(1, CaptureKind::kBuffer, std::move(addr))});
+  }
+  void fork(std::uint32_t parent, std::uint32_t child) { call(parent, "clone", {kForkFlags, 0, 0, 0, 0}, child); }
+  void open(std::uint32_t pid, const std::string& path, std::uint64_t flags, int fd) {
+    call(pid, "openat", {kAtFdcwd, 0x3000, flags, 0644}, fd, {cap(1, CaptureKind::kString, path)});
+  }
+  void write(std::uint32_t pid, int fd, const std::string& data) {
+    call(pid, "write", {static_cast<std::uint64_t>(fd), 0x4000, data.size()}, static_cast<std::int64_t>(data.size()),
+         {cap(1, CaptureKind::kBuffer, data)});
+  }
+  void read(std::uint32_t pid, int fd, const std::string& data) {
+    call(pid, "read", {static_cast<std::uint64_t>(fd), 0x5000, 16384}, static_cast<std::int64_t>(data.size()), {},
+         {cap(1, CaptureKind::kBuffer, data)});
+  }
+  void close(std::uint32_t pid, int fd) { call(pid, "close", {static_cast<std::uint64_t>(fd)}, 0); }
+  void exec(std::uint32_t pid, const std::string& path, const std::vector<std::string>& argv) {
+    std::string a;
+    for (const auto& s : argv) a += s + '\0';
+    call(pid, "execve", {0x6000, 0x7000, 0x8000}, 0,
+         {cap(0, CaptureKind::kString, path), cap(1, CaptureKind::kArgv, a, 0, argv.size())});
+  }
+  void exit(std::uint32_t pid, int status) { call(pid, "exit_group", {static_cast<std::uint64_t>(status)}, std::nullopt); }
+  void winsize(std::uint32_t pid, int fd, std::uint16_t rows, std::uint16_t cols) {
+    std::string ws(8, '\0');
+    ws[0] = static_cast<char>(rows & 0xff);
+    ws[1] = static_cast<char>(rows >> 8);
+    ws[2] = static_cast<char>(cols & 0xff);
+    ws[3] = static_cast<char>(cols >> 8);
+    call(pid, "ioctl", {static_cast<std::uint64_t>(fd), 0x5414, 0x9000}, 0, {cap(2, CaptureKind::kBuffer, ws)});
+  }
+  void pipe(std::uint32_t pid, int r, int w) {
+    std::string fds(8, '\0');
+    std::memcpy(fds.data(), &r, 4);
+    std::memcpy(fds.data() + 4, &w, 4);
+    call(pid, "pipe", {0xa000}, 0, {}, {cap(0, CaptureKind::kBuffer, fds)});
+  }
+  // A command line typed at the prompt, run by a child of the shell, its output, its exit, the prompt.
+  void run(std::uint32_t conn, int master, std::uint32_t shell, std::uint32_t child, const std::string& line,
+           const std::vector<std::string>& argv, const std::string& output, int status) {
+    type(conn, master, line + "\r", line + "\r\n");
+    fork(shell, child);
+    exec(child, "/bin/" + argv.at(0), argv);
+    read(conn, master, output);
+    exit(child, status);
+    read(conn, master, "~ # ");
+  }
+  // Typed by the client: the server writes it to the master, the tty echoes it back (read).
+  void type(std::uint32_t conn, int master, const std::string& keys, const std::string& echo) {
+    write(conn, master, keys);
+    if (!echo.empty()) read(conn, master, echo);
+  }
+
+ private:
+  Tracker* t_;
+};
+
+class TempDir {
+ public:
+  TempDir() {
+    path_ = fs::temp_directory_path() / fmt::format("hvtrace-session-test-{}-{}", ::getpid(), counter_++);
+    fs::remove_all(path_);
+    fs::create_directories(path_);
+  }
+  ~TempDir() { fs::remove_all(path_); }
+  [[nodiscard]] const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+  static inline int counter_ = 0;
+};
+
+std::string slurp(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+std::vector<json> jsonl(const fs::path& p) {
+  std::vector<json> v;
+  std::istringstream in(slurp(p));
+  std::string line;
+  while (std::getline(in, line)) {
+    auto j = json::parse(line, nullptr, false);
+    EXPECT_FALSE(j.is_discarded()) << "not JSON: " << line;
+    v.push_back(j);
+  }
+  return v;
+}
+
+std::vector<json> by_id(const std::vector<json>& ev, const std::string& id) {
+  std::vector<json> out;
+  for (const auto& e : ev)
+    if (e.value("eventid", "") == id) out.push_back(e);
+  return out;
+}
+
+// Exactly one login event of this id, with these credentials.
+void expect_login(const std::vector<json>& ev, const std::string& id, const std::string& user, const std::string& pass) {
+  const auto e = by_id(ev, id);
+  ASSERT_EQ(e.size(), 1u) << id;
+  EXPECT_EQ(e[0]["username"], user);
+  EXPECT_EQ(e[0]["password"], pass);
+}
+
+// The cast's output events joined (what `asciinema cat` prints).
+std::string cast_output(const std::vector<json>& cast, const char* code = "o") {
+  std::string s;
+  for (std::size_t i = 1; i < cast.size(); ++i)
+    if (cast[i].is_array() && cast[i].size() == 3 && cast[i][1] == code) s += cast[i][2].get<std::string>();
+  return s;
+}
+
+constexpr std::uint32_t kServer = 100, kConn = 200, kShell = 201;
+
+// A Tracker writing to a scratch folder, watching one server (pid kServer), and its guest.
+struct Rig {
+  TempDir dir;
+  Tracker t;
+  Guest g;
+  explicit Rig(TrackerConfig cfg = {}) : t(in(std::move(cfg), dir.path())), g(t) { t.add_server(kServer); }
+  static TrackerConfig in(TrackerConfig cfg, const fs::path& p) {
+    cfg.dir = p;
+    return cfg;
+  }
+};
+constexpr int kMaster = 7, kSock = 4;
+
+// The whole interactive session of the scripted attacker, as dropbear and a shell make it.
+void scripted_session(Guest& g, Tracker& t) {
+  g.accept(kServer, kSock, sockaddr_in(10, 0, 2, 2, 51234));
+  g.fork(kServer, kConn);
+  g.close(kServer, kSock);
+  g.call(kConn, "getsockname", {kSock, 0x1000, 0x2000}, 0, {}, {cap(1, CaptureKind::kBuffer, sockaddr_in(10, 0, 2, 15, 22))});
+  t.on_credential(kConn, Credential::kUser, "root", g.now);
+  t.on_credential(kConn, Credential::kPassword, "wrong", g.now);
+  g.now += 2'000'000'000;
+  t.on_credential(kConn, Credential::kUser, "root", g.now);
+  t.on_credential(kConn, Credential::kPassword, "toor", g.now);
+  g.open(kConn, "/dev/ptmx", 0x80002, kMaster);
+  g.winsize(kConn, kMaster, 30, 100);
+  g.fork(kConn, kShell);
+  g.call(kShell, "setuid", {0}, 0);
+  g.call(kShell, "chdir", {0x1000}, 0, {cap(0, CaptureKind::kString, "/root")});
+  g.exec(kShell, "/bin/sh", {"-sh"});
+  g.read(kConn, kMaster, "Welcome to the lab\r\n~ # ");
+  // "lss", backspace, " -l", Enter: the shell echoes, the backspace as "\b \b"
+  g.type(kConn, kMaster, "l", "l");
+  g.type(kConn, kMaster, "s", "s");
+  g.type(kConn, kMaster, "s", "s");
+  g.type(kConn, kMaster, "\x7f", "\b \b");
+  g.type(kConn, kMaster, " -l", " -l");
+  g.type(kConn, kMaster, "\r", "\r\n");
+  g.fork(kShell, 202);
+  g.exec(202, "/bin/ls", {"ls", "-l"});
+  g.read(kConn, kMaster, "total 4\r\n-rw-r--r--    1 root     root   6 f.txt\r\n");
+  g.exit(202, 0);
+  g.read(kConn, kMaster, "~ # ");
+  // echo hello > f.txt: a builtin with a redirection, done by the shell itself
+  g.type(kConn, kMaster, "echo hello > f.txt\r", "echo hello > f.txt\r\n");
+  g.open(kShell, "f.txt", kCreateFlags, 3);
+  g.call(kShell, "fcntl", {1, 0, 10}, 10);
+  g.call(kShell, "dup2", {3, 1}, 1);
+  g.close(kShell, 3);
+  g.write(kShell, 1, "hello\n");
+  g.call(kShell, "dup2", {10, 1}, 1);
+  g.close(kShell, 10);
+  g.read(kConn, kMaster, "~ # ");
+  // a failing command: exit status 1
+  g.run(kConn, kMaster, kShell, 203, "cat /nonexistent", {"cat", "/nonexistent"},
+        "cat: can't open '/nonexistent': No such file or directory\r\n", 1);
+  // wget from the host
+  g.type(kConn, kMaster, "wget http://10.0.2.2:8000/tool.sh\r", "wget http://10.0.2.2:8000/tool.sh\r\n");
+  g.fork(kShell, 204);
+  g.exec(204, "/usr/bin/wget", {"wget", "http://10.0.2.2:8000/tool.sh"});
+  g.call(204, "socket", {2, 1, 0}, 3);
+  g.call(204, "connect", {3, 0x1000, 16}, 0, {cap(1, CaptureKind::kBuffer, sockaddr_in(10, 0, 2, 2, 8000))});
+  g.open(204, "tool.sh", kCreateFlags, 4);
+  g.write(204, 4, "#!/bin/sh\n");
+  g.write(204, 4, "echo pwned\n");
+  g.close(204, 4);
+  g.read(kConn, kMaster, "Connecting to 10.0.2.2:8000 (10.0.2.2:8000)\r\nsaving to 'tool.sh'\r\n");
+  g.exit(204, 0);
+  g.read(kConn, kMaster, "~ # ");
+  // cd (a builtin: no process)
+  g.type(kConn, kMaster, "cd /tmp\r", "cd /tmp\r\n");
+  g.call(kShell, "chdir", {0x1000}, 0, {cap(0, CaptureKind::kString, "/tmp")});
+  g.read(kConn, kMaster, "/tmp # ");
+  g.type(kConn, kMaster, "exit\r", "exit\r\n");
+  g.exit(kShell, 0);
+  g.read(kConn, kMaster, "logout\r\n");
+  g.call(kConn, "read", {kSock, 0x1000, 16384}, 0);   // the client closes after the exit-status
+  g.exit(kConn, 0);
+}
+
+TEST(SessionEngine, ScriptedInteractiveSessionGivesTranscriptCastAndCowrieEvents) {
+  std::vector<std::string> followed;
+  TrackerConfig cfg;
+  cfg.sensor = "lab";
+  cfg.realtime_offset_ns = 1'780'000'000'000'000'000;
+  cfg.follow = [&](const std::string& l) { followed.push_back(l); };
+  Rig r(cfg);
+  auto& [dir, t, g] = r;
+  scripted_session(g, t);
+
+  const auto ids = t.session_ids();
+  ASSERT_EQ(ids.size(), 1u);
+  const std::string& sid = ids[0];
+  EXPECT_EQ(sid.size(), 12u);
+  EXPECT_EQ(sid.find_first_not_of("0123456789abcdef"), std::string::npos);
+  const auto st = t.stats();
+  EXPECT_EQ(st.sessions, 1u);
+  EXPECT_EQ(st.open, 0u);
+  EXPECT_EQ(st.commands, 6u);
+  EXPECT_EQ(st.login_attempts, 2u);
+  EXPECT_EQ(st.truncated_bytes, 0u);
+
+  const fs::path sdir = dir.path() / sid;
+  const auto ev = jsonl(sdir / "events.jsonl");
+  ASSERT_FALSE(ev.empty());
+  for (const auto& e : ev) {
+    EXPECT_EQ(e.value("session", ""), sid);
+    EXPECT_EQ(e.value("sensor", ""), "lab");
+    EXPECT_EQ(e.value("src_ip", ""), "10.0.2.2");
+    const std::string ts = e.value("timestamp", "");
+    ASSERT_EQ(ts.size(), 27u) << ts;   // 2026-05-28T...123456Z
+    EXPECT_EQ(ts.back(), 'Z');
+    EXPECT_EQ(ts[19], '.');
+  }
+  EXPECT_EQ(ev.front()["eventid"], "cowrie.session.connect");
+  EXPECT_EQ(ev.front()["src_port"], 51234);
+  EXPECT_EQ(ev.front()["dst_ip"], "10.0.2.15");
+  EXPECT_EQ(ev.front()["dst_port"], 22);
+  EXPECT_EQ(ev.back()["eventid"], "cowrie.session.closed");
+  EXPECT_EQ(ev.back()["ended"], "logout");
+  EXPECT_GT(ev.back()["duration"].get<double>(), 2.0);
+
+  expect_login(ev, "cowrie.login.failed", "root", "wrong");
+  expect_login(ev, "cowrie.login.success", "root", "toor");
+
+  const auto size = by_id(ev, "cowrie.client.size");
+  ASSERT_EQ(size.size(), 1u);
+  EXPECT_EQ(size[0]["width"], 100);
+  EXPECT_EQ(size[0]["height"], 30);
+
+  std::vector<std::string> inputs;
+  for (const auto& e : by_id(ev, "cowrie.command.input")) inputs.push_back(e["input"]);
+  EXPECT_EQ(inputs, (std::vector<std::string>{"ls -l", "echo hello > f.txt", "cat /nonexistent",
+                                              "wget http://10.0.2.2:8000/tool.sh", "cd /tmp", "exit"}));
+
+  const auto dl = by_id(ev, "cowrie.session.file_download");
+  ASSERT_EQ(dl.size(), 1u);
+  EXPECT_EQ(dl[0]["url"], "http://10.0.2.2:8000/tool.sh");
+  EXPECT_EQ(dl[0]["shasum"], "cebf25e0668376ce72d60cc05894de697b174396e5036fdb525363c351bf1f9b");
+  EXPECT_EQ(dl[0]["destfile"], "/root/tool.sh");
+  EXPECT_EQ(dl[0]["size"], 21);
+  EXPECT_EQ(dl[0]["complete"], true);
+  ASSERT_TRUE(dl[0].contains("outfile"));
+  EXPECT_EQ(slurp(dl[0]["outfile"].get<std::string>()), "#!/bin/sh\necho pwned\n");
+
+  const auto wr = by_id(ev, "hvtrace.file.write");
+  ASSERT_EQ(wr.size(), 1u);
+  EXPECT_EQ(wr[0]["path"], "/root/f.txt");
+  EXPECT_EQ(wr[0]["shasum"], "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03");
+  EXPECT_TRUE(fs::exists(sdir / "files" / "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03"));
+
+  const auto conn = by_id(ev, "hvtrace.net.connect");
+  ASSERT_EQ(conn.size(), 1u);
+  EXPECT_EQ(conn[0]["pid"], 204);
+  EXPECT_EQ(conn[0]["dst_ip"], "10.0.2.2");
+  EXPECT_EQ(conn[0]["dst_port"], 8000);
+
+  const auto execs = by_id(ev, "hvtrace.process.exec");
+  ASSERT_EQ(execs.size(), 4u);   // sh, ls, cat, wget
+  EXPECT_EQ(execs[1]["argv"], json::array({"ls", "-l"}));
+  EXPECT_EQ(execs[1]["ppid"], kShell);
+  bool cat_exit = false;
+  for (const auto& e : by_id(ev, "hvtrace.process.exit"))
+    if (e["pid"] == 203) cat_exit = e["status"] == 1;
+  EXPECT_TRUE(cat_exit);
+  EXPECT_TRUE(by_id(ev, "hvtrace.session.still_running").empty());
+
+  // transcript: each command as finally entered, its output under it, its exit status
+  const std::string tr = slurp(sdir / "transcript.txt");
+  EXPECT_NE(tr.find("client   10.0.2.2:51234"), std::string::npos) << tr;
+  EXPECT_NE(tr.find("login failed: user 'root' password 'wrong'"), std::string::npos) << tr;
+  EXPECT_NE(tr.find("root@10.0.2.2:51234 $ ls -l\ntotal 4\n-rw-r--r--    1 root     root   6 f.txt\n[exit 0]\n"),
+            std::string::npos) << tr;
+  EXPECT_NE(tr.find("$ cat /nonexistent\ncat: can't open '/nonexistent': No such file or directory\n[exit 1]\n"),
+            std::string::npos) << tr;
+  EXPECT_NE(tr.find("$ cd /tmp\n[no process (shell builtin)]"), std::string::npos) << tr;
+  EXPECT_NE(tr.find("Welcome to the lab\n"), std::string::npos) << tr;
+  EXPECT_NE(tr.find("downloaded /root/tool.sh"), std::string::npos) << tr;
+  EXPECT_NE(tr.find("session closed (logout)"), std::string::npos) << tr;
+  EXPECT_EQ(tr.find("lss"), std::string::npos) << tr;
+
+  // session.cast: asciicast v2, every line JSON, output and input as the client saw and typed
+  const auto cast = jsonl(sdir / "session.cast");
+  ASSERT_GT(cast.size(), 10u);
+  EXPECT_EQ(cast[0]["version"], 2);
+  EXPECT_EQ(cast[0]["width"], 100);
+  EXPECT_EQ(cast[0]["height"], 30);
+  EXPECT_GT(cast[0]["timestamp"].get<std::int64_t>(), 1'700'000'000);
+  double last = 0;
+  for (std::size_t i = 1; i < cast.size(); ++i) {
+    ASSERT_TRUE(cast[i].is_array() && cast[i].size() == 3) << cast[i].dump();
+    const double t0 = cast[i][0].get<double>();
+    EXPECT_GE(t0, last);
+    last = t0;
+  }
+  const std::string out = cast_output(cast);
+  EXPECT_NE(out.find("Welcome to the lab\r\n~ # lss\b \b -l\r\ntotal 4"), std::string::npos) << out;
+  EXPECT_NE(cast_output(cast, "i").find("lss\x7f -l\r"), std::string::npos);
+
+  ASSERT_EQ(followed.size(), 6u);
+  EXPECT_EQ(followed[0], fmt::format("[{}] root@10.0.2.2:51234 $ ls -l", sid));
+}
+
+TEST(SessionEngine, CommandWithoutPtyAndSftpUpload) {
+  Rig r;
+  auto& [dir, t, g] = r;
+  g.accept(kServer, kSock, sockaddr_in(192, 168, 1, 9, 40000));
+  g.fork(kServer, 300);
+  g.pipe(300, 5, 6);   // dropbear's signal pipe, before login: not the command's
+  t.on_credential(300, Credential::kUser, "alice", g.now);
+  t.on_credential(300, Credential::kPassword, "secret", g.now);
+  g.pipe(300, 7, 8);   // stdin
+  g.pipe(300, 9, 10);  // stdout
+  g.fork(300, 301);
+  g.exec(301, "/bin/sh", {"sh", "-c", "/usr/lib/sftp-server"});
+  g.exec(301, "/usr/lib/sftp-server", {"/usr/lib/sftp-server"});
+  g.read(300, 5, "x");   // a signal byte: no output
+  std::string payload;
+  for (int i = 0; i < 4; ++i)
+    for (int b = 0; b < 256; ++b) payload.push_back(static_cast<char>(b));
+  g.open(301, "/tmp/up.bin", kCreateFlags, 5);
+  g.write(301, 5, payload.substr(0, 600));
+  g.write(301, 5, payload.substr(600));
+  g.close(301, 5);
+  g.read(300, 9, "sftp reply");
+  g.exit(301, 0);
+  g.exit(300, 0);
+
+  ASSERT_EQ(t.session_ids().size(), 1u);
+  const fs::path sdir = dir.path() / t.session_ids()[0];
+  const auto ev = jsonl(sdir / "events.jsonl");
+  expect_login(ev, "cowrie.login.success", "alice", "secret");
+  const auto in = by_id(ev, "cowrie.command.input");
+  ASSERT_EQ(in.size(), 1u);
+  EXPECT_EQ(in[0]["input"], "/usr/lib/sftp-server");
+  const auto up = by_id(ev, "cowrie.session.file_upload");
+  ASSERT_EQ(up.size(), 1u);
+  EXPECT_EQ(up[0]["filename"], "up.bin");
+  EXPECT_EQ(up[0]["destfile"], "/tmp/up.bin");
+  EXPECT_EQ(up[0]["shasum"], "785b0751fc2c53dc14a4ce3d800e69ef9ce1009eb327ccf458afe09c242c26c9");
+  EXPECT_EQ(slurp(up[0]["outfile"].get<std::string>()), payload);
+  EXPECT_EQ(by_id(ev, "cowrie.session.closed").at(0)["ended"], "logout");
+  const auto cast = jsonl(sdir / "session.cast");
+  EXPECT_EQ(cast_output(cast), "sftp reply");
+  const std::string tr = slurp(sdir / "transcript.txt");
+  EXPECT_NE(tr.find("$ /usr/lib/sftp-server\n"), std::string::npos) << tr;
+  EXPECT_NE(tr.find("\nsftp reply\n[exit 0]\n"), std::string::npos) << tr;
+}
+
+TEST(SessionEngine, TwoInterleavedSessionsStayApart) {
+  Rig r;
+  auto& [dir, t, g] = r;
+  g.accept(kServer, kSock, sockaddr_in(10, 0, 0, 1, 1111));
+  g.fork(kServer, 400);
+  g.accept(kServer, kSock, sockaddr_in(10, 0, 0, 2, 2222));
+  g.fork(kServer, 500);
+  t.on_credential(400, Credential::kUser, "one", g.now);
+  t.on_credential(500, Credential::kUser, "two", g.now);
+  t.on_credential(400, Credential::kPassword, "p1", g.now);
+  t.on_credential(500, Credential::kPassword, "p2", g.now);
+  g.open(400, "/dev/ptmx", 2, 7);
+  g.open(500, "/dev/ptmx", 2, 9);
+  g.fork(400, 401);
+  g.fork(500, 501);
+  g.exec(401, "/bin/sh", {"-sh"});
+  g.exec(501, "/bin/sh", {"-sh"});
+  // keystrokes interleaved one by one
+  const std::string a = "echo first\r", b = "echo second\r";
+  for (std::size_t i = 0; i < std::max(a.size(), b.size()); ++i) {
+    if (i < a.size()) g.type(400, 7, a.substr(i, 1), a.substr(i, 1));
+    if (i < b.size()) g.type(500, 9, b.substr(i, 1), b.substr(i, 1));
+  }
+  g.read(400, 7, "\nfirst\r\n");
+  g.read(500, 9, "\nsecond\r\n");
+  g.exit(401, 0);
+  g.exit(400, 0);
+  t.finish(g.now);
+
+  const auto ids = t.session_ids();
+  ASSERT_EQ(ids.size(), 2u);
+  EXPECT_NE(ids[0], ids[1]);
+  const auto e1 = jsonl(dir.path() / ids[0] / "events.jsonl");
+  const auto e2 = jsonl(dir.path() / ids[1] / "events.jsonl");
+  EXPECT_EQ(e1.front()["src_ip"], "10.0.0.1");
+  EXPECT_EQ(e2.front()["src_ip"], "10.0.0.2");
+  EXPECT_EQ(by_id(e1, "cowrie.command.input").at(0)["input"], "echo first");
+  EXPECT_EQ(by_id(e2, "cowrie.command.input").at(0)["input"], "echo second");
+  EXPECT_EQ(by_id(e1, "cowrie.login.success").at(0)["password"], "p1");
+  EXPECT_EQ(by_id(e2, "cowrie.login.success").at(0)["password"], "p2");
+  EXPECT_EQ(by_id(e1, "cowrie.session.closed").at(0)["ended"], "logout");
+  // the second was still open at finish: closed with what it had, its shell listed
+  EXPECT_EQ(by_id(e2, "cowrie.session.closed").at(0)["ended"], "watch_ended");
+  const auto still = by_id(e2, "hvtrace.session.still_running");
+  ASSERT_EQ(still.size(), 1u);
+  EXPECT_EQ(still[0]["processes"].at(0)["pid"], 501);
+  const std::string t1 = slurp(dir.path() / ids[0] / "transcript.txt");
+  const std::string t2 = slurp(dir.path() / ids[1] / "transcript.txt");
+  EXPECT_EQ(t1.find("second"), std::string::npos);
+  EXPECT_EQ(t2.find("first"), std::string::npos);
+}
+
+TEST(SessionEngine, ClientGoneBeforeLogoutIsDroppedAndWrongPasswordsAreFailed) {
+  Rig r;
+  auto& [dir, t, g] = r;
+  g.accept(kServer, kSock, sockaddr_in(10, 0, 0, 3, 3333));
+  g.fork(kServer, 600);
+  t.on_credential(600, Credential::kUser, "admin", g.now);
+  t.on_credential(600, Credential::kPassword, "123456", g.now);
+  t.on_credential(600, Credential::kPassword, "admin", g.now);
+  g.call(600, "read", {kSock, 0x1000, 100}, 0);
+  g.exit(600, 255);
+  g.accept(kServer, kSock, sockaddr_in(10, 0, 0, 4, 4444));
+  g.fork(kServer, 700);
+  t.on_credential(700, Credential::kUser, "root", g.now);
+  t.on_credential(700, Credential::kPassword, "root", g.now);
+  g.open(700, "/dev/ptmx", 2, 7);
+  g.fork(700, 701);
+  g.exec(701, "/bin/sh", {"-sh"});
+  g.type(700, 7, "sleep 100", "sleep 100");   // typed, never entered
+  g.call(700, "read", {kSock, 0x1000, 100}, -104);   // ECONNRESET: the client was killed
+  g.exit(700, 0);
+  g.accept(kServer, kSock, sockaddr_in(10, 0, 0, 5, 5555));
+  g.fork(kServer, 800);
+  g.call(kServer, "wait4", {static_cast<std::uint64_t>(-1), 0, 1, 0}, 800);   // reaped, no exit seen: killed
+
+  const auto ids = t.session_ids();
+  ASSERT_EQ(ids.size(), 3u);
+  const auto e1 = jsonl(dir.path() / ids[0] / "events.jsonl");
+  const auto f = by_id(e1, "cowrie.login.failed");
+  ASSERT_EQ(f.size(), 2u);
+  EXPECT_EQ(f[0]["password"], "123456");
+  EXPECT_EQ(f[1]["password"], "admin");
+  EXPECT_TRUE(by_id(e1, "cowrie.login.success").empty());
+  EXPECT_EQ(by_id(e1, "cowrie.session.closed").at(0)["ended"], "dropped");
+  const auto e2 = jsonl(dir.path() / ids[1] / "events.jsonl");
+  EXPECT_EQ(by_id(e2, "cowrie.session.closed").at(0)["ended"], "dropped");
+  EXPECT_EQ(by_id(e2, "hvtrace.command.unfinished").at(0)["input"], "sleep 100");
+  EXPECT_EQ(by_id(e2, "hvtrace.session.still_running").at(0)["processes"].at(0)["pid"], 701);
+  const auto e3 = jsonl(dir.path() / ids[2] / "events.jsonl");
+  EXPECT_EQ(by_id(e3, "cowrie.session.closed").at(0)["ended"], "killed");
+  EXPECT_EQ(t.stats().open, 0u);
+}
+
+TEST(SessionEngine, HostileInputIsBoundedAndMarked) {
+  TrackerConfig cfg;
+  cfg.max_line_bytes = 4096;
+  cfg.max_output_bytes = 64 << 10;
+  cfg.max_file_bytes = 1000;
+  cfg.max_processes = 16;
+  Rig r(cfg);
+  auto& [dir, t, g] = r;
+  g.accept(kServer, kSock, sockaddr_in(10, 0, 0, 6, 6666));
+  g.fork(kServer, kConn);
+  t.on_credential(kConn, Credential::kPassword, "x", g.now);
+  g.open(kConn, "/dev/ptmx", 2, kMaster);
+  g.fork(kConn, kShell);
+  g.exec(kShell, "/bin/sh", {"-sh"});
+  // binary output, and a euro sign split across two reads
+  std::string binary;
+  for (int i = 0; i < 4096; ++i) binary.push_back(static_cast<char>((i * 37) & 0xff));
+  g.read(kConn, kMaster, "price: \xE2\x82");
+  g.read(kConn, kMaster, "\xAC\r\n");
+  g.read(kConn, kMaster, binary);
+  // a 1 MiB command line, typed in 64 KiB pieces
+  const std::string chunk(64 << 10, 'A');
+  for (int i = 0; i < 16; ++i) g.write(kConn, kMaster, chunk);
+  g.write(kConn, kMaster, "\r");
+  // a fork storm
+  for (std::uint32_t i = 0; i < 100; ++i) g.fork(kShell, 1000 + i);
+  // a very long argv
+  std::vector<std::string> argv{"x"};
+  for (int i = 0; i < 64; ++i) argv.push_back(std::string(200, 'b'));
+  g.exec(1000, "/tmp/x", argv);
+  // a file bigger than the file cap, and a write whose capture was cut by the snap length
+  g.open(1001, "/tmp/big", kCreateFlags, 3);
+  g.write(1001, 3, std::string(800, 'y'));
+  g.write(1001, 3, std::string(800, 'z'));
+  g.call(1001, "write", {3, 0x4000, 4096}, 4096, {cap(1, CaptureKind::kBuffer, std::string(256, 'q'), abi::kCaptureTruncated, 4096)});
+  g.close(1001, 3);
+  // more output than the terminal cap
+  for (int i = 0; i < 40; ++i) g.read(kConn, kMaster, std::string(4096, 'o'));
+  t.finish(g.now);
+
+  const auto st = t.stats();
+  EXPECT_GT(st.truncated_bytes, 0u);
+  EXPECT_EQ(st.processes_not_kept, 100u - 14u);   // 16 at once: connection, shell, 14 children
+  const fs::path sdir = dir.path() / t.session_ids().at(0);
+  const auto ev = jsonl(sdir / "events.jsonl");
+  const auto in = by_id(ev, "cowrie.command.input");
+  ASSERT_EQ(in.size(), 1u);
+  EXPECT_EQ(in[0]["input"].get<std::string>().size(), 4096u);
+  EXPECT_EQ(in[0]["truncated"], true);
+  const auto ex = by_id(ev, "hvtrace.process.exec");
+  ASSERT_EQ(ex.size(), 2u);
+  EXPECT_EQ(ex[1]["argv_truncated"], true);
+  const auto w = by_id(ev, "hvtrace.file.write");
+  ASSERT_EQ(w.size(), 1u);
+  EXPECT_EQ(w[0]["size"], 800 + 800 + 4096);
+  EXPECT_EQ(w[0]["complete"], false);
+  EXPECT_EQ(w[0]["kept"], "partial");
+  EXPECT_EQ(w[0]["kept_bytes"], 1000);
+  EXPECT_EQ(fs::file_size(w[0]["outfile"].get<std::string>()), 1000u);
+  bool limits[2] = {false, false};
+  for (const auto& e : by_id(ev, "hvtrace.limit")) {
+    if (e["limit"] == "max_processes") limits[0] = true;
+    if (e["limit"] == "max_output_bytes") limits[1] = true;
+  }
+  EXPECT_TRUE(limits[0]);
+  EXPECT_TRUE(limits[1]);
+  EXPECT_GT(by_id(ev, "cowrie.session.closed").at(0)["truncated_bytes"].get<std::uint64_t>(), 0u);
+  // the cast stays valid JSON and UTF-8, the split character whole, the cap marked
+  const auto cast = jsonl(sdir / "session.cast");
+  const std::string out = cast_output(cast);
+  EXPECT_NE(out.find("price: \xE2\x82\xAC"), std::string::npos);
+  EXPECT_NE(out.find("[hvtrace: terminal cap of"), std::string::npos);
+  EXPECT_LT(fs::file_size(sdir / "session.cast"), 400u << 10);
+  EXPECT_LT(fs::file_size(sdir / "transcript.txt"), 200u << 10);
+}
+
+TEST(SessionText, LineEditorAppliesEditingKeys) {
+  std::vector<std::string> lines;
+  LineEditor ed(100);
+  auto feed = [&](std::string_view s) { ed.feed(s, [&](LineEditor::Line l) { lines.push_back(l.text); }); };
+  feed("lss\x7f -l\r\n");                 // backspace; \r\n is one Enter
+  feed("rm -rf /tmp/x\x17y\r");            // Ctrl-W erases back to the blank, as bash does
+  feed("garbage\x15uname -a\r");           // Ctrl-U kills the line
+  feed("ech\x1b[D\x1b[Do\x1b[C\x1b[C\r");  // arrows move the cursor: "eoch"
+  feed("\x1b[A\r");                        // Up recalls the last line
+  feed("abc\x03" "pwd\n");                 // Ctrl-C abandons a line
+  feed("caf\xC3\xA9\x7f" "e\r");           // backspace erases a whole UTF-8 character
+  EXPECT_EQ(lines, (std::vector<std::string>{"ls -l", "rm -rf y", "uname -a", "eoch", "eoch", "pwd", "cafe"}));
+}
+
+TEST(SessionText, Utf8StreamKeepsSplitCharactersAndReplacesInvalidBytes) {
+  Utf8Stream u;
+  EXPECT_EQ(u.feed("a\xE2\x82"), "a");
+  EXPECT_EQ(u.feed("\xAC" "b"), "\xE2\x82\xAC" "b");
+  EXPECT_EQ(u.feed("\xFF" "c"), "\xEF\xBF\xBD" "c");
+  EXPECT_EQ(u.feed("\xF0\x9F"), "");
+  EXPECT_EQ(u.flush(), "\xEF\xBF\xBD\xEF\xBF\xBD");
+  EXPECT_EQ(sanitize_utf8("\xC0\xAF"), "\xEF\xBF\xBD\xEF\xBF\xBD");   // overlong
+  EXPECT_EQ(iso_time(1'780'000'000'123'456'789), "2026-05-28T20:26:40.123456Z");
+}
+
+}  // namespace
+}  // namespace hvtrace::session
