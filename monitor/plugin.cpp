@@ -166,7 +166,10 @@ void emit(Monitor& m, unsigned vcpu, Vcpu& v, const FilterConfig& cfg, Action ac
   if (size > body_size + extra_size) std::memset(p + body_size + extra_size, 0, size - body_size - extra_size);
   v.prod.commit();
   if (!sync) return;
-  if (v.prod.wait_ack(seq, m.opt.sync_wait, m.opt.sync_spin_ns, m.opt.sync_timeout_ns, &m.consumer_gone)) {
+  const bool acked = v.prod.wait_ack(seq, m.opt.sync_wait, m.opt.sync_spin_ns, m.opt.sync_timeout_ns, &m.consumer_gone);
+  auto* h = v.prod.header();
+  abi::aref(h->sync_wait_ns).store(h->sync_wait_ns + (abi::monotonic_ns() - body->time_ns), std::memory_order_relaxed);
+  if (acked) {
     v.sync_timeouts_in_row = 0;
   } else {
     v.last_sync_timed_out = true;

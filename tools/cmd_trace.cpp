@@ -391,6 +391,7 @@ void run_trace(const TraceOptions& o) {
     s.sync_waits -= b.sync_waits;
     s.sync_timeouts -= b.sync_timeouts;
     s.sync_degraded -= b.sync_degraded;
+    s.sync_wait_ns -= b.sync_wait_ns;
     rings.push_back(s);
   }
   if (finished_writing) {

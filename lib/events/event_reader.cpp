@@ -298,6 +298,7 @@ RingStats EventReader::stats(unsigned ring) const {
   s.sync_waits = ld(h->sync_waits);
   s.sync_timeouts = ld(h->sync_timeouts);
   s.sync_degraded = ld(h->sync_degraded);
+  s.sync_wait_ns = ld(h->sync_wait_ns);
   s.cb_calls = ld(h->cb_calls);
   s.cb_ns = ld(h->cb_ns);
   return s;

@@ -60,6 +60,7 @@ struct RingStats {
   std::uint64_t published = 0, lost_records = 0, lost_pending = 0;
   std::uint64_t drops[static_cast<std::size_t>(abi::DropCause::kCount)] = {};
   std::uint64_t sync_waits = 0, sync_timeouts = 0, sync_degraded = 0;
+  std::uint64_t sync_wait_ns = 0;          // time the vCPU spent paused for sync events
   std::uint64_t cb_calls = 0, cb_ns = 0;   // monitor self-timing (selftime=on)
   [[nodiscard]] std::uint64_t dropped() const;
 };

@@ -104,6 +104,7 @@ void put_ring_stats(Out& o, const events::RingStats& s) {
   o.put(s.sync_degraded);
   o.put(s.cb_calls);
   o.put(s.cb_ns);
+  o.put(s.sync_wait_ns);
 }
 
 events::RingStats get_ring_stats(In& in) {
@@ -121,6 +122,7 @@ events::RingStats get_ring_stats(In& in) {
   s.sync_degraded = in.get<std::uint64_t>();
   s.cb_calls = in.get<std::uint64_t>();
   s.cb_ns = in.get<std::uint64_t>();
+  s.sync_wait_ns = in.get<std::uint64_t>();
   return s;
 }
 

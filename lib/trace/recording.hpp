@@ -3,7 +3,7 @@
 // whole decoding stack (events::decode_record, the Tracer, lib/syscalls) with no VM and sees exactly
 // what the live run saw.
 //
-// File format (version 1, little-endian, x86-64 hosts):
+// File format (version 2, little-endian, x86-64 hosts; version 1 lacked RingStats.sync_wait_ns):
 //   header   "HVTRACE-REC\0" (12 bytes), u32 format version, u32 hvtrace ABI version (abi/events.h),
 //            i64 creation time (Unix seconds), i64 host CLOCK_REALTIME - CLOCK_MONOTONIC (ns),
 //            then four strings (u32 length + bytes): kernel banner, kernel build id, command line,
@@ -19,7 +19,9 @@
 //     kGuestNames  u32 count, count x (u32 nr, string name)
 //     kTargets     u32 n pids, pids, u32 n comms, strings, u8 has start_at_exec, u32 pid, u8 all,
 //                  u8 follow, u32 method
-//     kCounters    the monitor's counters for -c (last frame): u32 n rings x RingStats, 2 x MonitorStats
+//     kCounters    the monitor's counters for -c (last frame): u32 n rings x RingStats (published, lost
+//                  records, lost pending, u32 n drops + drops, sync waits, timeouts, degraded, cb calls,
+//                  cb ns, sync wait ns), 2 x MonitorStats
 //   ProcInfo: u32 tgid, u8 has_dtb, u64 dtb, string comm.
 // Answers follow the event whose handling asked for them; a replay reads them before it hands that
 // event to the Tracer and answers every question with the latest recorded answer for its key.
@@ -43,7 +45,7 @@
 namespace hvtrace::trace {
 
 inline constexpr char kRecordingMagic[12] = "HVTRACE-REC";
-inline constexpr std::uint32_t kRecordingFormatVersion = 1;
+inline constexpr std::uint32_t kRecordingFormatVersion = 2;   // 2: ring counters carry sync_wait_ns
 inline constexpr std::uint32_t kMaxFramePayload = 1U << 20;   // a ring record is at most ~270 KiB
 inline constexpr std::uint32_t kMaxRecordedString = 64 * 1024;
 inline constexpr std::uint32_t kMaxRecordedList = 1U << 16;

@@ -565,6 +565,7 @@ void Tracer::finish(const std::vector<events::RingStats>& rings, const events::M
     sum.sync_waits += s.sync_waits;
     sum.sync_timeouts += s.sync_timeouts;
     sum.sync_degraded += s.sync_degraded;
+    sum.sync_wait_ns += s.sync_wait_ns;
   }
   const std::uint64_t trapped = (after.user_syscalls - before.user_syscalls) + (after.user_int80s - before.user_int80s) +
                                 (after.user_sysenters - before.user_sysenters);
@@ -576,6 +577,7 @@ void Tracer::finish(const std::vector<events::RingStats>& rings, const events::M
   out_(fmt::format("  {:<34} {:>10}", "CR3 events delivered", stats_.cr3));
   out_(fmt::format("  {:<34} {:>10}", "events delivered, not traced", stats_.foreign));
   out_(fmt::format("  {:<34} {:>10}", "synchronous pauses", stats_.sync_events));
+  out_(fmt::format("  {:<34} {:>10.3f}", "time paused for them (ms)", static_cast<double>(sum.sync_wait_ns) / 1e6));
   out_(fmt::format("  {:<34} {:>10}", "lost: ring full", sum.drops[0]));
   out_(fmt::format("  {:<34} {:>10}", "lost: record too big", sum.drops[1]));
   out_(fmt::format("  {:<34} {:>10}", "lost: no consumer", sum.drops[2]));

@@ -84,7 +84,10 @@ struct alignas(kPageSize) RingHeader {
   // the vCPU thread: how many trap callbacks ran and the host nanoseconds spent inside them.
   std::uint64_t cb_calls;
   std::uint64_t cb_ns;
-  std::uint8_t pad0[kCacheLine - 40];
+  // Host nanoseconds this vCPU spent paused waiting for the consumer's ack of sync events (always
+  // counted: the wait is already the slow path), written by the vCPU thread.
+  std::uint64_t sync_wait_ns;
+  std::uint8_t pad0[kCacheLine - 48];
 
   // --- producer line: written only by the vCPU thread ---
   alignas(kCacheLine) std::uint64_t head;     // free-running; store(release) after the record bytes
