@@ -19,4 +19,5 @@ void add_run_command(CLI::App& app);   // cmd_run.cpp: the README's main job
 void add_ps_command(CLI::App& app);    // cmd_ps.cpp: process list from guest memory
 void add_events_command(CLI::App& app);
 void add_trace_command(CLI::App& app);   // cmd_trace.cpp: strace for VMs  // cmd_events.cpp: the monitor's raw events as JSON Lines
+void add_session_command(CLI::App& app);   // cmd_session.cpp: the honeypot view (SSH sessions)
 }  // namespace hvtrace::tools

@@ -1,0 +1,496 @@
+// hvtrace session: the honeypot view. Finds the guest's SSH server (dropbear or sshd) in its
+// process list, traces it process-bound with its children and their descendants (method 5: the
+// monitor copies the data and delivers it asynchronously; only CR3 switches of traced processes,
+// the fork breakpoint and the credential breakpoints pause the guest), and feeds every completed
+// call to the session engine (lib/session), which writes one folder per SSH session.
+//
+// Credentials come from user-space breakpoints in the server's per-connection processes, placed
+// with no symbols and no change to the guest: the load bases of libc.so.6 and libcrypt.so.1 are
+// learnt from the process's own openat/mmap calls (trace::LibraryBases), the functions' addresses
+// from the libraries' dynamic symbol tables in guest memory (linux_os::find_dynamic_symbols), and
+// at a hit the C string at rdi is read while the vCPU waits: getpwnam's user name, crypt's
+// passphrase (also crypt_r, crypt_rn, crypt_ra when exported).
+#include "commands.hpp"
+#include "guest_view.hpp"
+#include "output.hpp"
+
+#include "arch/paging.hpp"
+#include "common/result.hpp"
+#include "events/control_client.hpp"
+#include "events/event_reader.hpp"
+#include "linux/elf_symbols.hpp"
+#include "session/tracker.hpp"
+#include "trace/library_bases.hpp"
+#include "trace/tracer.hpp"
+#include "vm/vm.hpp"
+
+#include <CLI/CLI.hpp>
+#include <fmt/core.h>
+
+#include <algorithm>
+#include <chrono>
+#include <ctime>
+#include <deque>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace hvtrace::tools {
+namespace {
+
+using namespace std::chrono_literals;
+
+struct SessionOptions {
+  std::string vm_name = "default";
+  std::string dir = "sessions";
+  bool follow = false;
+  double duration = 0;
+  std::string sensor;                          // default: the VM's name
+  std::vector<std::string> servers = {"dropbear", "sshd"};
+  std::uint32_t snap_len = 16 * 1024;
+};
+
+const char* kHelpFooter = R"(
+What it writes (one folder per session, DIR/<12 hex digits>/; the engine documents the schema):
+  transcript.txt   commands as finally entered, exit status, output
+  session.cast     asciicast v2 (asciinema cat / asciinema play)
+  events.jsonl     Cowrie-style JSON events (cowrie.session.connect, cowrie.login.success/.failed,
+                   cowrie.command.input, cowrie.session.closed, ...) plus hvtrace.* events
+  files/           bytes of files the session wrote, up to a cap
+
+How it watches: the SSH server's listening process(es), found by name in the guest's process list
+(--server, default dropbear and sshd), are traced process-bound with their children (-f semantics,
+method 5: syscalls filtered and copied inside the hypervisor, delivered asynchronously). Sessions
+already running are picked up from the process list (their connection details are unknown).
+Passwords and user names come from synchronous user-space breakpoints at crypt() (libcrypt.so.1)
+and getpwnam() (libc.so.6) in the server's per-connection processes, found from the processes'
+own library loading and the libraries' dynamic symbols in guest memory (no debug symbols, no
+change to the guest). A server process that was already running when hvtrace started has no
+breakpoints (its libraries were loaded before); dropbear re-executes itself per connection, so
+every new connection gets them.
+
+At the end (Ctrl-C, --duration, or the server exits) every open session is closed and flushed, and
+hvtrace prints where the session folders are and what watching cost: events delivered, synchronous
+pauses, breakpoint hits, and events the monitor lost. Lost events are also reported as they
+happen; a session record with lost events may have gaps.
+
+Exit status: 0 when stopped by Ctrl-C/SIGTERM, --duration or the server's exit (the record is
+complete up to then; unlike `trace -- CMD` there is no guest command whose status to pass on);
+2 for errors the user must fix (no such VM, no monitor, no SSH server in the guest, unwritable
+DIR); 1 when the VM stops while watching (everything captured is flushed first).
+
+Examples:
+  hvtrace vm up --name lab --monitor
+  hvtrace session --vm lab -o /tmp/sessions --follow      # until Ctrl-C
+  hvtrace session --vm lab --duration 600 --sensor honeypot-1
+)";
+
+std::uint64_t now_ns() {
+  timespec t{};
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return static_cast<std::uint64_t>(t.tv_sec) * 1'000'000'000ULL + static_cast<std::uint64_t>(t.tv_nsec);
+}
+
+std::int64_t realtime_offset() {
+  timespec rt{}, mono{};
+  clock_gettime(CLOCK_REALTIME, &rt);
+  clock_gettime(CLOCK_MONOTONIC, &mono);
+  return (rt.tv_sec - mono.tv_sec) * 1'000'000'000LL + (rt.tv_nsec - mono.tv_nsec);
+}
+
+// The library functions whose first argument is a credential.
+struct CredentialFunction {
+  const char* lib;
+  const char* name;
+  session::Credential kind;
+};
+constexpr CredentialFunction kCredentialFunctions[] = {
+    {"libc.so.6", "getpwnam", session::Credential::kUser},
+    {"libcrypt.so.1", "crypt", session::Credential::kPassword},
+    {"libcrypt.so.1", "crypt_r", session::Credential::kPassword},
+    {"libcrypt.so.1", "crypt_rn", session::Credential::kPassword},
+    {"libcrypt.so.1", "crypt_ra", session::Credential::kPassword},
+};
+
+// User breakpoints at the credential functions of the SSH server's processes.
+class CredentialBreakpoints {
+ public:
+  struct Stats {
+    std::uint64_t set = 0, hits = 0, removed = 0, unresolved = 0, refused = 0;
+  };
+
+  CredentialBreakpoints(const mem::PhysMem& ram, arch::PagingMode paging, const linux_os::Linux& os,
+                        trace::FilterSink& sink, session::Tracker& tracker, std::set<std::string> server_comms)
+      : ram_(&ram), paging_(paging), os_(&os), sink_(&sink), tracker_(&tracker), servers_(std::move(server_comms)),
+        bases_({"libc.so.6", "libcrypt.so.1"}) {}
+
+  // A completed call of process `pid`: learn library bases, try to resolve what is pending.
+  void on_call(std::uint32_t pid, const std::string& comm, const syscalls::Call& c) {
+    if (trace::is_execve(c.abi, c.nr) || trace::is_exit_group(c.abi, c.nr)) dtbs_.erase(pid);
+    // The loader closes a library's fd once every segment is mapped: only then are its headers
+    // and dynamic section where they belong (the first mapping spans the file from offset 0).
+    if (c.nr == 3 && c.abi == abi::SyscallAbi::kX86_64)
+      for (auto it = pending_.lower_bound({pid, std::string()}); it != pending_.end() && it->first.first == pid; ++it)
+        it->second.ready = true;
+    for (const auto& ch : bases_.on_call(pid, c)) {
+      if (ch.kind == trace::LibraryBases::Change::Kind::kLoaded) {
+        Pending p;
+        p.base = ch.base;
+        p.ready = ch.pid != pid;   // inherited by a fork child: mapped long ago
+        for (const auto& f : kCredentialFunctions)
+          if (ch.lib == f.lib) p.names.insert(f.name);
+        pending_[{ch.pid, ch.lib}] = std::move(p);
+      } else {
+        pending_.erase({ch.pid, ch.lib});
+        remove(ch.pid, ch.lib);
+      }
+    }
+    if (servers_.count(comm) == 0) return;   // only the server's own processes get breakpoints
+    for (auto it = pending_.lower_bound({pid, std::string()}); it != pending_.end() && it->first.first == pid;) {
+      if (it->second.ready && resolve(pid, it->first.second, it->second)) {
+        it = pending_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  // A breakpoint event: ours (credential read and handed to the tracker) or not.
+  bool on_breakpoint(const events::Event& e) {
+    auto it = bps_.find(e.bp.id);
+    if (it == bps_.end()) return false;
+    ++stats_.hits;
+    const Bp& b = it->second;
+    std::string s = read_string(abi::dtb_of_cr3(e.bp.cr3), e.bp.regs[0], 1024);
+    // crypt may call another exported crypt_* on the way: one attempt, one record.
+    if (b.kind == last_kind_ && b.pid == last_pid_ && s == last_value_ && e.time_ns - last_ns_ < 20'000'000ULL) return true;
+    last_kind_ = b.kind;
+    last_pid_ = b.pid;
+    last_value_ = s;
+    last_ns_ = e.time_ns;
+    tracker_->on_credential(b.pid, b.kind, std::move(s), e.time_ns);
+    return true;
+  }
+
+  void remove_all() {
+    for (const auto& [id, b] : bps_) {
+      (void)sink_->remove_breakpoint(id);
+      ++stats_.removed;
+    }
+    bps_.clear();
+  }
+  [[nodiscard]] const Stats& stats() const { return stats_; }
+  [[nodiscard]] std::size_t in_force() const { return bps_.size(); }
+
+ private:
+  struct Pending {
+    std::uint64_t base = 0;
+    std::uint32_t attempts = 0;
+    bool ready = false;               // the loader has closed the fd: mapping complete
+    std::set<std::string> names;      // functions still to find
+  };
+  struct Bp {
+    std::uint32_t pid = 0;
+    std::string lib, func;
+    session::Credential kind = session::Credential::kUser;
+  };
+  static constexpr std::uint32_t kFirstId = 0x7365'0000;   // "se"
+  static constexpr std::uint32_t kMaxAttempts = 4000;      // calls of the process to wait for readable tables
+  static constexpr std::size_t kMaxOurs = 48;              // of the monitor's 64
+
+  std::optional<std::uint64_t> dtb(std::uint32_t pid) {
+    if (auto it = dtbs_.find(pid); it != dtbs_.end()) return it->second;
+    auto p = os_->find_pid(Pid{static_cast<std::int32_t>(pid)});
+    if (!p || !*p || !(*p)->dtb) return std::nullopt;
+    if (dtbs_.size() > 4096) dtbs_.clear();
+    return dtbs_[pid] = (*p)->dtb->value;
+  }
+
+  // true when done with this library (every function placed, not exported, or given up). Each
+  // function is looked up on its own: a page of one hash chain not yet present (a function the
+  // program never imported) must not hold back the others.
+  bool resolve(std::uint32_t pid, const std::string& lib, Pending& p) {
+    const auto d = dtb(pid);
+    if (d && !p.names.empty()) {
+      arch::AddressSpace as(*ram_, Dtb{*d}, paging_);
+      const linux_os::UserMemReader read = [&as](std::uint64_t va, void* dst, std::size_t len) {
+        return as.read(GVA{va}, std::span(static_cast<std::byte*>(dst), len)).ok();
+      };
+      for (auto n = p.names.begin(); n != p.names.end();) {
+        const std::vector<std::string> one = {*n};
+        const auto r = linux_os::find_dynamic_symbols(read, p.base, one);
+        if (r.status == linux_os::ElfSymbolLookup::Status::kUnreadable) {
+          ++n;   // not yet present: again at a later call
+          continue;
+        }
+        if (r.status == linux_os::ElfSymbolLookup::Status::kOk && !r.found.empty())
+          place(pid, lib, *n, r.found.begin()->second, *d);
+        n = p.names.erase(n);   // placed, not exported, or not an object we can read
+      }
+    }
+    if (p.names.empty()) return true;
+    if (++p.attempts > kMaxAttempts) {
+      stats_.unresolved += p.names.size();
+      return true;
+    }
+    return false;
+  }
+
+  void place(std::uint32_t pid, const std::string& lib, const std::string& func, std::uint64_t va, std::uint64_t dtb) {
+    const auto* f = std::find_if(std::begin(kCredentialFunctions), std::end(kCredentialFunctions),
+                                 [&](const CredentialFunction& cf) { return lib == cf.lib && func == cf.name; });
+    if (f == std::end(kCredentialFunctions)) return;
+    if (bps_.size() >= kMaxOurs) {
+      ++stats_.refused;
+      return;
+    }
+    events::BreakpointSpec b;
+    b.id = next_id_++;
+    if (next_id_ >= kFirstId + 0xffff) next_id_ = kFirstId;
+    b.va = va;
+    b.kind = abi::BreakpointKind::kUser;
+    b.action = abi::Action::kSync;   // the string is read while the vCPU waits
+    b.dtbs = {Dtb{dtb}};
+    if (auto ok = sink_->add_breakpoint(b); !ok) {
+      ++stats_.refused;
+      fmt::print(stderr, "hvtrace: note: breakpoint at {} in pid {} refused: {}\n", func, pid, ok.error().message);
+      return;
+    }
+    bps_[b.id] = Bp{pid, lib, func, f->kind};
+    ++stats_.set;
+  }
+
+  void remove(std::uint32_t pid, const std::string& lib) {
+    for (auto it = bps_.begin(); it != bps_.end();) {
+      if (it->second.pid == pid && it->second.lib == lib) {
+        (void)sink_->remove_breakpoint(it->first);
+        ++stats_.removed;
+        it = bps_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  // A C string in the process's memory: at most max bytes, up to the first unreadable page.
+  std::string read_string(std::uint64_t dtb, std::uint64_t va, std::size_t max) const {
+    arch::AddressSpace as(*ram_, Dtb{dtb}, paging_);
+    std::string s;
+    while (s.size() < max) {
+      std::byte chunk[256];
+      const std::size_t n = std::min<std::size_t>({sizeof chunk, 4096 - ((va + s.size()) & 4095), max - s.size()});
+      if (!as.read(GVA{va + s.size()}, std::span(chunk, n)).ok()) break;
+      const auto* c = reinterpret_cast<const char*>(chunk);
+      const auto* nul = static_cast<const char*>(std::memchr(c, 0, n));
+      s.append(c, nul ? static_cast<std::size_t>(nul - c) : n);
+      if (nul) break;
+    }
+    return s;
+  }
+
+  const mem::PhysMem* ram_;
+  arch::PagingMode paging_;
+  const linux_os::Linux* os_;
+  trace::FilterSink* sink_;
+  session::Tracker* tracker_;
+  std::set<std::string> servers_;
+  trace::LibraryBases bases_;
+  std::map<std::pair<std::uint32_t, std::string>, Pending> pending_;
+  std::map<std::uint32_t, Bp> bps_;
+  std::map<std::uint32_t, std::uint64_t> dtbs_;
+  std::uint32_t next_id_ = kFirstId;
+  Stats stats_;
+  session::Credential last_kind_ = session::Credential::kUser;
+  std::uint32_t last_pid_ = 0;
+  std::string last_value_;
+  std::uint64_t last_ns_ = 0;
+};
+
+// The discarding line sink: the session engine, not the trace text, is the output.
+void no_lines(const std::string&) {}
+
+void run_session(const SessionOptions& o) {
+  vm::install_termination_handlers();
+  if (o.servers.empty()) throw UserError("--server: name at least one SSH server program");
+  std::error_code ec;
+  vm::fs::create_directories(o.dir, ec);
+  if (ec) throw UserError(fmt::format("-o {}: {}", o.dir, ec.message()));
+  const auto rec = value_or_throw(vm::find_vm(o.vm_name));
+  const auto files = vm::monitor_files(o.vm_name);
+  if (!vm::fs::exists(files.rings))
+    throw UserError(fmt::format("VM '{}' runs without the hvtrace monitor; start it with `hvtrace vm up --name {} --monitor`",
+                                rec.name, rec.name));
+  vm::VmWatch watch(rec);
+  GuestView g = attach_guest(value_or_throw(mem::open_ram_file(rec.ram_path)));
+  auto reader = value_or_throw(events::EventReader::open(files.rings, 5s));
+  auto ctl = value_or_throw(events::ControlClient::connect(files.control, 5s));
+  value_or_throw(ctl.attach());
+
+  // The servers (listening processes: no server parent) and what already runs below them.
+  const auto procs = value_or_throw(g.os->processes());
+  const std::set<std::string> server_names(o.servers.begin(), o.servers.end());
+  std::map<std::int32_t, const linux_os::Process*> by_pid;
+  for (const auto& p : procs) by_pid[p.tgid.value] = &p;
+  std::vector<const linux_os::Process*> listeners;
+  for (const auto& p : procs) {
+    if (!p.dtb || server_names.count(p.comm) == 0) continue;
+    auto parent = by_pid.find(p.ppid.value);
+    if (parent != by_pid.end() && server_names.count(parent->second->comm) != 0) continue;
+    listeners.push_back(&p);
+  }
+  if (listeners.empty())
+    throw UserError(fmt::format("no SSH server ({}) runs in VM '{}'; check with `hvtrace ps --vm {}`", fmt::join(o.servers, ", "),
+                                rec.name, rec.name));
+
+  session::TrackerConfig tc;
+  tc.dir = o.dir;
+  tc.sensor = o.sensor.empty() ? rec.name : o.sensor;
+  tc.realtime_offset_ns = realtime_offset();
+  if (o.follow)
+    tc.follow = [](const std::string& line) {
+      fmt::print("{}\n", line);
+      std::fflush(stdout);
+    };
+  session::Tracker tracker(tc);
+
+  trace::TraceConfig cfg;
+  cfg.method = 5;
+  cfg.follow = true;
+  cfg.summary_only = true;   // no text: the call hook feeds the engine
+  cfg.snap_len = o.snap_len;
+  trace::LiveGuest live(*g.os);
+  trace::ControlSink sink(ctl);
+  trace::Tracer tracer(live, sink, cfg, no_lines);
+  tracer.set_realtime_offset(tc.realtime_offset_ns);
+  CredentialBreakpoints creds(*g.ram, g.kernel->layout().paging, *g.os, sink, tracker, server_names);
+  tracer.set_call_hook([&](const trace::CallRecord& r, const syscalls::Call& c) {
+    session::CallEvent ev;
+    ev.pid = r.pid;
+    ev.tid = r.tid;
+    ev.comm = r.comm;
+    ev.call = c;
+    ev.entry_ns = r.entry_ns;
+    ev.exit_ns = r.exit_ns;
+    tracker.on_call(ev);
+    creds.on_call(r.pid, r.comm, c);
+  });
+
+  const std::uint64_t start_ns = now_ns();
+  std::size_t picked_up = 0;
+  for (const auto* l : listeners) {
+    value_or_throw(tracer.trace_pid(static_cast<std::uint32_t>(l->tgid.value)));
+    tracker.add_server(static_cast<std::uint32_t>(l->tgid.value));
+    // Its descendants, parent first (breadth first).
+    std::deque<std::int32_t> todo{l->tgid.value};
+    std::set<std::int32_t> seen{l->tgid.value};
+    while (!todo.empty()) {
+      const std::int32_t parent = todo.front();
+      todo.pop_front();
+      for (const auto& p : procs) {
+        if (p.ppid.value != parent || !p.dtb || !seen.insert(p.tgid.value).second) continue;
+        tracker.add_existing(static_cast<std::uint32_t>(p.tgid.value), static_cast<std::uint32_t>(parent), p.comm, start_ns);
+        if (auto r = tracer.trace_pid(static_cast<std::uint32_t>(p.tgid.value)); r) ++picked_up;
+        todo.push_back(p.tgid.value);
+      }
+    }
+  }
+  value_or_throw(tracer.apply());
+  const auto before = value_or_throw(ctl.stats());
+  std::vector<events::RingStats> rings_before;
+  for (unsigned i = 0; i < reader->rings(); ++i) rings_before.push_back(reader->stats(i));
+  std::vector<std::string> who;
+  for (const auto* l : listeners) who.push_back(fmt::format("{} (pid {})", l->comm, l->tgid.value));
+  fmt::print(stderr, "hvtrace: watching {} in VM '{}'{}; sessions go to {} (Ctrl-C to stop)\n", fmt::join(who, ", "), rec.name,
+             picked_up ? fmt::format(", {} process(es) of sessions already running", picked_up) : std::string(), o.dir);
+
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(o.duration);
+  bool vm_alive = true;
+  std::optional<Result<void>> failure;
+  std::uint64_t lost_reported = 0;
+  const auto handle = [&](const events::Event& e) {
+    if (failure) return;
+    if (e.type == abi::RecordType::kBreakpoint && creds.on_breakpoint(e)) return;
+    if (auto r = tracer.handle(e); !r) failure = r;
+  };
+  while (!vm::termination_requested() && (o.duration == 0 || std::chrono::steady_clock::now() < end)) {
+    vm_alive = watch.alive();
+    const std::size_t k = value_or_throw(reader->poll(handle));
+    if (tracer.stats().lost > lost_reported) {
+      fmt::print(stderr, "hvtrace: warning: the monitor lost {} event(s) (ring full); the session record may have gaps\n",
+                 tracer.stats().lost - lost_reported);
+      lost_reported = tracer.stats().lost;
+    }
+    if (failure || !vm_alive) break;
+    if (tracer.done() && k == 0) {
+      fmt::print(stderr, "hvtrace: the SSH server exited\n");
+      break;
+    }
+    if (k == 0) reader->wait(20ms);
+  }
+  if (vm_alive && !failure) (void)reader->poll(handle);   // what is already in the rings
+  (void)tracer.detach();
+  creds.remove_all();
+  (void)ctl.set_actions({});   // the guest runs on unpaused and unwatched
+  const auto after = ctl.stats();
+  tracker.finish(now_ns());
+  (void)ctl.detach();
+
+  // Where the sessions are, and what watching cost.
+  events::RingStats sum;
+  for (unsigned i = 0; i < reader->rings(); ++i) {
+    const auto s = reader->stats(i);
+    const auto& b = rings_before[i];
+    for (std::size_t d = 0; d < std::size(s.drops); ++d) sum.drops[d] += s.drops[d] - b.drops[d];
+    sum.sync_timeouts += s.sync_timeouts - b.sync_timeouts;
+    sum.published += s.published - b.published;
+  }
+  const auto st = tracker.stats();
+  const auto& ts = tracer.stats();
+  const auto& cs = creds.stats();
+  std::string out = fmt::format("sessions: {} ({} commands, {} login attempts) in {}\n", st.sessions, st.commands, st.login_attempts,
+                                vm::fs::absolute(o.dir).string());
+  for (const auto& id : tracker.session_ids())
+    out += fmt::format("  {}/  transcript.txt session.cast events.jsonl\n", (vm::fs::absolute(o.dir) / id).string());
+  if (st.truncated_bytes) out += fmt::format("  {} bytes not kept (per-session caps)\n", st.truncated_bytes);
+  const std::uint64_t trapped = after ? (after->user_syscalls - before.user_syscalls) + (after->user_int80s - before.user_int80s) +
+                                            (after->user_sysenters - before.user_sysenters)
+                                      : 0;
+  out += fmt::format("watching cost: {} events delivered ({} syscall entries, {} exits, {} CR3 switches) of {} syscalls in the guest; "
+                     "{} synchronous pauses; {} credential breakpoints set, {} hits\n",
+                     ts.events, ts.entries, ts.exits, ts.cr3, trapped, ts.sync_events, cs.set, cs.hits);
+  const std::uint64_t lost = std::max<std::uint64_t>(ts.lost, sum.drops[0] + sum.drops[1] + sum.drops[2] + sum.drops[3]);
+  out += fmt::format("lost events: {} (ring full {}, too big {}, no consumer {}, bad tail {}); sync waits timed out: {}\n", lost,
+                     sum.drops[0], sum.drops[1], sum.drops[2], sum.drops[3], sum.sync_timeouts);
+  if (cs.unresolved || cs.refused)
+    out += fmt::format("credential breakpoints: {} function(s) whose address could not be read in time, {} breakpoint(s) refused\n",
+                       cs.unresolved, cs.refused);
+  fmt::print("{}", out);
+  std::fflush(stdout);
+  if (failure && !*failure) throw UserError(failure->error().message);
+  if (!vm_alive) {
+    fmt::print(stderr, "hvtrace: error: {} while watching sessions (everything captured is in {})\n", watch.stopped_message(), o.dir);
+    exit_code() = 1;
+  }
+}
+
+}  // namespace
+
+void add_session_command(CLI::App& app) {
+  auto o = std::make_shared<SessionOptions>();
+  auto* cmd = app.add_subcommand("session", "The honeypot view: every SSH session in the guest, reconstructed from outside");
+  cmd->footer(kHelpFooter);
+  cmd->add_option("--vm", o->vm_name, "VM to watch (started with `hvtrace vm up --monitor`)")->capture_default_str();
+  cmd->add_option("-o,--output-dir", o->dir, "write one folder per session under DIR")->capture_default_str();
+  cmd->add_flag("--follow", o->follow, "print each command line to stdout as it is entered");
+  cmd->add_option("--duration", o->duration, "stop after this many seconds (default: until Ctrl-C or the server exits)");
+  cmd->add_option("--sensor", o->sensor, "the `sensor` field of the JSON events (default: the VM's name)");
+  cmd->add_option("--server", o->servers, "SSH server program name to watch (repeatable)")->capture_default_str();
+  cmd->add_option("-s,--snap-len", o->snap_len, "bytes the monitor copies per buffer (terminal and file writes)")
+      ->capture_default_str()
+      ->check(CLI::Range(4096u, abi::kMaxSnapLen));
+  cmd->callback([o] { run_session(*o); });
+}
+
+}  // namespace hvtrace::tools
