@@ -19,6 +19,12 @@ namespace hvtrace::tools {
 
 namespace {
 
+std::string join(const std::vector<std::string>& v, std::string_view sep) {
+  std::string s;
+  for (const auto& x : v) s += (s.empty() ? "" : std::string(sep)) + x;
+  return s;
+}
+
 void print_record_text(const vm::VmRecord& r) {
   const std::pair<const char*, std::string> rows[] = {
       {"name", r.name},
@@ -35,6 +41,8 @@ void print_record_text(const vm::VmRecord& r) {
       {"serial log", r.serial_log.string()},
       {"boot time", fmt::format("{:.1f} s", r.boot_seconds)},
       {"plugin", r.plugin.empty() ? "-" : r.plugin},
+      {"network", r.guest_forwards.empty() ? std::string("restricted: no way out")
+                                           : "restricted; guestfwd " + join(r.guest_forwards, ", ")},
   };
   for (const auto& [k, v] : rows) fmt::print("{:<12} {}\n", k, v);
 }
@@ -113,6 +121,19 @@ void add_vm_command(CLI::App& app) {
       print_record_text(*rec);
     }
   });
+
+  // What QEMU runs for each connection the guest makes to a --guestfwd address (guestfwd.hpp):
+  // stdin/stdout are that connection. Not for people; hidden from --help.
+  struct RelayOptions {
+    std::string host;
+    std::uint16_t port = 0;
+  };
+  auto relay_opts = std::make_shared<RelayOptions>();
+  auto* relay = vm->add_subcommand("relay", "");
+  relay->group("");
+  relay->add_option("host", relay_opts->host)->required();
+  relay->add_option("port", relay_opts->port)->required();
+  relay->callback([relay_opts] { exit_code() = vm::run_guest_forward_relay(relay_opts->host, relay_opts->port); });
 
   auto* ls = vm->add_subcommand("list", "List running guests");
   ls->callback([] {

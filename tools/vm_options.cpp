@@ -22,11 +22,26 @@ void add_vm_options(CLI::App& cmd, VmOptions& o) {
                "load the hvtrace monitor; its rings (mon.rings) and control socket (mon.ctl) go in the run directory");
   cmd.add_option("--plugin", o.plugin_path, "QEMU TCG plugin to load (with --monitor: another build of the monitor)");
   cmd.add_option("--plugin-arg", o.plugin_args, "plugin argument key=value (repeatable)");
+  cmd.add_option("--guestfwd", o.guest_forwards,
+                 "let the guest reach a server on this host's loopback: tcp:GUEST_ADDR:PORT-127.0.0.1:HOST_PORT, e.g. "
+                 "tcp:10.0.2.100:80-127.0.0.1:8080 (repeatable). Without it the guest reaches nothing outside")
+      ->type_name("SPEC");
   cmd.add_option("--boot-timeout", o.boot_timeout_s, "seconds to wait for the guest's SSH")->capture_default_str();
 }
 
 vm::VmConfig resolve_vm_options(VmOptions& o) {
   value_or_throw(vm::validate_name(o.config.name));
+  for (const auto& spec : o.guest_forwards) {
+    auto f = vm::parse_guest_forward(spec);
+    if (!f) throw UserError(f.error().message);
+    o.config.guest_forwards.push_back(std::move(f).value());
+  }
+  if (!o.config.guest_forwards.empty()) {
+    // QEMU runs this same binary as the per-connection relay (`hvtrace vm relay`).
+    std::error_code ec;
+    o.config.relay_program = vm::fs::read_symlink("/proc/self/exe", ec);
+    if (ec) throw UserError(fmt::format("cannot find this program's path for --guestfwd: {}", ec.message()));
+  }
   const auto dir = o.image_dir.empty() ? vm::default_image_dir() : vm::image_dir(o.image_dir);
   auto img = vm::load_image(dir);
   if (!img) {

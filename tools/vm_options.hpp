@@ -19,6 +19,7 @@ struct VmOptions {
   bool monitor = false;                  // load the hvtrace monitor with its files in the run directory
   std::string plugin_path;
   std::vector<std::string> plugin_args;
+  std::vector<std::string> guest_forwards;  // --guestfwd specs, checked by resolve_vm_options
   unsigned boot_timeout_s = 180;
 };
 

