@@ -1,6 +1,7 @@
 // The guest lab on the real default guest: SSH commands, the RAM file, cleanup after QEMU is
 // killed, several vCPUs, and the CLI's errors for taken names and ports. Each test names its VMs
 // "itest-*" and checks that nothing of them is left behind.
+#include "vm/file_server.hpp"
 #include "vm/process.hpp"
 #include "vm/vm.hpp"
 
@@ -16,7 +17,6 @@
 
 #include <fmt/core.h>
 
-#include <atomic>
 #include <fstream>
 #include <random>
 #include <thread>
@@ -106,64 +106,6 @@ struct Background {
   int status = 0;
 };
 
-// A tiny HTTP/1.0 server on 127.0.0.1 serving one file at /tool.bin; counts the requests it got.
-class TinyHttpServer {
- public:
-  explicit TinyHttpServer(std::string body) : body_(std::move(body)) {
-    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || listen(fd_, 8) != 0) return;
-    socklen_t len = sizeof a;
-    getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
-    port_ = ntohs(a.sin_port);
-    thread_ = std::thread([this] { serve(); });
-  }
-  ~TinyHttpServer() {
-    stop_ = true;
-    shutdown(fd_, SHUT_RDWR);
-    if (thread_.joinable()) thread_.join();
-    close(fd_);
-  }
-  std::uint16_t port() const { return port_; }
-  int requests() const { return requests_; }
-
- private:
-  void serve() {
-    while (!stop_) {
-      const int c = accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
-      if (c < 0) {
-        if (stop_) return;
-        continue;
-      }
-      std::string req;
-      char buf[4096];
-      ssize_t n;
-      while (req.find("\r\n\r\n") == std::string::npos && (n = read(c, buf, sizeof buf)) > 0)
-        req.append(buf, static_cast<std::size_t>(n));
-      ++requests_;
-      const bool ok = req.rfind("GET /tool.bin ", 0) == 0;
-      const std::string body = ok ? body_ : "not found\n";
-      const std::string head = fmt::format("HTTP/1.0 {}\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\n\r\n",
-                                           ok ? "200 OK" : "404 Not Found", body.size());
-      const std::string all = head + body;
-      for (std::size_t off = 0; off < all.size();) {
-        const ssize_t w = write(c, all.data() + off, all.size() - off);
-        if (w <= 0) break;
-        off += static_cast<std::size_t>(w);
-      }
-      close(c);
-    }
-  }
-  std::string body_;
-  int fd_ = -1;
-  std::uint16_t port_ = 0;
-  std::thread thread_;
-  std::atomic<bool> stop_{false};
-  std::atomic<int> requests_{0};
-};
-
 std::string sha256_hex(const std::string& data) {
   const std::string file = "/tmp/hvtrace-itest-sha-" + std::to_string(getpid());
   std::ofstream(file, std::ios::binary) << data;
@@ -181,9 +123,13 @@ class GuestLab : public ::testing::Test {
     std::string tool(150000, '\0');
     std::mt19937 rng(42);
     for (auto& ch : tool) ch = static_cast<char>(rng());
-    server_ = new TinyHttpServer(tool);
+    char tmpl[] = "/tmp/hvtrace-itest-www-XXXXXX";
+    www_ = mkdtemp(tmpl);
+    std::ofstream(www_ / "tool.bin", std::ios::binary) << tool;
     tool_sha_ = sha256_hex(tool);
-    ASSERT_NE(server_->port(), 0);
+    auto srv = FileServer::start(www_);
+    ASSERT_TRUE(srv.ok()) << srv.error().message;
+    server_ = std::move(srv).value().release();
     VmConfig c;
     c.name = "itest-lab";
     c.image = std::move(img).value();
@@ -205,16 +151,19 @@ class GuestLab : public ::testing::Test {
     EXPECT_FALSE(qemu_running_for("itest-lab"));
     delete server_;
     server_ = nullptr;
+    fs::remove_all(www_);
   }
   void SetUp() override {
     if (vm_ == nullptr) GTEST_SKIP() << "the shared guest did not boot";
   }
   static Vm* vm_;
-  static TinyHttpServer* server_;
+  static FileServer* server_;
+  static fs::path www_;
   static std::string tool_sha_;
 };
 Vm* GuestLab::vm_ = nullptr;
-TinyHttpServer* GuestLab::server_ = nullptr;
+FileServer* GuestLab::server_ = nullptr;
+fs::path GuestLab::www_;
 std::string GuestLab::tool_sha_;
 
 TEST_F(GuestLab, GuestReachesOnlyItsForwardWhichServesTheHostsFile) {

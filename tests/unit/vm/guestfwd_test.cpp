@@ -1,6 +1,7 @@
 // Guest forwards (containment, lib/vm/guestfwd.hpp): only loopback targets are accepted, the
 // specs read back, and the per-connection relay carries bytes both ways with half-closes, as QEMU
 // runs it (the guest's connection on stdin/stdout).
+#include "vm/file_server.hpp"
 #include "vm/guestfwd.hpp"
 
 #include <gtest/gtest.h>
@@ -9,6 +10,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <filesystem>
+#include <fstream>
 #include <string>
 #include <thread>
 
@@ -139,6 +142,44 @@ TEST(GuestForwardRelay, RefusesANonLoopbackTargetWithoutConnecting) {
   int status = 0;
   waitpid(pid, &status, 0);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+}
+
+std::string http_get(std::uint16_t port, const std::string& target) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(port);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return "connect failed";
+  const std::string req = "GET " + target + " HTTP/1.0\r\nHost: x\r\n\r\n";
+  (void)write(fd, req.data(), req.size());
+  std::string reply;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fd, buf, sizeof buf)) > 0) reply.append(buf, static_cast<std::size_t>(n));
+  close(fd);
+  return reply;
+}
+
+TEST(FileServer, ServesTheFilesOfItsDirectoryAndNothingElse) {
+  char tmpl[] = "/tmp/hvtrace-fs-XXXXXX";
+  const std::filesystem::path dir = mkdtemp(tmpl);
+  std::ofstream(dir / "tool.sh") << "echo tool\n";
+  std::filesystem::create_directories(dir / "sub");
+  std::ofstream(dir / "sub" / "hidden") << "no";
+  std::ofstream(dir / ".secret") << "no";
+  {
+    auto s = FileServer::start(dir);
+    ASSERT_TRUE(s.ok()) << s.error().message;
+    const std::string ok = http_get((*s)->port(), "/tool.sh");
+    EXPECT_EQ(ok.rfind("HTTP/1.0 200 OK\r\n", 0), 0u) << ok;
+    EXPECT_NE(ok.find("Content-Length: 10\r\n"), std::string::npos) << ok;
+    EXPECT_EQ(ok.substr(ok.size() - 10), "echo tool\n");
+    for (const char* bad : {"/sub/hidden", "/../etc/passwd", "/.secret", "/", "/nope"})
+      EXPECT_EQ(http_get((*s)->port(), bad).rfind("HTTP/1.0 404", 0), 0u) << bad;
+    EXPECT_EQ((*s)->requests(), 6u);
+  }
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
