@@ -66,6 +66,38 @@ std::uint32_t copy_buffer(const Reader& read_mem, std::uint64_t va, std::uint64_
   return static_cast<std::uint32_t>(done);
 }
 
+// writev's data: the buffers of the iovec array at va (at most kMaxIovecs entries of iovcnt), in
+// order, as one buffer: at most snap bytes; true_len = the sum of the iov_len read (a fault while
+// reading the array stops there, flagged). 64-bit layout (iov_base, iov_len).
+inline constexpr std::uint64_t kMaxIovecs = 16;
+template <typename Reader>
+std::uint32_t copy_iovec(const Reader& read_mem, std::uint64_t va, std::uint64_t iovcnt, std::uint8_t* out, std::uint32_t snap,
+                         abi::Capture* c) {
+  std::uint32_t copied = 0;
+  std::uint64_t total = 0;
+  const std::uint64_t n = iovcnt < kMaxIovecs ? iovcnt : kMaxIovecs;
+  if (iovcnt > kMaxIovecs) c->flags |= abi::kCaptureTruncated | abi::kCaptureLenUnknown;
+  for (std::uint64_t i = 0; i < n; ++i) {
+    std::uint64_t iov[2] = {};
+    if (!read_mem(va + i * sizeof iov, iov, sizeof iov)) {
+      c->flags |= abi::kCaptureFault;
+      break;
+    }
+    if (iov[1] > (1ULL << 31)) iov[1] = 1ULL << 31;   // a hostile length: bounded, the copy stops at snap anyway
+    total += iov[1];
+    if (copied < snap && iov[1] != 0) {
+      abi::Capture part{};
+      const std::uint32_t room = snap - copied;
+      const std::uint32_t got = copy_buffer(read_mem, iov[0], iov[1], out + copied, room, &part);
+      copied += got;
+      c->flags |= part.flags & abi::kCaptureFault;
+      if ((part.flags & abi::kCaptureFault) != 0) break;   // what follows would not be contiguous
+    }
+  }
+  c->true_len = total;
+  return copied;
+}
+
 // ptr_size: 8 for 64-bit processes, 4 for i386 ones (an array of 32-bit pointers).
 template <typename Reader>
 std::uint32_t copy_argv(const Reader& read_mem, std::uint64_t va, std::uint8_t* out, std::uint32_t snap, abi::Capture* c,

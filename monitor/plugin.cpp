@@ -105,6 +105,11 @@ std::uint32_t build_captures(Vcpu& v, const SyscallCaptures* spec, const std::ui
       case abi::CaptureKind::kArgv: n = copy_argv(rd, args[cs.arg], data, snap, c, ptr_size); break;
       case abi::CaptureKind::kBuffer: {
         std::int64_t len = 0;
+        if (cs.len_arg == kIovecLen) {   // writev: the buffers behind an iovec array, gathered
+          if (args[cs.arg] == 0 || ptr_size != 8) continue;
+          n = copy_iovec(rd, args[cs.arg], args[cs.arg + 1], data, snap, c);
+          break;
+        }
         if (cs.len_arg == kFixedLen) {   // a structure of known size; nothing when NULL or failed
           if (args[cs.arg] == 0 || ret < 0) continue;
           len = cs.fixed;

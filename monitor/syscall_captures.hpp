@@ -16,6 +16,9 @@ namespace hvtrace::monitor {
 // is bounded by the snap length like any buffer, and a fault flags it as usual. true_len = fixed:
 // the decoder knows the structure's real extent (e.g. from sa_family).
 inline constexpr std::int8_t kFixedLen = -2;
+// len_arg of writev's data: `arg` is an iovec array, its count the next argument; the buffers are
+// copied in order into one kBuffer capture (captures.hpp copy_iovec, at most kMaxIovecs entries).
+inline constexpr std::int8_t kIovecLen = -3;
 
 struct CaptureSpec {
   std::uint8_t arg;              // pointer argument
@@ -79,6 +82,7 @@ inline constexpr SyscallCaptures kCaptureTable[] = {
     {0, 288, true, 1, {{1, K::kBuffer, kFixedLen, kSockaddrMax}}},  // accept4: peer sockaddr
     {0, 51, true, 1, {{1, K::kBuffer, kFixedLen, kSockaddrMax}}},   // getsockname: own sockaddr
     {0, 52, true, 1, {{1, K::kBuffer, kFixedLen, kSockaddrMax}}},   // getpeername: peer sockaddr
+    {0, 20, false, 1, {{1, K::kBuffer, kIovecLen}}},                 // writev: the iovecs' data, gathered
     {0, 16, false, 1, {{2, K::kBuffer, kFixedLen, 8}}},             // ioctl: 8 bytes at arg (TIOCSWINSZ's winsize; may be no pointer: a fault is flagged)
     {0, 22, true, 1, {{0, K::kBuffer, kFixedLen, 8}}},              // pipe: the two fds
     {0, 293, true, 1, {{0, K::kBuffer, kFixedLen, 8}}},             // pipe2: the two fds

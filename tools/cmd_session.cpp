@@ -6,7 +6,9 @@
 //
 // Credentials come from user-space breakpoints in the server's per-connection processes, placed
 // with no symbols and no change to the guest: the load bases of libc.so.6 and libcrypt.so.1 are
-// learnt from the process's own openat/mmap calls (trace::LibraryBases), the functions' addresses
+// learnt from the process's own openat/mmap calls (trace::LibraryBases) or, for a process that
+// loaded them before we watched, from their ELF headers found near where it makes system calls
+// (linux_os::scan_loaded_objects; fork children inherit them), the functions' addresses
 // from the libraries' dynamic symbol tables in guest memory (linux_os::find_dynamic_symbols), and
 // at a hit the C string at rdi is read while the vCPU waits: getpwnam's user name, crypt's
 // passphrase (also crypt_r, crypt_rn, crypt_ra when exported).
@@ -29,6 +31,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
+#include <cstring>
 #include <ctime>
 #include <deque>
 #include <map>
@@ -67,9 +71,9 @@ already running are picked up from the process list (their connection details ar
 Passwords and user names come from synchronous user-space breakpoints at crypt() (libcrypt.so.1)
 and getpwnam() (libc.so.6) in the server's per-connection processes, found from the processes'
 own library loading and the libraries' dynamic symbols in guest memory (no debug symbols, no
-change to the guest). A server process that was already running when hvtrace started has no
-breakpoints (its libraries were loaded before); dropbear re-executes itself per connection, so
-every new connection gets them.
+change to the guest). For a server process that loaded its libraries before hvtrace started (the
+listener: dropbear forks per connection without re-executing), the libraries' ELF headers are
+found in its memory around the address of its next system call, and its children inherit them.
 
 At the end (Ctrl-C, --duration, or the server exits) every open session is closed and flushed, and
 hvtrace prints where the session folders are and what watching cost: events delivered, synchronous
@@ -118,7 +122,7 @@ constexpr CredentialFunction kCredentialFunctions[] = {
 class CredentialBreakpoints {
  public:
   struct Stats {
-    std::uint64_t set = 0, hits = 0, removed = 0, unresolved = 0, refused = 0;
+    std::uint64_t set = 0, hits = 0, removed = 0, unresolved = 0, refused = 0, scanned_objects = 0;
   };
 
   CredentialBreakpoints(const mem::PhysMem& ram, arch::PagingMode paging, const linux_os::Linux& os,
@@ -148,11 +152,57 @@ class CredentialBreakpoints {
       }
     }
     if (servers_.count(comm) == 0) return;   // only the server's own processes get breakpoints
+    const auto* known = bases_.bases(pid);
+    if ((known == nullptr || known->empty()) && scanned_.count(pid) == 0 && scan_wanted_.size() < 4096) scan_wanted_.insert(pid);
+    if (listeners_.count(pid) != 0) return;   // bases kept for its children; it authenticates no one
     for (auto it = pending_.lower_bound({pid, std::string()}); it != pending_.end() && it->first.first == pid;) {
       if (it->second.ready && resolve(pid, it->first.second, it->second)) {
         it = pending_.erase(it);
       } else {
         ++it;
+      }
+    }
+  }
+
+  // A server process already running at start (its libraries were loaded before we watched).
+  // A listener gets no breakpoints itself: its children inherit its library bases at fork.
+  void add_running(std::uint32_t pid, bool listener) {
+    scan_wanted_.insert(pid);
+    if (listener) listeners_.insert(pid);
+  }
+
+  // A syscall entry: for a server process whose library bases are unknown, look for the libraries'
+  // ELF headers around the address it made the call from (inside libc) — once per process.
+  void on_entry(const events::Event& e) {
+    const std::uint32_t pid = e.entry.who.tgid;
+    if (pid == 0 || scan_wanted_.erase(pid) == 0) return;
+    if (scanned_.size() > 4096) scanned_.clear();
+    scanned_.insert(pid);
+    const std::uint64_t d = abi::dtb_of_cr3(e.entry.cr3);
+    if (debug_) fmt::print(stderr, "hvtrace: debug: pid {}: looking for its libraries around {:#x}\n", pid, e.entry.user_rip);
+    arch::AddressSpace as(*ram_, Dtb{d}, paging_);
+    std::uint64_t reads = 0, readable = 0;
+    const linux_os::UserMemReader read = [&](std::uint64_t va, void* dst, std::size_t len) {
+      ++reads;
+      const bool ok = as.read(GVA{va}, std::span(static_cast<std::byte*>(dst), len)).ok();
+      readable += ok;
+      return ok;
+    };
+    const auto objs = linux_os::scan_loaded_objects(read, e.entry.user_rip, 64ULL << 20, 64);
+    if (debug_) fmt::print(stderr, "hvtrace: debug: pid {}: {} reads, {} readable, {} objects\n", pid, reads, readable, objs.size());
+    for (const auto& obj : objs) {
+      ++stats_.scanned_objects;
+      if (debug_) fmt::print(stderr, "hvtrace: debug: pid {}: object {} at {:#x} (scan from rip {:#x})\n", pid, obj.soname, obj.base, e.entry.user_rip);
+      for (const auto& ch : bases_.set_loaded(pid, obj.soname, obj.base)) {
+        if (std::none_of(std::begin(kCredentialFunctions), std::end(kCredentialFunctions),
+                         [&](const CredentialFunction& f) { return ch.lib == f.lib; }))
+          continue;
+        Pending p;
+        p.base = ch.base;
+        p.ready = true;   // loaded long ago
+        for (const auto& f : kCredentialFunctions)
+          if (ch.lib == f.lib) p.names.insert(f.name);
+        pending_[{pid, ch.lib}] = std::move(p);
       }
     }
   }
@@ -221,6 +271,9 @@ class CredentialBreakpoints {
       for (auto n = p.names.begin(); n != p.names.end();) {
         const std::vector<std::string> one = {*n};
         const auto r = linux_os::find_dynamic_symbols(read, p.base, one);
+        if (debug_)
+          fmt::print(stderr, "hvtrace: debug: pid {}: {} in {} at {:#x}: status {} {} {}\n", pid, *n, lib, p.base, static_cast<int>(r.status),
+                     r.found.empty() ? 0 : r.found.begin()->second, r.why);
         if (r.status == linux_os::ElfSymbolLookup::Status::kUnreadable) {
           ++n;   // not yet present: again at a later call
           continue;
@@ -300,6 +353,8 @@ class CredentialBreakpoints {
   std::map<std::pair<std::uint32_t, std::string>, Pending> pending_;
   std::map<std::uint32_t, Bp> bps_;
   std::map<std::uint32_t, std::uint64_t> dtbs_;
+  std::set<std::uint32_t> listeners_, scan_wanted_, scanned_;
+  bool debug_ = std::getenv("HVTRACE_SESSION_DEBUG") != nullptr;   // how breakpoints are found, on stderr
   std::uint32_t next_id_ = kFirstId;
   Stats stats_;
   session::Credential last_kind_ = session::Credential::kUser;
@@ -307,6 +362,22 @@ class CredentialBreakpoints {
   std::string last_value_;
   std::uint64_t last_ns_ = 0;
 };
+
+// An adapter for the engine, which reads terminal input from write(): dropbear writes what the
+// client typed to the pty master with writev, whose iovecs' data the monitor gathers into one
+// buffer capture (monitor/syscall_captures.hpp, kIovecLen). Such a call is handed on as the
+// write(fd, data, length) it amounts to.
+syscalls::Call as_write(const syscalls::Call& c) {
+  constexpr std::uint64_t kWritev = 20, kWrite = 1;
+  if (c.abi != abi::SyscallAbi::kX86_64 || c.nr != kWritev) return c;
+  syscalls::Call w = c;
+  w.nr = kWrite;
+  std::uint64_t len = 0;
+  for (const auto& cp : c.entry_caps)
+    if (cp.arg == 1 && cp.kind == abi::CaptureKind::kBuffer) len = cp.true_len;
+  w.args[2] = len;
+  return w;
+}
 
 // The discarding line sink: the session engine, not the trace text, is the output.
 void no_lines(const std::string&) {}
@@ -370,7 +441,7 @@ void run_session(const SessionOptions& o) {
     ev.pid = r.pid;
     ev.tid = r.tid;
     ev.comm = r.comm;
-    ev.call = c;
+    ev.call = as_write(c);
     ev.entry_ns = r.entry_ns;
     ev.exit_ns = r.exit_ns;
     tracker.on_call(ev);
@@ -382,6 +453,7 @@ void run_session(const SessionOptions& o) {
   for (const auto* l : listeners) {
     value_or_throw(tracer.trace_pid(static_cast<std::uint32_t>(l->tgid.value)));
     tracker.add_server(static_cast<std::uint32_t>(l->tgid.value));
+    creds.add_running(static_cast<std::uint32_t>(l->tgid.value), true);
     // Its descendants, parent first (breadth first).
     std::deque<std::int32_t> todo{l->tgid.value};
     std::set<std::int32_t> seen{l->tgid.value};
@@ -392,6 +464,7 @@ void run_session(const SessionOptions& o) {
         if (p.ppid.value != parent || !p.dtb || !seen.insert(p.tgid.value).second) continue;
         tracker.add_existing(static_cast<std::uint32_t>(p.tgid.value), static_cast<std::uint32_t>(parent), p.comm, start_ns);
         if (auto r = tracer.trace_pid(static_cast<std::uint32_t>(p.tgid.value)); r) ++picked_up;
+        if (server_names.count(p.comm) != 0) creds.add_running(static_cast<std::uint32_t>(p.tgid.value), false);
         todo.push_back(p.tgid.value);
       }
     }
@@ -412,6 +485,7 @@ void run_session(const SessionOptions& o) {
   const auto handle = [&](const events::Event& e) {
     if (failure) return;
     if (e.type == abi::RecordType::kBreakpoint && creds.on_breakpoint(e)) return;
+    if (e.type == abi::RecordType::kSyscallEntry) creds.on_entry(e);
     if (auto r = tracer.handle(e); !r) failure = r;
   };
   while (!vm::termination_requested() && (o.duration == 0 || std::chrono::steady_clock::now() < end)) {

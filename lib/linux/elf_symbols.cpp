@@ -89,6 +89,7 @@ class Object {
         case DT_SYMENT: syment_ = e.d_un.d_val; break;
         case DT_GNU_HASH: gnu_hash = e.d_un.d_ptr; break;
         case DT_HASH: sysv_hash = e.d_un.d_ptr; break;
+        case DT_SONAME: soname_off_ = e.d_un.d_val; break;
         default: break;
       }
     }
@@ -103,6 +104,19 @@ class Object {
       return malformed("DT_HASH outside the object");
     }
     return std::nullopt;
+  }
+
+  // DT_SONAME's string ("" when none or unreadable), at most max_name bytes.
+  std::string soname() {
+    if (!soname_off_ || *soname_off_ >= strsz_) return {};
+    std::string s;
+    for (std::uint64_t i = 0; i < lim_.max_name && *soname_off_ + i < strsz_; ++i) {
+      char c = 0;
+      if (read(*strtab_ + *soname_off_ + i, &c, 1, "DT_SONAME")) return {};
+      if (c == '\0') break;
+      s += c;
+    }
+    return s;
   }
 
   // The symbol's address, nullopt when not exported; a failure when a table is unreadable.
@@ -189,7 +203,7 @@ class Object {
   const ElfLimits& lim_;
   std::uint64_t bias_ = 0, span_lo_ = 0, span_hi_ = 0;
   std::uint64_t strsz_ = 0, syment_ = sizeof(Elf64_Sym);
-  std::optional<std::uint64_t> symtab_, strtab_, gnu_, sysv_;
+  std::optional<std::uint64_t> symtab_, strtab_, gnu_, sysv_, soname_off_;
 };
 
 }  // namespace
@@ -215,6 +229,27 @@ ElfSymbolLookup find_dynamic_symbols(const UserMemReader& read, std::uint64_t ba
     if (va) r.found[name] = *va;
   }
   return r;
+}
+
+std::vector<LoadedObject> scan_loaded_objects(const UserMemReader& read, std::uint64_t va, std::uint64_t window,
+                                              std::size_t max_found, const ElfLimits& limits) {
+  std::vector<LoadedObject> out;
+  constexpr std::uint64_t kUserTop = 1ULL << 56;
+  if (va >= kUserTop) return out;
+  const std::uint64_t page = va & ~std::uint64_t{0xfff};
+  const std::uint64_t pages = std::min<std::uint64_t>(window >> 12, 1U << 20);
+  const auto probe = [&](std::uint64_t p) {
+    std::uint32_t magic = 0;
+    if (!read(p, &magic, sizeof magic) || std::memcmp(&magic, ELFMAG, SELFMAG) != 0) return;
+    Object obj(read, limits);
+    if (obj.load(p)) return;   // not a loadable object we can read (yet)
+    out.push_back(LoadedObject{p, obj.soname()});
+  };
+  for (std::uint64_t i = 0; i <= pages && out.size() < max_found; ++i) {   // nearest first, both ways
+    if (page >= i * 4096) probe(page - i * 4096);
+    if (i != 0 && page + i * 4096 < kUserTop && out.size() < max_found) probe(page + i * 4096);
+  }
+  return out;
 }
 
 }  // namespace hvtrace::linux_os

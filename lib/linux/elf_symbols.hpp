@@ -18,6 +18,7 @@
 #include <map>
 #include <span>
 #include <string>
+#include <vector>
 
 namespace hvtrace::linux_os {
 
@@ -51,6 +52,19 @@ struct ElfSymbolLookup {
 // of a name, the first one the hash chain gives.
 [[nodiscard]] ElfSymbolLookup find_dynamic_symbols(const UserMemReader& read, std::uint64_t base,
                                                    std::span<const std::string> names, const ElfLimits& limits = {});
+
+// A loaded ELF object found in a process's memory: where its header is, and its DT_SONAME.
+struct LoadedObject {
+  std::uint64_t base = 0;
+  std::string soname;   // empty: none (an executable) or unreadable
+};
+
+// The loaded objects whose ELF header sits on a page boundary within `window` bytes below or
+// above `va` (an address inside one of them, e.g. where a process made a system call), nearest
+// first. For a process whose libraries were loaded before anyone watched: the loader maps them
+// next to each other. Reads one word per page (unreadable pages are skipped), at most `max_found`.
+[[nodiscard]] std::vector<LoadedObject> scan_loaded_objects(const UserMemReader& read, std::uint64_t va, std::uint64_t window,
+                                                            std::size_t max_found = 64, const ElfLimits& limits = {});
 
 // The two hash functions of the ELF dynamic tables.
 [[nodiscard]] std::uint32_t elf_sysv_hash(std::string_view name);

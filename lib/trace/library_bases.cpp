@@ -102,6 +102,18 @@ std::vector<LibraryBases::Change> LibraryBases::on_call(std::uint32_t pid, const
   return out;
 }
 
+std::vector<LibraryBases::Change> LibraryBases::set_loaded(std::uint32_t pid, const std::string& lib, std::uint64_t base) {
+  auto it = procs_.find(pid);
+  if (it == procs_.end()) {
+    if (procs_.size() >= max_procs_) return {};
+    it = procs_.emplace(pid, Proc{}).first;
+  }
+  auto [l, added] = it->second.loaded.try_emplace(lib, base);
+  if (!added && l->second == base) return {};
+  l->second = base;
+  return {Change{Change::Kind::kLoaded, pid, lib, base}};
+}
+
 std::vector<LibraryBases::Change> LibraryBases::forget(std::uint32_t pid) {
   std::vector<Change> out;
   auto it = procs_.find(pid);

@@ -30,6 +30,9 @@ class LibraryBases {
   };
   // One completed call of process `pid` (its thread group): what it changed.
   std::vector<Change> on_call(std::uint32_t pid, const syscalls::Call& c);
+  // A library found another way (its ELF header in the process's memory, for a process that
+  // loaded it before anyone watched). Nothing when already known at that base.
+  std::vector<Change> set_loaded(std::uint32_t pid, const std::string& lib, std::uint64_t base);
   // The process is gone: every library of it is unloaded.
   std::vector<Change> forget(std::uint32_t pid);
 

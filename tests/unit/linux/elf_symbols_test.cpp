@@ -186,6 +186,24 @@ TEST(ElfSymbols, HostileBytesNeverCrashOrPointOutside) {
   EXPECT_EQ(find_dynamic_symbols(junk.reader(), ~0ULL & ~0xfffULL, names).status, ElfSymbolLookup::Status::kMalformed);
 }
 
+// A process whose libraries were loaded before anyone watched: found from an address inside one
+// (where it made a system call) by their page-aligned ELF headers, named by DT_SONAME.
+TEST(ElfSymbols, ScanFindsNeighbouringLibrariesByTheirSoname) {
+  const auto crypt_file = slurp(kCrypt), libc_file = slurp(kLibc);
+  if (!crypt_file || !libc_file) GTEST_SKIP() << "host libraries missing";
+  const std::uint64_t libc_base = kBase, crypt_base = kBase + (8ULL << 20);
+  auto mem = load(*libc_file, libc_base);
+  for (auto& [va, page] : load(*crypt_file, crypt_base).pages) mem.pages[va] = page;
+  const auto found = scan_loaded_objects(mem.reader(), libc_base + 0x30123, 32ULL << 20);
+  ASSERT_EQ(found.size(), 2u);
+  EXPECT_EQ(found[0].base, libc_base);
+  EXPECT_EQ(found[0].soname, "libc.so.6");
+  EXPECT_EQ(found[1].base, crypt_base);
+  EXPECT_EQ(found[1].soname, "libcrypt.so.1");
+  EXPECT_TRUE(scan_loaded_objects(mem.reader(), libc_base + 0x30123, 4096).size() <= 1u);   // window
+  EXPECT_TRUE(scan_loaded_objects(mem.reader(), ~0ULL, 32ULL << 20).empty());
+}
+
 TEST(ElfSymbols, HashFunctions) {
   EXPECT_EQ(elf_gnu_hash(""), 5381u);
   EXPECT_EQ(elf_gnu_hash("printf"), 0x156b2bb8u);

@@ -118,6 +118,40 @@ TEST(Captures, BufferWithUnmappedTail) {
   EXPECT_TRUE(small.guard_intact());
 }
 
+// writev's buffers gathered in order into one capture, bounded by snap; the true length is the sum.
+TEST(Captures, IovecGathersTheBuffersInOrder) {
+  FakeGuest g;
+  g.map(0x10000, 4096, 0);
+  g.map(0x20000, 4096, 'x');
+  g.put(0x20000, "ls -l", false);
+  g.put(0x20100, "\r", false);
+  g.put_u64(0x10000, 0x20000);
+  g.put_u64(0x10008, 5);
+  g.put_u64(0x10010, 0x20100);
+  g.put_u64(0x10018, 1);
+  Out out(64);
+  abi::Capture c{};
+  auto n = copy_iovec(g, 0x10000, 2, out.data(), 64, &c);
+  EXPECT_EQ(out.str(n), "ls -l\r");
+  EXPECT_EQ(c.true_len, 6u);
+  EXPECT_EQ(c.flags, 0);
+  Out small(3);
+  abi::Capture c2{};
+  n = copy_iovec(g, 0x10000, 2, small.data(), 3, &c2);
+  EXPECT_EQ(small.str(n), "ls ");
+  EXPECT_EQ(c2.true_len, 6u);
+  EXPECT_TRUE(small.guard_intact());
+  // A hostile count and an unreadable array entry: bounded, flagged.
+  abi::Capture c3{};
+  n = copy_iovec(g, 0x10000, 1ULL << 40, out.data(), 64, &c3);
+  EXPECT_NE(c3.flags & abi::kCaptureTruncated, 0);
+  EXPECT_LE(n, 64u);
+  abi::Capture c4{};
+  EXPECT_EQ(copy_iovec(g, 0xdead0000, 2, out.data(), 64, &c4), 0u);
+  EXPECT_NE(c4.flags & abi::kCaptureFault, 0);
+  EXPECT_TRUE(out.guard_intact());
+}
+
 TEST(Captures, ArgvIsBoundedInEntriesAndBytes) {
   FakeGuest g;
   g.map(0x60000, 4096);              // argv array

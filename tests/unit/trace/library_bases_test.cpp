@@ -83,5 +83,14 @@ TEST(LibraryBases, MunmapExecveExitForgetAndForkInherits) {
   EXPECT_EQ(lb.bases(10), nullptr);
 }
 
+TEST(LibraryBases, ABaseFoundInMemoryIsInheritedLikeALearntOne) {
+  LibraryBases lb({"libc.so.6"});
+  EXPECT_EQ(lb.set_loaded(10, "libc.so.6", 0x7f0000000000).size(), 1u);
+  EXPECT_TRUE(lb.set_loaded(10, "libc.so.6", 0x7f0000000000).empty());
+  const auto forked = lb.on_call(10, call(57, {}, 11));
+  ASSERT_EQ(forked.size(), 1u);
+  EXPECT_EQ(lb.base(11, "libc.so.6"), 0x7f0000000000u);
+}
+
 }  // namespace
 }  // namespace hvtrace::trace
