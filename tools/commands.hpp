@@ -20,4 +20,5 @@ void add_ps_command(CLI::App& app);    // cmd_ps.cpp: process list from guest me
 void add_events_command(CLI::App& app);
 void add_trace_command(CLI::App& app);   // cmd_trace.cpp: strace for VMs  // cmd_events.cpp: the monitor's raw events as JSON Lines
 void add_session_command(CLI::App& app);   // cmd_session.cpp: the honeypot view (SSH sessions)
+void add_bench_command(CLI::App& app);   // cmd_bench.cpp: Table 1 and the per-event costs
 }  // namespace hvtrace::tools

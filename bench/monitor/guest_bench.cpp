@@ -17,6 +17,7 @@
 //                            [--baseline-plugin-args count=on]  (diagnosis: plugin in the "none" boots too)
 //                            [--skip-baseline 1]                (plugin boots only: long RSS runs)
 //                            [--tb-size MiB]                    (bound TCG's code buffer so RSS can plateau)
+#include "bench/host.hpp"
 #include "events/control_client.hpp"
 #include "events/event_reader.hpp"
 #include "vm/vm.hpp"
@@ -46,20 +47,7 @@ struct Sample {
   double ns_per_callback = 0;   // monitor self-timing: host time inside one trap callback
 };
 
-double qemu_cpu_seconds(pid_t pid) {
-  std::ifstream f(fmt::format("/proc/{}/stat", pid));
-  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  const auto rp = s.rfind(')');
-  if (rp == std::string::npos) return 0;
-  std::istringstream in(s.substr(rp + 2));
-  std::string field;
-  unsigned long long utime = 0, stime = 0;
-  for (int i = 3; i <= 15 && in >> field; ++i) {
-    if (i == 14) utime = std::stoull(field);
-    if (i == 15) stime = std::stoull(field);
-  }
-  return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
-}
+double qemu_cpu_seconds(pid_t pid) { return bench::process_cpu_seconds(pid); }
 
 // RssAnon: QEMU's heap, TB cache and the monitor's own allocations (guest RAM and the rings are
 // shared-memory files and count as RssShmem instead).

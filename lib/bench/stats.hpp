@@ -1,0 +1,28 @@
+// Small statistics for benchmark reports: summary of one column's runs, and the 95% bootstrap
+// confidence interval of a ratio of means over interleaved rounds (the rounds are resampled as
+// pairs, so drift that hit both columns of a round stays paired).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+namespace hvtrace::bench {
+
+struct Summary {
+  std::size_t n = 0;
+  double mean = 0, median = 0, min = 0, max = 0;
+};
+[[nodiscard]] Summary summarize(const std::vector<double>& xs);
+
+struct Interval {
+  double point = 0;   // mean(num) / mean(den) over all rounds
+  double lo = 0, hi = 0;
+};
+// Rounds are paired: num[i] and den[i] come from round i. Rounds where either is missing (NaN)
+// are left out. Returns nullopt with no complete round or a zero denominator.
+[[nodiscard]] std::optional<Interval> bootstrap_ratio(const std::vector<double>& num, const std::vector<double>& den,
+                                                      unsigned resamples = 4000, double level = 0.95,
+                                                      std::uint64_t seed = 0x5eed);
+
+}  // namespace hvtrace::bench

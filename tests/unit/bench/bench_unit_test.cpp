@@ -1,0 +1,218 @@
+// lib/bench without a guest: the GDB remote protocol client against a scripted stub on a loopback
+// socket, the target-description parser on QEMU's own layout, bootstrap intervals, and the
+// consistency checks and report of `hvtrace bench table1` on synthetic results.
+#include "bench/gdb_rsp.hpp"
+#include "bench/report.hpp"
+#include "bench/stats.hpp"
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <thread>
+
+namespace hvtrace::bench {
+namespace {
+
+using namespace std::chrono_literals;
+using nlohmann::json;
+
+// The shape of QEMU 10's i386-64bit.xml: a commented-out block of registers that must not count.
+constexpr const char* kQemuLikeXml = R"(<?xml version="1.0"?>
+<feature name="org.gnu.gdb.i386.core">
+  <reg name="rax" bitsize="64" type="int64" regnum="0"/>
+  <reg name="rbx" bitsize="64" type="int64"/>
+  <reg name="rip" bitsize="64" type="code_ptr"/>
+  <reg name="eflags" bitsize="32" type="x64_eflags"/>
+  <!-- <reg name="cs_base" bitsize="64" type="int64"/>
+  <reg name="es_base" bitsize="64" type="int64"/-->
+  <reg name="gs_base" bitsize="64" type="int64"/>
+  <flags id="x64_cr3" size="8"><field name="pdbr" start="12" end="63"/></flags>
+  <reg name="cr3" bitsize="64" type="x64_cr3"/>
+</feature>)";
+
+TEST(GdbRsp, TargetDescriptionSkipsCommentsAndComputesOffsets) {
+  const auto regs = parse_target_registers(kQemuLikeXml);
+  ASSERT_EQ(regs.size(), 6u);
+  EXPECT_EQ(regs[4].name, "gs_base");
+  EXPECT_EQ(regs[4].regnum, 4u);
+  EXPECT_EQ(regs[5].name, "cr3");
+  EXPECT_EQ(regs[5].regnum, 5u);
+  EXPECT_EQ(regs[5].bits, 64u);
+  const auto inc = parse_target_includes(R"(<target><!-- <xi:include href="no.xml"/> --><xi:include href="i386-64bit.xml"/></target>)");
+  ASSERT_EQ(inc.size(), 1u);
+  EXPECT_EQ(inc[0], "i386-64bit.xml");
+}
+
+TEST(GdbRsp, FramingEscapingAndLittleEndianValues) {
+  EXPECT_EQ(rsp_frame("g"), "$g#67");
+  EXPECT_EQ(rsp_frame("OK"), "$OK#9a");
+  EXPECT_EQ(rsp_frame("a#b"), "$a}\x03" "b#" + fmt::format("{:02x}", ('a' + '}' + 0x03 + 'b') & 0xff));
+  EXPECT_EQ(rsp_unescape("a}\x03" "b"), "a#b");
+  EXPECT_EQ(rsp_unescape("0* "), "0000");   // run length: ' ' - 29 = 3 more
+  EXPECT_EQ(rsp_le_hex("7856341200000000", 0, 8), 0x12345678u);
+  EXPECT_EQ(rsp_le_hex("00ff", 1, 1), 0xffu);
+  EXPECT_FALSE(rsp_le_hex("xxxx", 0, 2));
+  EXPECT_FALSE(rsp_le_hex("00", 0, 2));
+}
+
+// A scripted gdb stub: answers each packet from a table, acks in ack mode, stops after 'c'/'s'.
+class FakeStub {
+ public:
+  FakeStub() {
+    listen_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(bind(listen_, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+    socklen_t len = sizeof sa;
+    getsockname(listen_, reinterpret_cast<sockaddr*>(&sa), &len);
+    port_ = ntohs(sa.sin_port);
+    listen(listen_, 1);
+    t_ = std::thread([this] { serve(); });
+  }
+  ~FakeStub() {
+    t_.join();
+    close(listen_);
+  }
+  std::uint16_t port() const { return port_; }
+  std::vector<std::string> received;
+
+ private:
+  void put(int fd, const std::string& payload) {
+    const std::string f = "+" + rsp_frame(payload);
+    (void)!write(fd, f.data(), f.size());
+  }
+  void serve() {
+    const int fd = accept(listen_, nullptr, nullptr);
+    std::string buf;
+    char c;
+    std::string regs(608 * 2, '0');
+    regs.replace(0, 16, "0100000000000000");          // rax = 1 (write)
+    regs.replace(204 * 2, 16, "00a0f00f00000000");    // cr3 = 0xff0a000
+    for (;;) {
+      if (read(fd, &c, 1) != 1) break;
+      if (c == '+' || c == '-') continue;
+      if (c == 0x03) {
+        put(fd, "T02thread:p01.01;");
+        continue;
+      }
+      if (c != '$') continue;
+      std::string body;
+      while (read(fd, &c, 1) == 1 && c != '#') body += c;
+      char sum[2];
+      if (read(fd, sum, 2) != 2) break;
+      received.push_back(body);
+      if (body.rfind("qSupported", 0) == 0) put(fd, "PacketSize=1000;qXfer:features:read+;multiprocess+");
+      else if (body.rfind("qXfer:features:read:target.xml", 0) == 0)
+        put(fd, R"(l<target><xi:include href="core.xml"/></target>)");
+      else if (body.rfind("qXfer:features:read:core.xml", 0) == 0) put(fd, std::string("l") + kQemuLikeXml);
+      else if (body == "g") put(fd, regs);
+      else if (body.rfind("Z0,", 0) == 0 || body.rfind("z0,", 0) == 0) put(fd, "OK");
+      else if (body == "c" || body == "s") put(fd, "T05thread:p01.01;");
+      else if (body == "D;1") {
+        put(fd, "OK");
+        break;
+      } else put(fd, "");
+    }
+    close(fd);
+  }
+  int listen_ = -1;
+  std::uint16_t port_ = 0;
+  std::thread t_;
+};
+
+TEST(GdbRsp, ClientTalksToAStub) {
+  FakeStub stub;
+  {
+    auto c = RspClient::connect("127.0.0.1", stub.port(), 5s);
+    ASSERT_TRUE(c) << c.error().message;
+    c->set_timeout(2s);
+    ASSERT_TRUE(c->handshake());
+    auto regs = c->target_registers();
+    ASSERT_TRUE(regs) << regs.error().message;
+    // rax rbx rip eflags gs_base cr3: cr3 at 8+8+8+4+8 bytes.
+    ASSERT_EQ(regs->back().name, "cr3");
+    EXPECT_EQ(regs->back().offset, 36u);
+    ASSERT_TRUE(c->insert_breakpoint(0xffffffff81000000ULL));
+    auto stop = c->cont([] { return true; });
+    ASSERT_TRUE(stop) << stop.error().message;
+    EXPECT_EQ(stop->substr(0, 3), "T05");
+    auto g = c->read_registers();
+    ASSERT_TRUE(g);
+    EXPECT_EQ(rsp_le_hex(*g, 0, 8), 1u);
+    ASSERT_TRUE(c->step());
+    ASSERT_TRUE(c->remove_breakpoint(0xffffffff81000000ULL));
+    ASSERT_TRUE(c->detach());
+  }
+  EXPECT_NE(std::find(stub.received.begin(), stub.received.end(), "Z0,ffffffff81000000,1"), stub.received.end());
+}
+
+TEST(GdbRsp, ConnectFailsWithinItsTimeout) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto c = RspClient::connect("127.0.0.1", 1, 300ms);   // nothing listens on port 1
+  EXPECT_FALSE(c);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s);
+}
+
+TEST(Stats, SummaryAndBootstrap) {
+  const auto s = summarize({3, 1, 2, std::nan("")});
+  EXPECT_EQ(s.n, 3u);
+  EXPECT_DOUBLE_EQ(s.median, 2);
+  EXPECT_DOUBLE_EQ(s.mean, 2);
+  const auto one = bootstrap_ratio({2}, {1});
+  ASSERT_TRUE(one);
+  EXPECT_DOUBLE_EQ(one->point, 2);
+  EXPECT_DOUBLE_EQ(one->lo, 2);
+  const auto r = bootstrap_ratio({2.0, 2.2, 1.8, 2.1, 1.9}, {1.0, 1.1, 0.9, 1.0, 1.0});
+  ASSERT_TRUE(r);
+  EXPECT_NEAR(r->point, 2.0, 0.01);
+  EXPECT_LE(r->lo, r->point);
+  EXPECT_GE(r->hi, r->point);
+  EXPECT_GT(r->lo, 1.8);
+  EXPECT_LT(r->hi, 2.2);
+  EXPECT_FALSE(bootstrap_ratio({1}, {0}));
+}
+
+json synthetic_results(double m4_cr3, double m2_calls) {
+  json runs = json::array();
+  const auto add = [&](const std::string& col, json extra) {
+    json r = {{"pti", "off"}, {"round", 0}, {"column", col}, {"ok", true}, {"guest_s", 1.0}, {"wall_s", 1.2}, {"qemu_cpu_s", 1.0}};
+    r.update(extra);
+    runs.push_back(r);
+  };
+  add("none", {{"events_delivered", 0}});
+  add("none2", {{"events_delivered", 0}});
+  add("idle", {{"events_delivered", 0}});
+  add("m2", {{"monitored_calls", m2_calls}, {"cr3_events", 0}});
+  add("m3", {{"monitored_calls", 25}, {"cr3_events", 240}});
+  add("m4", {{"monitored_calls", 25}, {"cr3_events", m4_cr3}});
+  add("m5", {{"monitored_calls", 25}, {"cr3_events", 80}, {"guest_s", 1.01}});
+  add("gdbstub", {{"monitored_calls", 30}, {"events_delivered", 27000}});
+  return {{"config", {{"rounds", 1}, {"iterations", 1}, {"columns", {"none", "none2", "idle", "m2", "m3", "m4", "m5", "gdbstub"}},
+                      {"pti", {"off"}}}},
+          {"command", "hvtrace bench table1 --quick"},
+          {"runs", runs}};
+}
+
+TEST(Table1Report, ConsistencyChecks) {
+  EXPECT_TRUE(check_table1_counts(synthetic_results(90, 25)).empty());
+  const auto bad = check_table1_counts(synthetic_results(300, 24));
+  ASSERT_EQ(bad.size(), 2u);
+  EXPECT_NE(bad[0].find("m2 saw 24"), std::string::npos) << bad[0];
+  EXPECT_NE(bad[1].find("method 4 delivered 300"), std::string::npos) << bad[1];
+}
+
+TEST(Table1Report, MarkdownAndChartData) {
+  const auto rep = make_table1_report(synthetic_results(90, 25));
+  EXPECT_NE(rep.markdown.find("| monitored syscalls seen | – | – | – | 25 | 25 | 25 | 25 | 30 |"), std::string::npos) << rep.markdown;
+  EXPECT_NE(rep.markdown.find("method 5 within 3% of none (pti=off) | +1.0% [+1.0, +1.0] | **met**"), std::string::npos)
+      << rep.markdown;
+  EXPECT_NE(rep.gnuplot_data.find("\"5: async, in hypervisor\" 1.01000"), std::string::npos) << rep.gnuplot_data;
+  EXPECT_NE(rep.gnuplot_script.find("table1.svg"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace hvtrace::bench

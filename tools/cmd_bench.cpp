@@ -1,0 +1,771 @@
+// hvtrace bench: the paper's Table 1 reproduced on hvtrace, and raced against what a user would
+// pick instead (the guest's own strace, and VMI through QEMU's gdb stub).
+//   table1  the jansson unzip+compile workload run by the login shell of an SSH session, the
+//           shell's read/write/open/openat/close/execve monitored by each column in turn:
+//           none, none2 (A/A), idle plugin, methods 2-5 through `hvtrace trace`, strace -f in the
+//           guest, and a gdb-stub tracer (lib/bench/gdb_rsp.hpp). Interleaved rounds, rotated
+//           order, warm-ups, bootstrap confidence intervals; writes results.json, table1.md and
+//           table1.svg (gnuplot).
+//   events  the cost of one delivered event, per kind, on a guest loop of getppid() calls.
+#include "commands.hpp"
+#include "guest_view.hpp"
+#include "vm_options.hpp"
+
+#include "bench/gdb_rsp.hpp"
+#include "bench/host.hpp"
+#include "bench/report.hpp"
+#include "bench/stats.hpp"
+#include "common/result.hpp"
+#include "events/event_reader.hpp"
+#include "hvtrace/abi/events.h"
+#include "mem/phys_mem.hpp"
+#include "vm/process.hpp"
+#include "vm/vm.hpp"
+
+#include <CLI/CLI.hpp>
+#include <fmt/core.h>
+#include <netinet/in.h>
+#include <nlohmann/json.hpp>
+#include <sys/socket.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <ctime>
+#include <fstream>
+#include <future>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#ifndef HVTRACE_SOURCE_DIR
+#define HVTRACE_SOURCE_DIR ""
+#endif
+
+namespace hvtrace::tools {
+namespace {
+
+using namespace std::chrono_literals;
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+constexpr const char* kTraceSet = "read,write,open,openat,close,execve";
+// x86-64 numbers of the monitored calls (for the gdb-stub tracer, which filters by itself).
+const std::set<std::uint64_t> kMonitoredNrs = {0, 1, 2, 3, 257, 59};
+const std::vector<std::string> kAllColumns = {"none", "none2", "idle", "m2", "m3", "m4", "m5", "strace", "gdbstub"};
+
+struct Table1Options {
+  std::string out_dir = "bench-table1";
+  unsigned rounds = 3;
+  unsigned iterations = 10;
+  std::string methods;             // comma list; empty: all columns
+  std::string pti = "both";
+  bool quick = false;
+  bool warmup_each = true;         // an untimed run before every timed one (every run is a method switch)
+  std::uint64_t gdbstub_max_hits = 0;   // 0: trace the whole run; else detach after this many hits (--quick)
+  std::string image;
+  unsigned boot_timeout_s = 180;
+};
+
+// ---- small host-side helpers ------------------------------------------------------------------
+
+double qemu_cpu_seconds(pid_t pid) { return bench::process_cpu_seconds(pid); }
+
+std::string first_line_of(const std::string& path, const std::string& prefix) {
+  std::ifstream f(path);
+  for (std::string line; std::getline(f, line);)
+    if (line.rfind(prefix, 0) == 0) return line;
+  return {};
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream f(path);
+  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+}
+
+std::string trim(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ' || s.back() == '\r')) s.pop_back();
+  std::size_t b = 0;
+  while (b < s.size() && s[b] == ' ') ++b;
+  return s.substr(b);
+}
+
+std::string duration_text(double s) {
+  if (s < 0 || std::isnan(s)) return "?";
+  const auto t = static_cast<long>(s + 0.5);
+  return t >= 3600 ? fmt::format("{}h{:02}m", t / 3600, t / 60 % 60) : fmt::format("{}m{:02}s", t / 60, t % 60);
+}
+
+std::uint16_t free_tcp_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return 0;
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof sa;
+  std::uint16_t port = 0;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0 && getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len) == 0)
+    port = ntohs(sa.sin_port);
+  close(fd);
+  return port;
+}
+
+std::string self_exe() {
+  std::error_code ec;
+  std::string p = vm::fs::read_symlink("/proc/self/exe", ec).string();
+  if (ec) return "hvtrace";
+  // Rebuilt while the bench runs: the kernel names the old file "... (deleted)"; use the new one.
+  if (p.ends_with(" (deleted)")) p.resize(p.size() - 10);
+  return p;
+}
+
+// "jansson-workload: ok: 1 iteration(s), 9 files compiled each, 1.23 s"
+std::optional<double> parse_workload_seconds(const std::string& out) {
+  const auto p = out.find("jansson-workload: ok:");
+  if (p == std::string::npos) return std::nullopt;
+  const std::string line = out.substr(p, out.find('\n', p) - p);
+  const auto s = line.rfind(", ");
+  if (s == std::string::npos || !line.ends_with(" s")) return std::nullopt;
+  try {
+    return std::stod(line.substr(s + 2, line.size() - s - 4));
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+}
+
+// The "total" line of a -c table (strace's or hvtrace's): % time, seconds, usecs/call, calls, errors, total.
+std::optional<double> parse_total_calls(const std::string& text) {
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    std::istringstream w(line);
+    std::vector<std::string> tok;
+    for (std::string t; w >> t;) tok.push_back(t);
+    if (tok.size() >= 5 && tok.back() == "total") {
+      try {
+        return std::stod(tok[3]);
+      } catch (const std::exception&) {
+        return std::nullopt;
+      }
+    }
+  }
+  return std::nullopt;
+}
+
+// "  CR3 events delivered               123" from hvtrace trace -c's monitor block.
+std::optional<double> parse_monitor_line(const std::string& text, const std::string& label) {
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    const auto p = line.find(label);
+    if (p == std::string::npos || trim(line.substr(0, p)) != "") continue;
+    try {
+      return std::stod(trim(line.substr(p + label.size())));
+    } catch (const std::exception&) {
+      return std::nullopt;
+    }
+  }
+  return std::nullopt;
+}
+
+// ---- the lab: one VM without the plugin (none, strace, gdb stub), one with the monitor ----------
+
+struct Guest {
+  std::unique_ptr<vm::Vm> vm;
+  bool monitor = false;
+  std::uint16_t gdb_port = 0;
+  std::unique_ptr<events::EventReader> reader;   // monitor only: ring counters and the filter generation
+  std::optional<GuestView> view;                 // attached on first use (gdb stub: symbols, DTBs)
+  std::vector<bench::RspRegister> rsp_regs;      // the gdb stub's register layout, learnt once
+};
+
+Result<std::unique_ptr<Guest>> boot_guest(const std::string& name, bool monitor, bool pti_on, const Table1Options& o,
+                                          const vm::GuestImage& image) {
+  auto g = std::make_unique<Guest>();
+  vm::VmConfig c;
+  c.name = name;
+  c.image = image;
+  c.boot_timeout = std::chrono::seconds{o.boot_timeout_s};
+  if (pti_on) c.kernel_args.push_back("pti=on");
+  if (monitor) {
+    const auto so = default_monitor_path();
+    if (!vm::fs::is_regular_file(so))
+      return make_error("monitor plugin {} not found (build it, or set HVTRACE_MONITOR)", so.string());
+    c.plugin = vm::monitor_plugin(so, name);
+  } else {
+    g->gdb_port = free_tcp_port();
+    if (g->gdb_port == 0) return make_error("no free TCP port for the gdb stub");
+    c.extra_qemu_args = {"-gdb", fmt::format("tcp:127.0.0.1:{}", g->gdb_port)};
+  }
+  g->monitor = monitor;
+  auto v = vm::Vm::start(c);
+  if (!v) return std::move(v).error();
+  g->vm = std::move(v).value();
+  if (monitor) {
+    auto r = events::EventReader::open(vm::monitor_files(name).rings, 10s);
+    if (!r) return std::move(r).error();
+    g->reader = std::move(r).value();
+  }
+  return g;
+}
+
+std::uint64_t published_events(const Guest& g) {
+  if (!g.reader) return 0;
+  std::uint64_t n = 0;
+  for (unsigned i = 0; i < g.reader->rings(); ++i) n += g.reader->stats(i).published;
+  return n;
+}
+
+// ---- one run ----------------------------------------------------------------------------------
+
+const char* kDir = "/tmp/hvbench";
+
+std::string workload_shell(unsigned iterations) {
+  // The SSH session's shell (root's login shell, bash) announces its pid, blocks on a FIFO until
+  // the tracer is in place, then runs the workload itself (sourced: the shell forks unzip and tcc).
+  return fmt::format("echo $$ >{0}/pid; read go <{0}/go; set -- {1}; . /usr/local/bin/jansson-workload", kDir, iterations);
+}
+
+struct Running {
+  std::future<Result<vm::ExecResult>> shell;
+  std::uint32_t pid = 0;
+};
+
+Result<Running> start_shell(Guest& g, unsigned iterations) {
+  const auto rec = g.vm->record();
+  auto prep = vm::ssh_exec(rec, fmt::format("rm -rf {0} && mkdir {0} && mkfifo {0}/go", kDir), 60s);
+  if (!prep) return std::move(prep).error();
+  if (prep->exit_status != 0) return make_error("preparing {} in the guest: {}", kDir, prep->err);
+  Running r;
+  const std::string cmd = workload_shell(iterations);
+  r.shell = std::async(std::launch::async, [rec, cmd] { return vm::ssh_exec(rec, cmd, std::chrono::hours{6}); });
+  const auto give_up = Clock::now() + 60s;
+  while (Clock::now() < give_up && !vm::termination_requested()) {
+    if (r.shell.wait_for(0s) == std::future_status::ready) {
+      auto res = r.shell.get();
+      return make_error("the workload shell ended before it started: {}", res ? res->out + res->err : res.error().message);
+    }
+    auto pid = vm::ssh_exec(rec, fmt::format("cat {}/pid 2>/dev/null", kDir), 30s);
+    if (pid && pid->exit_status == 0 && !trim(pid->out).empty()) {
+      try {
+        r.pid = static_cast<std::uint32_t>(std::stoul(trim(pid->out)));
+        return r;
+      } catch (const std::exception&) {
+      }
+    }
+    std::this_thread::sleep_for(100ms);
+  }
+  return make_error("the workload shell did not announce its pid within 60 s");
+}
+
+Result<void> release_shell(Guest& g) {
+  auto go = vm::ssh_exec(g.vm->record(), fmt::format("echo go >{}/go", kDir), 60s);
+  if (!go) return std::move(go).error();
+  if (go->exit_status != 0) return make_error("could not start the workload: {}", go->err);
+  return {};
+}
+
+// The gdb-stub tracer: a breakpoint at the kernel's 64-bit syscall entry; at every hit the
+// registers (syscall number in rax) and CR3 come over the GDB remote protocol, the process filter
+// (CR3's page-table base against the shell's) runs here, then one step over the breakpoint and on.
+struct GdbTracer {
+  std::atomic<bool> stop{false};
+  std::atomic<bool> ready{false};
+  std::uint64_t max_hits = 0;   // 0: no limit
+  bool partial = false;         // detached at max_hits, before the workload ended
+  std::uint64_t hits = 0, matched = 0, round_trips = 0;
+  double paused_ms = 0;
+  std::string error;
+  std::thread t;
+
+  void start(Guest& g, std::uint64_t entry_va, std::uint64_t shell_dtb) {
+    t = std::thread([this, &g, entry_va, shell_dtb] {
+      auto r = run(g, entry_va, shell_dtb);
+      if (!r) error = r.error().message;
+      ready = true;
+    });
+  }
+  Result<void> run(Guest& g, std::uint64_t entry_va, std::uint64_t shell_dtb) {
+    auto c = bench::RspClient::connect("127.0.0.1", g.gdb_port, 10s);
+    if (!c) return std::move(c).error();
+    auto& rsp = *c;
+    HVTRACE_TRY(rsp.handshake());
+    if (g.rsp_regs.empty()) {
+      auto regs = rsp.target_registers();
+      if (!regs) return std::move(regs).error();
+      g.rsp_regs = std::move(regs).value();
+    }
+    const auto find = [&](const char* n) -> const bench::RspRegister* {
+      for (const auto& r : g.rsp_regs)
+        if (r.name == n) return &r;
+      return nullptr;
+    };
+    const auto* rax = find("rax");
+    const auto* cr3 = find("cr3");
+    if (rax == nullptr || cr3 == nullptr) return make_error("the gdb stub's target description has no rax or cr3");
+    HVTRACE_TRY(rsp.insert_breakpoint(entry_va));
+    ready = true;
+    Result<void> result;
+    while (!stop.load()) {
+      auto s = rsp.cont([this] { return !stop.load(); });
+      if (!s) {
+        result = std::move(s).error();
+        break;
+      }
+      if (stop.load()) break;   // the stop we asked for (or a hit racing it: not counted)
+      if (s->empty() || (s->front() != 'T' && s->front() != 'S')) {
+        result = make_error("the gdb stub reported '{}'", s->substr(0, 16));
+        break;
+      }
+      const auto t0 = Clock::now();
+      ++hits;
+      auto regs = rsp.read_registers();
+      if (!regs) {
+        result = std::move(regs).error();
+        break;
+      }
+      auto nr = bench::rsp_le_hex(*regs, rax->offset, 8);
+      std::optional<std::uint64_t> cr3v = bench::rsp_le_hex(*regs, cr3->offset, 8);
+      if (!cr3v) {   // not in the g packet: ask for it alone
+        auto v = rsp.read_register(cr3->regnum);
+        if (!v) {
+          result = std::move(v).error();
+          break;
+        }
+        cr3v = *v;
+      }
+      if (nr && abi::dtb_of_cr3(*cr3v) == shell_dtb && kMonitoredNrs.count(*nr)) ++matched;
+      // QEMU does not report a breakpoint while single-stepping: one step leaves it behind.
+      auto st = rsp.step();
+      if (!st) {
+        result = std::move(st).error();
+        break;
+      }
+      paused_ms += std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+      if (max_hits != 0 && hits >= max_hits) {
+        partial = true;
+        break;
+      }
+    }
+    round_trips = rsp.round_trips();
+    // Leave the guest running and free of us, whatever happened above.
+    (void)rsp.remove_breakpoint(entry_va);
+    (void)rsp.detach();
+    return result;
+  }
+  void finish() {
+    stop = true;
+    if (t.joinable()) t.join();
+  }
+};
+
+json run_column(const std::string& col, Guest& g, unsigned iterations, const Table1Options& o) {
+  json run = {{"column", col}, {"ok", false}};
+  const auto rec = g.vm->record();
+  auto shell = start_shell(g, iterations);
+  if (!shell) {
+    run["error"] = shell.error().message;
+    return run;
+  }
+  run["shell_pid"] = shell->pid;
+  const std::string set = std::string("trace=") + kTraceSet;
+  std::future<Result<vm::ProcessResult>> tracer;
+  std::future<Result<vm::ExecResult>> strace;
+  GdbTracer gdb;
+  std::string trace_out;
+  std::string failure;
+  const auto wait_until = [](auto&& cond, std::chrono::seconds limit) {
+    const auto end = Clock::now() + limit;
+    while (Clock::now() < end && !vm::termination_requested()) {
+      if (cond()) return true;
+      std::this_thread::sleep_for(50ms);
+    }
+    return false;
+  };
+
+  if (col[0] == 'm') {
+    // The real tool's code path: `hvtrace trace --method N -p <shell> -e trace=... -c`.
+    trace_out = (vm::fs::path(rec.run_dir) / "bench-trace.txt").string();
+    const std::vector<std::string> argv = {self_exe(), "trace", "--vm", rec.name, "--method", col.substr(1), "-p",
+                                           std::to_string(shell->pid), "-e", set, "-c", "-o", trace_out};
+    const std::uint32_t gen0 = g.reader->generation();
+    tracer = std::async(std::launch::async, [argv] { return vm::run_process(argv, std::chrono::hours{6}); });
+    // Ready when the tracer's filter is in force: the generation moved and then held still.
+    std::uint32_t last = gen0;
+    auto still_since = Clock::now();
+    const bool ready = wait_until(
+        [&] {
+          if (tracer.wait_for(0s) == std::future_status::ready) return true;
+          const std::uint32_t gen = g.reader->generation();
+          if (gen != last) {
+            last = gen;
+            still_since = Clock::now();
+          }
+          return gen != gen0 && Clock::now() - still_since > 400ms;
+        },
+        60s);
+    if (tracer.wait_for(0s) == std::future_status::ready) {
+      auto r = tracer.get();
+      failure = fmt::format("hvtrace trace ended before the workload: {}", r ? r->err : r.error().message);
+    } else if (!ready) {
+      failure = "hvtrace trace did not set its filter within 60 s";
+    }
+  } else if (col == "strace") {
+    const std::string cmd = fmt::format("strace -f -c -o {0}/strace.out -e {1} -p {2} 2>{0}/strace.err", kDir, set, shell->pid);
+    strace = std::async(std::launch::async, [rec, cmd] { return vm::ssh_exec(rec, cmd, std::chrono::hours{6}); });
+    const bool ready = wait_until(
+        [&] {
+          if (strace.wait_for(0s) == std::future_status::ready) return true;
+          auto r = vm::ssh_exec(rec, fmt::format("grep -c attached {}/strace.err 2>/dev/null", kDir), 30s);
+          return r && trim(r->out) != "" && trim(r->out) != "0";
+        },
+        60s);
+    if (!ready || strace.wait_for(0s) == std::future_status::ready) failure = "strace did not attach to the shell";
+  } else if (col == "gdbstub") {
+    try {
+      if (!g.view) g.view.emplace(attach_guest(value_or_throw(mem::open_ram_file(rec.ram_path))));
+      const auto entry = g.view->kernel->symbol("entry_SYSCALL_64");
+      auto p = g.view->os->find_pid(Pid{static_cast<std::int32_t>(shell->pid)});
+      if (!entry) failure = "entry_SYSCALL_64 is not in the guest's kallsyms";
+      else if (!p || !*p || !(*p)->dtb) failure = fmt::format("the shell (pid {}) was not found in guest memory", shell->pid);
+      else {
+        run["shell_dtb"] = fmt::format("{:#x}", (*p)->dtb->value);
+        run["breakpoint"] = fmt::format("entry_SYSCALL_64 = {:#x}", entry->value);
+        gdb.max_hits = o.gdbstub_max_hits;
+        gdb.start(g, entry->value, (*p)->dtb->value);
+        (void)wait_until([&] { return gdb.ready.load(); }, 60s);
+        if (!gdb.ready.load()) failure = "the gdb stub tracer did not get ready within 60 s";
+        else if (!gdb.error.empty()) failure = gdb.error;
+      }
+    } catch (const std::exception& e) {
+      failure = e.what();
+    }
+  }
+
+  const std::uint64_t published0 = published_events(g);
+  const pid_t qpid = rec.qemu_pid;
+  const double cpu0 = qemu_cpu_seconds(qpid);
+  const auto t0 = Clock::now();
+  if (auto r = release_shell(g); !r && failure.empty()) failure = r.error().message;
+  auto out = shell->shell.get();
+  const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
+  const double cpu = qemu_cpu_seconds(qpid) - cpu0;
+  const std::uint64_t published = published_events(g) - published0;
+  gdb.finish();
+
+  run["wall_s"] = wall;
+  run["qemu_cpu_s"] = cpu;
+  if (!out) failure = failure.empty() ? out.error().message : failure;
+  else if (out->exit_status != 0) failure = failure.empty() ? fmt::format("workload failed: {}{}", out->out, out->err) : failure;
+  else if (auto s = parse_workload_seconds(out->out)) run["guest_s"] = *s;
+  else failure = failure.empty() ? fmt::format("no time in the workload's output: {}", out->out) : failure;
+
+  if (col == "none" || col == "none2") {
+    run["events_delivered"] = 0;   // no plugin, nobody watching
+  } else if (col == "idle") {
+    run["events_delivered"] = published;
+  } else if (col[0] == 'm' && tracer.valid()) {
+    if (tracer.wait_for(120s) != std::future_status::ready) {
+      failure = failure.empty() ? "hvtrace trace did not end within 120 s of the shell's exit" : failure;
+    } else {
+      auto r = tracer.get();
+      if (!r) failure = failure.empty() ? r.error().message : failure;
+      else if (r->exit_code != 0) failure = failure.empty() ? fmt::format("hvtrace trace exited {}: {}", r->exit_code, trim(r->err)) : failure;
+      const std::string text = read_text(trace_out);
+      run["trace_summary"] = text;
+      if (auto v = parse_total_calls(text)) run["monitored_calls"] = *v;
+      if (auto v = parse_monitor_line(text, "CR3 events delivered")) run["cr3_events"] = *v;
+      if (auto v = parse_monitor_line(text, "synchronous pauses")) run["sync_pauses"] = *v;
+      if (auto v = parse_monitor_line(text, "time paused for them (ms)")) run["sync_pause_ms"] = *v;
+      if (auto v = parse_monitor_line(text, "syscall entries delivered")) run["syscall_entries"] = *v;
+      double lost = 0;
+      for (const char* l : {"lost: ring full", "lost: record too big", "lost: no consumer", "lost: bad consumer tail"})
+        lost += parse_monitor_line(text, l).value_or(0);
+      run["lost"] = lost;
+      run["events_delivered"] = published;
+    }
+  } else if (col == "strace" && strace.valid()) {
+    if (strace.wait_for(120s) != std::future_status::ready) {
+      failure = failure.empty() ? "strace did not end within 120 s of the shell's exit" : failure;
+    } else {
+      (void)strace.get();
+      auto r = vm::ssh_exec(rec, fmt::format("cat {}/strace.out", kDir), 60s);
+      if (r && r->exit_status == 0) {
+        run["trace_summary"] = r->out;
+        if (auto v = parse_total_calls(r->out)) run["monitored_calls"] = *v;
+        else failure = failure.empty() ? "no total in strace -c's table" : failure;
+      } else {
+        failure = failure.empty() ? "could not read strace's table" : failure;
+      }
+      run["monitored_calls_scope"] = "the shell and its children (strace -f)";
+    }
+  } else if (col == "gdbstub") {
+    if (!gdb.error.empty() && failure.empty()) failure = gdb.error;
+    run["monitored_calls"] = gdb.matched;
+    run["events_delivered"] = gdb.hits;
+    run["cr3_events"] = 0;
+    run["sync_pauses"] = gdb.hits;
+    run["sync_pause_ms"] = gdb.paused_ms;
+    run["rsp_round_trips"] = gdb.round_trips;
+    if (gdb.partial) {
+      run["partial"] = true;
+      run["note"] = fmt::format("detached after {} breakpoint hits (--gdbstub-max-hits); counts and times cover only part of the run",
+                                gdb.hits);
+    }
+    run["lost"] = 0;
+  }
+  if (failure.empty()) run["ok"] = true;
+  else run["error"] = failure;
+  return run;
+}
+
+// An untimed run of the workload, nobody watching: after every boot and before every timed run.
+void warm_up(Guest& g, unsigned iterations) {
+  (void)g.vm->exec(fmt::format("jansson-workload {}", iterations), std::chrono::seconds{3600});
+}
+
+// ---- machine and versions ---------------------------------------------------------------------
+
+json machine_info() {
+  json m;
+  const std::string cpu = first_line_of("/proc/cpuinfo", "model name");
+  m["cpu_model"] = cpu.empty() ? "?" : trim(cpu.substr(cpu.find(':') + 1));
+  m["cpus"] = std::thread::hardware_concurrency();
+  utsname u{};
+  if (uname(&u) == 0) {
+    m["host_kernel"] = std::string(u.release);
+    m["hostname"] = std::string(u.nodename);
+  }
+  m["loadavg_start"] = trim(read_text("/proc/loadavg"));
+  return m;
+}
+
+std::string qemu_version() {
+  auto r = vm::run_process({"qemu-system-x86_64", "--version"}, 10s);
+  if (!r || r->exit_code != 0) return "?";
+  return trim(r->out.substr(0, r->out.find('\n')));
+}
+
+std::string hvtrace_version() {
+  std::string v = "0.1.0";
+  if (std::string(HVTRACE_SOURCE_DIR).empty()) return v;
+  auto r = vm::run_process({"git", "-C", HVTRACE_SOURCE_DIR, "describe", "--always", "--dirty"}, 10s);
+  if (r && r->exit_code == 0) v += " (" + trim(r->out) + ")";
+  return v;
+}
+
+std::string now_text() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+std::string command_line() {
+  std::ifstream f("/proc/self/cmdline", std::ios::binary);
+  std::string s((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  while (!s.empty() && s.back() == '\0') s.pop_back();
+  std::vector<std::string> words;
+  std::string w;
+  for (char c : s) {
+    if (c == '\0') {
+      words.push_back(w);
+      w.clear();
+    } else {
+      w += c;
+    }
+  }
+  words.push_back(w);
+  if (!words.empty()) words[0] = "hvtrace";
+  return vm::shell_quote_argv(words);
+}
+
+void write_file(const vm::fs::path& p, const std::string& text) {
+  std::ofstream f(p);
+  f << text;
+  if (!f) throw UserError(fmt::format("cannot write {}", p.string()));
+}
+
+// Writes table1.md, table1.dat, table1.gp and (with gnuplot) table1.svg next to results.json.
+void write_report(const vm::fs::path& dir, const json& results) {
+  const auto rep = bench::make_table1_report(results);
+  write_file(dir / "table1.md", rep.markdown);
+  write_file(dir / "table1.dat", rep.gnuplot_data);
+  write_file(dir / "table1.gp", rep.gnuplot_script);
+  auto r = vm::run_process({"sh", "-c", fmt::format("cd {} && gnuplot table1.gp", vm::shell_quote(dir.string()))}, 60s);
+  if (!r || r->exit_code != 0)
+    fmt::print(stderr, "[bench] note: no chart: gnuplot failed or is missing ({}); install gnuplot-nox (scripts/setup does)\n",
+               r ? trim(r->err) : r.error().message);
+}
+
+// ---- table1 -----------------------------------------------------------------------------------
+
+std::vector<std::string> parse_columns(const std::string& list) {
+  if (list.empty()) return kAllColumns;
+  std::vector<std::string> out;
+  std::stringstream ss(list);
+  for (std::string w; std::getline(ss, w, ',');) {
+    w = trim(w);
+    if (w.empty()) continue;
+    if (w.size() == 1 && w[0] >= '2' && w[0] <= '5') w = "m" + w;
+    if (std::find(kAllColumns.begin(), kAllColumns.end(), w) == kAllColumns.end())
+      throw UserError(fmt::format("--methods: unknown column '{}' (use none,none2,idle,2,3,4,5,strace,gdbstub)", w));
+    if (std::find(out.begin(), out.end(), w) == out.end()) out.push_back(w);
+  }
+  if (out.empty()) throw UserError("--methods: no column given");
+  // Every ratio is taken against `none`.
+  if (std::find(out.begin(), out.end(), "none") == out.end()) out.insert(out.begin(), "none");
+  return out;
+}
+
+void run_table1(Table1Options o) {
+  vm::install_termination_handlers();
+  if (o.quick) {
+    o.rounds = 1;
+    o.iterations = 1;
+    o.pti = "off";
+    o.warmup_each = false;
+    // One gdb-stub hit costs ~15-25 ms here (QEMU's TCG retranslates after each resume), and one
+    // iteration makes ~27,000 syscalls in the whole guest: the quick run samples the first hits.
+    if (o.gdbstub_max_hits == 0) o.gdbstub_max_hits = 2000;
+  }
+  if (o.rounds == 0 || o.iterations == 0) throw UserError("--rounds and --iterations must be at least 1");
+  std::vector<std::string> ptis;
+  if (o.pti == "off" || o.pti == "on") ptis = {o.pti};
+  else if (o.pti == "both") ptis = {"off", "on"};
+  else throw UserError(fmt::format("--pti {}: use on, off or both", o.pti));
+  const auto columns = parse_columns(o.methods);
+  const auto img_dir = o.image.empty() ? vm::default_image_dir() : vm::image_dir(o.image);
+  auto image = vm::load_image(img_dir);
+  if (!image) throw UserError(fmt::format("{} (the default guest is built by `guest/build-image`)", image.error().message));
+  const vm::fs::path dir = o.out_dir;
+  std::error_code ec;
+  vm::fs::create_directories(dir, ec);
+  if (ec) throw UserError(fmt::format("-o {}: {}", o.out_dir, ec.message()));
+  if (access(dir.c_str(), W_OK) != 0) throw UserError(fmt::format("-o {}: not writable", o.out_dir));
+  const bool need_plain = std::any_of(columns.begin(), columns.end(), [](const std::string& c) {
+    return c == "none" || c == "none2" || c == "strace" || c == "gdbstub";
+  });
+  const bool need_mon = std::any_of(columns.begin(), columns.end(), [](const std::string& c) { return c == "idle" || c[0] == 'm'; });
+
+  json results;
+  results["schema"] = "hvtrace-bench-table1/1";
+  results["command"] = command_line();
+  results["started"] = now_text();
+  results["machine"] = machine_info();
+  results["versions"] = {{"qemu", qemu_version()}, {"hvtrace", hvtrace_version()}, {"guest_kernel", image->kernel_release}};
+  results["config"] = {{"rounds", o.rounds},     {"iterations", o.iterations}, {"columns", columns}, {"pti", ptis},
+                       {"quick", o.quick},       {"warmup_each", o.warmup_each}, {"gdbstub_max_hits", o.gdbstub_max_hits},
+                       {"note", "guest_s: the workload's own clock in the guest; wall_s: host time from releasing the shell to "
+                                "the SSH session's end; qemu_cpu_s: utime+stime of QEMU over the same window"}};
+  results["runs"] = json::array();
+  const auto save = [&] {
+    results["finished"] = now_text();
+    results["machine"]["loadavg_end"] = trim(read_text("/proc/loadavg"));
+    write_file(dir / "results.json", results.dump(1) + "\n");
+  };
+
+  const std::size_t total_runs = ptis.size() * o.rounds * columns.size();
+  std::size_t done_runs = 0;
+  double run_seconds = 0;   // sum over finished runs (warm-ups included), for the estimate
+  const auto t_start = Clock::now();
+  const std::string tag = std::to_string(getpid() % 100000);
+  bool any_failed = false;
+  for (const auto& pti : ptis) {
+    if (vm::termination_requested()) break;
+    fmt::print(stderr, "[bench] pti={}: booting {}\n", pti,
+               need_plain && need_mon ? "two guests (no plugin + gdb stub; monitor)" : "the guest");
+    std::unique_ptr<Guest> plain, mon;
+    if (need_plain) {
+      auto g = boot_guest("hvb-plain-" + tag, false, pti == "on", o, *image);
+      if (!g) throw UserError(fmt::format("booting the guest without plugin: {}", g.error().message));
+      plain = std::move(g).value();
+    }
+    if (need_mon) {
+      auto g = boot_guest("hvb-mon-" + tag, true, pti == "on", o, *image);
+      if (!g) throw UserError(fmt::format("booting the guest with the monitor: {}", g.error().message));
+      mon = std::move(g).value();
+    }
+    fmt::print(stderr, "[bench] pti={}: warm-up (untimed)\n", pti);
+    if (plain) warm_up(*plain, 1);
+    if (mon) warm_up(*mon, 1);
+    for (unsigned round = 0; round < o.rounds && !vm::termination_requested(); ++round) {
+      for (std::size_t k = 0; k < columns.size() && !vm::termination_requested(); ++k) {
+        const std::string& col = columns[(k + round) % columns.size()];
+        Guest& g = (col == "none" || col == "none2" || col == "strace" || col == "gdbstub") ? *plain : *mon;
+        const double elapsed = std::chrono::duration<double>(Clock::now() - t_start).count();
+        const double left = done_runs ? run_seconds / static_cast<double>(done_runs) * static_cast<double>(total_runs - done_runs) : -1;
+        fmt::print(stderr, "[bench] pti={} round {}/{} run {}/{}: {:<8} (elapsed {}, ~{} left)\n", pti, round + 1, o.rounds,
+                   done_runs + 1, total_runs, col, duration_text(elapsed), duration_text(left));
+        const auto r0 = Clock::now();
+        if (o.warmup_each) warm_up(g, 1);
+        json run = run_column(col, g, o.iterations, o);
+        run["pti"] = pti;
+        run["round"] = round;
+        run["order"] = k;
+        run_seconds += std::chrono::duration<double>(Clock::now() - r0).count();
+        ++done_runs;
+        if (run.value("ok", false))
+          fmt::print(stderr, "[bench]   {}: guest {:.2f} s, wall {:.2f} s, QEMU CPU {:.2f} s{}\n", col, run.value("guest_s", -1.0),
+                     run.value("wall_s", -1.0), run.value("qemu_cpu_s", -1.0),
+                     run.contains("monitored_calls") ? fmt::format(", monitored calls {}", run["monitored_calls"].dump()) : "");
+        else {
+          any_failed = true;
+          fmt::print(stderr, "[bench]   {} FAILED: {}\n", col, run.value("error", "?"));
+        }
+        results["runs"].push_back(std::move(run));
+        save();
+        if (!g.vm->running()) throw UserError(fmt::format("the guest's QEMU stopped ({})", g.vm->exit_reason()));
+      }
+    }
+    fmt::print(stderr, "[bench] pti={}: shutting down\n", pti);
+    if (plain) (void)plain->vm->shutdown();
+    if (mon) {
+      mon->reader.reset();
+      (void)mon->vm->shutdown();
+    }
+  }
+  save();
+  write_report(dir, results);
+  const auto problems = bench::check_table1_counts(results);
+  fmt::print("{}", read_text((dir / "table1.md").string()));
+  for (const auto& p : problems) fmt::print(stderr, "[bench] inconsistent: {}\n", p);
+  fmt::print(stderr, "[bench] wrote {}/results.json, table1.md, table1.svg in {}\n", dir.string(),
+             duration_text(std::chrono::duration<double>(Clock::now() - t_start).count()));
+  if (vm::termination_requested()) {
+    exit_code() = 130;
+    return;
+  }
+  if (any_failed || !problems.empty()) exit_code() = 1;
+}
+
+}  // namespace
+
+void add_bench_command(CLI::App& app) {
+  auto* bench = app.add_subcommand("bench", "Benchmarks: the paper's Table 1 raced against strace and a gdb-stub tracer");
+  bench->require_subcommand(1);
+  auto o = std::make_shared<Table1Options>();
+  auto* t1 = bench->add_subcommand("table1", "The paper's Table 1: the jansson workload under each monitoring method");
+  t1->add_option("-o,--output-dir", o->out_dir, "directory for results.json, table1.md and table1.svg")->capture_default_str();
+  t1->add_option("--rounds", o->rounds, "interleaved rounds (each column once per round, order rotated)")->capture_default_str();
+  t1->add_option("--iterations", o->iterations, "workload iterations per run (the paper: 10)")->capture_default_str();
+  t1->add_option("--methods", o->methods, "columns: none,none2,idle,2,3,4,5,strace,gdbstub (default: all)");
+  t1->add_option("--pti", o->pti, "boot the guest with pti=on, off, or both settings one after the other")->capture_default_str();
+  t1->add_flag("--quick", o->quick, "one iteration, one round, pti off, no per-run warm-up (the test suite's run)");
+  t1->add_flag("!--no-warmup-each", o->warmup_each, "warm up only after each boot, not before every run");
+  t1->add_option("--gdbstub-max-hits", o->gdbstub_max_hits,
+                 "detach the gdb-stub tracer after this many breakpoint hits (0: never; --quick: 2000)");
+  t1->add_option("--image", o->image, "guest image (default: the default guest)");
+  t1->add_option("--boot-timeout", o->boot_timeout_s, "seconds to wait for each guest's SSH")->capture_default_str();
+  t1->callback([o] { run_table1(*o); });
+}
+
+}  // namespace hvtrace::tools
