@@ -270,7 +270,13 @@ class CredentialBreakpoints {
       };
       for (auto n = p.names.begin(); n != p.names.end();) {
         const std::vector<std::string> one = {*n};
-        const auto r = linux_os::find_dynamic_symbols(read, p.base, one);
+        auto r = linux_os::find_dynamic_symbols(read, p.base, one);
+        // A fork child maps none of a read-only file's pages until it touches them (Linux copies
+        // no such page-table entry at fork), so its library's symbol tables are often absent; the
+        // listener it was forked from loaded the library itself and still maps them, at the same
+        // addresses.
+        if (r.status == linux_os::ElfSymbolLookup::Status::kUnreadable)
+          if (auto lr = lookup_in_listener(lib, p.base, one)) r = std::move(*lr);
         if (debug_)
           fmt::print(stderr, "hvtrace: debug: pid {}: {} in {} at {:#x}: status {} {} {}\n", pid, *n, lib, p.base, static_cast<int>(r.status),
                      r.found.empty() ? 0 : r.found.begin()->second, r.why);
@@ -289,6 +295,26 @@ class CredentialBreakpoints {
       return true;
     }
     return false;
+  }
+
+  // The same library at the same base in a listener's address space.
+  std::optional<linux_os::ElfSymbolLookup> lookup_in_listener(const std::string& lib, std::uint64_t base,
+                                                               const std::vector<std::string>& names) {
+    for (const std::uint32_t l : listeners_) {
+      const auto* b = bases_.bases(l);
+      if (b == nullptr) continue;
+      auto it = b->find(lib);
+      if (it == b->end() || it->second != base) continue;
+      const auto d = dtb(l);
+      if (!d) continue;
+      arch::AddressSpace as(*ram_, Dtb{*d}, paging_);
+      const linux_os::UserMemReader read = [&as](std::uint64_t va, void* dst, std::size_t len) {
+        return as.read(GVA{va}, std::span(static_cast<std::byte*>(dst), len)).ok();
+      };
+      auto r = linux_os::find_dynamic_symbols(read, base, names);
+      if (r.status != linux_os::ElfSymbolLookup::Status::kUnreadable) return r;
+    }
+    return std::nullopt;
   }
 
   void place(std::uint32_t pid, const std::string& lib, const std::string& func, std::uint64_t va, std::uint64_t dtb) {
