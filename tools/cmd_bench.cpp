@@ -36,6 +36,7 @@
 #include <cmath>
 #include <ctime>
 #include <fstream>
+#include <functional>
 #include <future>
 #include <map>
 #include <memory>
@@ -57,9 +58,6 @@ using namespace std::chrono_literals;
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
-constexpr const char* kTraceSet = "read,write,open,openat,close,execve";
-// x86-64 numbers of the monitored calls (for the gdb-stub tracer, which filters by itself).
-const std::set<std::uint64_t> kMonitoredNrs = {0, 1, 2, 3, 257, 59};
 const std::vector<std::string> kAllColumns = {"none", "none2", "idle", "m2", "m3", "m4", "m5", "strace", "gdbstub"};
 
 struct Table1Options {
@@ -226,10 +224,53 @@ std::uint64_t published_events(const Guest& g) {
 
 const char* kDir = "/tmp/hvbench";
 
-std::string workload_shell(unsigned iterations) {
+// What the traced shell runs, which of its calls are monitored, and how it reports its time.
+struct Workload {
+  std::string body;              // run by the shell itself once released
+  std::string trace_set;         // hvtrace trace / strace: -e trace=...
+  std::set<std::uint64_t> nrs;   // the same calls by x86-64 number (the gdb-stub tracer filters by itself)
+  std::function<std::optional<double>(const std::string&)> guest_seconds;
+};
+
+// The paper's: the shell unpacks jansson and compiles it with tcc (sourced: the shell itself forks
+// unzip and tcc), its read, write, open, openat, close and execve monitored.
+Workload jansson_workload(unsigned iterations) {
+  return {fmt::format("set -- {}; . /usr/local/bin/jansson-workload", iterations), "read,write,open,openat,close,execve",
+          {0, 1, 2, 3, 257, 59}, parse_workload_seconds};
+}
+
+// `hvtrace bench events`: the shell becomes a loop of `calls` getppid() calls (compiled in the guest by tcc).
+const char* kLoopSource = R"(#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+int main(int argc, char** argv) {
+  long n = argc > 1 ? atol(argv[1]) : 1000;
+  struct timespec a, b;
+  clock_gettime(CLOCK_MONOTONIC, &a);
+  for (long i = 0; i < n; ++i) getppid();
+  clock_gettime(CLOCK_MONOTONIC, &b);
+  printf("hvb-loop: %ld calls in %.6f s\n", n, (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9);
+  return 0;
+}
+)";
+Workload getppid_loop(unsigned calls) {
+  return {fmt::format("exec /usr/local/bin/hvb-loop {}", calls), "getppid", {110},
+          [](const std::string& out) -> std::optional<double> {
+            const auto p = out.find(" calls in ");
+            if (p == std::string::npos) return std::nullopt;
+            try {
+              return std::stod(out.substr(p + 10));
+            } catch (const std::exception&) {
+              return std::nullopt;
+            }
+          }};
+}
+
+std::string workload_shell(const Workload& w) {
   // The SSH session's shell (root's login shell, bash) announces its pid, blocks on a FIFO until
-  // the tracer is in place, then runs the workload itself (sourced: the shell forks unzip and tcc).
-  return fmt::format("echo $$ >{0}/pid; read go <{0}/go; set -- {1}; . /usr/local/bin/jansson-workload", kDir, iterations);
+  // the tracer is in place, then runs the workload.
+  return fmt::format("echo $$ >{0}/pid; read go <{0}/go; {1}", kDir, w.body);
 }
 
 struct Running {
@@ -237,13 +278,13 @@ struct Running {
   std::uint32_t pid = 0;
 };
 
-Result<Running> start_shell(Guest& g, unsigned iterations) {
+Result<Running> start_shell(Guest& g, const Workload& w) {
   const auto rec = g.vm->record();
   auto prep = vm::ssh_exec(rec, fmt::format("rm -rf {0} && mkdir {0} && mkfifo {0}/go", kDir), 60s);
   if (!prep) return std::move(prep).error();
   if (prep->exit_status != 0) return make_error("preparing {} in the guest: {}", kDir, prep->err);
   Running r;
-  const std::string cmd = workload_shell(iterations);
+  const std::string cmd = workload_shell(w);
   r.shell = std::async(std::launch::async, [rec, cmd] { return vm::ssh_exec(rec, cmd, std::chrono::hours{6}); });
   const auto give_up = Clock::now() + 60s;
   while (Clock::now() < give_up && !vm::termination_requested()) {
@@ -277,6 +318,7 @@ Result<void> release_shell(Guest& g) {
 struct GdbTracer {
   std::atomic<bool> stop{false};
   std::atomic<bool> ready{false};
+  std::set<std::uint64_t> nrs;  // the monitored calls
   std::uint64_t max_hits = 0;   // 0: no limit
   bool partial = false;         // detached at max_hits, before the workload ended
   std::uint64_t hits = 0, matched = 0, round_trips = 0;
@@ -340,7 +382,7 @@ struct GdbTracer {
         }
         cr3v = *v;
       }
-      if (nr && abi::dtb_of_cr3(*cr3v) == shell_dtb && kMonitoredNrs.count(*nr)) ++matched;
+      if (nr && abi::dtb_of_cr3(*cr3v) == shell_dtb && nrs.count(*nr)) ++matched;
       // QEMU does not report a breakpoint while single-stepping: one step leaves it behind.
       auto st = rsp.step();
       if (!st) {
@@ -365,16 +407,16 @@ struct GdbTracer {
   }
 };
 
-json run_column(const std::string& col, Guest& g, unsigned iterations, const Table1Options& o) {
+json run_column(const std::string& col, Guest& g, const Workload& w, std::uint64_t gdb_max_hits) {
   json run = {{"column", col}, {"ok", false}};
   const auto rec = g.vm->record();
-  auto shell = start_shell(g, iterations);
+  auto shell = start_shell(g, w);
   if (!shell) {
     run["error"] = shell.error().message;
     return run;
   }
   run["shell_pid"] = shell->pid;
-  const std::string set = std::string("trace=") + kTraceSet;
+  const std::string set = "trace=" + w.trace_set;
   std::future<Result<vm::ProcessResult>> tracer;
   std::future<Result<vm::ExecResult>> strace;
   GdbTracer gdb;
@@ -437,7 +479,8 @@ json run_column(const std::string& col, Guest& g, unsigned iterations, const Tab
       else {
         run["shell_dtb"] = fmt::format("{:#x}", (*p)->dtb->value);
         run["breakpoint"] = fmt::format("entry_SYSCALL_64 = {:#x}", entry->value);
-        gdb.max_hits = o.gdbstub_max_hits;
+        gdb.max_hits = gdb_max_hits;
+        gdb.nrs = w.nrs;
         gdb.start(g, entry->value, (*p)->dtb->value);
         (void)wait_until([&] { return gdb.ready.load(); }, 60s);
         if (!gdb.ready.load()) failure = "the gdb stub tracer did not get ready within 60 s";
@@ -463,7 +506,7 @@ json run_column(const std::string& col, Guest& g, unsigned iterations, const Tab
   run["qemu_cpu_s"] = cpu;
   if (!out) failure = failure.empty() ? out.error().message : failure;
   else if (out->exit_status != 0) failure = failure.empty() ? fmt::format("workload failed: {}{}", out->out, out->err) : failure;
-  else if (auto s = parse_workload_seconds(out->out)) run["guest_s"] = *s;
+  else if (auto s = w.guest_seconds(out->out)) run["guest_s"] = *s;
   else failure = failure.empty() ? fmt::format("no time in the workload's output: {}", out->out) : failure;
 
   if (col == "none" || col == "none2") {
@@ -707,7 +750,7 @@ void run_table1(Table1Options o) {
                    done_runs + 1, total_runs, col, duration_text(elapsed), duration_text(left));
         const auto r0 = Clock::now();
         if (o.warmup_each) warm_up(g, 1);
-        json run = run_column(col, g, o.iterations, o);
+        json run = run_column(col, g, jansson_workload(o.iterations), o.gdbstub_max_hits);
         run["pti"] = pti;
         run["round"] = round;
         run["order"] = k;
@@ -747,6 +790,134 @@ void run_table1(Table1Options o) {
   if (any_failed || !problems.empty()) exit_code() = 1;
 }
 
+// ---- events -----------------------------------------------------------------------------------
+
+struct EventsOptions {
+  std::string out_dir = "bench-events";
+  unsigned rounds = 3;
+  unsigned calls = 20000;
+  unsigned gdbstub_calls = 1000;
+  std::string pti = "off";
+  unsigned boot_timeout_s = 180;
+};
+
+Result<void> install_loop(Guest& g) {
+  auto r = vm::ssh_exec(g.vm->record(),
+                        fmt::format("cat >/tmp/hvb-loop.c <<'HVB_EOF'\n{}HVB_EOF\ntcc -o /usr/local/bin/hvb-loop /tmp/hvb-loop.c && "
+                                    "/usr/local/bin/hvb-loop 10",
+                                    kLoopSource),
+                        120s);
+  if (!r) return std::move(r).error();
+  if (r->exit_status != 0) return make_error("compiling the getppid loop in the guest: {}{}", r->out, r->err);
+  return {};
+}
+
+void run_events(const EventsOptions& o) {
+  vm::install_termination_handlers();
+  if (o.rounds == 0 || o.calls == 0 || o.gdbstub_calls == 0) throw UserError("--rounds, --calls and --gdbstub-calls must be at least 1");
+  if (o.pti != "on" && o.pti != "off") throw UserError(fmt::format("--pti {}: use on or off", o.pti));
+  auto image = vm::load_image(vm::default_image_dir());
+  if (!image) throw UserError(fmt::format("{} (the default guest is built by `guest/build-image`)", image.error().message));
+  const vm::fs::path dir = o.out_dir;
+  std::error_code ec;
+  vm::fs::create_directories(dir, ec);
+  if (ec) throw UserError(fmt::format("-o {}: {}", o.out_dir, ec.message()));
+  Table1Options boot;
+  boot.boot_timeout_s = o.boot_timeout_s;
+  const std::string tag = std::to_string(getpid() % 100000);
+  fmt::print(stderr, "[bench] booting two guests (no plugin + gdb stub; monitor), pti={}\n", o.pti);
+  auto plain = value_or_throw(boot_guest("hvb-ev-plain-" + tag, false, o.pti == "on", boot, *image));
+  auto mon = value_or_throw(boot_guest("hvb-ev-mon-" + tag, true, o.pti == "on", boot, *image));
+  value_or_throw(install_loop(*plain));
+  value_or_throw(install_loop(*mon));
+  // none/strace/gdbstub on the guest without plugin; idle/sync (method 4)/async (method 5) on the monitor's.
+  const std::vector<std::string> kinds = {"none", "idle", "m4", "m5", "strace", "gdbstub"};
+  json results = {{"schema", "hvtrace-bench-events/1"}, {"command", command_line()},        {"started", now_text()},
+                  {"machine", machine_info()},          {"calls", o.calls},                 {"gdbstub_calls", o.gdbstub_calls},
+                  {"pti", o.pti},                       {"rounds", o.rounds},               {"runs", json::array()}};
+  const auto t0 = Clock::now();
+  std::size_t done = 0;
+  const std::size_t total = kinds.size() * o.rounds;
+  for (unsigned round = 0; round < o.rounds && !vm::termination_requested(); ++round)
+    for (std::size_t k = 0; k < kinds.size() && !vm::termination_requested(); ++k) {
+      const std::string& kind = kinds[(k + round) % kinds.size()];
+      Guest& g = (kind == "idle" || kind[0] == 'm') ? *mon : *plain;
+      const double elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
+      fmt::print(stderr, "[bench] round {}/{} run {}/{}: {:<8} (elapsed {}, ~{} left)\n", round + 1, o.rounds, done + 1, total, kind,
+                 duration_text(elapsed), done ? duration_text(elapsed / static_cast<double>(done) * static_cast<double>(total - done)) : "?");
+      json run = run_column(kind, g, getppid_loop(kind == "gdbstub" ? o.gdbstub_calls : o.calls), 0);
+      run["round"] = round;
+      run["calls"] = kind == "gdbstub" ? o.gdbstub_calls : o.calls;
+      ++done;
+      if (!run.value("ok", false)) fmt::print(stderr, "[bench]   {} FAILED: {}\n", kind, run.value("error", "?"));
+      results["runs"].push_back(std::move(run));
+    }
+  mon->reader.reset();
+  (void)plain->vm->shutdown();
+  (void)mon->vm->shutdown();
+  results["finished"] = now_text();
+  results["machine"]["loadavg_end"] = trim(read_text("/proc/loadavg"));
+
+  // Per round: the cost of one call / one delivered event against the round's baseline.
+  const auto per_round = [&](const std::string& kind, const std::string& base, const char* key, bool per_event) {
+    std::vector<double> v;
+    for (unsigned r = 0; r < o.rounds; ++r) {
+      const json *a = nullptr, *b = nullptr;
+      for (const auto& x : results["runs"])
+        if (x.value("round", 99u) == r && x.value("ok", false)) {
+          if (x["column"] == kind) a = &x;
+          if (x["column"] == base) b = &x;
+        }
+      if (!a || !b || !a->contains(key) || !b->contains(key)) continue;
+      const double extra = (*a)[key].get<double>() - (*b)[key].get<double>();
+      const double n = per_event ? a->value("events_delivered", 0.0) : a->value("calls", 0.0);
+      if (n > 0) v.push_back(extra / n * 1e6);
+    }
+    return bench::summarize(v);
+  };
+  struct Row {
+    const char* kind;
+    const char* base;
+    const char* key;
+    const char* what;
+  };
+  const std::vector<Row> rows = {
+      {"m4", "idle", "guest_s", "hvtrace synchronous event (method 4: entry and exit pause the guest)"},
+      {"m5", "idle", "guest_s", "hvtrace asynchronous event (method 5)"},
+      {"strace", "none", "guest_s", "in-guest strace -f stop (ptrace: entry and exit stops)"},
+      {"gdbstub", "none", "wall_s", "gdb-stub breakpoint round trip (host wall: the guest clock stops with the VM)"},
+  };
+  std::string md = fmt::format("# hvtrace bench events\n\nA guest program makes a known number of getppid() calls ({} per run; {} under "
+                               "the gdb stub); the same SSH login shell execs it after the tracer is attached. Cost = (time traced - "
+                               "time of the baseline in the same round) / calls or / events delivered; median [min–max] of {} "
+                               "round(s), pti={}. Baselines: `idle` (plugin loaded, nothing armed) for hvtrace, `none` for the "
+                               "others.\n\nCommand: `{}`\n\n| event | µs per call | µs per delivered event | events per call |\n|---|---|---|---|\n",
+                               o.calls, o.gdbstub_calls, o.rounds, o.pti, results.value("command", ""));
+  json summary = json::object();
+  for (const auto& r : rows) {
+    const auto c = per_round(r.kind, r.base, r.key, false), e = per_round(r.kind, r.base, r.key, true);
+    double events_per_call = std::nan("");
+    for (const auto& x : results["runs"])
+      if (x["column"] == r.kind && x.value("ok", false) && x.contains("events_delivered"))
+        events_per_call = x["events_delivered"].get<double>() / x.value("calls", 1.0);
+    const auto cell = [](const bench::Summary& s) {
+      return s.n ? fmt::format("{:.2f} [{:.2f}–{:.2f}]", s.median, s.min, s.max) : std::string("–");
+    };
+    md += fmt::format("| {} | {} | {} | {} |\n", r.what, cell(c), cell(e),
+                      std::isnan(events_per_call) ? "–" : fmt::format("{:.2f}", events_per_call));
+    summary[r.kind] = {{"us_per_call", c.median}, {"us_per_event", e.median}, {"rounds", c.n}};
+  }
+  const double sync_ev = summary["m4"].value("us_per_event", 0.0), gdb_ev = summary["gdbstub"].value("us_per_event", 0.0);
+  if (sync_ev > 0 && gdb_ev > 0)
+    md += fmt::format("\nA gdb-stub round trip costs {:.0f}x a synchronous hvtrace event (issue 10's target: ≥ 100x).\n", gdb_ev / sync_ev);
+  results["summary"] = summary;
+  write_file(dir / "events.json", results.dump(1) + "\n");
+  write_file(dir / "events.md", md);
+  fmt::print("{}", md);
+  fmt::print(stderr, "[bench] wrote {}/events.json and events.md\n", dir.string());
+  if (vm::termination_requested()) exit_code() = 130;
+}
+
 }  // namespace
 
 void add_bench_command(CLI::App& app) {
@@ -766,6 +937,17 @@ void add_bench_command(CLI::App& app) {
   t1->add_option("--image", o->image, "guest image (default: the default guest)");
   t1->add_option("--boot-timeout", o->boot_timeout_s, "seconds to wait for each guest's SSH")->capture_default_str();
   t1->callback([o] { run_table1(*o); });
+
+  auto e = std::make_shared<EventsOptions>();
+  auto* ev = bench->add_subcommand("events", "The cost of one delivered event: hvtrace sync and async, strace, gdb stub");
+  ev->add_option("-o,--output-dir", e->out_dir, "directory for events.json and events.md")->capture_default_str();
+  ev->add_option("--rounds", e->rounds, "interleaved rounds")->capture_default_str();
+  ev->add_option("--calls", e->calls, "getppid() calls per run")->capture_default_str();
+  ev->add_option("--gdbstub-calls", e->gdbstub_calls, "getppid() calls under the gdb stub (each hit costs milliseconds)")
+      ->capture_default_str();
+  ev->add_option("--pti", e->pti, "boot the guests with pti=on or off")->capture_default_str();
+  ev->add_option("--boot-timeout", e->boot_timeout_s, "seconds to wait for each guest's SSH")->capture_default_str();
+  ev->callback([e] { run_events(*e); });
 }
 
 }  // namespace hvtrace::tools
