@@ -53,7 +53,9 @@ struct SessionOptions {
   double duration = 0;
   std::string sensor;                          // default: the VM's name
   std::vector<std::string> servers = {"dropbear", "sshd"};
-  std::uint32_t snap_len = 16 * 1024;
+  // The monitor's largest: a file's bytes are hashed from the write captures, and sftp-server
+  // writes 32 KiB blocks (a capture cut short makes the SHA-256 cover only what was seen).
+  std::uint32_t snap_len = abi::kMaxSnapLen;
 };
 
 const char* kHelpFooter = R"(
