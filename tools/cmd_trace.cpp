@@ -241,7 +241,11 @@ void run_trace(const TraceOptions& o) {
           if (i == nullptr) return std::nullopt;
           return std::string(syscalls::kernel_entry_name(abi::SyscallAbi::kX86_64, nr, i->name));
         },
-        [](std::string_view) { return true; });
+        [](unsigned nr) -> std::optional<std::string> {
+          const auto* i = syscalls::Table::get(abi::SyscallAbi::kI386).by_nr(nr);
+          if (i == nullptr) return std::nullopt;
+          return std::string(syscalls::kernel_entry_name(abi::SyscallAbi::kI386, nr, i->name));
+        });
     // Numbers this kernel does not implement (ni_syscall, or newer than it) are expected; a
     // different name for the same number is worth a person's attention.
     std::vector<std::string> renamed;

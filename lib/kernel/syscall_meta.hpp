@@ -65,11 +65,14 @@ struct SyscallMetaLimits {
 // Where the guest and a compiled-in table disagree, one human-readable line each, e.g.
 // "x86-64 nr 334: guest has rseq, compiled-in has foo". x64_name_of(nr) gives the compiled-in
 // kernel entry point name for nr without "sys_" (syscall_64.tbl's entry column: "newstat" for
-// nr 4), nullopt for a hole; i386_has_name(name) says whether the compiled-in i386 table has an
-// entry point of that name (native or compat, without "sys_"/"compat_sys_"). Also reports
-// metadata whose boot-time number disagrees with the compiled-in table.
+// nr 4), nullopt for a hole. Also reports metadata whose boot-time number disagrees with the
+// compiled-in table. i386_entry_of(nr) gives the compiled-in i386 entry point for nr (without
+// "__ia32_sys_"/"__ia32_compat_sys_"; alternatives separated by '|'), nullopt for a hole: each one
+// the guest has no such symbol
+// for is reported as "i386 nr N: guest has none, compiled-in has X" (the guest keeps an __ia32_sys_
+// stub of every syscall, so the other direction says nothing).
 [[nodiscard]] std::vector<std::string> compare_syscall_tables(
     const GuestSyscalls& guest, const std::function<std::optional<std::string>(unsigned nr)>& x64_name_of,
-    const std::function<bool(std::string_view name)>& i386_has_name);
+    const std::function<std::optional<std::string>(unsigned nr)>& i386_entry_of);
 
 }  // namespace hvtrace::kernel

@@ -129,7 +129,9 @@ struct Formatted {
 [[nodiscard]] std::string to_text(const Formatted& f, std::size_t start_col = 0);
 
 // The kernel's entry-point name of a call (sys_call_table's column, without "sys_"), where it
-// differs from the name strace prints: "newstat" for x86-64 stat. Otherwise strace_name.
+// differs from the name strace prints: "newstat" for x86-64 stat; for i386, the ia32 entry point
+// without "__ia32_sys_"/"__ia32_compat_sys_"; where kernels named it differently, the names
+// separated by '|' ("x86_stat64|ia32_stat64" for stat64). Otherwise strace_name.
 [[nodiscard]] std::string_view kernel_entry_name(abi::SyscallAbi abi, std::uint64_t nr, std::string_view strace_name);
 
 [[nodiscard]] std::optional<std::string_view> errno_name(int err);
