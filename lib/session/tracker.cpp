@@ -918,8 +918,10 @@ struct Tracker::Impl {
           terminal = it->second.kind == FdKind::kPtmx || (it->second.kind == FdKind::kPipeRead && !s.pty &&
                                                                  (it->second.channel || s.channel_pipes.count(it->second.pipe) != 0));
         } else {
-          // fds not known (the pipe capture missing): a command without pty reads its output here
-          terminal = !s.pty && s.shell != 0;
+          // fds not known (the pipe capture missing): a command without pty reads its output here.
+          // Not in a picked-up session: all its connection process's fds are unknown, the client's
+          // socket (ciphertext) among them.
+          terminal = !s.pty && s.shell != 0 && !s.picked_up;
         }
         if (!terminal) return;
         const auto* cap = find_cap(c.exit_caps, 1, CaptureKind::kBuffer);

@@ -3,7 +3,8 @@
 // typed at the prompt, then the right one), types a command with a typo corrected by backspace and
 // a pipeline at a person's pace, and logs out. Then hvtrace gets SIGINT, and its session folder
 // must hold what happened: the connection, the login, each command line as finally entered, its
-// output, and the close.
+// output, and the close. The same guest serves the other cases: SIGINT mid-session, a
+// session picked up from before the watch, and hostile input from the guest.
 #include "vm/process.hpp"
 #include "vm/vm.hpp"
 
@@ -17,6 +18,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <chrono>
 #include <iostream>
 #include <csignal>
@@ -24,6 +26,7 @@
 #include <regex>
 #include <sstream>
 #include <thread>
+#include <utility>
 
 namespace hvtrace {
 namespace {
@@ -211,21 +214,8 @@ class Session : public ::testing::Test {
   };
   static Watched watch_login(const std::string& wrong, const std::string& right) {
     Watched w;
-    const fs::path base = fs::path(::testing::TempDir()) / fmt::format("hvtrace-session-{}", getpid());
-    fs::remove_all(base);
-    fs::create_directories(base);
-    Background hv = Background::start({HVTRACE_BIN, "session", "--vm", kVm, "-o", (base / "s").string(), "--follow"},
-                                      base / "out.txt", base / "err.txt");
-    const auto ready_by = std::chrono::steady_clock::now() + 120s;
-    while (slurp(base / "err.txt").find("watching") == std::string::npos && std::chrono::steady_clock::now() < ready_by) {
-      int st = 0;
-      if (waitpid(hv.pid, &st, WNOHANG) == hv.pid) {
-        hv.pid = -1;
-        break;
-      }
-      std::this_thread::sleep_for(100ms);
-    }
-    EXPECT_NE(slurp(base / "err.txt").find("watching"), std::string::npos) << slurp(base / "err.txt");
+    Background hv;
+    const fs::path base = start_watch(hv, "login");
     {
       Terminal t(vm_->record().ssh_port, "alice");
       EXPECT_TRUE(t.wait_for("password:")) << t.screen();
@@ -247,10 +237,86 @@ class Session : public ::testing::Test {
     w.exit_code = hv.interrupt(60s);
     w.out = slurp(base / "out.txt");
     w.err = slurp(base / "err.txt");
-    if (fs::is_directory(base / "s"))
-      for (const auto& e : fs::directory_iterator(base / "s"))
-        if (e.is_directory() && std::regex_match(e.path().filename().string(), std::regex("[0-9a-f]{12}"))) w.sessions.push_back(e.path());
+    w.sessions = session_dirs(base / "s");
     return w;
+  }
+
+  // A fresh folder for one test's hvtrace run.
+  static fs::path fresh_base(const std::string& tag) {
+    const fs::path base = fs::path(::testing::TempDir()) / fmt::format("hvtrace-session-{}-{}", tag, getpid());
+    fs::remove_all(base);
+    fs::create_directories(base);
+    return base;
+  }
+  // `hvtrace session` into a fresh folder's s/, started and waited for until it says it is
+  // watching; the folder.
+  static fs::path start_watch(Background& hv, const std::string& tag) {
+    const fs::path base = fresh_base(tag);
+    Background started = Background::start({HVTRACE_BIN, "session", "--vm", kVm, "-o", (base / "s").string(), "--follow"},
+                                           base / "out.txt", base / "err.txt");
+    std::swap(hv.pid, started.pid);   // `started` no longer owns the process
+    hv.out = started.out;
+    hv.err = started.err;
+    const auto ready_by = std::chrono::steady_clock::now() + 120s;
+    while (slurp(base / "err.txt").find("watching") == std::string::npos && std::chrono::steady_clock::now() < ready_by) {
+      int st = 0;
+      if (waitpid(hv.pid, &st, WNOHANG) == hv.pid) {
+        hv.pid = -1;
+        break;
+      }
+      std::this_thread::sleep_for(100ms);
+    }
+    EXPECT_NE(slurp(base / "err.txt").find("watching"), std::string::npos) << slurp(base / "err.txt");
+    return base;
+  }
+  static std::vector<fs::path> session_dirs(const fs::path& dir) {
+    std::vector<fs::path> v;
+    if (fs::is_directory(dir))
+      for (const auto& e : fs::directory_iterator(dir))
+        if (e.is_directory() && std::regex_match(e.path().filename().string(), std::regex("[0-9a-f]{12}"))) v.push_back(e.path());
+    return v;
+  }
+  static std::string tail(const std::string& s, std::size_t n = 2000) { return s.size() > n ? s.substr(s.size() - n) : s; }
+  // Alice logs in with the right password and gets her prompt.
+  static void log_in(Terminal& t) {
+    ASSERT_TRUE(t.wait_for("password:")) << t.screen();
+    t.type(password("alice") + "\r");
+    ASSERT_TRUE(t.wait_for("$ ")) << t.screen();
+  }
+  // Type a command line; wait for `want` on the screen, then for the next prompt.
+  static void run(Terminal& t, const std::string& line, const std::string& want, std::chrono::seconds timeout = 60s) {
+    const auto prompts = t.occurrences("$ ");
+    const auto wants = t.occurrences(want);
+    t.type(line + "\r");
+    EXPECT_TRUE(t.wait_for(want, wants + 1, timeout)) << line << "\n" << tail(t.screen());
+    EXPECT_TRUE(t.wait_for("$ ", prompts + 1, timeout)) << line << "\n" << tail(t.screen());
+  }
+  // The peak resident set of a running process (VmHWM, bytes; 0 if unreadable).
+  static std::uint64_t peak_rss(pid_t pid) {
+    std::istringstream in(slurp(fmt::format("/proc/{}/status", pid)));
+    for (std::string line; std::getline(in, line);)
+      if (line.rfind("VmHWM:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+    return 0;
+  }
+  // Every line of the file is one JSON value (asserted); the values.
+  static std::vector<nlohmann::json> json_lines(const fs::path& p) {
+    std::vector<nlohmann::json> v;
+    std::istringstream in(slurp(p));
+    std::size_t n = 0;
+    for (std::string line; std::getline(in, line);) {
+      ++n;
+      auto j = nlohmann::json::parse(line, nullptr, false);
+      EXPECT_FALSE(j.is_discarded()) << p << ":" << n << ": " << line.substr(0, 300);
+      if (!j.is_discarded()) v.push_back(std::move(j));
+    }
+    return v;
+  }
+  static const nlohmann::json* exec_with(const std::vector<nlohmann::json>& ev, const std::string& arg) {
+    for (const auto& e : ev)
+      if (e.value("eventid", "") == "hvtrace.process.exec" && e.contains("argv"))
+        for (const auto& a : e["argv"])
+          if (a.is_string() && a.get<std::string>() == arg) return &e;
+    return nullptr;
   }
 
   static inline vm::Vm* vm_ = nullptr;
@@ -329,6 +395,143 @@ TEST_F(Session, BadInputIsOneClearError) {
   EXPECT_EQ(help->exit_code, 0);
   for (const char* w : {"--vm", "--output-dir", "--follow", "--duration", "--sensor", "events.jsonl", "Exit status"})
     EXPECT_NE(help->out.find(w), std::string::npos) << w;
+}
+
+// hvtrace stopped with SIGINT while alice is still logged in, after a command's output was shown:
+// the folder keeps the connection, the login and the command, and the engine closes the session
+// at the end of the watch (`ended: "watch_ended"`), as the last line of events.jsonl.
+TEST_F(Session, SigintMidSessionKeepsWhatWasCaptured) {
+  Background hv;
+  const fs::path base = start_watch(hv, "sigint");
+  Terminal t(vm_->record().ssh_port, "alice");
+  ASSERT_NO_FATAL_FAILURE(log_in(t));
+  run(t, "echo mid-$((6*7))", "mid-42\r\n");
+  std::this_thread::sleep_for(2s);   // the last events reach the rings
+  EXPECT_EQ(hv.interrupt(60s), 0) << slurp(base / "err.txt");
+  t.type("exit\r");   // the client logs out after the watch ended
+  (void)t.finish(60s);
+
+  const auto dirs = session_dirs(base / "s");
+  ASSERT_EQ(dirs.size(), 1u) << slurp(base / "out.txt") << slurp(base / "err.txt");
+  const auto ev = json_lines(dirs[0] / "events.jsonl");
+  ASSERT_FALSE(ev.empty());
+  EXPECT_EQ(of(ev, "cowrie.session.connect").size(), 1u);
+  EXPECT_EQ(of(ev, "cowrie.login.success").size(), 1u);
+  std::vector<std::string> inputs;
+  for (const auto& e : of(ev, "cowrie.command.input")) inputs.push_back(e.value("input", ""));
+  EXPECT_NE(std::find(inputs.begin(), inputs.end(), "echo mid-$((6*7))"), inputs.end()) << fmt::format("{}", fmt::join(inputs, " | "));
+  EXPECT_EQ(ev.back().value("eventid", ""), "cowrie.session.closed") << ev.back().dump();
+  EXPECT_EQ(ev.back().value("ended", ""), "watch_ended") << ev.back().dump();
+  EXPECT_EQ(of(ev, "cowrie.session.closed").size(), 1u);
+  EXPECT_NE(slurp(dirs[0] / "transcript.txt").find("mid-42"), std::string::npos) << slurp(dirs[0] / "transcript.txt");
+  (void)json_lines(dirs[0] / "session.cast");
+}
+
+// A login made before hvtrace starts is picked up from the process list: its terminal is not
+// known (the pty master was opened before the watch), but its processes are followed: the
+// command's exec with its argv, and the close when alice logs out.
+TEST_F(Session, ASessionStartedBeforeTheWatchIsPickedUp) {
+  Terminal t(vm_->record().ssh_port, "alice");
+  ASSERT_NO_FATAL_FAILURE(log_in(t));
+  Background hv;
+  const fs::path base = start_watch(hv, "pickup");
+  EXPECT_NE(slurp(base / "err.txt").find("already running"), std::string::npos) << slurp(base / "err.txt");
+  run(t, "/bin/echo picked-$((6*7))", "picked-42\r\n");
+  t.type("exit\r");
+  EXPECT_EQ(t.finish(60s), 0) << tail(t.screen());
+  std::this_thread::sleep_for(2s);
+  EXPECT_EQ(hv.interrupt(60s), 0) << slurp(base / "err.txt");
+
+  const auto dirs = session_dirs(base / "s");
+  ASSERT_EQ(dirs.size(), 1u) << slurp(base / "out.txt") << slurp(base / "err.txt");
+  const auto ev = json_lines(dirs[0] / "events.jsonl");
+  const auto connect = of(ev, "cowrie.session.connect");
+  ASSERT_EQ(connect.size(), 1u);
+  EXPECT_TRUE(connect[0].value("picked_up", false)) << connect[0].dump();
+  const nlohmann::json* exec = exec_with(ev, "picked-42");
+  ASSERT_NE(exec, nullptr) << slurp(dirs[0] / "events.jsonl");
+  EXPECT_EQ((*exec)["argv"], nlohmann::json::array({"/bin/echo", "picked-42"})) << exec->dump();
+  const auto closed = of(ev, "cowrie.session.closed");
+  ASSERT_EQ(closed.size(), 1u);
+  EXPECT_NE(closed[0].value("ended", ""), "watch_ended") << "alice logged out while watched: " << closed[0].dump();
+  // Its terminal is not known: nothing the connection process reads (the client's socket carries
+  // ciphertext) is taken for terminal output.
+  if (fs::exists(dirs[0] / "session.cast")) {
+    for (const auto& e : json_lines(dirs[0] / "session.cast")) EXPECT_FALSE(e.is_array() && e.size() == 3 && e[1] == "o") << e.dump().substr(0, 200);
+  }
+}
+
+// Hostile input from the guest in one session: an argv of more than 1 MiB, binary output, a
+// process storm, a long argv; then a marker command. hvtrace stays bounded, writes valid JSON and
+// asciicast, marks the cut argv, and still records the marker (nothing wedged).
+TEST_F(Session, HostileInputFromTheGuestStaysBounded) {
+  Background hv;
+  const fs::path base = start_watch(hv, "hostile");
+  {
+    Terminal t(vm_->record().ssh_port, "alice");
+    ASSERT_NO_FATAL_FAILURE(log_in(t));
+    // 1049 words of 1000 bytes (one argument may not exceed 128 KiB): 1050049 bytes of argv.
+    run(t, "a=$(printf %01000d 0); x=$(for i in $(seq 1049); do echo $a; done); /bin/echo $x | wc -c", "1050049", 300s);
+    run(t, "head -c 4096 /dev/urandom; echo; echo bin-$((6*7))", "bin-42", 120s);
+    run(t, "for i in $(seq 300); do /bin/true & done; wait; echo storm-$((6*7))", "storm-42", 300s);
+    run(t, "/bin/echo $(seq 5000)", "4999 5000", 120s);
+    run(t, "/bin/echo marker-$((6*7))", "marker-42\r\n", 120s);
+    t.type("exit\r");
+    EXPECT_EQ(t.finish(60s), 0) << tail(t.screen());
+  }
+  std::this_thread::sleep_for(2s);
+  const std::uint64_t rss = peak_rss(hv.pid);
+  EXPECT_GT(rss, 0u);
+  EXPECT_LT(rss, 512ull << 20) << "hvtrace's peak RSS";
+  RecordProperty("hvtrace_peak_rss_kib", std::to_string(rss >> 10));
+  EXPECT_EQ(hv.interrupt(60s), 0) << slurp(base / "err.txt");
+
+  const auto dirs = session_dirs(base / "s");
+  ASSERT_EQ(dirs.size(), 1u) << slurp(base / "out.txt") << slurp(base / "err.txt");
+  const fs::path dir = dirs[0];
+  const auto ev = json_lines(dir / "events.jsonl");
+  // The marker after the storm: its line and its exec.
+  std::vector<std::string> inputs;
+  for (const auto& e : of(ev, "cowrie.command.input")) inputs.push_back(e.value("input", ""));
+  EXPECT_NE(std::find(inputs.begin(), inputs.end(), "/bin/echo marker-$((6*7))"), inputs.end()) << fmt::format("{}", fmt::join(inputs, " | "));
+  EXPECT_NE(exec_with(ev, "marker-42"), nullptr);
+  // The 1 MiB argv is cut, and marked so; what is kept is bounded by max_line_bytes (64 KiB).
+  const nlohmann::json* big = nullptr;
+  bool marked = false;
+  for (const auto& e : ev)
+    if (e.value("eventid", "") == "hvtrace.process.exec" && e.contains("argv") && e["argv"].size() > 1 &&
+        e["argv"][1] == std::string(1000, '0')) {
+      big = &e;
+      marked = e.value("argv_truncated", false);
+      std::size_t kept = 0;
+      for (const auto& a : e["argv"]) kept += a.get<std::string>().size();
+      EXPECT_LE(kept, 64u * 1024u);
+    }
+  ASSERT_NE(big, nullptr) << "no exec of the 1 MiB argv";
+  EXPECT_TRUE(marked) << big->dump().substr(0, 300);
+  // The long argv of seq 5000 starts right.
+  bool long_seen = false;
+  for (const auto& e : of(ev, "hvtrace.process.exec"))
+    if (e.contains("argv") && e["argv"].size() > 3 && e["argv"][0] == "/bin/echo" && e["argv"][1] == "1" && e["argv"][2] == "2") long_seen = true;
+  EXPECT_TRUE(long_seen);
+  // The storm's processes were seen.
+  std::size_t trues = 0;
+  for (const auto& e : of(ev, "hvtrace.process.exec"))
+    if (e.value("filename", "") == "/bin/true") ++trues;
+  EXPECT_GE(trues, 300u);
+  const auto closed = of(ev, "cowrie.session.closed");
+  ASSERT_EQ(closed.size(), 1u);
+  // session.cast: asciicast v2, every line JSON: the header, then [time, code, data] events.
+  const auto cast = json_lines(dir / "session.cast");
+  ASSERT_FALSE(cast.empty());
+  EXPECT_EQ(cast[0].value("version", 0), 2) << cast[0].dump();
+  for (std::size_t i = 1; i < cast.size(); ++i) {
+    ASSERT_TRUE(cast[i].is_array() && cast[i].size() == 3 && cast[i][0].is_number() && cast[i][1].is_string() && cast[i][2].is_string())
+        << i << ": " << cast[i].dump().substr(0, 300);
+  }
+  const std::string transcript = slurp(dir / "transcript.txt");
+  EXPECT_NE(transcript.find("marker-42"), std::string::npos) << tail(transcript);
+  EXPECT_NE(transcript.find("1050049"), std::string::npos) << tail(transcript);
 }
 
 }  // namespace

@@ -532,6 +532,33 @@ TEST(SessionEngine, ClientGoneBeforeLogoutIsDroppedAndWrongPasswordsAreFailed) {
   EXPECT_EQ(t.stats().open, 0u);
 }
 
+// A login running before the watch (picked up from the process list): the connection process's
+// fds were opened before it, so which one is the client's socket and which the pty master is not
+// known. Its reads are not terminal output (the socket's are ciphertext); its processes are kept.
+TEST(SessionEngine, PickedUpSessionKeepsProcessesNotUnknownReads) {
+  Rig r;
+  auto& [dir, t, g] = r;
+  t.add_existing(kConn, kServer, "dropbear", g.now);
+  t.add_existing(kShell, kConn, "bash", g.now);
+  g.read(kConn, kSock, "\x17\x03\x03\xde\xad ciphertext");   // the client's socket
+  g.fork(kShell, 300);
+  g.exec(300, "/bin/echo", {"/bin/echo", "picked-42"});
+  g.read(kConn, kMaster, "picked-42\r\n");   // the pty master
+  g.exit(300, 0);
+  g.exit(kShell, 0);
+  g.exit(kConn, 0);
+
+  const auto ids = t.session_ids();
+  ASSERT_EQ(ids.size(), 1u);
+  const auto ev = jsonl(dir.path() / ids[0] / "events.jsonl");
+  EXPECT_TRUE(by_id(ev, "cowrie.session.connect").at(0)["picked_up"].get<bool>());
+  EXPECT_EQ(by_id(ev, "hvtrace.process.exec").at(0)["argv"], json::array({"/bin/echo", "picked-42"}));
+  EXPECT_EQ(by_id(ev, "cowrie.session.closed").at(0)["ended"], "logout");
+  EXPECT_EQ(slurp(dir.path() / ids[0] / "transcript.txt").find("ciphertext"), std::string::npos);
+  const fs::path cast = dir.path() / ids[0] / "session.cast";
+  EXPECT_TRUE(!fs::exists(cast) || cast_output(jsonl(cast)).empty()) << slurp(cast);
+}
+
 TEST(SessionEngine, HostileInputIsBoundedAndMarked) {
   TrackerConfig cfg;
   cfg.max_line_bytes = 4096;
