@@ -140,6 +140,7 @@ class CredentialBreakpoints {
     if (c.nr == 3 && c.abi == abi::SyscallAbi::kX86_64)
       for (auto it = pending_.lower_bound({pid, std::string()}); it != pending_.end() && it->first.first == pid; ++it)
         it->second.ready = true;
+    std::set<std::uint32_t> forked;   // children of a server that inherited its libraries just now
     for (const auto& ch : bases_.on_call(pid, c)) {
       if (ch.kind == trace::LibraryBases::Change::Kind::kLoaded) {
         Pending p;
@@ -148,11 +149,18 @@ class CredentialBreakpoints {
         for (const auto& f : kCredentialFunctions)
           if (ch.lib == f.lib) p.names.insert(f.name);
         pending_[{ch.pid, ch.lib}] = std::move(p);
+        if (ch.pid != pid && servers_.count(comm) != 0) forked.insert(ch.pid);
       } else {
         pending_.erase({ch.pid, ch.lib});
         remove(ch.pid, ch.lib);
       }
     }
+    // A connection process gets its breakpoints now, while its parent's fork returns (a
+    // synchronous event), not at its own first call: it may look the user up (getpwnam) before
+    // an asynchronous event of its own reaches us.
+    for (const std::uint32_t child : forked)
+      for (auto it = pending_.lower_bound({child, std::string()}); it != pending_.end() && it->first.first == child;)
+        it = resolve(child, it->first.second, it->second) ? pending_.erase(it) : std::next(it);
     if (servers_.count(comm) == 0) return;   // only the server's own processes get breakpoints
     const auto* known = bases_.bases(pid);
     if ((known == nullptr || known->empty()) && scanned_.count(pid) == 0 && scan_wanted_.size() < 4096) scan_wanted_.insert(pid);
