@@ -384,7 +384,13 @@ void run_trace(const TraceOptions& o) {
       cmd_status.wait_for(0s) != std::future_status::ready) {
     vm::clear_termination_request();   // lets this one SSH call run; a second Ctrl-C cuts it short
     interrupted_cmd = true;
-    (void)vm::ssh_exec(rec, fmt::format("kill -TERM {} 2>/dev/null", shell_pid), 30s);
+    // TERM, then wait until it is gone (a loaded guest may take a while to run the dying process),
+    // KILL after 2 s: hvtrace returns only once CMD no longer runs in the guest.
+    (void)vm::ssh_exec(rec,
+                       fmt::format("kill -TERM {0} 2>/dev/null; i=0; while kill -0 {0} 2>/dev/null && [ $i -lt 20 ]; do "
+                                   "sleep 0.1; i=$((i+1)); done; kill -KILL {0} 2>/dev/null; true",
+                                   shell_pid),
+                       30s);
   }
   const auto after = ctl.stats();
   std::vector<events::RingStats> rings;
