@@ -424,16 +424,12 @@ void run_session(const SessionOptions& o) {
   std::error_code ec;
   vm::fs::create_directories(o.dir, ec);
   if (ec) throw UserError(fmt::format("-o {}: {}", o.dir, ec.message()));
-  const auto rec = value_or_throw(vm::find_vm(o.vm_name));
-  const auto files = vm::monitor_files(o.vm_name);
-  if (!vm::fs::exists(files.rings))
-    throw UserError(fmt::format("VM '{}' runs without the hvtrace monitor; start it with `hvtrace vm up --name {} --monitor`",
-                                rec.name, rec.name));
-  vm::VmWatch watch(rec);
-  GuestView g = attach_guest(value_or_throw(mem::open_ram_file(rec.ram_path)));
-  auto reader = value_or_throw(events::EventReader::open(files.rings, 5s));
-  auto ctl = value_or_throw(events::ControlClient::connect(files.control, 5s));
-  value_or_throw(ctl.attach());
+  MonitoredGuest m = attach_monitored(o.vm_name);
+  const vm::VmRecord& rec = m.rec;
+  vm::VmWatch& watch = m.watch;
+  GuestView& g = m.g;
+  auto& reader = m.reader;
+  events::ControlClient& ctl = m.ctl;
 
   // The servers (listening processes: no server parent) and what already runs below them.
   const auto procs = value_or_throw(g.os->processes());

@@ -193,16 +193,12 @@ void run_trace(const TraceOptions& o) {
   // Output first, so an unwritable -o fails before anything touches the guest.
   OutFile file(nullptr, &std::fclose);
   std::FILE* out = open_output(o, file);
-  const auto rec = value_or_throw(vm::find_vm(o.vm_name));
-  const auto files = vm::monitor_files(o.vm_name);
-  if (!vm::fs::exists(files.rings))
-    throw UserError(fmt::format("VM '{}' runs without the hvtrace monitor; start it with `hvtrace vm up --name {} --monitor`",
-                                rec.name, rec.name));
-  vm::VmWatch watch(rec);
-  GuestView g = attach_guest(value_or_throw(mem::open_ram_file(rec.ram_path)));
-  auto reader = value_or_throw(events::EventReader::open(files.rings, 5s));
-  auto ctl = value_or_throw(events::ControlClient::connect(files.control, 5s));
-  value_or_throw(ctl.attach());
+  MonitoredGuest m = attach_monitored(o.vm_name);
+  const vm::VmRecord& rec = m.rec;
+  vm::VmWatch& watch = m.watch;
+  GuestView& g = m.g;
+  auto& reader = m.reader;
+  events::ControlClient& ctl = m.ctl;
   // -w: every answer the guest gives the tracer goes into the recording next to the events.
   trace::LiveGuest live(*g.os);
   trace::ControlSink sink(ctl);

@@ -19,6 +19,21 @@ GuestView attach_guest(std::unique_ptr<mem::FileMem> ram, const kernel::AttachOp
   return g;
 }
 
+MonitoredGuest attach_monitored(const std::string& vm_name) {
+  using namespace std::chrono_literals;
+  auto rec = value_or_throw(vm::find_vm(vm_name));
+  const auto files = vm::monitor_files(vm_name);
+  if (!vm::fs::exists(files.rings))
+    throw UserError(fmt::format("VM '{}' runs without the hvtrace monitor; start it with `hvtrace vm up --name {} --monitor`",
+                                rec.name, rec.name));
+  vm::VmWatch watch(rec);
+  GuestView g = attach_guest(value_or_throw(mem::open_ram_file(rec.ram_path)));
+  auto reader = value_or_throw(events::EventReader::open(files.rings, 5s));
+  auto ctl = value_or_throw(events::ControlClient::connect(files.control, 5s));
+  value_or_throw(ctl.attach());
+  return MonitoredGuest{std::move(rec), std::move(watch), std::move(g), std::move(reader), std::move(ctl)};
+}
+
 namespace {
 
 std::string dtb_text(const linux_os::Process& p) { return p.dtb ? fmt::format("{:#x}", p.dtb->value) : "-"; }

@@ -3,9 +3,12 @@
 // `hvtrace ps` and `hvtrace run`.
 #pragma once
 
+#include "events/control_client.hpp"
+#include "events/event_reader.hpp"
 #include "kernel/kernel.hpp"
 #include "linux/processes.hpp"
 #include "mem/phys_mem.hpp"
+#include "vm/vm.hpp"
 
 #include <memory>
 #include <optional>
@@ -22,6 +25,18 @@ struct GuestView {
 
 // Attach to a RAM file (shared with a running VM) or a raw dump; throws UserError naming the file.
 GuestView attach_guest(std::unique_ptr<mem::FileMem> ram, const kernel::AttachOptions& options = {});
+
+// A running VM watched through its monitor, as `trace` and `session` attach to it: its record, a
+// watch on its QEMU, the guest through its RAM, the event rings and the control channel with this
+// consumer attached. Throws UserError when the VM does not run or runs without the monitor.
+struct MonitoredGuest {
+  vm::VmRecord rec;
+  vm::VmWatch watch;
+  GuestView g;
+  std::unique_ptr<events::EventReader> reader;
+  events::ControlClient ctl;
+};
+MonitoredGuest attach_monitored(const std::string& vm_name);
 
 // One process as ps shows it; cmdline only when asked for (ps -f).
 struct ProcessRow {
