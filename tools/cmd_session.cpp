@@ -560,8 +560,9 @@ void run_session(const SessionOptions& o) {
   for (const auto& id : tracker.session_ids())
     out += fmt::format("  {}/  transcript.txt session.cast events.jsonl\n", (vm::fs::absolute(o.dir) / id).string());
   if (st.truncated_bytes) out += fmt::format("  {} bytes not kept (per-session caps)\n", st.truncated_bytes);
-  const std::uint64_t trapped = after ? (after->user_syscalls - before.user_syscalls) + (after->user_int80s - before.user_int80s) +
-                                            (after->user_sysenters - before.user_sysenters)
+  const auto since = [](std::uint64_t now, std::uint64_t then) { return now >= then ? now - then : 0; };
+  const std::uint64_t trapped = after ? since(after->user_syscalls, before.user_syscalls) + since(after->user_int80s, before.user_int80s) +
+                                            since(after->user_sysenters, before.user_sysenters)
                                       : 0;
   out += fmt::format("watching cost: {} events delivered ({} syscall entries, {} exits, {} CR3 switches) of {} syscalls in the guest; "
                      "{} synchronous pauses; {} credential breakpoints set, {} hits\n",

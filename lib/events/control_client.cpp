@@ -44,18 +44,38 @@ Result<ControlClient> ControlClient::connect(const std::filesystem::path& socket
   }
 }
 
-Result<abi::Reply> ControlClient::send_raw(const void* msg, std::size_t len) {
+Result<abi::Reply> ControlClient::send_raw(const void* msg, std::size_t len) { return exchange(msg, len, std::nullopt); }
+
+// One request, one reply. The wait survives signals (poll returns EINTR on every handled signal,
+// e.g. the Ctrl-C that ends a watch), and a reply to an earlier request that the client stopped
+// waiting for is skipped: otherwise every later request would read its predecessor's reply.
+Result<abi::Reply> ControlClient::exchange(const void* msg, std::size_t len, std::optional<std::uint32_t> id) {
   if (::send(fd_, msg, len, MSG_NOSIGNAL) != static_cast<ssize_t>(len))
     return make_error("sending control message: {}", std::strerror(errno));
-  pollfd p{fd_, POLLIN, 0};
-  if (::poll(&p, 1, 5000) != 1) return make_error("monitor did not answer within 5 s");
-  abi::Reply r{};
-  const ssize_t n = ::recv(fd_, &r, sizeof r, 0);
-  if (n == 0) return make_error("monitor closed the control connection");
-  if (n != static_cast<ssize_t>(sizeof r) || r.hdr.magic != abi::kCtlMagic || r.hdr.size != sizeof r)
-    return make_error("malformed reply from the monitor ({} bytes)", n);
-  r.message[sizeof r.message - 1] = '\0';
-  return r;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds{5};
+  for (int stale = 0;; ) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return make_error("monitor did not answer within 5 s");
+    pollfd p{fd_, POLLIN, 0};
+    const int rc = ::poll(&p, 1, static_cast<int>(left.count()));
+    if (rc < 0 && errno == EINTR) continue;
+    if (rc < 0) return make_error("waiting for the monitor: {}", std::strerror(errno));
+    if (rc == 0) continue;   // the deadline check above ends it
+    abi::Reply r{};
+    const ssize_t n = ::recv(fd_, &r, sizeof r, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n == 0) return make_error("monitor closed the control connection");
+    if (n != static_cast<ssize_t>(sizeof r) || r.hdr.magic != abi::kCtlMagic || r.hdr.size != sizeof r)
+      return make_error("malformed reply from the monitor ({} bytes)", n);
+    r.message[sizeof r.message - 1] = '\0';
+    if (id && r.hdr.request_id != *id) {
+      // Older (modulo wrap) than ours: a late answer to a request given up on. Anything else is a protocol error.
+      const auto behind = static_cast<std::int32_t>(*id - r.hdr.request_id);
+      if (behind > 0 && ++stale <= 64) continue;
+      return make_error("reply to request {} for {}", r.hdr.request_id, *id);
+    }
+    return r;
+  }
 }
 
 template <typename M>
@@ -63,9 +83,8 @@ Result<std::uint32_t> ControlClient::request(M& msg, abi::CtlType type) {
   abi::CtlHeader& h = reinterpret_cast<abi::CtlHeader&>(msg);
   h = abi::CtlHeader{abi::kCtlMagic, static_cast<std::uint16_t>(abi::kAbiVersion), static_cast<std::uint16_t>(type),
                      sizeof(M), next_id_++};
-  auto r = send_raw(&msg, sizeof msg);
+  auto r = exchange(&msg, sizeof msg, h.request_id);
   if (!r) return r.error();
-  if (r->hdr.request_id != h.request_id) return make_error("reply to request {} for {}", r->hdr.request_id, h.request_id);
   if (r->status != 0) return make_error("monitor rejected the request (status {}): {}", r->status, r->message);
   return r->generation;
 }
@@ -167,7 +186,7 @@ Result<std::uint32_t> ControlClient::detach() {
 Result<MonitorStats> ControlClient::stats() {
   abi::CtlHeader m{abi::kCtlMagic, static_cast<std::uint16_t>(abi::kAbiVersion),
                    static_cast<std::uint16_t>(abi::CtlType::kGetStats), sizeof m, next_id_++};
-  auto r = send_raw(&m, sizeof m);
+  auto r = exchange(&m, sizeof m, m.request_id);
   if (!r) return r.error();
   if (r->status != 0) return make_error("monitor rejected the stats request: {}", r->message);
   return MonitorStats{r->generation, r->rejected_messages, r->user_syscalls, r->cr3_writes, r->user_int80s,

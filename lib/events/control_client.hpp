@@ -79,6 +79,7 @@ class ControlClient {
 
  private:
   explicit ControlClient(int fd) : fd_(fd) {}
+  Result<abi::Reply> exchange(const void* msg, std::size_t len, std::optional<std::uint32_t> id);
   template <typename M>
   Result<std::uint32_t> request(M& msg, abi::CtlType type);
   int fd_ = -1;
