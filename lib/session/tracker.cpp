@@ -243,6 +243,7 @@ struct Tracker::Impl {
     auto s = std::make_unique<Session>(cfg);
     s->sid = make_id(conn, ns);
     s->w = std::make_unique<SessionWriter>(cfg.dir, s->sid, cfg.sensor, cfg.realtime_offset_ns);
+    if (cfg.on_event) s->w->set_on_event(cfg.on_event);
     s->conn = conn;
     s->server = server;
     s->start_ns = ns;
@@ -616,7 +617,9 @@ struct Tracker::Impl {
       s.w->transcript(fmt::format("  still running: pid {} {}\n", r.value("pid", 0u), r.value("comm", "")));
     write_errors_closed += s.w->errors();
     const std::string sid = s.sid;
-    open.erase(sid);   // s is gone from here on
+    const std::filesystem::path dir = s.w->dir();
+    open.erase(sid);   // s is gone from here on (its files are closed)
+    if (cfg.on_closed) cfg.on_closed(sid, dir);
   }
 
   // A new process of session s: a copy of its parent at fork (`from`), or a process picked up

@@ -11,6 +11,8 @@
 
 #include "syscalls/syscalls.hpp"
 
+#include <nlohmann/json.hpp>
+
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -41,6 +43,10 @@ struct TrackerConfig {
   std::uint32_t max_processes = 4096;          // tracked per session (a fork storm is counted, not kept)
   std::uint16_t dst_port = 22;                 // the server's port as the client sees it
   std::function<void(const std::string&)> follow;   // --follow: one line per command, as it happens
+  // Every event, the same object as its events.jsonl line, as it is written (e.g. to publish it).
+  std::function<void(const nlohmann::json&)> on_event;
+  // A session ended: its directory now holds the finished transcript.txt and session.cast.
+  std::function<void(const std::string& sid, const std::filesystem::path& dir)> on_closed;
   // Added by the engine (defaults suit a honeypot; every one bounds what a hostile guest can make
   // hvtrace hold or write):
   std::uint32_t max_open_sessions = 256;       // sessions tracked at once (a connection flood is counted, not kept)

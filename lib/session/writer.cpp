@@ -76,6 +76,7 @@ void SessionWriter::event(std::string_view eventid, std::uint64_t ns, nlohmann::
   j["src_ip"] = src_ip_;
   // Every string was made valid UTF-8 before; `replace` is the last guard against a crash.
   write(events_, j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+  if (on_event_) on_event_(j);
 }
 
 void SessionWriter::transcript(std::string_view text) { write(transcript_, text); }

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -39,6 +40,8 @@ class SessionWriter {
   [[nodiscard]] std::uint64_t errors() const { return errors_; }
 
   void set_src_ip(std::string ip) { src_ip_ = std::move(ip); }
+  // Called with every event after it is written (TrackerConfig::on_event).
+  void set_on_event(std::function<void(const nlohmann::json&)> f) { on_event_ = std::move(f); }
   // One line of events.jsonl: `fields` plus eventid, session, timestamp, sensor, src_ip.
   void event(std::string_view eventid, std::uint64_t ns, nlohmann::json fields);
   void transcript(std::string_view text);
@@ -67,6 +70,7 @@ class SessionWriter {
   std::ofstream events_, transcript_, cast_;
   std::uint64_t cast_start_ns_ = 0;
   std::uint64_t errors_ = 0;
+  std::function<void(const nlohmann::json&)> on_event_;
 };
 
 }  // namespace hvtrace::session

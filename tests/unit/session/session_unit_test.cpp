@@ -490,6 +490,37 @@ TEST(SessionEngine, TwoInterleavedSessionsStayApart) {
   EXPECT_EQ(t2.find("first"), std::string::npos);
 }
 
+TEST(SessionEngine, HooksSeeEveryEventAsWrittenAndEachSessionOnceWhenItCloses) {
+  // What a publisher relies on: on_event gets the very objects of events.jsonl, in file order, and
+  // on_closed comes once per session, after its last event, with the finished files in place.
+  std::vector<nlohmann::json> seen;
+  std::vector<std::pair<std::string, fs::path>> closed;
+  std::vector<std::size_t> events_at_close;
+  TrackerConfig cfg;
+  cfg.on_event = [&](const nlohmann::json& j) { seen.push_back(j); };
+  cfg.on_closed = [&](const std::string& sid, const fs::path& d) {
+    closed.emplace_back(sid, d);
+    events_at_close.push_back(seen.size());
+    EXPECT_TRUE(fs::exists(d / "transcript.txt"));
+    EXPECT_NE(slurp(d / "transcript.txt").find("session closed"), std::string::npos);
+  };
+  Rig r(cfg);
+  auto& [dir, t, g] = r;
+  scripted_session(g, t);
+  ASSERT_EQ(closed.size(), 1u);
+  const auto ids = t.session_ids();
+  ASSERT_EQ(ids.size(), 1u);
+  EXPECT_EQ(closed[0].first, ids[0]);
+  EXPECT_EQ(closed[0].second, dir.path() / ids[0]);
+  const auto ev = jsonl(dir.path() / ids[0] / "events.jsonl");
+  ASSERT_EQ(seen.size(), ev.size());
+  for (std::size_t i = 0; i < ev.size(); ++i) EXPECT_EQ(seen[i], ev[i]) << i;
+  EXPECT_EQ(events_at_close[0], ev.size());
+  EXPECT_EQ(seen.back()["eventid"], "cowrie.session.closed");
+  t.finish(g.now);
+  EXPECT_EQ(closed.size(), 1u);   // not again at the end of the watch
+}
+
 TEST(SessionEngine, ClientGoneBeforeLogoutIsDroppedAndWrongPasswordsAreFailed) {
   Rig r;
   auto& [dir, t, g] = r;
