@@ -288,7 +288,14 @@ void run_trace(const TraceOptions& o) {
     // Whatever ends this command before CMD was let go (an error, a signal), the waiting shell in
     // the guest is told to give up, so neither it nor our wait for its SSH session lingers.
     cancel_guard.emplace([rec, go_file, &go_sent] {
-      if (!go_sent) (void)vm::ssh_exec(rec, "touch " + go_file + ".cancel", 30s);
+      // The shell takes the cancel file within 10 ms; if it never started (our SSH client was cut
+      // off first), the file is removed after 2 s so nothing is left in the guest.
+      if (!go_sent)
+        (void)vm::ssh_exec_cleanup(
+            rec, fmt::format("touch {0}.cancel; i=0; while [ -e {0}.cancel ] && [ $i -lt 20 ]; do usleep 100000 2>/dev/null || sleep 1; "
+                             "i=$((i+1)); done; rm -f {0}.cancel",
+                             go_file),
+            30s);
     });
     std::optional<std::uint32_t> shell;
     const auto give_up = std::chrono::steady_clock::now() + 30s;
@@ -308,6 +315,7 @@ void run_trace(const TraceOptions& o) {
           shell = static_cast<std::uint32_t>(c->tgid.value);
       if (!shell) std::this_thread::sleep_for(20ms);
     }
+    if (!shell && vm::termination_requested()) throw Interrupted("interrupted while attaching: CMD was not started");
     if (!shell) {
       if (cmd_status.valid() && cmd_status.wait_for(0s) == std::future_status::ready) {
         auto r = cmd_status.get();

@@ -3,6 +3,7 @@
 // command's status) sets exit_code().
 #pragma once
 
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,10 @@ class App;
 
 namespace hvtrace::tools {
 int& exit_code();
+// Thrown when a Ctrl-C (SIGINT/SIGTERM) ends a command before it did its job: one line, exit 130.
+struct Interrupted : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
 // The words after `--` on the command line of `hvtrace trace` (the guest command), split off before parsing.
 std::vector<std::string>& trailing_command();
 void add_vm_command(CLI::App& app);    // cmd_vm.cpp: vm up|exec|down|status|list
@@ -21,4 +26,5 @@ void add_events_command(CLI::App& app);
 void add_trace_command(CLI::App& app);   // cmd_trace.cpp: strace for VMs  // cmd_events.cpp: the monitor's raw events as JSON Lines
 void add_session_command(CLI::App& app);   // cmd_session.cpp: the honeypot view (SSH sessions)
 void add_bench_command(CLI::App& app);   // cmd_bench.cpp: Table 1 and the per-event costs
+void add_collect_command(CLI::App& app);   // cmd_collect.cpp: published sessions (NATS JetStream) into DIR
 }  // namespace hvtrace::tools

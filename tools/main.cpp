@@ -10,6 +10,8 @@
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 
+#include <csignal>
+
 #include <algorithm>
 #include <cstdio>
 #include <exception>
@@ -74,6 +76,7 @@ int main(int argc, char** argv) {
   hvtrace::tools::add_trace_command(app);
   hvtrace::tools::add_session_command(app);
   hvtrace::tools::add_bench_command(app);
+  hvtrace::tools::add_collect_command(app);
 
   hvtrace::vm::install_termination_handlers();
   try {
@@ -92,7 +95,15 @@ int main(int argc, char** argv) {
     if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) return app.exit(e);  // --help, --version
     fmt::print(stderr, "hvtrace: error: {}\n", hvtrace::tools::usage_error_message(app, e));
     return 2;
+  } catch (const hvtrace::tools::Interrupted& e) {
+    fmt::print(stderr, "hvtrace: {}\n", e.what());
+    return 128 + SIGINT;
   } catch (const hvtrace::UserError& e) {
+    // An error that a Ctrl-C caused (a wait cut short) is the Ctrl-C, as a shell reports it.
+    if (hvtrace::vm::termination_requested()) {
+      fmt::print(stderr, "hvtrace: interrupted ({})\n", e.what());
+      return 128 + SIGINT;
+    }
     fmt::print(stderr, "hvtrace: error: {}\n", e.what());
     return 2;
   } catch (const std::exception& e) {

@@ -62,7 +62,7 @@ Result<ProcessResult> run_process(const std::vector<std::string>& argv, std::chr
   bool interrupted = false;
   char buf[65536];
   while (open_fds > 0) {
-    if (termination_requested()) {
+    if (termination_requested() && !io.survive_termination) {
       interrupted = true;
       break;
     }

@@ -26,12 +26,15 @@ struct ProcessIo {
   // The child's stderr is copied to ours as it arrives; ProcessResult::err keeps its first
   // kTeeKeep bytes (enough to diagnose a failing client) and never counts against max_output.
   bool tee_stderr = false;
+  // Run to the end even after a termination signal (a cleanup that must happen because of the
+  // Ctrl-C, e.g. telling a waiting guest shell to give up); the timeout still bounds it.
+  bool survive_termination = false;
   static constexpr std::size_t kTeeKeep = 64u << 10;
 };
 
 // Run argv[0] (searched in PATH). Fails if it cannot start, exceeds `timeout` (it is then
 // killed), prints more than `max_output` bytes on a captured stream, or a termination signal
-// arrives (termination_requested()).
+// arrives (termination_requested(); unless io.survive_termination).
 [[nodiscard]] Result<ProcessResult> run_process(const std::vector<std::string>& argv,
                                                 std::chrono::milliseconds timeout,
                                                 std::size_t max_output = 64u << 20, const ProcessIo& io = {});

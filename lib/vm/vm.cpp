@@ -597,12 +597,25 @@ Result<void> check_ssh_client(const VmRecord& vm, const ProcessResult& r) {
 
 }  // namespace
 
-Result<ExecResult> ssh_exec(const VmRecord& vm, std::string_view command, std::chrono::seconds timeout,
-                            std::string_view user) {
-  auto r = run_process(ssh_argv(vm, command, user), timeout);
+namespace {
+Result<ExecResult> ssh_exec_with(const VmRecord& vm, std::string_view command, std::chrono::seconds timeout,
+                                 std::string_view user, const ProcessIo& io) {
+  auto r = run_process(ssh_argv(vm, command, user), timeout, 64u << 20, io);
   if (!r) return make_error("running `{}` in VM '{}' over SSH: {}", command, vm.name, r.error().message);
   HVTRACE_TRY(check_ssh_client(vm, *r));
   return ExecResult{r->exit_code, std::move(r->out), std::move(r->err)};
+}
+}  // namespace
+
+Result<ExecResult> ssh_exec(const VmRecord& vm, std::string_view command, std::chrono::seconds timeout,
+                            std::string_view user) {
+  return ssh_exec_with(vm, command, timeout, user, {});
+}
+
+Result<ExecResult> ssh_exec_cleanup(const VmRecord& vm, std::string_view command, std::chrono::seconds timeout) {
+  ProcessIo io;
+  io.survive_termination = true;
+  return ssh_exec_with(vm, command, timeout, "root", io);
 }
 
 Result<int> ssh_run(const VmRecord& vm, std::string_view command, std::chrono::seconds timeout, bool pass_stdin,

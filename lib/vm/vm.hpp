@@ -183,6 +183,9 @@ class VmWatch {
 // Run a command in a VM over SSH (Debian's OpenSSH client, the image's key; root or "alice").
 [[nodiscard]] Result<ExecResult> ssh_exec(const VmRecord& vm, std::string_view command,
                                           std::chrono::seconds timeout, std::string_view user = "root");
+// The same for a cleanup that must still run after Ctrl-C (ssh_exec gives up at once then).
+[[nodiscard]] Result<ExecResult> ssh_exec_cleanup(const VmRecord& vm, std::string_view command,
+                                                  std::chrono::seconds timeout);
 
 // Quoting for the guest's POSIX shell (sh, bash): a word in single quotes, each ' written as '\''.
 // Words made only of characters no shell treats specially are left bare, for readable logs.

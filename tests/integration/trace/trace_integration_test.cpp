@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <fcntl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <csignal>
@@ -338,6 +339,30 @@ TEST_F(Trace, CtrlCEndsTheTraceAndTheCommand) {
   EXPECT_EQ(WEXITSTATUS(status), 130);
   EXPECT_NE(slurp(out).find("execve(\"/bin/sh\""), std::string::npos) << "the trace up to Ctrl-C is kept";
   EXPECT_EQ(guest("ps -o args | grep -c '[w]hile :'; true"), "0\n") << "the command still runs in the guest";
+}
+
+TEST_F(Trace, CtrlCWhileAttachingExits130AndLeavesNothingInTheGuest) {
+  // Ctrl-C at points spread over the attach (discovery, the waiting shell, filters): whichever it
+  // hits, hvtrace exits as an interrupted command does (130) and the guest keeps neither CMD, nor
+  // the shell waiting to exec it, nor a go/cancel file.
+  for (const auto delay : {300ms, 1500ms, 3000ms}) {
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      const int null = ::open("/dev/null", O_WRONLY);
+      dup2(null, STDOUT_FILENO);
+      execl(HVTRACE_BIN, HVTRACE_BIN, "trace", "--vm", kVm, "--", "sleep", "47", static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    std::this_thread::sleep_for(delay);
+    kill(pid, SIGINT);
+    int status = 0;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFEXITED(status)) << "status " << status << " after " << delay.count() << " ms";
+    EXPECT_EQ(WEXITSTATUS(status), 130) << "after " << delay.count() << " ms";
+    EXPECT_EQ(guest("ps -o args | grep -c '[s]leep 47\\|[h]vtrace-go'; ls /tmp | grep -c 'hvtrace[-]go'; true"), "0\n0\n")
+        << "left in the guest after Ctrl-C at " << delay.count() << " ms";
+  }
 }
 
 TEST_F(Trace, BadInputIsOneClearErrorAndTheGuestRunsOn) {
