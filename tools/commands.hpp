@@ -27,4 +27,5 @@ void add_trace_command(CLI::App& app);   // cmd_trace.cpp: strace for VMs  // cm
 void add_session_command(CLI::App& app);   // cmd_session.cpp: the honeypot view (SSH sessions)
 void add_bench_command(CLI::App& app);   // cmd_bench.cpp: Table 1 and the per-event costs
 void add_collect_command(CLI::App& app);   // cmd_collect.cpp: published sessions (NATS JetStream) into DIR
+void add_collect_command(CLI::App& app);   // cmd_collect.cpp: published sessions (NATS JetStream) into DIR
 }  // namespace hvtrace::tools

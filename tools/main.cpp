@@ -77,6 +77,7 @@ int main(int argc, char** argv) {
   hvtrace::tools::add_session_command(app);
   hvtrace::tools::add_bench_command(app);
   hvtrace::tools::add_collect_command(app);
+  hvtrace::tools::add_collect_command(app);
 
   hvtrace::vm::install_termination_handlers();
   try {
