@@ -21,6 +21,7 @@
 #include "events/control_client.hpp"
 #include "events/event_reader.hpp"
 #include "linux/elf_symbols.hpp"
+#include "publish/publisher.hpp"
 #include "session/tracker.hpp"
 #include "trace/library_bases.hpp"
 #include "trace/tracer.hpp"
@@ -56,6 +57,8 @@ struct SessionOptions {
   // The monitor's largest: a file's bytes are hashed from the write captures, and sftp-server
   // writes 32 KiB blocks (a capture cut short makes the SHA-256 cover only what was seen).
   std::uint32_t snap_len = abi::kMaxSnapLen;
+  // --publish: every event and the finished files into NATS JetStream (docs/publish.md).
+  std::string publish, spool, stream = "HVTRACE";
 };
 
 const char* kHelpFooter = R"(
@@ -91,6 +94,7 @@ Examples:
   hvtrace vm up --name lab --monitor
   hvtrace session --vm lab -o /tmp/sessions --follow      # until Ctrl-C
   hvtrace session --vm lab --duration 600 --sensor honeypot-1
+  hvtrace session --vm lab --publish nats://127.0.0.1:4222     # also into JetStream (hvtrace collect)
 )";
 
 std::uint64_t now_ns() {
@@ -424,6 +428,20 @@ void run_session(const SessionOptions& o) {
   std::error_code ec;
   vm::fs::create_directories(o.dir, ec);
   if (ec) throw UserError(fmt::format("-o {}: {}", o.dir, ec.message()));
+  // --publish: connect (and create the stream) before anything is watched: a bad URL is an error now.
+  std::unique_ptr<publish::Publisher> pub;
+  if (!o.publish.empty()) {
+    publish::PublisherConfig pc;
+    pc.urls = o.publish;
+    pc.stream = o.stream;
+    pc.vm = o.vm_name;
+    pc.spool_dir = o.spool.empty() ? vm::fs::path(o.dir) / ".publish-spool" : vm::fs::path(o.spool);
+    pub = std::make_unique<publish::Publisher>(pc);
+    const auto ps = pub->stats();
+    fmt::print(stderr, "hvtrace: publishing to NATS JetStream stream '{}' at {} (replicas {}; spool {}{})\n", o.stream, o.publish,
+               ps.replicas, pc.spool_dir.string(),
+               ps.spool_restored ? fmt::format(", {} message(s) from a previous run sent first", ps.spool_restored) : std::string());
+  }
   MonitoredGuest m = attach_monitored(o.vm_name);
   const vm::VmRecord& rec = m.rec;
   vm::VmWatch& watch = m.watch;
@@ -456,6 +474,14 @@ void run_session(const SessionOptions& o) {
       fmt::print("{}\n", line);
       std::fflush(stdout);
     };
+  if (pub) {
+    tc.on_event = [p = pub.get()](const nlohmann::json& e) { p->event(e); };
+    tc.on_closed = [p = pub.get()](const std::string& sid, const vm::fs::path& dir) {
+      p->file(sid, "transcript.txt", dir / "transcript.txt");
+      p->file(sid, "session.cast", dir / "session.cast");
+      p->session_closed(sid);
+    };
+  }
   session::Tracker tracker(tc);
 
   trace::TraceConfig cfg;
@@ -573,6 +599,13 @@ void run_session(const SessionOptions& o) {
   if (cs.unresolved || cs.refused)
     out += fmt::format("credential breakpoints: {} function(s) whose address could not be read in time, {} breakpoint(s) refused\n",
                        cs.unresolved, cs.refused);
+  if (pub) {
+    const auto ps = pub->close(std::chrono::seconds(10));   // bounded: what is left stays in the spool for the next run
+    out += publish::summary(ps) + "\n";
+    if (ps.spool_records)
+      fmt::print(stderr, "hvtrace: warning: {} message(s) not acknowledged by NATS stay in the spool; the next `hvtrace session --publish` "
+                 "with the same spool sends them first\n", ps.spool_records);
+  }
   fmt::print("{}", out);
   std::fflush(stdout);
   if (failure && !*failure) throw UserError(failure->error().message);
@@ -597,6 +630,9 @@ void add_session_command(CLI::App& app) {
   cmd->add_option("-s,--snap-len", o->snap_len, "bytes the monitor copies per buffer (terminal and file writes)")
       ->capture_default_str()
       ->check(CLI::Range(4096u, abi::kMaxSnapLen));
+  cmd->add_option("--publish", o->publish, "also send every event and the finished files to NATS JetStream: nats://HOST:PORT[,...]");
+  cmd->add_option("--spool", o->spool, "--publish: where messages wait while NATS is unreachable (default DIR/.publish-spool)");
+  cmd->add_option("--stream", o->stream, "--publish: the JetStream stream (created if absent)")->capture_default_str();
   cmd->callback([o] { run_session(*o); });
 }
 
