@@ -89,7 +89,8 @@ int ensure_stream(jsCtx* js, natsConnection* nc, const StreamSettings& st, int w
       }
     }
     last = fmt::format("{} (JetStream error {})", status_text(s), static_cast<int>(je));
-    if (s == NATS_ERR && je == 0 && std::string(nats_GetLastError(nullptr) ? nats_GetLastError(nullptr) : "").find("not enabled") != std::string::npos)
+    // No JetStream API answers at all: a server without JetStream (give a forming cluster 3 s).
+    if (s == NATS_NO_RESPONDERS && std::chrono::steady_clock::now() + std::chrono::milliseconds(wait_ms) - deadline > std::chrono::seconds(3))
       break;
     if (std::chrono::steady_clock::now() >= deadline) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(250));
