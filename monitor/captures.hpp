@@ -101,18 +101,21 @@ std::uint32_t copy_iovec(const Reader& read_mem, std::uint64_t va, std::uint64_t
 // ptr_size: 8 for 64-bit processes, 4 for i386 ones (an array of 32-bit pointers).
 template <typename Reader>
 std::uint32_t copy_argv(const Reader& read_mem, std::uint64_t va, std::uint8_t* out, std::uint32_t snap, abi::Capture* c,
-                        std::uint32_t ptr_size = 8) {
-  const std::uint32_t budget = abi::argv_budget(snap);
+                        std::uint32_t ptr_size = 8, bool count_only = false) {
+  // Strings are copied for the first kMaxArgv entries within the budget; entries are counted up
+  // to kMaxArgvCounted (strace's argc, envp's "N vars"), one pointer read each.
+  const std::uint32_t budget = count_only ? 0 : abi::argv_budget(snap);
   std::uint32_t copied = 0;
   std::uint64_t argc = 0;
-  for (; argc < abi::kMaxArgv; ++argc) {
+  for (; argc < abi::kMaxArgvCounted; ++argc) {
     std::uint64_t p = 0;
     if (!read_mem(va + argc * ptr_size, &p, ptr_size)) {
       c->flags |= abi::kCaptureFault;
       break;
     }
     if (p == 0) break;
-    if (copied >= budget) {
+    if (count_only) continue;
+    if (copied >= budget || argc >= abi::kMaxArgv) {
       c->flags |= abi::kCaptureTruncated;
       continue;  // keep counting argc
     }
@@ -123,7 +126,7 @@ std::uint32_t copy_argv(const Reader& read_mem, std::uint64_t va, std::uint8_t* 
     copied += n;
     out[copied++] = 0;
   }
-  if (argc == abi::kMaxArgv) c->flags |= abi::kCaptureTruncated | abi::kCaptureLenUnknown;
+  if (argc == abi::kMaxArgvCounted) c->flags |= abi::kCaptureLenUnknown | (count_only ? 0 : abi::kCaptureTruncated);
   c->true_len = argc;
   return copied;
 }

@@ -102,7 +102,10 @@ std::uint32_t build_captures(Vcpu& v, const SyscallCaptures* spec, const std::ui
     std::uint32_t n = 0;
     switch (cs.kind) {
       case abi::CaptureKind::kString: n = copy_string(rd, args[cs.arg], data, snap, c); break;
-      case abi::CaptureKind::kArgv: n = copy_argv(rd, args[cs.arg], data, snap, c, ptr_size); break;
+      case abi::CaptureKind::kArgv:
+        if (args[cs.arg] == 0 && cs.len_arg == kCountOnly) continue;   // envp NULL: nothing to count
+        n = copy_argv(rd, args[cs.arg], data, snap, c, ptr_size, cs.len_arg == kCountOnly);
+        break;
       case abi::CaptureKind::kBuffer: {
         std::int64_t len = 0;
         if (cs.len_arg == kIovecLen) {   // writev: the buffers behind an iovec array, gathered

@@ -19,6 +19,8 @@ inline constexpr std::int8_t kFixedLen = -2;
 // len_arg of writev's data: `arg` is an iovec array, its count the next argument; the buffers are
 // copied in order into one kBuffer capture (captures.hpp copy_iovec, at most kMaxIovecs entries).
 inline constexpr std::int8_t kIovecLen = -3;
+// len_arg of a kArgv capture that only counts the entries (execve's envp: strace's "/* N vars */").
+inline constexpr std::int8_t kCountOnly = -4;
 
 struct CaptureSpec {
   std::uint8_t arg;              // pointer argument
@@ -48,7 +50,7 @@ inline constexpr SyscallCaptures kCaptureTable[] = {
     {0, 21, false, 1, {{0, K::kString, 0}}},                        // access
     {0, 44, false, 1, {{1, K::kBuffer, 2}}},                        // sendto
     {0, 45, true, 1, {{1, K::kBuffer, -1}}},                        // recvfrom
-    {0, 59, false, 2, {{0, K::kString, 0}, {1, K::kArgv, 0}}},      // execve
+    {0, 59, false, 3, {{0, K::kString, 0}, {1, K::kArgv, 0}, {2, K::kArgv, kCountOnly}}},      // execve
     {0, 76, false, 1, {{0, K::kString, 0}}},                        // truncate
     {0, 80, false, 1, {{0, K::kString, 0}}},                        // chdir
     {0, 82, false, 2, {{0, K::kString, 0}, {1, K::kString, 0}}},    // rename
@@ -70,7 +72,7 @@ inline constexpr SyscallCaptures kCaptureTable[] = {
     {0, 267, false, 1, {{1, K::kString, 0}}},                       // readlinkat
     {0, 269, false, 1, {{1, K::kString, 0}}},                       // faccessat
     {0, 316, false, 2, {{1, K::kString, 0}, {3, K::kString, 0}}},   // renameat2
-    {0, 322, false, 2, {{1, K::kString, 0}, {2, K::kArgv, 0}}},     // execveat
+    {0, 322, false, 3, {{1, K::kString, 0}, {2, K::kArgv, 0}, {3, K::kArgv, kCountOnly}}},     // execveat
     {0, 332, false, 1, {{1, K::kString, 0}}},                       // statx
     {0, 439, false, 1, {{1, K::kString, 0}}},                       // faccessat2
     {0, 42, false, 1, {{1, K::kBuffer, 2}}},                     // connect: sockaddr, addrlen
@@ -93,7 +95,7 @@ inline constexpr SyscallCaptures kCaptureTable[] = {
     {1, 8, false, 1, {{0, K::kString, 0}}},                      // creat
     {1, 9, false, 2, {{0, K::kString, 0}, {1, K::kString, 0}}},  // link
     {1, 10, false, 1, {{0, K::kString, 0}}},                     // unlink
-    {1, 11, false, 2, {{0, K::kString, 0}, {1, K::kArgv, 0}}},   // execve
+    {1, 11, false, 3, {{0, K::kString, 0}, {1, K::kArgv, 0}, {2, K::kArgv, kCountOnly}}},   // execve
     {1, 12, false, 1, {{0, K::kString, 0}}},                     // chdir
     {1, 15, false, 1, {{0, K::kString, 0}}},                     // chmod
     {1, 33, false, 1, {{0, K::kString, 0}}},                     // access
@@ -114,7 +116,7 @@ inline constexpr SyscallCaptures kCaptureTable[] = {
     {1, 305, false, 1, {{1, K::kString, 0}}},                    // readlinkat
     {1, 307, false, 1, {{1, K::kString, 0}}},                    // faccessat
     {1, 353, false, 2, {{1, K::kString, 0}, {3, K::kString, 0}}},// renameat2
-    {1, 358, false, 2, {{1, K::kString, 0}, {2, K::kArgv, 0}}},  // execveat
+    {1, 358, false, 3, {{1, K::kString, 0}, {2, K::kArgv, 0}, {3, K::kArgv, kCountOnly}}},  // execveat
     {1, 383, false, 1, {{1, K::kString, 0}}},                    // statx
     {1, 439, false, 1, {{1, K::kString, 0}}},                    // faccessat2
 };

@@ -412,14 +412,18 @@ TEST_F(Monitor, WriteArrivesWithItsBytesAndReadAtExit) {
                       << (e.captures.empty() ? std::string() : " data " + e.captures[0].data.substr(0, 40) + " true_len " + std::to_string(e.captures[0].true_len));
 }
 
-TEST_F(Monitor, ExecveArrivesWithFilenameAndArgv) {
-  run("/bin/busybox echo one two three >/dev/null");
+TEST_F(Monitor, ExecveArrivesWithFilenameArgvAndTheEnvironmentCounted) {
+  // env -i execs busybox with exactly these three variables: envp is counted, not copied.
+  run("env -i A=1 B=2 C=3 /bin/busybox echo one two three >/dev/null");
   bool found = false;
   for (const auto& e : since(gen_))
-    if (e.type == RecordType::kSyscallEntry && e.entry.nr == 59 && e.captures.size() == 2 &&
+    if (e.type == RecordType::kSyscallEntry && e.entry.nr == 59 && e.captures.size() == 3 &&
         e.captures[0].data == "/bin/busybox") {
       const auto argv = e.captures[1].argv();
       found = argv == std::vector<std::string>{"/bin/busybox", "echo", "one", "two", "three"};
+      EXPECT_EQ(e.captures[2].arg, 2u);
+      EXPECT_EQ(e.captures[2].true_len, 3u);
+      EXPECT_TRUE(e.captures[2].data.empty());
     }
   EXPECT_TRUE(found);
 }

@@ -171,16 +171,33 @@ TEST(Captures, ArgvIsBoundedInEntriesAndBytes) {
   EXPECT_TRUE(c.flags & abi::kCaptureTruncated);
   EXPECT_TRUE(out.guard_intact());
 
-  // 100 entries, all valid: argc counted up to the cap, bytes bounded by 4x snap.
+  // 100 entries, all valid: every one counted (strace's argc), bytes bounded by 4x snap.
   for (int i = 0; i < 100; ++i) g.put_u64(0x60000 + 8 * i, 0x70020);
   g.put_u64(0x60000 + 8 * 100, 0);
   Out out2(4 * 64);
   abi::Capture c2{};
   const auto n2 = copy_argv(g, 0x60000, out2.data(), 64, &c2);
   EXPECT_LE(n2, 4u * 64);
-  EXPECT_EQ(c2.true_len, abi::kMaxArgv);
-  EXPECT_TRUE(c2.flags & abi::kCaptureLenUnknown);
+  EXPECT_EQ(c2.true_len, 100u);
+  EXPECT_TRUE(c2.flags & abi::kCaptureTruncated);
+  EXPECT_FALSE(c2.flags & abi::kCaptureLenUnknown);
   EXPECT_TRUE(out2.guard_intact());
+
+  // Count only (envp): nothing copied, every entry counted, no truncation claimed.
+  abi::Capture ce{};
+  EXPECT_EQ(copy_argv(g, 0x60000, out2.data(), 64, &ce, 8, true), 0u);
+  EXPECT_EQ(ce.true_len, 100u);
+  EXPECT_EQ(ce.flags, 0u);
+  EXPECT_TRUE(out2.guard_intact());
+
+  // An array with no end (every word a pointer): counted up to the bound, then marked unknown.
+  constexpr std::uint64_t kEndless = 0x200000;
+  g.map(kEndless, 8ull * (abi::kMaxArgvCounted + 8));
+  for (std::uint32_t i = 0; i < abi::kMaxArgvCounted + 8; ++i) g.put_u64(kEndless + 8ull * i, 0x70020);
+  abi::Capture cl{};
+  EXPECT_EQ(copy_argv(g, kEndless, out2.data(), 64, &cl, 8, true), 0u);
+  EXPECT_EQ(cl.true_len, abi::kMaxArgvCounted);
+  EXPECT_TRUE(cl.flags & abi::kCaptureLenUnknown);
 
   // argv pointing to unmapped memory.
   abi::Capture c3{};

@@ -55,6 +55,7 @@ TEST(CaptureTable, RowsAreUniqueAndArgumentsValid) {
     for (unsigned i = 0; i < r.n; ++i) {
       EXPECT_LT(r.c[i].arg, 6);
       EXPECT_TRUE(r.c[i].len_arg == -1 || r.c[i].len_arg == kFixedLen || (r.c[i].len_arg == kIovecLen && r.c[i].arg < 5) ||
+                  (r.c[i].len_arg == kCountOnly && r.c[i].kind == abi::CaptureKind::kArgv) ||
                   (r.c[i].len_arg >= 0 && r.c[i].len_arg < 6))
           << r.nr;
       // A fixed length is a buffer's, bounded and non-zero.
@@ -73,6 +74,14 @@ TEST(CaptureTable, RowsAreUniqueAndArgumentsValid) {
     EXPECT_EQ(row->c[0].arg, 1);
     EXPECT_EQ(row->c[0].len_arg, kFixedLen);
     EXPECT_GE(row->c[0].fixed, 28u);   // sockaddr_in6
+  }
+  // execve/execveat (both tables): the path, argv, and envp counted (strace's "/* N vars */").
+  for (const auto& [table, nr, envp] : {std::tuple{0, 59u, 2}, std::tuple{0, 322u, 3}, std::tuple{1, 11u, 2}, std::tuple{1, 358u, 3}}) {
+    const auto* row = find_captures(table, nr, false);
+    ASSERT_NE(row, nullptr) << nr;
+    ASSERT_EQ(row->n, 3) << nr;
+    EXPECT_EQ(row->c[2].arg, envp) << nr;
+    EXPECT_EQ(row->c[2].len_arg, kCountOnly) << nr;
   }
   ASSERT_NE(find_captures(0, 16, false), nullptr);
   EXPECT_EQ(find_captures(0, 16, false)->c[0].arg, 2);

@@ -20,6 +20,7 @@ inline constexpr std::uint32_t kDefaultSnapLen = 256;
 inline constexpr std::uint32_t kMaxSnapLen = 64 * 1024;
 inline constexpr std::uint32_t kMaxCaptures = 4;        // per event
 inline constexpr std::uint32_t kMaxArgv = 64;           // argv entries copied
+inline constexpr std::uint32_t kMaxArgvCounted = 4096;  // argv/envp entries counted (true_len); more: kCaptureLenUnknown
 
 // The system-call ABI an entry used (which table its number indexes, which registers hold its
 // arguments). x86-64: rax; rdi, rsi, rdx, r10, r8, r9. i386 (int $0x80 from any mode): eax; ebx,
