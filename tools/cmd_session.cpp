@@ -59,6 +59,7 @@ struct SessionOptions {
   std::uint32_t snap_len = abi::kMaxSnapLen;
   // --publish: every event and the finished files into NATS JetStream (docs/publish.md).
   std::string publish, spool, stream = "HVTRACE";
+  unsigned sessions = 0;                       // --sessions N: stop once N sessions have ended (0: no limit)
 };
 
 const char* kHelpFooter = R"(
@@ -482,6 +483,13 @@ void run_session(const SessionOptions& o) {
       p->session_closed(sid);
     };
   }
+  // --sessions N (the farm's per-VM watcher): count the sessions that ended; the loop stops at N.
+  std::size_t ended = 0;
+  if (o.sessions > 0)
+    tc.on_closed = [&ended, chained = std::move(tc.on_closed)](const std::string& sid, const vm::fs::path& dir) {
+      if (chained) chained(sid, dir);
+      ++ended;
+    };
   session::Tracker tracker(tc);
 
   trace::TraceConfig cfg;
@@ -555,6 +563,7 @@ void run_session(const SessionOptions& o) {
       lost_reported = tracer.stats().lost;
     }
     if (failure || !vm_alive) break;
+    if (o.sessions > 0 && ended >= o.sessions) break;
     if (tracer.done() && k == 0) {
       fmt::print(stderr, "hvtrace: the SSH server exited\n");
       break;
@@ -633,6 +642,7 @@ void add_session_command(CLI::App& app) {
   cmd->add_option("--publish", o->publish, "also send every event and the finished files to NATS JetStream: nats://HOST:PORT[,...]");
   cmd->add_option("--spool", o->spool, "--publish: where messages wait while NATS is unreachable (default DIR/.publish-spool)");
   cmd->add_option("--stream", o->stream, "--publish: the JetStream stream (created if absent)")->capture_default_str();
+  cmd->add_option("--sessions", o->sessions, "stop (exit 0) once N sessions have ended (the farm runs one watcher per attacker)");
   cmd->callback([o] { run_session(*o); });
 }
 

@@ -26,6 +26,7 @@ void add_events_command(CLI::App& app);
 void add_trace_command(CLI::App& app);   // cmd_trace.cpp: strace for VMs  // cmd_events.cpp: the monitor's raw events as JSON Lines
 void add_session_command(CLI::App& app);   // cmd_session.cpp: the honeypot view (SSH sessions)
 void add_bench_command(CLI::App& app);   // cmd_bench.cpp: Table 1 and the per-event costs
+void add_farm_command(CLI::App& app);    // cmd_farm.cpp: the honeypot fleet (farm up|status|down|bench-reset)
 void add_collect_command(CLI::App& app);   // cmd_collect.cpp: published sessions (NATS JetStream) into DIR
 void add_collect_command(CLI::App& app);   // cmd_collect.cpp: published sessions (NATS JetStream) into DIR
 }  // namespace hvtrace::tools

@@ -76,6 +76,7 @@ int main(int argc, char** argv) {
   hvtrace::tools::add_trace_command(app);
   hvtrace::tools::add_session_command(app);
   hvtrace::tools::add_bench_command(app);
+  hvtrace::tools::add_farm_command(app);
   hvtrace::tools::add_collect_command(app);
   hvtrace::tools::add_collect_command(app);
 

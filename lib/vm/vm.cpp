@@ -752,11 +752,7 @@ Result<VmRecord> start_detached(VmConfig config, const Progress& progress) {
       dup2(devnull, 1);
       dup2(devnull, 2);
     }
-    auto report = [&](char kind, std::string_view msg) {
-      std::string line = fmt::format("{}{}\n", kind, msg);
-      std::replace(line.begin(), line.end() - 1, '\n', '\x1f');  // one message per line
-      (void)!write(fds[1], line.data(), line.size());
-    };
+    auto report = [&](char kind, std::string_view msg) { report_to_starter(fds[1], kind, msg); };
     int code = 0;
     {
       auto vm = Vm::start(std::move(config), [&](std::string_view m) { report('P', m); });
@@ -776,6 +772,24 @@ Result<VmRecord> start_detached(VmConfig config, const Progress& progress) {
     _exit(code);
   }
   close(fds[1]);
+  auto waited = wait_for_supervisor(fds[0], pid, progress);
+  close(fds[0]);
+  if (!waited) {
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return std::move(waited).error();
+  }
+  // The supervisor stays running (reparented when we exit); reap it if it ends while we live.
+  return find_vm(name);
+}
+
+void report_to_starter(int fd, char kind, std::string_view message) {
+  std::string line = fmt::format("{}{}\n", kind, message);
+  std::replace(line.begin(), line.end() - 1, '\n', '\x1f');  // one message per line
+  (void)!write(fd, line.data(), line.size());
+}
+
+Result<void> wait_for_supervisor(int fd, pid_t pid, const Progress& progress) {
   std::string buf;
   std::string error;
   bool ready = false;
@@ -786,11 +800,11 @@ Result<VmRecord> start_detached(VmConfig config, const Progress& progress) {
       error = "interrupted";
       break;
     }
-    pollfd p{fds[0], POLLIN, 0};
+    pollfd p{fd, POLLIN, 0};
     if (poll(&p, 1, 500) <= 0) continue;
-    const ssize_t n = read(fds[0], tmp, sizeof tmp);
+    const ssize_t n = read(fd, tmp, sizeof tmp);
     if (n <= 0) {
-      error = "the VM supervisor exited before the guest was ready";
+      error = "the supervisor exited before it was ready";
       break;
     }
     buf.append(tmp, static_cast<std::size_t>(n));
@@ -806,14 +820,8 @@ Result<VmRecord> start_detached(VmConfig config, const Progress& progress) {
       if (line[0] == 'R') ready = true;
     }
   }
-  close(fds[0]);
-  if (!ready) {
-    int status = 0;
-    waitpid(pid, &status, 0);
-    return Error{error};
-  }
-  // The supervisor stays running (reparented when we exit); reap it if it ends while we live.
-  return find_vm(name);
+  if (!ready) return Error{error};
+  return {};
 }
 
 Result<void> stop_vm(const VmRecord& vm, std::chrono::seconds timeout) {

@@ -177,6 +177,12 @@ class VmWatch {
 // The supervisor shuts the VM down cleanly on SIGTERM/SIGINT and removes everything when QEMU
 // exits for any reason. Returns once the guest answers SSH, or with the boot error.
 [[nodiscard]] Result<VmRecord> start_detached(VmConfig config, const Progress& progress = {});
+// The one-line protocol between a detached supervisor (start_detached's, `hvtrace farm up`'s) and
+// the command that started it, over a pipe: 'P' progress, 'E' error, 'R' ready.
+void report_to_starter(int fd, char kind, std::string_view message);
+// The starter's side: progress lines go to `progress` until 'R' (ready) or 'E' / the pipe closing
+// (the error). A termination request SIGTERMs the supervisor `pid`. Does not close `fd`.
+[[nodiscard]] Result<void> wait_for_supervisor(int fd, pid_t pid, const Progress& progress);
 // Ask the owner of a VM to shut it down and wait until its run directory is gone.
 [[nodiscard]] Result<void> stop_vm(const VmRecord& vm, std::chrono::seconds timeout = std::chrono::seconds{30});
 
