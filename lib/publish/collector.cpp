@@ -6,6 +6,8 @@
 #include <fmt/core.h>
 
 #include <chrono>
+#include <set>
+#include <tuple>
 #include <thread>
 #include <vector>
 
@@ -32,7 +34,9 @@ struct Collector::Impl {
     so.Config.Durable = cfg.durable.c_str();
     so.Config.AckPolicy = js_AckExplicit;
     so.Config.DeliverPolicy = js_DeliverAll;
-    so.Config.AckWait = 30'000'000'000LL;
+    // A collector that dies holding a batch: its messages come back after AckWait, well before a
+    // later message waiting for them (NAKed every second) is written past the gap (30 deliveries).
+    so.Config.AckWait = 5'000'000'000LL;
     so.Config.MaxDeliver = -1;
     so.Config.MaxAckPending = 20000;
     jsErrCode je = static_cast<jsErrCode>(0);
@@ -53,7 +57,7 @@ Collector::Collector(CollectorConfig cfg) : impl_(std::make_unique<Impl>()) {
   std::error_code ec;
   std::filesystem::create_directories(d.cfg.dir, ec);
   if (ec) throw UserError(fmt::format("-o {}: {}", d.cfg.dir.string(), ec.message()));
-  d.sink = std::make_unique<SessionSink>(d.cfg.dir);
+  d.sink = std::make_unique<SessionSink>(d.cfg.dir, 30);
   jsOptions jo;
   jsOptions_Init(&jo);
   jo.Wait = 5000;
@@ -81,6 +85,7 @@ CollectorStats Collector::run() {
   using clock = std::chrono::steady_clock;
   auto last_work = clock::now(), last_log = clock::now();
   std::uint64_t logged = 0;
+  std::set<std::uint64_t> waiting;   // stream sequences NAKed until earlier messages are written
   while (!(d.cfg.stop && d.cfg.stop())) {
     natsMsgList list{};
     jsErrCode je = static_cast<jsErrCode>(0);
@@ -88,7 +93,7 @@ CollectorStats Collector::run() {
     if (s == NATS_OK && list.Count > 0) {
       last_work = clock::now();
       // Write everything, make it durable, then acknowledge (or NAK what waits for earlier ones).
-      std::vector<std::pair<natsMsg*, SessionSink::Outcome>> done;
+      std::vector<std::tuple<natsMsg*, SessionSink::Outcome, std::uint64_t>> done;
       for (int i = 0; i < list.Count; ++i) {
         natsMsg* nm = list.Msgs[i];
         Message m;
@@ -103,23 +108,29 @@ CollectorStats Collector::run() {
           }
           free(static_cast<void*>(keys));
         }
-        std::uint64_t delivered = 1;
+        std::uint64_t delivered = 1, stream_seq = 0;
         jsMsgMetaData* meta = nullptr;
         if (natsMsg_GetMetaData(&meta, nm) == NATS_OK) {
           delivered = meta->NumDelivered;
+          stream_seq = meta->Sequence.Stream;
           jsMsgMetaData_Destroy(meta);
         }
         auto r = d.sink->handle(m, delivered);
         if (r.outcome == SessionSink::Outcome::kRejected && d.cfg.log)
           d.cfg.log(fmt::format("skipping a message on {}: {}", m.subject.substr(0, 200), r.why));
         d.st.messages++;
-        done.emplace_back(nm, r.outcome);
+        done.emplace_back(nm, r.outcome, stream_seq);
       }
       d.sink->flush();
-      for (auto& [nm, outcome] : done) {
+      for (auto& [nm, outcome, seq] : done) {
         if (outcome == SessionSink::Outcome::kWait) {
-          natsMsg_NakWithDelay(nm, 500'000'000LL, nullptr);
+          natsMsg_NakWithDelay(nm, 1'000'000'000LL, nullptr);
           d.st.naked++;
+          waiting.insert(seq);
+          continue;
+        }
+        waiting.erase(seq);
+        if (false) {
         } else if (outcome == SessionSink::Outcome::kRejected) {
           natsMsg_Term(nm, nullptr);
           d.st.terminated++;
@@ -132,7 +143,8 @@ CollectorStats Collector::run() {
     } else {
       if (s == NATS_OK) natsMsgList_Destroy(&list);
       if (s != NATS_TIMEOUT && s != NATS_OK) std::this_thread::sleep_for(std::chrono::milliseconds(200));   // server failover
-      if (d.cfg.idle_exit_s > 0 && clock::now() - last_work > std::chrono::duration<double>(d.cfg.idle_exit_s)) break;
+      // Idle: nothing for a while and no message waiting for earlier ones (those come back).
+      if (d.cfg.idle_exit_s > 0 && waiting.empty() && clock::now() - last_work > std::chrono::duration<double>(d.cfg.idle_exit_s)) break;
     }
     if (d.cfg.log && clock::now() - last_log > std::chrono::seconds(5) && d.st.messages != logged) {
       last_log = clock::now();

@@ -76,11 +76,20 @@ std::optional<Message> event_message(const nlohmann::json& event, std::string_vi
   std::string sensor, eventid;
   if (auto it = event.find("sensor"); it != event.end() && it->is_string()) sensor = *it;
   if (auto it = event.find("eventid"); it != event.end() && it->is_string()) eventid = *it;
-  nlohmann::json body = event;
-  body["vm"] = vm;
   Message m;
   m.subject = event_subject(sensor, vm, eventid);
-  m.data = body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  // The object plus "vm", without copying it: its serialization with the field spliced in (the
+  // collector parses the body and drops "vm", so where the field sits does not matter).
+  m.data = event.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  if (event.contains("vm")) {
+    nlohmann::json body = event;
+    body["vm"] = vm;
+    m.data = body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  } else {
+    m.data.pop_back();   // '}'
+    if (m.data.size() > 1) m.data += ',';
+    m.data += "\"vm\":" + nlohmann::json(vm).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "}";
+  }
   m.headers = {{kMsgIdHeader, fmt::format("{}:{}", sid, seq)},
                {kKindHeader, "event"},
                {kSessionHeader, sid},

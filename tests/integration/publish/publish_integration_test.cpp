@@ -7,17 +7,13 @@
 //    what a closed publisher left in the spool sent first by the next one;
 //  - bad input: malformed and unreachable URLs, a server without JetStream: clear errors.
 #include "common/result.hpp"
+#include "publish/local_nats.hpp"
 #include "publish/publisher.hpp"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -29,8 +25,6 @@
 #include <map>
 #include <random>
 #include <thread>
-
-extern char** environ;
 
 namespace hvtrace::publish {
 namespace {
@@ -44,127 +38,7 @@ std::string slurp(const fs::path& p) {
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
-int free_port() {
-  const int s = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(s);
-  return ntohs(a.sin_port);
-}
-
-bool port_open(int port) {
-  const int s = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<std::uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  const bool ok = ::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
-  ::close(s);
-  return ok;
-}
-
-// A child process with stdout+stderr to a file.
-pid_t spawn(const std::vector<std::string>& argv, const fs::path& log) {
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-  posix_spawn_file_actions_adddup2(&fa, 1, 2);
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-  std::vector<char*> a;
-  for (const auto& s : argv) a.push_back(const_cast<char*>(s.c_str()));
-  a.push_back(nullptr);
-  pid_t pid = -1;
-  const int r = posix_spawnp(&pid, a[0], &fa, nullptr, a.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  return r == 0 ? pid : -1;
-}
-
-// Waits up to `limit` for pid; its exit status, or -1 if still running.
-int wait_exit(pid_t pid, std::chrono::milliseconds limit) {
-  const auto end = std::chrono::steady_clock::now() + limit;
-  for (;;) {
-    int st = 0;
-    if (::waitpid(pid, &st, WNOHANG) == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-    if (std::chrono::steady_clock::now() >= end) return -1;
-    std::this_thread::sleep_for(20ms);
-  }
-}
-
-struct Node {
-  std::string name;
-  int port = 0, cluster_port = 0;
-  fs::path conf, log;
-  pid_t pid = -1;
-  void start() {
-    pid = spawn({"nats-server", "-c", conf.string()}, log);
-    ASSERT_GT(pid, 0);
-    const auto end = std::chrono::steady_clock::now() + 20s;
-    while (!port_open(port)) {
-      if (wait_exit(pid, 0ms) >= 0) pid = -1;
-      ASSERT_TRUE(pid > 0 && std::chrono::steady_clock::now() < end) << name << " did not listen; log:\n" << slurp(log);
-      std::this_thread::sleep_for(20ms);
-    }
-  }
-  void kill(int sig = SIGKILL) {
-    if (pid <= 0) return;
-    ::kill(pid, sig);
-    if (wait_exit(pid, 10s) < 0) {
-      ::kill(pid, SIGKILL);
-      wait_exit(pid, 5s);
-    }
-    pid = -1;
-  }
-  std::string url() const { return fmt::format("nats://127.0.0.1:{}", port); }
-};
-
-class Nats {
- public:
-  Nats(const fs::path& root, int n, bool jetstream = true) {
-    for (int i = 0; i < n; ++i) {
-      Node x;
-      x.name = fmt::format("itest-nats-{}", i + 1);
-      x.port = free_port();
-      x.cluster_port = free_port();
-      x.conf = root / (x.name + ".conf");
-      x.log = root / (x.name + ".log");
-      nodes_.push_back(x);
-    }
-    for (auto& x : nodes_) {
-      std::string c = fmt::format("server_name: {}\nlisten: 127.0.0.1:{}\n", x.name, x.port);
-      if (jetstream)
-        c += fmt::format("jetstream {{ store_dir: \"{}\", max_file_store: 4G, max_memory_store: 64M }}\n", (root / x.name).string());
-      if (n > 1) {
-        c += fmt::format("cluster {{\n  name: itest-nats-cluster\n  listen: 127.0.0.1:{}\n  routes: [\n", x.cluster_port);
-        for (const auto& y : nodes_)
-          if (y.name != x.name) c += fmt::format("    \"nats-route://127.0.0.1:{}\"\n", y.cluster_port);
-        c += "  ]\n}\n";
-      }
-      std::ofstream(x.conf) << c;
-    }
-  }
-  ~Nats() {
-    for (auto& x : nodes_) x.kill(SIGTERM);
-  }
-  void start() {
-    for (auto& x : nodes_) {
-      x.start();
-      if (::testing::Test::HasFatalFailure()) throw std::runtime_error(x.name + " did not start");
-    }
-  }
-  Node& node(int i) { return nodes_[static_cast<std::size_t>(i)]; }
-  std::string urls() const {
-    std::string u;
-    for (const auto& x : nodes_) u += (u.empty() ? "" : ",") + x.url();
-    return u;
-  }
-
- private:
-  std::vector<Node> nodes_;
-};
+int free_port() { return free_loopback_port(); }
 
 struct TempDir {
   fs::path path;
@@ -254,12 +128,12 @@ pid_t start_collector(const std::string& urls, const fs::path& out, const fs::pa
     a.push_back("--idle-exit");
     a.push_back(fmt::format("{}", idle_exit));
   }
-  return spawn(a, log);
+  return spawn_logged(a, log);
 }
 
 TEST(PublishCluster, NodeAndCollectorKilledEveryEventOnceInOrder) {
   TempDir t("cluster");
-  Nats nats(t.path, 3);
+  LocalNats nats(t.path, 3, "itest-nats");
   nats.start();
   const fs::path src = t.path / "src", got = t.path / "collected";
   const auto sessions = make_sessions(src, 4, 1500, 150 << 10, 11);
@@ -279,7 +153,7 @@ TEST(PublishCluster, NodeAndCollectorKilledEveryEventOnceInOrder) {
       pub.event(s.events[i]);
       ++sent;
     }
-    if (i == per / 3) nats.node(1).kill();   // a node gone mid-stream
+    if (i == per / 3) nats.kill(1, SIGKILL);   // a node gone mid-stream
     if (i == per / 2) {   // the collector killed once it has written some of it
       const auto written = [&] {
         std::uintmax_t n = 0;
@@ -292,7 +166,7 @@ TEST(PublishCluster, NodeAndCollectorKilledEveryEventOnceInOrder) {
       wait_exit(col, 5s);
       killed_at = written();
     }
-    if (i == 2 * per / 3) nats.node(1).start();   // and back
+    if (i == 2 * per / 3) nats.start(1);   // and back
     if (i % 10 == 0) std::this_thread::sleep_for(10ms);   // a stream over a few seconds, not one burst
   }
   for (const auto& s : sessions) {
@@ -317,7 +191,7 @@ TEST(PublishCluster, NodeAndCollectorKilledEveryEventOnceInOrder) {
 
 TEST(PublishOutage, SpooledWhileDownDeliveredAfterAndNextRunSendsLeftoversFirst) {
   TempDir t("outage");
-  Nats nats(t.path, 1);
+  LocalNats nats(t.path, 1, "itest-nats");
   nats.start();
   const fs::path src = t.path / "src", got = t.path / "collected", spool = t.path / "spool";
   const auto sessions = make_sessions(src, 3, 300, 20 << 10, 22);
@@ -325,7 +199,7 @@ TEST(PublishOutage, SpooledWhileDownDeliveredAfterAndNextRunSendsLeftoversFirst)
     Publisher pub(pub_config(nats.urls(), spool));
     for (std::size_t i = 0; i < 100; ++i) pub.event(sessions[0].events[i]);
     ASSERT_TRUE(eventually([&] { return pub.stats().acked == 100; }, 20s)) << summary(pub.stats());
-    nats.node(0).kill();   // every server down
+    nats.kill(0, SIGKILL);   // every server down
     for (std::size_t i = 100; i < 300; ++i) pub.event(sessions[0].events[i]);
     ASSERT_TRUE(eventually([&] { return pub.stats().spooled >= 150; }, 20s)) << summary(pub.stats());
     const auto down = pub.stats();
@@ -333,7 +207,7 @@ TEST(PublishOutage, SpooledWhileDownDeliveredAfterAndNextRunSendsLeftoversFirst)
     EXPECT_EQ(down.dropped, 0u);
     EXPECT_GT(down.spool_records, 0u);
     std::this_thread::sleep_for(1s);
-    nats.node(0).start();
+    nats.start(0);
     ASSERT_TRUE(eventually([&] { return pub.stats().acked >= 300 && pub.stats().spool_records == 0; }, 30s)) << summary(pub.stats());
     pub.file(sessions[0].sid, "transcript.txt", src / sessions[0].sid / "transcript.txt");
     pub.file(sessions[0].sid, "session.cast", src / sessions[0].sid / "session.cast");
@@ -345,7 +219,7 @@ TEST(PublishOutage, SpooledWhileDownDeliveredAfterAndNextRunSendsLeftoversFirst)
   // A run that ends while the servers are down: its messages stay in the spool...
   {
     Publisher pub(pub_config(nats.urls(), spool));
-    nats.node(0).kill();
+    nats.kill(0, SIGKILL);
     for (std::size_t k = 1; k < 3; ++k) {
       for (const auto& e : sessions[k].events) pub.event(e);
       pub.file(sessions[k].sid, "transcript.txt", src / sessions[k].sid / "transcript.txt");
@@ -357,7 +231,7 @@ TEST(PublishOutage, SpooledWhileDownDeliveredAfterAndNextRunSendsLeftoversFirst)
     std::cerr << summary(st) << "\n";
   }
   // ... and the next run with the same spool sends them first.
-  nats.node(0).start();
+  nats.start(0);
   {
     Publisher pub(pub_config(nats.urls(), spool));
     const auto first = pub.stats();
@@ -393,7 +267,7 @@ TEST(PublishBadInput, MalformedUnreachableAndNoJetStream) {
   EXPECT_NE(error_of(fmt::format("nats://127.0.0.1:{}", dead)).find("cannot reach a NATS server"), std::string::npos);
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 10s);
   {
-    Nats plain(t.path, 1, false);   // no JetStream
+    LocalNats plain(t.path, 1, "itest-nats-nojs", false);   // no JetStream
     plain.start();
     EXPECT_NE(error_of(plain.urls()).find("JetStream"), std::string::npos) << error_of(plain.urls());
   }
@@ -401,7 +275,7 @@ TEST(PublishBadInput, MalformedUnreachableAndNoJetStream) {
   const auto run = [&](const std::vector<std::string>& args, std::string& out) {
     const fs::path log = t.path / "cmd.log";
     fs::remove(log);
-    const pid_t p = spawn(args, log);
+    const pid_t p = spawn_logged(args, log);
     const int rc = wait_exit(p, 30s);
     out = slurp(log);
     return rc;
