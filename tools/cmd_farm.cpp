@@ -19,6 +19,7 @@
 #include "commands.hpp"
 #include "vm_options.hpp"
 
+#include "bench/stats.hpp"
 #include "farm/farm.hpp"
 #include "farm/snapshot.hpp"
 #include "vm/vm.hpp"
@@ -613,16 +614,12 @@ void bench_reset(unsigned resets, bool quick) {
     print_progress(fmt::format("reset {}: snapshot-load {:.2f} s, clean guest answers SSH after {:.2f} s", k + 1, loads.back(),
                                answers.back()));
   }
-  auto median = [](std::vector<double> x) {
-    std::sort(x.begin(), x.end());
-    return x.empty() ? 0.0 : (x.size() % 2 ? x[x.size() / 2] : (x[x.size() / 2 - 1] + x[x.size() / 2]) / 2);
-  };
+  if (loads.empty()) throw UserError("interrupted before the first reset");
+  const auto l = bench::summarize(loads), a = bench::summarize(answers);
   fmt::print("snapshot-save (once after boot): {:.2f} s; boot to SSH: {:.1f} s\n", save, r.boot_seconds);
   fmt::print("reset over {} runs: snapshot-load median {:.2f} s (min {:.2f}, max {:.2f}); until a clean guest answers SSH: median "
              "{:.2f} s (min {:.2f}, max {:.2f})\n",
-             loads.size(), median(loads), *std::min_element(loads.begin(), loads.end()), *std::max_element(loads.begin(), loads.end()),
-             median(answers), *std::min_element(answers.begin(), answers.end()),
-             *std::max_element(answers.begin(), answers.end()));
+             l.n, l.median, l.min, l.max, a.median, a.min, a.max);
 }
 
 }  // namespace
