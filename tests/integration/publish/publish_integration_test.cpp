@@ -11,6 +11,7 @@
 #include "publish/publisher.hpp"
 
 #include <gtest/gtest.h>
+#include <nats/nats.h>
 #include <nlohmann/json.hpp>
 
 #include <signal.h>
@@ -131,6 +132,33 @@ pid_t start_collector(const std::string& urls, const fs::path& out, const fs::pa
   return spawn_logged(a, log);
 }
 
+// A collector that dies holding a batch: the durable consumer's first `n` messages fetched and
+// never acknowledged (the collector's consumer settings, or binding it would fail).
+void fetch_and_abandon(const std::string& url, int n) {
+  natsConnection* nc = nullptr;
+  ASSERT_EQ(natsConnection_ConnectTo(&nc, url.c_str()), NATS_OK);
+  jsCtx* js = nullptr;
+  ASSERT_EQ(natsConnection_JetStream(&js, nc, nullptr), NATS_OK);
+  jsSubOptions so;
+  jsSubOptions_Init(&so);
+  so.Stream = "HVTRACE";
+  so.Config.Durable = "itest-nats-durable";
+  so.Config.AckPolicy = js_AckExplicit;
+  so.Config.DeliverPolicy = js_DeliverAll;
+  so.Config.AckWait = 5'000'000'000LL;
+  so.Config.MaxDeliver = -1;
+  so.Config.MaxAckPending = 20000;
+  natsSubscription* sub = nullptr;
+  ASSERT_EQ(js_PullSubscribe(&sub, js, "hvtrace.>", "itest-nats-durable", nullptr, &so, nullptr), NATS_OK) << nats_GetLastError(nullptr);
+  natsMsgList list{};
+  ASSERT_EQ(natsSubscription_Fetch(&list, sub, n, 5000, nullptr), NATS_OK);
+  EXPECT_EQ(list.Count, n);
+  natsMsgList_Destroy(&list);
+  natsSubscription_Destroy(sub);   // not Unsubscribe: the durable consumer stays
+  jsCtx_Destroy(js);
+  natsConnection_Destroy(nc);
+}
+
 TEST(PublishCluster, NodeAndCollectorKilledEveryEventOnceInOrder) {
   TempDir t("cluster");
   LocalNats nats(t.path, 3, "itest-nats");
@@ -241,11 +269,16 @@ TEST(PublishOutage, SpooledWhileDownDeliveredAfterAndNextRunSendsLeftoversFirst)
     EXPECT_EQ(st.acked, first.spool_restored);
     std::cerr << summary(st) << "\n";
   }
+  // The first 40 messages go to a collector that dies holding them: the real one gets later
+  // events first, leaves them for redelivery until the 40 come back (ack wait), then writes all.
+  fetch_and_abandon(nats.node(0).url(), 40);
   const fs::path clog = t.path / "collector.log";
   const pid_t col = start_collector(nats.urls(), got, clog, 3);
   const int rc = wait_exit(col, 60s);
   if (rc < 0) ::kill(col, SIGKILL);
   EXPECT_EQ(rc, 0) << slurp(clog);
+  EXPECT_EQ(slurp(clog).find(" 0 left for redelivery"), std::string::npos) << slurp(clog);   // the wait happened
+  std::cerr << slurp(clog);
   expect_same(src, got, sessions);
 }
 
