@@ -45,6 +45,7 @@
 #include <fstream>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <regex>
 #include <thread>
 
@@ -130,6 +131,19 @@ int connect_loopback(std::uint16_t port) {
     return -1;
   }
   return fd;
+}
+
+// "203.0.113.9:51234" / "[2001:db8::1]:51234"
+std::string peer_text(const sockaddr_storage& a) {
+  char host[INET6_ADDRSTRLEN] = "?";
+  if (a.ss_family == AF_INET) {
+    const auto& in = reinterpret_cast<const sockaddr_in&>(a);
+    inet_ntop(AF_INET, &in.sin_addr, host, sizeof host);
+    return fmt::format("{}:{}", host, ntohs(in.sin_port));
+  }
+  const auto& in6 = reinterpret_cast<const sockaddr_in6&>(a);
+  inet_ntop(AF_INET6, &in6.sin6_addr, host, sizeof host);
+  return fmt::format("[{}]:{}", host, ntohs(in6.sin6_port));
 }
 
 bool write_all(int fd, const char* p, std::size_t n) {
@@ -227,8 +241,12 @@ class Farm {
   pid_t start_watcher(const std::string& name) {
     std::vector<std::string> args = {self_.string(), "session", "--vm", name, "--sessions", "1", "-o", o_.dir,
                                      "--sensor", o_.sensor.empty() ? name : o_.sensor};
-    if (!o_.publish.empty()) args.insert(args.end(), {"--publish", o_.publish});
+    // One spool per VM: the watchers of different VMs run at the same time.
+    if (!o_.publish.empty())
+      args.insert(args.end(), {"--publish", o_.publish, "--spool", (fs::path(o_.dir) / (".publish-spool-" + name)).string()});
     const fs::path log = dir_ / ("watcher-" + name + ".log");
+    std::error_code ec;
+    fs::remove(log, ec);  // the previous watcher's "watching" line must not count for this one
     const pid_t parent = getpid();
     const pid_t pid = fork();
     if (pid != 0) return pid;
@@ -331,6 +349,7 @@ class Farm {
     const std::string name = status_.vms[i].name;
     const int lfd = listen_fds_[i];
     bool counted = false;
+    std::optional<Clock::time_point> session_ended;
     std::unique_ptr<vm::Vm> v;
     pid_t watcher = 0;
     while (!stopping()) {
@@ -373,6 +392,11 @@ class Farm {
         continue;
       }
       update(i, [](farm::VmStatus& s) { s.state = farm::State::kReady; });
+      if (session_ended) {
+        // The figure that matters to the next attacker: session end -> port open on a clean guest.
+        log_event(name, "ready", {{"since_session_end_s", std::chrono::duration<double>(Clock::now() - *session_ended).count()}});
+        session_ended.reset();
+      }
       if (!counted) {
         counted = true;
         std::lock_guard lock(mu_);
@@ -382,11 +406,15 @@ class Farm {
       }
       // Ready: one attacker.
       int client = -1;
+      std::string src;
       bool watcher_gone = false;
       while (!stopping() && v->running()) {
         pollfd p{lfd, POLLIN, 0};
         if (poll(&p, 1, 200) > 0) {
-          client = accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
+          sockaddr_storage peer{};
+          socklen_t peer_len = sizeof peer;
+          client = accept4(lfd, reinterpret_cast<sockaddr*>(&peer), &peer_len, SOCK_CLOEXEC);
+          if (client >= 0) src = peer_text(peer);
           if (client >= 0) break;
         }
         int st = 0;
@@ -413,8 +441,10 @@ class Farm {
         s.state = farm::State::kInSession;
         ++s.sessions;
       });
-      log_event(name, "session_start", {});
+      // The guest sees every attacker as QEMU's gateway (10.0.2.2): the real address is here.
+      log_event(name, "session_start", {{"src", src}});
       proxy(client, v->record().ssh_port, *v);
+      session_ended = Clock::now();  // the attacker's connection is closed
       if (!v->running()) {
         replace(i, name, v, watcher);
         continue;
