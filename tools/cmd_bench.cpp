@@ -14,6 +14,7 @@
 #include "bench/gdb_rsp.hpp"
 #include "bench/host.hpp"
 #include "bench/report.hpp"
+#include "bench/scale_report.hpp"
 #include "bench/stats.hpp"
 #include "common/result.hpp"
 #include "events/event_reader.hpp"
@@ -637,6 +638,35 @@ void write_file(const vm::fs::path& p, const std::string& text) {
   if (!f) throw UserError(fmt::format("cannot write {}", p.string()));
 }
 
+// One finished run's progress line; false (and the error) if it failed.
+bool report_run(const std::string& who, const json& run) {
+  if (!run.value("ok", false)) {
+    fmt::print(stderr, "[bench]   {} FAILED: {}\n", who, run.value("error", "?"));
+    return false;
+  }
+  fmt::print(stderr, "[bench]   {}: guest {:.2f} s, wall {:.2f} s, QEMU CPU {:.2f} s{}\n", who, run.value("guest_s", -1.0),
+             run.value("wall_s", -1.0), run.value("qemu_cpu_s", -1.0),
+             run.contains("monitored_calls") ? fmt::format(", monitored calls {}", run["monitored_calls"].dump()) : "");
+  return true;
+}
+
+// The part of results.json every benchmark starts with.
+json results_header(const std::string& schema, const std::string& guest_kernel) {
+  json results;
+  results["schema"] = schema;
+  results["command"] = command_line();
+  results["started"] = now_text();
+  results["machine"] = machine_info();
+  results["versions"] = {{"qemu", qemu_version()}, {"hvtrace", hvtrace_version()}, {"guest_kernel", guest_kernel}};
+  return results;
+}
+
+void save_results(const vm::fs::path& dir, json& results) {
+  results["finished"] = now_text();
+  results["machine"]["loadavg_end"] = trim(read_text("/proc/loadavg"));
+  write_file(dir / "results.json", results.dump(1) + "\n");
+}
+
 // Writes table1.md, table1.dat, table1.gp and (with gnuplot) table1.svg next to results.json.
 void write_report(const vm::fs::path& dir, const json& results) {
   const auto rep = bench::make_table1_report(results);
@@ -699,22 +729,13 @@ void run_table1(Table1Options o) {
   });
   const bool need_mon = std::any_of(columns.begin(), columns.end(), [](const std::string& c) { return c == "idle" || c[0] == 'm'; });
 
-  json results;
-  results["schema"] = "hvtrace-bench-table1/1";
-  results["command"] = command_line();
-  results["started"] = now_text();
-  results["machine"] = machine_info();
-  results["versions"] = {{"qemu", qemu_version()}, {"hvtrace", hvtrace_version()}, {"guest_kernel", image->kernel_release}};
+  json results = results_header("hvtrace-bench-table1/1", image->kernel_release);
   results["config"] = {{"rounds", o.rounds},     {"iterations", o.iterations}, {"columns", columns}, {"pti", ptis},
                        {"quick", o.quick},       {"warmup_each", o.warmup_each}, {"gdbstub_max_hits", o.gdbstub_max_hits},
                        {"note", "guest_s: the workload's own clock in the guest; wall_s: host time from releasing the shell to "
                                 "the SSH session's end; qemu_cpu_s: utime+stime of QEMU over the same window"}};
   results["runs"] = json::array();
-  const auto save = [&] {
-    results["finished"] = now_text();
-    results["machine"]["loadavg_end"] = trim(read_text("/proc/loadavg"));
-    write_file(dir / "results.json", results.dump(1) + "\n");
-  };
+  const auto save = [&] { save_results(dir, results); };
 
   const std::size_t total_runs = ptis.size() * o.rounds * columns.size();
   std::size_t done_runs = 0;
@@ -756,14 +777,7 @@ void run_table1(Table1Options o) {
         run["order"] = k;
         run_seconds += std::chrono::duration<double>(Clock::now() - r0).count();
         ++done_runs;
-        if (run.value("ok", false))
-          fmt::print(stderr, "[bench]   {}: guest {:.2f} s, wall {:.2f} s, QEMU CPU {:.2f} s{}\n", col, run.value("guest_s", -1.0),
-                     run.value("wall_s", -1.0), run.value("qemu_cpu_s", -1.0),
-                     run.contains("monitored_calls") ? fmt::format(", monitored calls {}", run["monitored_calls"].dump()) : "");
-        else {
-          any_failed = true;
-          fmt::print(stderr, "[bench]   {} FAILED: {}\n", col, run.value("error", "?"));
-        }
+        if (!report_run(col, run)) any_failed = true;
         results["runs"].push_back(std::move(run));
         save();
         if (!g.vm->running()) throw UserError(fmt::format("the guest's QEMU stopped ({})", g.vm->exit_reason()));
@@ -782,6 +796,170 @@ void run_table1(Table1Options o) {
   fmt::print("{}", read_text((dir / "table1.md").string()));
   for (const auto& p : problems) fmt::print(stderr, "[bench] inconsistent: {}\n", p);
   fmt::print(stderr, "[bench] wrote {}/results.json, table1.md, table1.svg in {}\n", dir.string(),
+             duration_text(std::chrono::duration<double>(Clock::now() - t_start).count()));
+  if (vm::termination_requested()) {
+    exit_code() = 130;
+    return;
+  }
+  if (any_failed || !problems.empty()) exit_code() = 1;
+}
+
+// ---- scale ------------------------------------------------------------------------------------
+
+struct ScaleOptions {
+  std::string out_dir = "bench-scale";
+  std::string vms = "1,2,4";
+  unsigned rounds = 3;
+  unsigned iterations = 1;
+  bool quick = false;
+  unsigned boot_timeout_s = 300;
+};
+
+std::vector<unsigned> parse_vm_counts(const std::string& list) {
+  std::vector<unsigned> out;
+  std::stringstream in(list);
+  std::string w;
+  while (std::getline(in, w, ',')) {
+    unsigned n = 0;
+    try {
+      std::size_t used = 0;
+      n = static_cast<unsigned>(std::stoul(w, &used));
+      if (used != w.size()) n = 0;
+    } catch (const std::exception&) {
+      n = 0;
+    }
+    if (n == 0 || n > 16) throw UserError(fmt::format("--vms {}: '{}' is not a guest count from 1 to 16", list, w));
+    if (std::find(out.begin(), out.end(), n) == out.end()) out.push_back(n);
+  }
+  if (out.empty()) throw UserError("--vms: give guest counts such as 1,2,4");
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// The peak resident size of the `hvtrace trace` children while `running` holds, sampled.
+class TracerRssSampler {
+ public:
+  TracerRssSampler() : thread_([this] {
+      while (!stop_.load()) {
+        for (const pid_t p : bench::child_processes(getpid(), "hvtrace")) {
+          const unsigned long kib = bench::process_rss_kib(p);
+          unsigned long seen = peak_.load();
+          while (kib > seen && !peak_.compare_exchange_weak(seen, kib)) {
+          }
+        }
+        std::this_thread::sleep_for(100ms);
+      }
+    }) {}
+  ~TracerRssSampler() { finish(); }
+  unsigned long finish() {
+    stop_.store(true);
+    if (thread_.joinable()) thread_.join();
+    return peak_.load();
+  }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::atomic<unsigned long> peak_{0};
+  std::thread thread_;
+};
+
+void run_scale(ScaleOptions o) {
+  vm::install_termination_handlers();
+  if (o.quick) {
+    o.rounds = 1;
+    o.iterations = 1;
+    if (o.vms == "1,2,4") o.vms = "1,2";
+  }
+  if (o.rounds == 0 || o.iterations == 0) throw UserError("--rounds and --iterations must be at least 1");
+  const auto counts = parse_vm_counts(o.vms);
+  // Each guest needs its RAM (256 MiB) and QEMU's own memory (code cache up to a few hundred MiB).
+  const unsigned long need_mib = counts.back() * 400ul;
+  if (const std::string avail = first_line_of("/proc/meminfo", "MemAvailable:"); !avail.empty()) {
+    const unsigned long have_mib = std::stoul(avail.substr(avail.find(':') + 1)) / 1024;
+    if (have_mib < need_mib)
+      throw UserError(fmt::format("--vms {}: {} guests need about {} MiB of memory, {} MiB are available", o.vms,
+                                  counts.back(), need_mib, have_mib));
+  }
+  auto image = vm::load_image(vm::default_image_dir());
+  if (!image) throw UserError(fmt::format("{} (the default guest is built by `guest/build-image`)", image.error().message));
+  const vm::fs::path dir = o.out_dir;
+  std::error_code ec;
+  vm::fs::create_directories(dir, ec);
+  if (ec) throw UserError(fmt::format("-o {}: {}", o.out_dir, ec.message()));
+  if (access(dir.c_str(), W_OK) != 0) throw UserError(fmt::format("-o {}: not writable", o.out_dir));
+
+  json results = results_header("hvtrace-bench-scale/1", image->kernel_release);
+  results["config"] = {{"vms", counts}, {"rounds", o.rounds}, {"iterations", o.iterations}, {"quick", o.quick},
+                       {"columns", {"idle", "m5"}},
+                       {"note", "per run: one guest of a batch; idle: monitor loaded, nobody attached; m5: its shell traced by "
+                                "hvtrace trace --method 5; tracer_peak_rss_kib: the largest hvtrace trace of the batch"}};
+  results["runs"] = json::array();
+  const auto save = [&] { save_results(dir, results); };
+  Table1Options boot;
+  boot.boot_timeout_s = o.boot_timeout_s;
+  const std::string tag = std::to_string(getpid() % 100000);
+  const auto t_start = Clock::now();
+  bool any_failed = false;
+  for (const unsigned n : counts) {
+    if (vm::termination_requested()) break;
+    fmt::print(stderr, "[bench] {} guest(s): booting (elapsed {})\n", n,
+               duration_text(std::chrono::duration<double>(Clock::now() - t_start).count()));
+    // One after the other, from this thread: QEMU dies with the thread that started it
+    // (PR_SET_PDEATHSIG), so a booting thread must outlive its guest.
+    std::vector<std::unique_ptr<Guest>> guests;
+    for (unsigned i = 0; i < n && !vm::termination_requested(); ++i) {
+      auto g = boot_guest(fmt::format("hvb-scale-{}-{}", tag, i), true, false, boot, *image);
+      if (!g) throw UserError(fmt::format("booting guest {} of {}: {}", i + 1, n, g.error().message));
+      guests.push_back(std::move(g).value());
+    }
+    if (guests.size() != n) break;
+    fmt::print(stderr, "[bench] {} guest(s): warm-up (untimed)\n", n);
+    {
+      std::vector<std::future<void>> w;
+      for (auto& g : guests) w.push_back(std::async(std::launch::async, [&g, &o] { warm_up(*g, o.iterations); }));
+    }
+    for (unsigned round = 0; round < o.rounds && !vm::termination_requested(); ++round) {
+      for (unsigned k = 0; k < 2 && !vm::termination_requested(); ++k) {
+        const std::string col = ((k + round) % 2 == 0) ? "idle" : "m5";
+        fmt::print(stderr, "[bench] {} guest(s) round {}/{}: {} (elapsed {})\n", n, round + 1, o.rounds,
+                   col == "m5" ? "each shell traced (method 5)" : "untraced",
+                   duration_text(std::chrono::duration<double>(Clock::now() - t_start).count()));
+        TracerRssSampler rss;
+        std::vector<std::future<json>> batch;
+        for (auto& g : guests)
+          batch.push_back(std::async(std::launch::async, [&g, &col, &o] { return run_column(col, *g, jansson_workload(o.iterations), 0); }));
+        std::vector<json> runs;
+        for (auto& f : batch) runs.push_back(f.get());
+        const unsigned long peak = rss.finish();
+        for (unsigned i = 0; i < runs.size(); ++i) {
+          json& run = runs[i];
+          run["vms"] = n;
+          run["guest"] = i;
+          run["round"] = round;
+          run["order"] = k;
+          run["qemu_rss_kib"] = bench::process_rss_kib(guests[i]->vm->record().qemu_pid);
+          if (col == "m5") run["tracer_peak_rss_kib"] = peak;
+          if (!report_run(fmt::format("guest {}", i), run)) any_failed = true;
+          results["runs"].push_back(std::move(run));
+        }
+        save();
+        for (auto& g : guests)
+          if (!g->vm->running()) throw UserError(fmt::format("a guest's QEMU stopped ({})", g->vm->exit_reason()));
+      }
+    }
+    fmt::print(stderr, "[bench] {} guest(s): shutting down\n", n);
+    for (auto& g : guests) {
+      g->reader.reset();
+      (void)g->vm->shutdown();
+    }
+  }
+  save();
+  const std::string md = bench::make_scale_report(results);
+  write_file(dir / "scale.md", md);
+  const auto problems = bench::check_scale_counts(results);
+  fmt::print("{}", md);
+  for (const auto& p : problems) fmt::print(stderr, "[bench] inconsistent: {}\n", p);
+  fmt::print(stderr, "[bench] wrote {}/results.json and scale.md in {}\n", dir.string(),
              duration_text(std::chrono::duration<double>(Clock::now() - t_start).count()));
   if (vm::termination_requested()) {
     exit_code() = 130;
@@ -948,6 +1126,16 @@ void add_bench_command(CLI::App& app) {
   ev->add_option("--pti", e->pti, "boot the guests with pti=on or off")->capture_default_str();
   ev->add_option("--boot-timeout", e->boot_timeout_s, "seconds to wait for each guest's SSH")->capture_default_str();
   ev->callback([e] { run_events(*e); });
+
+  auto sc = std::make_shared<ScaleOptions>();
+  auto* scale = bench->add_subcommand("scale", "N guests running the workload at once, each traced (method 5) and untraced");
+  scale->add_option("-o,--output-dir", sc->out_dir, "directory for results.json and scale.md")->capture_default_str();
+  scale->add_option("--vms", sc->vms, "guest counts, one batch each")->capture_default_str();
+  scale->add_option("--rounds", sc->rounds, "interleaved rounds (untraced and traced once each, order alternating)")->capture_default_str();
+  scale->add_option("--iterations", sc->iterations, "workload iterations per run")->capture_default_str();
+  scale->add_flag("--quick", sc->quick, "one round of one iteration, guest counts 1,2 unless --vms is given");
+  scale->add_option("--boot-timeout", sc->boot_timeout_s, "seconds to wait for each guest's SSH")->capture_default_str();
+  scale->callback([sc] { run_scale(*sc); });
 }
 
 }  // namespace hvtrace::tools

@@ -3,10 +3,17 @@
 
 #include <sys/types.h>
 
+#include <string>
+#include <vector>
+
 namespace hvtrace::bench {
 
 // utime + stime of process `pid` in seconds (/proc/<pid>/stat, clock-tick resolution); NaN if it
 // cannot be read.
 [[nodiscard]] double process_cpu_seconds(pid_t pid);
+// Resident set size of `pid` in KiB (VmRSS of /proc/<pid>/status); 0 if it cannot be read.
+[[nodiscard]] unsigned long process_rss_kib(pid_t pid);
+// The running children of `parent` whose command name (/proc/<pid>/comm) is `comm`.
+[[nodiscard]] std::vector<pid_t> child_processes(pid_t parent, const std::string& comm);
 
 }  // namespace hvtrace::bench

@@ -3,6 +3,7 @@
 // consistency checks and report of `hvtrace bench table1` on synthetic results.
 #include "bench/gdb_rsp.hpp"
 #include "bench/report.hpp"
+#include "bench/scale_report.hpp"
 #include "bench/stats.hpp"
 
 #include <arpa/inet.h>
@@ -212,6 +213,67 @@ TEST(Table1Report, MarkdownAndChartData) {
       << rep.markdown;
   EXPECT_NE(rep.gnuplot_data.find("\"5: async, in hypervisor\" 1.01000"), std::string::npos) << rep.gnuplot_data;
   EXPECT_NE(rep.gnuplot_script.find("table1.svg"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace hvtrace::bench
+
+namespace hvtrace::bench {
+namespace {
+
+// Synthetic `bench scale` results: guests x rounds x {idle, m5}, traced runs 10% slower.
+nlohmann::json scale_results(unsigned rounds, const std::vector<unsigned>& counts) {
+  nlohmann::json r;
+  r["command"] = "hvtrace bench scale";
+  r["started"] = "2026-12-02T00:00:00Z";
+  r["machine"] = {{"cpu_model", "test cpu"}};
+  r["config"] = {{"rounds", rounds}, {"iterations", 1}, {"vms", counts}};
+  r["runs"] = nlohmann::json::array();
+  for (const unsigned n : counts)
+    for (unsigned round = 0; round < rounds; ++round)
+      for (const std::string col : {"idle", "m5"})
+        for (unsigned g = 0; g < n; ++g) {
+          const double base = 10.0 * n + round * 0.1;
+          nlohmann::json run = {{"vms", n}, {"guest", g}, {"round", round}, {"column", col}, {"ok", true},
+                                {"guest_s", col == "m5" ? base * 1.1 : base}, {"qemu_cpu_s", col == "m5" ? base * 1.2 : base},
+                                {"qemu_rss_kib", 300 * 1024}};
+          if (col == "m5") {
+            run["monitored_calls"] = 4242;
+            run["lost"] = 0;
+            run["tracer_peak_rss_kib"] = 20 * 1024;
+          }
+          r["runs"].push_back(run);
+        }
+  return r;
+}
+
+TEST(ScaleReport, OneRowPerGuestCountWithOverheadsAgainstTheSameRound) {
+  const auto md = make_scale_report(scale_results(3, {1, 2, 4}));
+  EXPECT_NE(md.find("| 1 | 10.10 | 11.11 | +10.0% [+10.0, +10.0] | +20.0% [+20.0, +20.0] | 1.00x | 20.0 | 300 | 0 |"),
+            std::string::npos)
+      << md;
+  EXPECT_NE(md.find("| 4 | 40.10 | 44.11 | +10.0%"), std::string::npos) << md;
+  EXPECT_NE(md.find("| 3.97x |"), std::string::npos) << md;   // 40.1 / 10.1: untraced time grows with the guests
+  EXPECT_TRUE(check_scale_counts(scale_results(3, {1, 2, 4})).empty());
+}
+
+TEST(ScaleReport, ChecksFlagFailedRunsLossAndDisagreeingCounts) {
+  auto r = scale_results(2, {2});
+  r["runs"][0]["ok"] = false;
+  r["runs"][0]["error"] = "boom";
+  for (auto& run : r["runs"])
+    if (run["column"] == "m5" && run["guest"] == 1) {
+      run["lost"] = 3;
+      run["monitored_calls"] = 1;
+    }
+  const auto p = check_scale_counts(r);
+  std::string all;
+  for (const auto& s : p) all += s + "\n";
+  EXPECT_NE(all.find("boom"), std::string::npos) << all;
+  EXPECT_NE(all.find("3 events lost"), std::string::npos) << all;
+  EXPECT_NE(all.find("different numbers of monitored calls"), std::string::npos) << all;
+  r["runs"].erase(r["runs"].size() - 1);
+  EXPECT_NE(check_scale_counts(r).size(), p.size());
 }
 
 }  // namespace
