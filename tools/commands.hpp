@@ -28,5 +28,4 @@ void add_session_command(CLI::App& app);   // cmd_session.cpp: the honeypot view
 void add_bench_command(CLI::App& app);   // cmd_bench.cpp: Table 1 and the per-event costs
 void add_farm_command(CLI::App& app);    // cmd_farm.cpp: the honeypot fleet (farm up|status|down|bench-reset)
 void add_collect_command(CLI::App& app);   // cmd_collect.cpp: published sessions (NATS JetStream) into DIR
-void add_collect_command(CLI::App& app);   // cmd_collect.cpp: published sessions (NATS JetStream) into DIR
 }  // namespace hvtrace::tools

@@ -78,7 +78,6 @@ int main(int argc, char** argv) {
   hvtrace::tools::add_bench_command(app);
   hvtrace::tools::add_farm_command(app);
   hvtrace::tools::add_collect_command(app);
-  hvtrace::tools::add_collect_command(app);
 
   hvtrace::vm::install_termination_handlers();
   try {
