@@ -840,7 +840,7 @@ std::vector<unsigned> parse_vm_counts(const std::string& list) {
 class TracerRssSampler {
  public:
   TracerRssSampler() : thread_([this] {
-      while (!stop_.load()) {
+      while (!stop_.load()) {   // (the host helpers never throw: processes come and go while sampled)
         for (const pid_t p : bench::child_processes(getpid(), "hvtrace")) {
           const unsigned long kib = bench::process_rss_kib(p);
           unsigned long seen = peak_.load();

@@ -12,15 +12,19 @@
 #include "common/result.hpp"
 #include "events/control_client.hpp"
 #include "events/event_reader.hpp"
+#include "guest_view.hpp"
+#include "mem/phys_mem.hpp"
 #include "vm/vm.hpp"
 
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <charconv>
 #include <chrono>
 #include <cstdio>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -38,7 +42,48 @@ struct EventsOptions {
   std::uint32_t snaplen = abi::kDefaultSnapLen;
   std::uint64_t count = 0;       // 0: until interrupted
   double duration = 0;           // seconds, 0: until interrupted
+  std::vector<std::string> breaks;   // --break: SYMBOL, 0xVA (kernel) or PID:0xVA (user)
+  std::string bp_action = "async";
 };
+
+// One --break argument as the monitor takes it. Symbols and PIDs are resolved in guest memory
+// (attached on first need).
+struct BreakTarget {
+  std::string where;
+  std::optional<std::uint32_t> pid;   // user breakpoint in this process
+  std::optional<std::uint64_t> va;
+  std::string symbol;                 // kernel symbol (kallsyms)
+};
+
+std::optional<std::uint64_t> parse_hex(std::string_view s) {
+  if (s.size() <= 2 || s[0] != '0' || (s[1] != 'x' && s[1] != 'X')) return std::nullopt;
+  std::uint64_t v = 0;
+  const auto r = std::from_chars(s.data() + 2, s.data() + s.size(), v, 16);
+  if (r.ec != std::errc() || r.ptr != s.data() + s.size()) return std::nullopt;
+  return v;
+}
+
+BreakTarget parse_break(const std::string& w) {
+  BreakTarget t;
+  t.where = w;
+  const auto colon = w.find(':');
+  if (colon != std::string::npos) {
+    std::uint32_t pid = 0;
+    const auto r = std::from_chars(w.data(), w.data() + colon, pid);
+    t.va = parse_hex(std::string_view(w).substr(colon + 1));
+    if (r.ec != std::errc() || r.ptr != w.data() + colon || pid == 0 || !t.va)
+      throw UserError(fmt::format("--break '{}': a user breakpoint is PID:0xADDRESS (e.g. 153:0x7f3a12c4e2f0)", w));
+    t.pid = pid;
+    return t;
+  }
+  t.va = parse_hex(w);
+  if (!t.va) {
+    if (w.empty() || w.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.") != std::string::npos)
+      throw UserError(fmt::format("--break '{}': give a kernel symbol (e.g. do_sys_openat2), 0xADDRESS, or PID:0xADDRESS", w));
+    t.symbol = w;
+  }
+  return t;
+}
 
 abi::Action action_of(const std::string& s) {
   if (s == "drop") return abi::Action::kDrop;
@@ -155,9 +200,48 @@ void run_events(const EventsOptions& o) {
   }
   const std::string shm = o.shm.empty() ? files.rings.string() : o.shm;
   const std::string ctlp = o.ctl.empty() ? files.control.string() : o.ctl;
+  // Run-time breakpoints: resolved before anything changes in the monitor, validated by it (it
+  // says why it refuses one), removed again however this command ends.
+  std::vector<BreakTarget> breaks;
+  for (const auto& w : o.breaks) breaks.push_back(parse_break(w));
+  const abi::Action bp_action = action_of(o.bp_action);
+  if (bp_action == abi::Action::kDrop) throw UserError("--bp-action drop: use async or sync");
+  std::vector<events::BreakpointSpec> specs;
+  {
+    std::optional<GuestView> guest;
+    for (auto& b : breaks) {
+      if ((!b.symbol.empty() || b.pid) && !guest) {
+        if (!watch) throw UserError("--break with a symbol or PID needs --vm (the guest's memory), not only --shm/--ctl");
+        guest.emplace(attach_guest(value_or_throw(mem::open_ram_file(value_or_throw(vm::find_vm(o.vm_name)).ram_path))));
+      }
+      events::BreakpointSpec spec;
+      spec.id = static_cast<std::uint32_t>(specs.size() + 1);
+      spec.action = bp_action;
+      if (!b.symbol.empty()) {
+        if (const auto va = guest->kernel->symbol(b.symbol)) {
+          b.va = va->value;
+        } else {   // beyond the profile's symbols: the guest's whole kallsyms
+          const auto all = value_or_throw(guest->kernel->all_symbols());
+          const auto it = std::find_if(all.begin(), all.end(), [&](const kernel::Symbol& k) { return k.name == b.symbol; });
+          if (it == all.end()) throw UserError(fmt::format("--break {}: no such symbol in the guest kernel's kallsyms", b.symbol));
+          b.va = it->addr.value;
+        }
+      }
+      spec.va = *b.va;
+      if (b.pid) {
+        auto p = value_or_throw(guest->os->find_pid(Pid{static_cast<std::int32_t>(*b.pid)}));
+        if (!p || !p->dtb) throw UserError(fmt::format("--break {}: no process with pid {} in the guest", b.where, *b.pid));
+        spec.kind = abi::BreakpointKind::kUser;
+        spec.dtbs = {*p->dtb};
+      }
+      specs.push_back(std::move(spec));
+    }
+  }
   auto reader = value_or_throw(events::EventReader::open(shm, std::chrono::seconds{5}));
   auto ctl = value_or_throw(events::ControlClient::connect(ctlp, std::chrono::seconds{5}));
-  value_or_throw(ctl.attach());
+  // Events still in the rings from before this attach belong to an earlier consumer's filter.
+  const std::uint32_t attached_gen = value_or_throw(ctl.attach());
+  std::uint64_t stale = 0;
   if (o.dtbs.empty()) {
     value_or_throw(ctl.set_all_dtbs());
   } else {
@@ -176,6 +260,18 @@ void run_events(const EventsOptions& o) {
   value_or_throw(ctl.set_syscalls(o.syscalls.empty() ? std::nullopt : std::optional(o.syscalls)));
   value_or_throw(ctl.set_snap_len(o.snaplen));
   value_or_throw(ctl.set_actions({action_of(o.cr3), action_of(o.entry), action_of(o.exit), abi::Action::kDrop}));
+  std::map<std::uint32_t, std::string> bp_names;
+  struct RemoveAll {
+    events::ControlClient& ctl;
+    std::map<std::uint32_t, std::string>& ids;
+    ~RemoveAll() {
+      for (const auto& [id, name] : ids) (void)ctl.remove_breakpoint(id);
+    }
+  } remove_all{ctl, bp_names};
+  for (std::size_t i = 0; i < specs.size(); ++i) {
+    if (auto r = ctl.add_breakpoint(specs[i]); !r) throw UserError(fmt::format("--break {}: {}", breaks[i].where, r.error().message));
+    bp_names[specs[i].id] = breaks[i].where;
+  }
   const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(o.duration);
   std::uint64_t n = 0;
   bool vm_alive = true;
@@ -184,11 +280,19 @@ void run_events(const EventsOptions& o) {
     while (!vm::termination_requested() && (o.count == 0 || n < o.count) &&
            (o.duration == 0 || std::chrono::steady_clock::now() < end)) {
       vm_alive = !watch || watch->alive();  // before the poll: the last poll drains what QEMU left
+      const std::uint64_t stale_before = stale;
       auto got = reader->poll([&](const events::Event& e) {
-        write_line(stdout, to_json(e).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+        if (e.generation < attached_gen) {
+          ++stale;
+          return;
+        }
+        auto j = to_json(e);
+        if (e.type == abi::RecordType::kBreakpoint)
+          if (auto it = bp_names.find(e.bp.id); it != bp_names.end()) j["break"] = it->second;
+        write_line(stdout, j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
       }, o.count ? o.count - n : SIZE_MAX);
       const std::size_t k = value_or_throw(std::move(got));
-      n += k;
+      n += k - std::min<std::size_t>(k, stale - stale_before);
       if (!vm_alive) break;
       if (k == 0) {
         flush_output(stdout);  // idle: hand lines to the reader, and notice one that left
@@ -204,6 +308,7 @@ void run_events(const EventsOptions& o) {
       fmt::print(stderr, "vCPU {}: lost {} events (ring full {}, too big {}), {} sync waits timed out\n", i,
                  s.dropped(), s.drops[0], s.drops[1], s.sync_timeouts);
   }
+  if (stale != 0) fmt::print(stderr, "{} event(s) left in the rings by an earlier consumer were skipped\n", stale);
   if (!vm_alive) throw UserError(watch->stopped_message() + " while tracing");
 }
 
@@ -223,6 +328,11 @@ void add_events_command(CLI::App& app) {
   cmd->add_option("-s,--snaplen", o->snaplen, "bytes copied per string/buffer (0..65536)")->capture_default_str();
   cmd->add_option("-c,--count", o->count, "stop after N events");
   cmd->add_option("--duration", o->duration, "stop after S seconds");
+  cmd->add_option("--break", o->breaks,
+                  "a run-time breakpoint (repeatable, up to 64): a kernel SYMBOL or 0xADDRESS (every process), or "
+                  "PID:0xADDRESS (user code of that process); its hits print as {\"type\":\"bp\",\"break\":...}");
+  cmd->add_option("--bp-action", o->bp_action, "breakpoint delivery: async, or sync (the vCPU waits for hvtrace)")
+      ->capture_default_str();
   cmd->callback([o] { run_events(*o); });
 }
 

@@ -425,6 +425,39 @@ TEST(GuestLabCli, MonitorFlagLoadsTheMonitorAndEventsSeeTheGuestsWrites) {
   EXPECT_TRUE(seen) << out.substr(0, 2000);
   EXPECT_NE(out.find("\"type\":\"entry\""), std::string::npos);
   EXPECT_EQ(out.find("\"nr\":0,"), std::string::npos) << "a syscall outside the filter was delivered";
+
+  // `--break SYMBOL`: a kernel breakpoint at a function of the guest's kallsyms (not one the
+  // profile keeps), its hits printed with their arguments and the name asked for; gone after.
+  {
+    Background ev({"events", "--vm", name, "--entry", "drop", "--exit", "drop", "--break", "do_sys_openat2", "--duration", "60"});
+    const bool hit = wait_until(
+        [&] {
+          (void)cli({"vm", "exec", "--name", name, "--", "cat", "/etc/hostname"}, 30s);
+          ev.read_available();
+          return ev.out.find("\"break\":\"do_sys_openat2\"") != std::string::npos || ev.has_exited();
+        },
+        60s);
+    EXPECT_TRUE(hit) << ev.out.substr(0, 2000) << ev.err;
+    EXPECT_NE(ev.out.find("\"type\":\"bp\""), std::string::npos);
+    EXPECT_EQ(ev.out.find("\"type\":\"entry\""), std::string::npos) << "entries were asked to be dropped";
+    kill(ev.pid, SIGINT);
+    EXPECT_TRUE(wait_until([&] { return ev.has_exited(); }, 30s));
+    EXPECT_TRUE(WIFEXITED(ev.status) && WEXITSTATUS(ev.status) == 0) << ev.err;
+  }
+  {
+    Background ev({"events", "--vm", name, "--entry", "drop", "--exit", "drop", "--duration", "8"});
+    (void)cli({"vm", "exec", "--name", name, "--", "cat", "/etc/hostname"}, 30s);
+    EXPECT_TRUE(wait_until([&] { return ev.has_exited(); }, 60s));
+    ev.read_available();
+    EXPECT_EQ(ev.out.find("\"type\":\"bp\""), std::string::npos) << "the breakpoint outlived its command";
+  }
+  for (const auto& [arg, want] : {std::pair<std::string, std::string>{"no_such_function_here", "no such symbol"},
+                                  {"99999:0x401000", "no process with pid 99999"},
+                                  {"12:zz", "PID:0xADDRESS"}}) {
+    auto r = cli({"events", "--vm", name, "--break", arg, "--duration", "1"});
+    EXPECT_EQ(r.exit_code, 2) << arg << r.err;
+    EXPECT_NE(r.err.find(want), std::string::npos) << r.err;
+  }
   EXPECT_EQ(cli({"vm", "down", "--name", name}).exit_code, 0);
   EXPECT_FALSE(fs::exists(run_root() / name));
 }
