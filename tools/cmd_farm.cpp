@@ -284,16 +284,22 @@ class Farm {
     pid = 0;
   }
 
-  // Adds the watcher's loss counters (its summary lines) to VM i.
-  void account_watcher(unsigned i, const std::string& name) {
+  // Adds the watcher's loss counters (its summary lines) to VM i. Returns the fields for its
+  // session_end event: with --publish, the publisher's summary line (`publish`), the only record
+  // of what was dropped or left in the spool (the next watcher's log replaces this one).
+  nlohmann::json account_watcher(unsigned i, const std::string& name) {
     const std::string text = watcher_log(name);
     static const std::regex lost(R"(lost events: (\d+) .*sync waits timed out: (\d+))");
+    static const std::regex published(R"(published: [^\n]*)");
     std::smatch m;
     if (std::regex_search(text, m, lost))
       update(i, [&](farm::VmStatus& v) {
         v.lost_events += std::stoull(m[1]);
         v.sync_timeouts += std::stoull(m[2]);
       });
+    nlohmann::json extra = nlohmann::json::object();
+    if (std::regex_search(text, m, published)) extra["publish"] = m.str();
+    return extra;
   }
 
   // Boot VM i and take its snapshot; nullptr on failure (status says why).
@@ -451,8 +457,7 @@ class Farm {
       }
       // The watcher ends once its session closed; give it a bounded time, then SIGINT.
       stop_watcher(watcher, 15s);
-      account_watcher(i, name);
-      log_event(name, "session_end", {});
+      log_event(name, "session_end", account_watcher(i, name));
       if (stopping()) break;
       update(i, [](farm::VmStatus& s) { s.state = farm::State::kResetting; });
       auto took = farm::snapshot_load(v->record());
