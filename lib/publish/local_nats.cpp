@@ -39,6 +39,27 @@ int free_loopback_port() {
   return ntohs(a.sin_port);
 }
 
+int free_loopback_range(int n) {
+  for (int attempt = 0; attempt < 200; ++attempt) {
+    const int first = free_loopback_port();
+    if (first + n > 65536) continue;
+    std::vector<int> held;
+    for (int p = first; p < first + n; ++p) {   // held together, so the check is of the whole range
+      const int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      sockaddr_in a = loopback(p);
+      if (::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+        ::close(s);
+        break;
+      }
+      held.push_back(s);
+    }
+    const bool all = static_cast<int>(held.size()) == n;
+    for (int s : held) ::close(s);
+    if (all) return first;
+  }
+  throw std::runtime_error(fmt::format("no {} consecutive free loopback ports", n));
+}
+
 bool loopback_port_open(int port) {
   const int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_in a = loopback(port);

@@ -13,6 +13,8 @@
 namespace hvtrace::publish {
 
 int free_loopback_port();
+// The first of `n` consecutive ports free on 127.0.0.1 (e.g. a farm's --ssh-ports range); throws if none.
+int free_loopback_range(int n);
 bool loopback_port_open(int port);
 // Starts argv with stdin from /dev/null and stdout+stderr appended to `log`; -1 on failure.
 pid_t spawn_logged(const std::vector<std::string>& argv, const std::filesystem::path& log);
