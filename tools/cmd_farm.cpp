@@ -355,7 +355,7 @@ class Farm {
     const std::string name = status_.vms[i].name;
     const int lfd = listen_fds_[i];
     bool counted = false;
-    std::optional<Clock::time_point> session_ended;
+    Clock::time_point session_ended{};   // epoch: no session ended since the last ready (GCC 12 misjudges an optional here)
     std::unique_ptr<vm::Vm> v;
     pid_t watcher = 0;
     while (!stopping()) {
@@ -398,10 +398,10 @@ class Farm {
         continue;
       }
       update(i, [](farm::VmStatus& s) { s.state = farm::State::kReady; });
-      if (session_ended) {
+      if (session_ended != Clock::time_point{}) {
         // The figure that matters to the next attacker: session end -> port open on a clean guest.
-        log_event(name, "ready", {{"since_session_end_s", std::chrono::duration<double>(Clock::now() - *session_ended).count()}});
-        session_ended.reset();
+        log_event(name, "ready", {{"since_session_end_s", std::chrono::duration<double>(Clock::now() - session_ended).count()}});
+        session_ended = {};
       }
       if (!counted) {
         counted = true;

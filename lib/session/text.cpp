@@ -67,6 +67,23 @@ std::string sanitize_utf8(std::string_view in) {
   return out;
 }
 
+std::string transcript_line(std::string_view line) {
+  std::size_t control = 0;
+  for (const unsigned char c : line)
+    if ((c < 0x20 && c != '\t' && c != 0x1b) || c == 0x7f) ++control;
+  const std::string text = sanitize_utf8(line);
+  std::size_t replaced = 0;
+  for (std::size_t p = text.find("\xEF\xBF\xBD"); p != std::string::npos; p = text.find("\xEF\xBF\xBD", p + 3)) ++replaced;
+  if ((control + replaced) * 10 > line.size()) return fmt::format("[{} bytes of binary output]", line.size());
+  std::string out;
+  out.reserve(text.size());
+  for (const unsigned char c : text) {
+    if ((c < 0x20 && c != '\t' && c != 0x1b) || c == 0x7f) out += fmt::format("\\x{:02x}", c);
+    else out += static_cast<char>(c);
+  }
+  return out;
+}
+
 std::string Utf8Stream::feed(std::string_view in) {
   std::string out;
   std::string joined;

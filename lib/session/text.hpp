@@ -17,6 +17,11 @@ namespace hvtrace::session {
 // Valid UTF-8 from arbitrary bytes: each invalid byte becomes U+FFFD.
 [[nodiscard]] std::string sanitize_utf8(std::string_view in);
 
+// One line of program output as transcript.txt shows it: text as is (invalid UTF-8 replaced,
+// control bytes other than tab written as \xNN); a line that is mostly not text (a binary protocol
+// such as SFTP's on a session without a terminal) as "[N bytes of binary output]".
+[[nodiscard]] std::string transcript_line(std::string_view line);
+
 // Streaming version: an incomplete sequence at the end of one chunk is kept for the next one,
 // so a character split across two reads is not mangled. flush() gives back what is pending.
 class Utf8Stream {

@@ -396,7 +396,7 @@ struct Tracker::Impl {
         s.skip_echo_line = false;
         return;
       }
-      s.w->transcript(line + "\n");
+      s.w->transcript(transcript_line(line) + "\n");
     });
   }
 
@@ -420,7 +420,7 @@ struct Tracker::Impl {
     const Command& c = *s.cmd;
     // Without a pty the last line of output needs no newline to be output (no prompt follows).
     if (!s.pty && !s.screen.partial().empty()) {
-      s.screen.feed("\n", [&](const std::string& line) { s.w->transcript(line + "\n"); });
+      s.screen.feed("\n", [&](const std::string& line) { s.w->transcript(transcript_line(line) + "\n"); });
     }
     std::string st;
     if (c.status) st = fmt::format("exit {}", *c.status);

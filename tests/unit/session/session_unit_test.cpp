@@ -666,6 +666,20 @@ TEST(SessionEngine, HostileInputIsBoundedAndMarked) {
   EXPECT_LT(fs::file_size(sdir / "transcript.txt"), 200u << 10);
 }
 
+TEST(SessionText, TranscriptLinesKeepTextAndSummarizeBinary) {
+  EXPECT_EQ(transcript_line("total 4\t-rw-r--r-- f.txt"), "total 4\t-rw-r--r-- f.txt");
+  EXPECT_EQ(transcript_line("\x1b[01;34mbin\x1b[0m"), "\x1b[01;34mbin\x1b[0m");   // colours stay for a terminal
+  EXPECT_EQ(transcript_line("a bell\x07 in text"), "a bell\\x07 in text");
+  EXPECT_EQ(transcript_line("caf\xc3\xa9"), "caf\xc3\xa9");
+  // SFTP's version reply and extension list, as dropbear relays it to a session without a pty.
+  static constexpr char kSftp[] =
+      "\x00\x00\x01\x45\x02\x00\x00\x00\x03\x00\x00\x00\x18posix-rename@openssh.com\x00\x00\x00\x01"
+      "1\x00\x00\x00\x13statvfs@openssh.com\x00\x00\x00\x01"
+      "2\xff\xfe";
+  const std::string sftp(kSftp, sizeof kSftp - 1);
+  EXPECT_EQ(transcript_line(sftp), fmt::format("[{} bytes of binary output]", sftp.size()));
+}
+
 TEST(SessionText, LineEditorAppliesEditingKeys) {
   std::vector<std::string> lines;
   LineEditor ed(100);
