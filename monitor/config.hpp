@@ -65,6 +65,16 @@ struct FilterConfig {
       if (dtbs[i] == dtb) return true;
     return false;
   }
+  // A CR3 write the DTB pre-filter forwards. Only a change of page-table base says who runs (a
+  // switch, an exec): under PTI the kernel also writes CR3 at every kernel entry and exit to flip
+  // between one process's kernel and user tables (the same base, bit 12 masked), and with PCID it
+  // rewrites CR3 with another ASID. Those are dropped in DTB-set mode; kept when every write is
+  // asked for (all DTBs, or cr3_unfiltered: method 3 filters in the application).
+  [[nodiscard]] bool cr3_write_passes(std::uint64_t old_dtb, std::uint64_t new_dtb) const {
+    if (dtb_mode == abi::DtbMode::kAll || cr3_unfiltered) return true;
+    if (old_dtb == new_dtb) return false;
+    return dtb_passes(old_dtb) || dtb_passes(new_dtb);
+  }
   [[nodiscard]] static unsigned table_of(abi::SyscallAbi a) { return a == abi::SyscallAbi::kI386 ? 1 : 0; }
   [[nodiscard]] bool syscall_passes(abi::SyscallAbi a, std::uint64_t nr) const {
     const unsigned t = table_of(a);

@@ -465,9 +465,7 @@ void on_cr3_write(unsigned vcpu, void* udata) {
   const FilterConfig& cfg = *acquire_cfg(m, v);
   narrow(m, vcpu, cfg, new_dtb);
   const Action act = cfg.action(EventClass::kCr3);
-  if (act != Action::kDrop &&
-      (cfg.dtb_mode == abi::DtbMode::kAll || cfg.cr3_unfiltered || cfg.dtb_passes(abi::dtb_of_cr3(old_cr3)) ||
-       cfg.dtb_passes(new_dtb))) {
+  if (act != Action::kDrop && cfg.cr3_write_passes(abi::dtb_of_cr3(old_cr3), new_dtb)) {
     abi::Cr3WriteEvent e{};
     e.old_cr3 = old_cr3;
     e.new_cr3 = new_cr3;

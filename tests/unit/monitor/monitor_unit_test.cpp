@@ -188,6 +188,28 @@ abi::CtlStatus apply(const M& m, const FilterConfig& cur, FilterConfig* next, st
   return st;
 }
 
+TEST(Control, TheDtbPreFilterForwardsSwitchesNotPtiFlips) {
+  FilterConfig c;
+  c.dtb_mode = abi::DtbMode::kSet;
+  c.n_dtbs = 1;
+  c.dtbs[0] = 0x7ffe000;
+  // A switch to or from the monitored process passes; one between two others does not.
+  EXPECT_TRUE(c.cr3_write_passes(0x10000, 0x7ffe000));
+  EXPECT_TRUE(c.cr3_write_passes(0x7ffe000, 0x10000));
+  EXPECT_FALSE(c.cr3_write_passes(0x10000, 0x20000));
+  // PTI's kernel <-> user flip of the monitored process itself (cr3 0x7ffe000 <-> 0x7fff000, both
+  // DTB 0x7ffe000) says nothing about who runs.
+  EXPECT_EQ(abi::dtb_of_cr3(0x7fff000 | (1ULL << 63) | 0x801), 0x7ffe000u);
+  EXPECT_FALSE(c.cr3_write_passes(abi::dtb_of_cr3(0x7ffe000), abi::dtb_of_cr3(0x7fff000 | 0x801)));
+  // Asked for every write (method 3's ablation, or every DTB): all pass, flips included.
+  c.cr3_unfiltered = true;
+  EXPECT_TRUE(c.cr3_write_passes(0x7ffe000, 0x7ffe000));
+  EXPECT_TRUE(c.cr3_write_passes(0x10000, 0x20000));
+  c.cr3_unfiltered = false;
+  c.dtb_mode = abi::DtbMode::kAll;
+  EXPECT_TRUE(c.cr3_write_passes(0x7ffe000, 0x7ffe000));
+}
+
 TEST(Control, ValidChangesBumpTheGeneration) {
   FilterConfig cur, next;
   auto d = message<abi::SetDtbsMsg>(abi::CtlType::kSetDtbs);
