@@ -667,6 +667,17 @@ void save_results(const vm::fs::path& dir, json& results) {
   write_file(dir / "results.json", results.dump(1) + "\n");
 }
 
+// The end of a benchmark: its report on stdout, inconsistent counts on stderr, and the exit status
+// (130 after Ctrl-C, 1 if a run failed or a count is inconsistent).
+void finish_report(const std::string& report, const std::vector<std::string>& problems, bool any_failed,
+                   const std::string& written, Clock::time_point t_start) {
+  fmt::print("{}", report);
+  for (const auto& p : problems) fmt::print(stderr, "[bench] inconsistent: {}\n", p);
+  fmt::print(stderr, "[bench] wrote {} in {}\n", written, duration_text(std::chrono::duration<double>(Clock::now() - t_start).count()));
+  if (vm::termination_requested()) exit_code() = 130;
+  else if (any_failed || !problems.empty()) exit_code() = 1;
+}
+
 // Writes table1.md, table1.dat, table1.gp and (with gnuplot) table1.svg next to results.json.
 void write_report(const vm::fs::path& dir, const json& results) {
   const auto rep = bench::make_table1_report(results);
@@ -792,16 +803,8 @@ void run_table1(Table1Options o) {
   }
   save();
   write_report(dir, results);
-  const auto problems = bench::check_table1_counts(results);
-  fmt::print("{}", read_text((dir / "table1.md").string()));
-  for (const auto& p : problems) fmt::print(stderr, "[bench] inconsistent: {}\n", p);
-  fmt::print(stderr, "[bench] wrote {}/results.json, table1.md, table1.svg in {}\n", dir.string(),
-             duration_text(std::chrono::duration<double>(Clock::now() - t_start).count()));
-  if (vm::termination_requested()) {
-    exit_code() = 130;
-    return;
-  }
-  if (any_failed || !problems.empty()) exit_code() = 1;
+  finish_report(read_text((dir / "table1.md").string()), bench::check_table1_counts(results), any_failed,
+                fmt::format("{}/results.json, table1.md, table1.svg", dir.string()), t_start);
 }
 
 // ---- scale ------------------------------------------------------------------------------------
@@ -956,16 +959,8 @@ void run_scale(ScaleOptions o) {
   save();
   const std::string md = bench::make_scale_report(results);
   write_file(dir / "scale.md", md);
-  const auto problems = bench::check_scale_counts(results);
-  fmt::print("{}", md);
-  for (const auto& p : problems) fmt::print(stderr, "[bench] inconsistent: {}\n", p);
-  fmt::print(stderr, "[bench] wrote {}/results.json and scale.md in {}\n", dir.string(),
-             duration_text(std::chrono::duration<double>(Clock::now() - t_start).count()));
-  if (vm::termination_requested()) {
-    exit_code() = 130;
-    return;
-  }
-  if (any_failed || !problems.empty()) exit_code() = 1;
+  finish_report(md, bench::check_scale_counts(results), any_failed, fmt::format("{}/results.json and scale.md", dir.string()),
+                t_start);
 }
 
 // ---- events -----------------------------------------------------------------------------------

@@ -104,13 +104,6 @@ std::uint64_t now_ns() {
   return static_cast<std::uint64_t>(t.tv_sec) * 1'000'000'000ULL + static_cast<std::uint64_t>(t.tv_nsec);
 }
 
-std::int64_t realtime_offset() {
-  timespec rt{}, mono{};
-  clock_gettime(CLOCK_REALTIME, &rt);
-  clock_gettime(CLOCK_MONOTONIC, &mono);
-  return (rt.tv_sec - mono.tv_sec) * 1'000'000'000LL + (rt.tv_nsec - mono.tv_nsec);
-}
-
 // The library functions whose first argument is a credential.
 struct CredentialFunction {
   const char* lib;
@@ -469,7 +462,7 @@ void run_session(const SessionOptions& o) {
   session::TrackerConfig tc;
   tc.dir = o.dir;
   tc.sensor = o.sensor.empty() ? rec.name : o.sensor;
-  tc.realtime_offset_ns = realtime_offset();
+  tc.realtime_offset_ns = trace::realtime_offset();
   if (o.follow)
     tc.follow = [](const std::string& line) {
       fmt::print("{}\n", line);

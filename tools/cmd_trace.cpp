@@ -205,12 +205,7 @@ void run_trace(const TraceOptions& o) {
   std::unique_ptr<trace::RecordingWriter> writer;
   std::optional<trace::RecordingGuest> recording_guest;
   trace::GuestQueries* guest = &live;
-  const std::int64_t realtime_offset = [] {
-    timespec rt{}, mono{};
-    clock_gettime(CLOCK_REALTIME, &rt);
-    clock_gettime(CLOCK_MONOTONIC, &mono);
-    return (rt.tv_sec - mono.tv_sec) * 1'000'000'000LL + (rt.tv_nsec - mono.tv_nsec);
-  }();
+  const std::int64_t realtime_offset = trace::realtime_offset();
   if (!o.write_file.empty()) {
     trace::RecordingHeader h;
     h.abi_version = abi::kAbiVersion;

@@ -20,14 +20,14 @@ constexpr std::uint64_t kI386Fork = 2, kI386Clone = 120, kI386Vfork = 190, kI386
 
 std::uint64_t base_nr(SyscallAbi a, std::uint64_t nr) { return a == SyscallAbi::kX32 ? nr & ~0x4000'0000ULL : nr; }
 
+}  // namespace
+
 std::int64_t realtime_offset() {
   timespec rt{}, mono{};
   clock_gettime(CLOCK_REALTIME, &rt);
   clock_gettime(CLOCK_MONOTONIC, &mono);
   return (rt.tv_sec - mono.tv_sec) * 1'000'000'000LL + (rt.tv_nsec - mono.tv_nsec);
 }
-
-}  // namespace
 
 bool is_clone_family(SyscallAbi a, std::uint64_t nr) {
   nr = base_nr(a, nr);

@@ -34,6 +34,10 @@
 
 namespace hvtrace::trace {
 
+// CLOCK_REALTIME - CLOCK_MONOTONIC now, in ns: turns the monitor's monotonic event times into
+// wall-clock timestamps (trace -t, session and recording timestamps).
+[[nodiscard]] std::int64_t realtime_offset();
+
 enum class TimeFormat { kNone, kSeconds, kMicros, kEpoch };   // -t, -tt, -ttt
 
 struct TraceConfig {
