@@ -21,6 +21,13 @@ function(hvtrace_add_test)
   else()
     gtest_discover_tests(${T_NAME} DISCOVERY_TIMEOUT 30 PROPERTIES ${props})
   endif()
+  # Aggregate targets, so the sanitizer stages of scripts/test build only what they run.
+  foreach(l ${T_LABELS})
+    if(NOT TARGET hvtrace_${l}_tests)
+      add_custom_target(hvtrace_${l}_tests)
+    endif()
+    add_dependencies(hvtrace_${l}_tests ${T_NAME})
+  endforeach()
 endfunction()
 
 # Add every subfolder of the current folder that has a CMakeLists.txt, so areas (vm/, mem/,

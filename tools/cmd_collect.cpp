@@ -73,7 +73,7 @@ void add_collect_command(CLI::App& app) {
   cmd->add_option("--durable", o->durable, "durable consumer name (collectors with the same name share the work)")->capture_default_str();
   cmd->add_option("--stream", o->stream, "JetStream stream name")->capture_default_str();
   cmd->add_option("--batch", o->batch, "messages fetched at a time")->capture_default_str()->check(CLI::Range(1, 10000));
-  cmd->add_option("--idle-exit", o->idle_exit, "stop after this many seconds with no message (default: until Ctrl-C)");
+  cmd->add_option("--idle-exit", o->idle_exit, "stop after this many seconds with no message once the stream holds nothing more for this consumer (default: until Ctrl-C)");
   cmd->callback([o] { run_collect(*o); });
 }
 

@@ -6,6 +6,7 @@
 #include <fmt/core.h>
 
 #include <chrono>
+#include <optional>
 #include <set>
 #include <tuple>
 #include <thread>
@@ -45,6 +46,20 @@ struct Collector::Impl {
     if (s != NATS_OK)
       throw UserError(fmt::format("NATS: cannot bind the durable consumer '{}' on stream '{}': {} (JetStream error {})", cfg.durable,
                                   cfg.stream, status_text(s), static_cast<int>(je)));
+  }
+
+  // What the server still holds for this consumer: messages not yet delivered plus delivered and
+  // not acknowledged (held by a collector that died, or left for redelivery). Empty when the
+  // server cannot say (no leader during a failover, every server down).
+  std::optional<std::uint64_t> outstanding() {
+    jsConsumerInfo* ci = nullptr;
+    jsErrCode je = static_cast<jsErrCode>(0);
+    // (natsSubscription_GetConsumerInfo answers "Invalid Subscription" for a pull subscription in
+    // libnats 3.4.1: ask the context by name.)
+    if (js_GetConsumerInfo(&ci, js, cfg.stream.c_str(), cfg.durable.c_str(), nullptr, &je) != NATS_OK || !ci) return std::nullopt;
+    const std::uint64_t n = ci->NumPending + static_cast<std::uint64_t>(ci->NumAckPending);
+    jsConsumerInfo_Destroy(ci);
+    return n;
   }
 };
 
@@ -145,16 +160,28 @@ CollectorStats Collector::run() {
       natsMsgList_Destroy(&list);
     } else {
       if (s == NATS_OK) natsMsgList_Destroy(&list);
-      if (s != NATS_TIMEOUT && s != NATS_OK) std::this_thread::sleep_for(std::chrono::milliseconds(200));   // server failover
-      // Idle: nothing for a while and no message waiting for earlier ones (those come back).
-      if (d.cfg.idle_exit_s > 0 && waiting.empty() && clock::now() - last_work > std::chrono::duration<double>(d.cfg.idle_exit_s)) break;
+      if (s != NATS_TIMEOUT && s != NATS_OK) {   // server failover, consumer leader moving
+        d.st.fetch_errors++;
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      }
+      // Idle: nothing for a while, no message waiting for earlier ones (those come back), and the
+      // server holds nothing more for us: a quiet fetch alone may be a failover or messages a dead
+      // collector holds until their ack wait ends. A server that cannot say for a minute more
+      // ends the wait too (every server down).
+      const auto quiet = clock::now() - last_work;
+      const auto idle = std::chrono::duration<double>(d.cfg.idle_exit_s);
+      if (d.cfg.idle_exit_s > 0 && waiting.empty() && quiet > idle) {
+        const auto left = d.outstanding();
+        if ((left && *left == 0) || quiet > idle + std::chrono::seconds(60)) break;
+      }
     }
     if (d.cfg.log && clock::now() - last_log > std::chrono::seconds(5) && d.st.messages != logged) {
       last_log = clock::now();
       logged = d.st.messages;
-      d.cfg.log(fmt::format("{} messages: {} events, {} files in {} sessions; {} duplicates skipped, {} waiting for earlier ones",
+      d.cfg.log(fmt::format("{} messages: {} events, {} files in {} sessions; {} duplicates skipped, {} waiting for earlier ones{}",
                             d.st.messages, d.sink->stats().events, d.sink->stats().files, d.sink->stats().sessions.size(),
-                            d.sink->stats().duplicates, d.sink->stats().waits));
+                            d.sink->stats().duplicates, d.sink->stats().waits,
+                            d.st.fetch_errors ? fmt::format("; {} failed fetches (failover)", d.st.fetch_errors) : ""));
     }
   }
   natsConnection_Flush(d.nc);   // the last acks out before we go
@@ -164,9 +191,10 @@ CollectorStats Collector::run() {
 
 std::string summary(const CollectorStats& s) {
   return fmt::format("collected: {} messages ({} acked, {} left for redelivery to wait for earlier ones, {} rejected): {} events and {} files written "
-                     "in {} sessions, {} duplicates skipped{}",
+                     "in {} sessions, {} duplicates skipped{}{}",
                      s.messages, s.acked, s.naked, s.terminated, s.sink.events, s.sink.files, s.sink.sessions.size(), s.sink.duplicates,
-                     s.sink.gaps ? fmt::format(", {} events written after a gap that never filled", s.sink.gaps) : "");
+                     s.sink.gaps ? fmt::format(", {} events written after a gap that never filled", s.sink.gaps) : "",
+                     s.fetch_errors ? fmt::format("; {} failed fetches (server failover)", s.fetch_errors) : "");
 }
 
 }  // namespace hvtrace::publish

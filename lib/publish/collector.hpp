@@ -21,13 +21,13 @@ struct CollectorConfig {
   std::string durable = "hvtrace-collect";
   int batch = 256;
   int connect_timeout_ms = 3000;
-  double idle_exit_s = 0;                       // > 0: stop after this long with nothing to do
+  double idle_exit_s = 0;                       // > 0: stop after this long with nothing left for us in the stream
   std::function<bool()> stop;                   // polled between fetches (Ctrl-C)
   std::function<void(const std::string&)> log;  // progress lines
 };
 
 struct CollectorStats {
-  std::uint64_t messages = 0, acked = 0, naked = 0, terminated = 0;
+  std::uint64_t messages = 0, acked = 0, naked = 0, terminated = 0, fetch_errors = 0;
   SessionSink::Stats sink;
 };
 
@@ -38,7 +38,8 @@ class Collector {
   ~Collector();
   Collector(const Collector&) = delete;
   Collector& operator=(const Collector&) = delete;
-  // Until cfg.stop() or idle_exit_s of nothing.
+  // Until cfg.stop(), or idle_exit_s without a message once the server holds nothing more for
+  // this consumer (not yet delivered or unacknowledged; 60 s more if no server can say).
   CollectorStats run();
 
  private:

@@ -429,27 +429,27 @@ TEST(GuestLabCli, MonitorFlagLoadsTheMonitorAndEventsSeeTheGuestsWrites) {
   // `--break SYMBOL`: a kernel breakpoint at a function of the guest's kallsyms (not one the
   // profile keeps), its hits printed with their arguments and the name asked for; gone after.
   {
-    Background ev({"events", "--vm", name, "--entry", "drop", "--exit", "drop", "--break", "do_sys_openat2", "--duration", "60"});
+    Background brk({"events", "--vm", name, "--entry", "drop", "--exit", "drop", "--break", "do_sys_openat2", "--duration", "60"});
     const bool hit = wait_until(
         [&] {
           (void)cli({"vm", "exec", "--name", name, "--", "cat", "/etc/hostname"}, 30s);
-          ev.read_available();
-          return ev.out.find("\"break\":\"do_sys_openat2\"") != std::string::npos || ev.has_exited();
+          brk.read_available();
+          return brk.out.find("\"break\":\"do_sys_openat2\"") != std::string::npos || brk.has_exited();
         },
         60s);
-    EXPECT_TRUE(hit) << ev.out.substr(0, 2000) << ev.err;
-    EXPECT_NE(ev.out.find("\"type\":\"bp\""), std::string::npos);
-    EXPECT_EQ(ev.out.find("\"type\":\"entry\""), std::string::npos) << "entries were asked to be dropped";
-    kill(ev.pid, SIGINT);
-    EXPECT_TRUE(wait_until([&] { return ev.has_exited(); }, 30s));
-    EXPECT_TRUE(WIFEXITED(ev.status) && WEXITSTATUS(ev.status) == 0) << ev.err;
+    EXPECT_TRUE(hit) << brk.out.substr(0, 2000) << brk.err;
+    EXPECT_NE(brk.out.find("\"type\":\"bp\""), std::string::npos);
+    EXPECT_EQ(brk.out.find("\"type\":\"entry\""), std::string::npos) << "entries were asked to be dropped";
+    kill(brk.pid, SIGINT);
+    EXPECT_TRUE(wait_until([&] { return brk.has_exited(); }, 30s));
+    EXPECT_TRUE(WIFEXITED(brk.status) && WEXITSTATUS(brk.status) == 0) << brk.err;
   }
   {
-    Background ev({"events", "--vm", name, "--entry", "drop", "--exit", "drop", "--duration", "8"});
+    Background after({"events", "--vm", name, "--entry", "drop", "--exit", "drop", "--duration", "8"});
     (void)cli({"vm", "exec", "--name", name, "--", "cat", "/etc/hostname"}, 30s);
-    EXPECT_TRUE(wait_until([&] { return ev.has_exited(); }, 60s));
-    ev.read_available();
-    EXPECT_EQ(ev.out.find("\"type\":\"bp\""), std::string::npos) << "the breakpoint outlived its command";
+    EXPECT_TRUE(wait_until([&] { return after.has_exited(); }, 60s));
+    after.read_available();
+    EXPECT_EQ(after.out.find("\"type\":\"bp\""), std::string::npos) << "the breakpoint outlived its command";
   }
   for (const auto& [arg, want] : {std::pair<std::string, std::string>{"no_such_function_here", "no such symbol"},
                                   {"99999:0x401000", "no process with pid 99999"},
