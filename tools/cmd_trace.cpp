@@ -19,6 +19,7 @@
 
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
+#include <fmt/ranges.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -333,6 +334,15 @@ void run_trace(const TraceOptions& o) {
     writer->targets(t);
   }
   value_or_throw(tracer.apply());
+  if (!o.comms.empty()) {
+    if (tracer.comm_filtered_here())
+      fmt::print(stderr,
+                 "hvtrace: note: the guest kernel has no {} symbol: with --comm the monitor delivers every process's "
+                 "calls and the names are picked here\n",
+                 trace::kExecBreakpointSymbol);
+    fmt::print(stderr, "hvtrace: tracing processes named {}: {} running now, new ones from their execve\n",
+               fmt::join(o.comms, ", "), tracer.processes());
+  }
   const auto before = value_or_throw(ctl.stats());
   std::vector<events::RingStats> rings_before;
   for (unsigned i = 0; i < reader->rings(); ++i) rings_before.push_back(reader->stats(i));
@@ -374,7 +384,7 @@ void run_trace(const TraceOptions& o) {
       }
     }
   });
-  (void)tracer.detach();       // the fork breakpoint
+  (void)tracer.detach();       // the fork and exec breakpoints
   bool interrupted_cmd = false;
   (void)ctl.set_actions({});   // the guest runs on unpaused and unwatched
   // Interrupted while CMD still runs: end it as a terminal's Ctrl-C would end `strace CMD`'s child
@@ -431,7 +441,9 @@ void add_trace_command(CLI::App& app) {
   cmd->footer(std::string("\n  -- CMD ARGS...    run CMD in the guest over SSH and trace it from its first system call\n") + kExamples);
   auto* vm_opt = cmd->add_option("--vm", o->vm_name, "VM to trace (started with `hvtrace vm up --monitor`)")->capture_default_str();
   cmd->add_option("-p,--pid", o->pids, "trace this process (repeatable); with -f its children too");
-  cmd->add_option("--comm", o->comms, "trace processes of this name, running or started later (repeatable)");
+  cmd->add_option("--comm", o->comms,
+                  "trace processes of this name as ps shows it (the executed file's basename, at most 15 characters), "
+                  "running or started later: those from their execve (repeatable)");
   cmd->add_flag("-f,--follow-forks", o->follow, "follow fork, vfork, clone and clone3 children and threads");
   cmd->add_option("-e", o->exprs, "trace=SET (names, %file %process %network %desc %memory %signal %ipc, !negation) or status=failed|successful");
   cmd->add_option("-s,--string-limit", o->string_limit, "print at most this many bytes of each string (strace -s)")

@@ -155,6 +155,9 @@ class RecordingGuest final : public GuestQueries {
   Result<std::vector<ProcInfo>> name(const std::string& comm) override;
   std::optional<TaskInfo> task(std::uint64_t task_addr) override;
   IdentityOffsets identity() override { return inner_->identity(); }
+  // Not recorded: only breakpoints (the fork and exec ones) are placed by symbol, and a replay
+  // places none; their hits are in the event stream.
+  std::optional<std::uint64_t> symbol(const std::string& name) override { return inner_->symbol(name); }
 
  private:
   GuestQueries* inner_;

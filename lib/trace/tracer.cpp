@@ -29,6 +29,12 @@ std::int64_t realtime_offset() {
   return (rt.tv_sec - mono.tv_sec) * 1'000'000'000LL + (rt.tv_nsec - mono.tv_nsec);
 }
 
+std::string exec_comm(std::string_view path) {
+  const auto slash = path.rfind('/');
+  const std::string_view base = slash == std::string_view::npos ? path : path.substr(slash + 1);
+  return std::string(base.substr(0, 15));   // TASK_COMM_LEN - 1
+}
+
 bool is_clone_family(SyscallAbi a, std::uint64_t nr) {
   nr = base_nr(a, nr);
   if (a == SyscallAbi::kI386) return nr == kI386Fork || nr == kI386Clone || nr == kI386Vfork || nr == kI386Clone3;
@@ -131,6 +137,8 @@ Result<void> Tracer::trace_pid(std::uint32_t pid) {
 }
 
 Result<void> Tracer::trace_comm(const std::string& comm) {
+  // Later execs are matched against these names too (a replay's targets come from the recording).
+  if (std::find(cfg_.comms.begin(), cfg_.comms.end(), comm) == cfg_.comms.end()) cfg_.comms.push_back(comm);
   auto ps = guest_->name(comm);
   if (!ps) return std::move(ps).with_context(fmt::format("looking up processes named '{}'", comm)).error();
   for (const auto& p : *ps)
@@ -143,6 +151,20 @@ void Tracer::start_at_exec(std::uint32_t pid) {
   if (it != procs_.end()) it->second.waiting_exec = true;
 }
 
+namespace {
+// A synchronous kernel breakpoint at `va` in every address space, replacing one with that id left
+// by a tracer that died.
+Result<void> set_sync_breakpoint(FilterSink& filter, std::uint32_t id, std::uint64_t va) {
+  (void)filter.remove_breakpoint(id);
+  events::BreakpointSpec b;
+  b.id = id;
+  b.va = va;
+  b.kind = abi::BreakpointKind::kKernel;
+  b.action = abi::Action::kSync;
+  return filter.add_breakpoint(b);
+}
+}  // namespace
+
 bool Tracer::wanted(SyscallAbi a, std::uint64_t nr) const { return !cfg_.trace_set || cfg_.trace_set->contains(a, nr); }
 
 // Everything the monitor must deliver beyond the user's set: what following processes needs.
@@ -151,7 +173,13 @@ Result<void> Tracer::apply() {
     if (auto r = filter_->set_identity(id); !r)
       return std::move(r).with_context("telling the monitor where the current task is").error();
   if (auto r = filter_->set_snap_len(cfg_.snap_len); !r) return std::move(r).with_context("setting the snap length").error();
-  const bool wide = all_ || !cfg_.comms.empty() || cfg_.method == 2;
+  // --comm: new processes of the name are found at exec by a kernel breakpoint (below); only a
+  // kernel without its symbol makes --comm wide (every process delivered, the name picked here).
+  std::optional<std::uint64_t> exec_va;
+  if (!cfg_.comms.empty() && !all_ && cfg_.method != 2) exec_va = guest_->symbol(kExecBreakpointSymbol);
+  comm_wide_ = !cfg_.comms.empty() && !all_ && cfg_.method != 2 && !exec_va;
+  const bool wide = all_ || comm_wide_ || cfg_.method == 2;
+  wide_ = wide;
   for (const auto table : {SyscallAbi::kX86_64, SyscallAbi::kI386}) {
     std::optional<std::vector<unsigned>> nrs;
     if (cfg_.trace_set && cfg_.method != 2) {
@@ -173,17 +201,21 @@ Result<void> Tracer::apply() {
   // in the parent's context, before the child can run a single instruction) adds the child's
   // address space to the filter. The sync clone exits stay as the fallback for kernels without
   // the symbol; without this, a child the scheduler runs first (6.12's EEVDF does) was missed.
-  if (cfg_.follow && !all_ && cfg_.comms.empty() && cfg_.method != 2)
+  if (cfg_.follow && !wide)
     if (const auto va = guest_->symbol("wake_up_new_task")) {
-      (void)filter_->remove_breakpoint(kForkBreakpointId);   // left by a tracer that died
-      events::BreakpointSpec b;
-      b.id = kForkBreakpointId;
-      b.va = *va;
-      b.kind = abi::BreakpointKind::kKernel;
-      b.action = abi::Action::kSync;
-      if (auto r = filter_->add_breakpoint(b); !r) return std::move(r).with_context("setting the fork breakpoint").error();
+      if (auto r = set_sync_breakpoint(*filter_, kForkBreakpointId, *va); !r)
+        return std::move(r).with_context("setting the fork breakpoint").error();
       fork_bp_ = true;
     }
+  // --comm: setup_new_exec(bprm) runs in the exec'ing task after begin_new_exec installed the new
+  // mm (CR3 is already the new page-table root) and set the comm to the executed file's basename,
+  // before the new program runs: a process whose new comm matches joins the filter while this
+  // vCPU waits, so its first call after the exec passes (see on_exec_breakpoint).
+  if (exec_va) {
+    if (auto r = set_sync_breakpoint(*filter_, kExecBreakpointId, *exec_va); !r)
+      return std::move(r).with_context("setting the exec breakpoint").error();
+    exec_bp_ = true;
+  }
   events::Actions a;
   const abi::Action sc = cfg_.method == 5 ? abi::Action::kAsync : abi::Action::kSync;
   a.syscall_entry = sc;
@@ -201,11 +233,11 @@ Result<void> Tracer::apply() {
 }
 
 Result<void> Tracer::push_dtbs() {
-  if (all_ || !cfg_.comms.empty() || cfg_.method == 2) return {};
+  if (wide_) return {};
   std::set<std::uint64_t> want;
   for (const auto& [tgid, t] : procs_)
     if (!t.exited && t.dtb != 0) want.insert(t.dtb);
-  if (want == pushed_dtbs_) return {};
+  if (pushed_dtbs_ && want == *pushed_dtbs_) return {};   // the first set goes out even if empty
   if (want.size() > abi::kMaxDtbs)
     return make_error("{} traced address spaces; the monitor's filter takes at most {}", want.size(), abi::kMaxDtbs);
   std::vector<Dtb> v;
@@ -259,11 +291,11 @@ Result<void> Tracer::on_entry(const events::Event& e) {
   Traced* t = traced(who.tgid);
   if (t == nullptr && all_) t = &(procs_[who.tgid] = Traced{who.tgid, e.dtb().value, false, false});
   if (t == nullptr && !cfg_.comms.empty() && is_execve(sabi, e.entry.nr)) {
-    // --comm: a program of that name starting (basename of execve's path).
+    // --comm without the exec breakpoint (every process delivered, method 2, a replay of such a
+    // recording): a program of that name starting (basename of execve's path).
     for (const auto& c : e.captures)
       if (c.kind == abi::CaptureKind::kString && c.arg == (e.entry.nr == kX64Execveat ? 1u : 0u)) {
-        const std::string base = c.data.substr(c.data.rfind('/') == std::string::npos ? 0 : c.data.rfind('/') + 1);
-        if (std::find(cfg_.comms.begin(), cfg_.comms.end(), base.substr(0, 15)) != cfg_.comms.end())
+        if (std::find(cfg_.comms.begin(), cfg_.comms.end(), exec_comm(c.data)) != cfg_.comms.end())
           t = &(procs_[who.tgid] = Traced{who.tgid, e.dtb().value, false, false});
       }
   }
@@ -359,6 +391,7 @@ Result<void> Tracer::add_child(std::uint32_t child) {
 
 // wake_up_new_task(struct task_struct *p): p is the new task (rdi), its mm already its own.
 Result<void> Tracer::on_breakpoint(const events::Event& e) {
+  if (e.bp.id == kExecBreakpointId) return on_exec_breakpoint(e);
   if (e.bp.id != kForkBreakpointId || !cfg_.follow) return {};
   const auto child = guest_->task(e.bp.regs[0]);
   if (!child || !child->dtb || child->tgid == 0) return {};
@@ -369,10 +402,54 @@ Result<void> Tracer::on_breakpoint(const events::Event& e) {
   return push_dtbs();
 }
 
+// setup_new_exec(bprm) in the exec'ing task, any process (the breakpoint is not DTB-scoped): CR3
+// is the new mm's and the task's comm the new program's. The process of that comm whose address
+// space is this CR3 is the one exec'ing (after de_thread it is its thread group's leader). Its
+// execve entry came before it was traced and its return (iret to the new program) pairs with no
+// entry, so the call is shown as strace shows a call it joined late: `<... execve resumed>) = 0`.
+// Runs while the vCPU waits: everything the new program does passes the filter.
+Result<void> Tracer::on_exec_breakpoint(const events::Event& e) {
+  if (cfg_.comms.empty()) return {};
+  const std::uint64_t dtb = abi::dtb_of_cr3(e.bp.cr3);
+  for (const auto& c : cfg_.comms) {
+    auto ps = guest_->name(c);
+    if (!ps) continue;   // the task list could not be walked now: this exec is missed, not the trace
+    for (const auto& p : *ps) {
+      if (!p.dtb || *p.dtb != dtb || p.tgid == 0) continue;
+      if (Traced* t = traced(p.tgid)) {   // traced already (its exec followed by the CR3 write)
+        t->dtb = dtb;
+        return push_dtbs();
+      }
+      procs_[p.tgid] = Traced{p.tgid, dtb, false, false};
+      if (auto r = push_dtbs(); !r) return r;
+      tids_seen_.insert(p.tgid);
+      if (tids_seen_.size() > 1) multi_ = true;
+      Pending exec;
+      exec.call.abi = SyscallAbi::kX86_64;   // the door the old program came through is not known here
+      exec.call.nr = kX64Execve;
+      exec.entry_ns = e.time_ns;
+      exec.pid = p.tgid;
+      exec.comm = p.comm;
+      exec.printed_unfinished = true;
+      exec.entry_unseen = true;
+      complete(p.tgid, std::move(exec), 0, {}, e.time_ns);
+      return {};
+    }
+  }
+  return {};
+}
+
 Result<void> Tracer::detach() {
-  if (!fork_bp_) return {};
-  fork_bp_ = false;
-  return filter_->remove_breakpoint(kForkBreakpointId);
+  Result<void> out;
+  if (fork_bp_) {
+    fork_bp_ = false;
+    out = filter_->remove_breakpoint(kForkBreakpointId);
+  }
+  if (exec_bp_) {
+    exec_bp_ = false;
+    if (auto r = filter_->remove_breakpoint(kExecBreakpointId); !r && out) out = r;
+  }
+  return out;
 }
 
 // A CR3 write touching a traced address space, delivered sync. During exec the kernel switches to
@@ -459,6 +536,7 @@ void Tracer::complete(std::uint32_t tid, Pending p, std::optional<std::int64_t> 
   r.entry_ns = p.entry_ns;
   r.exit_ns = exit_ns;
   r.resumed = p.printed_unfinished;
+  if (p.entry_unseen) r.f.args.clear();   // not zeros: unknown
   if (call_hook_) call_hook_(r, p.call);   // every call, whatever -e trace= and status= show
   if (!shown) return;
   auto& c = counts_[r.f.name];

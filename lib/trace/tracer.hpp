@@ -12,7 +12,13 @@
 //  - fork/clone: the exits of the clone family are synchronous (kSetSyncSyscalls): the child's DTB
 //    joins the set before the parent runs on; with vfork the child shares the parent's DTB until
 //    its exec, which the rule above follows;
-//  - exit_group removes a process; its DTB leaves the set (a page-table root is reused later).
+//  - exit_group removes a process; its DTB leaves the set (a page-table root is reused later);
+//  - --comm NAME: the processes of that name running at attach are in the set; one started later
+//    is found at a synchronous kernel breakpoint every successful exec passes once the new mm is
+//    installed and the new comm set (setup_new_exec): a match joins the set before the vCPU runs
+//    on, so the set never holds more than the named processes (and, with -f, their children).
+//    Without that symbol (or with method 2) every process's calls are delivered and NAME is picked
+//    here from execve entries, as before.
 // Methods (docs/architecture.md): 2 every syscall of every process sync, filtered here; 3 as 4 plus
 // every CR3 write delivered sync; 4 syscalls and traced CR3 writes sync, DTB filter in QEMU; 5 as 4
 // but syscalls async (only CR3 transitions of traced processes and clone exits pause the vCPU).
@@ -30,6 +36,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace hvtrace::trace {
@@ -53,6 +60,10 @@ struct TraceConfig {
   bool summary_only = false;                    // -c
   std::vector<std::string> comms;               // --comm: also trace processes that exec a program of this name
 };
+
+// The comm the kernel gives a task that execs `path` (the basename, at most 15 characters), as
+// ps/pgrep show it and --comm matches it.
+[[nodiscard]] std::string exec_comm(std::string_view path);
 
 // One completed call, as printed (text) or serialised (JSON).
 struct CallRecord {
@@ -188,9 +199,13 @@ class Tracer {
   void set_call_hook(CallHook hook) { call_hook_ = std::move(hook); }
 
   // Push the filter that the method and the targets need to the monitor.
-  // Take back what apply() added to the monitor that outlives the filter (the fork breakpoint).
+  // Take back what apply() added to the monitor that outlives the filter (the fork and exec breakpoints).
   Result<void> detach();
   Result<void> apply();
+  // After apply(): --comm had to fall back to delivering every process's calls (the guest kernel
+  // has no exec breakpoint symbol); the caller says so. False for method 2, wide by design.
+  [[nodiscard]] bool comm_filtered_here() const { return comm_wide_; }
+  [[nodiscard]] std::size_t processes() const { return procs_.size(); }   // traced so far, exited ones too
   // One event from the rings; sync events are acked by the reader after this returns.
   Result<void> handle(const events::Event& e);
   // Print what is still open as <unfinished ...> and, with -c, the summary.
@@ -208,6 +223,7 @@ class Tracer {
     bool printed_unfinished = false;
     std::uint32_t pid = 0;
     std::string comm;
+    bool entry_unseen = false;   // an execve that began before its process was traced: args unknown
   };
   struct Traced {
     std::uint32_t tgid = 0;
@@ -223,7 +239,10 @@ class Tracer {
   Result<void> on_exit(const events::Event& e);
   Result<void> on_cr3(const events::Event& e);
   Result<void> on_breakpoint(const events::Event& e);
-  bool fork_bp_ = false;
+  Result<void> on_exec_breakpoint(const events::Event& e);
+  bool fork_bp_ = false, exec_bp_ = false;
+  bool wide_ = false;        // no DTB filter: every process's calls come here (set by apply())
+  bool comm_wide_ = false;   // wide only because --comm has no exec breakpoint
   Result<void> add_child(std::uint32_t child_pid);
   void complete(std::uint32_t tid, Pending p, std::optional<std::int64_t> ret, std::vector<events::Capture> exit_caps,
                 std::uint64_t exit_ns);
@@ -243,7 +262,7 @@ class Tracer {
   std::optional<std::uint32_t> open_line_tid_;   // whose entry was the last thing seen
   std::map<std::uint64_t, std::string> comm_cache_;   // task address -> comm
   std::map<std::string, SyscallCount> counts_;
-  std::set<std::uint64_t> pushed_dtbs_;
+  std::optional<std::set<std::uint64_t>> pushed_dtbs_;   // nullopt: no DTB set sent yet
   TraceStats stats_;
   std::int64_t realtime_offset_ns_ = 0;
   bool multi_ = false;                           // more than one task seen: prefix lines with the pid
@@ -254,6 +273,11 @@ class Tracer {
 
 // The id of the breakpoint `-f` sets at the kernel's wake_up_new_task (a new task made runnable).
 inline constexpr std::uint32_t kForkBreakpointId = 0x7472'0001;
+// The id of the breakpoint --comm sets where every successful exec passes with the new mm and comm
+// in place (setup_new_exec(bprm), called by load_elf_binary after begin_new_exec); every address
+// space, synchronous.
+inline constexpr std::uint32_t kExecBreakpointId = 0x7472'0002;
+inline constexpr const char* kExecBreakpointSymbol = "setup_new_exec";
 
 // The x86-64 and i386 numbers of the clone family (fork, vfork, clone, clone3).
 [[nodiscard]] bool is_clone_family(abi::SyscallAbi a, std::uint64_t nr);

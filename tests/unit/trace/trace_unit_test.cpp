@@ -83,6 +83,14 @@ class Stream {
     e.who = abi::TaskIdentity{task, tid, tid};
     push(decode(e, abi::RecordType::kCr3Write));
   }
+  void bp(std::uint32_t id, std::uint64_t va, std::uint64_t cr3) {
+    abi::BreakpointEvent e{};
+    e.id = id;
+    e.va = va;
+    e.cr3 = cr3;
+    e.kind = static_cast<std::uint8_t>(abi::BreakpointKind::kKernel);
+    push(decode(e, abi::RecordType::kBreakpoint));
+  }
   std::vector<events::Event> events;
 
  private:
@@ -150,23 +158,44 @@ fs::path temp(const std::string& name) {
   return fs::temp_directory_path() / ("hvtrace-trace-unit-" + std::to_string(getpid()) + "-" + name);
 }
 
+// A live run's recording to `rec` (if given): the writer, and the guest the Tracer asks (`inner`,
+// or `inner` recorded).
+struct LiveRecording {
+  std::unique_ptr<RecordingWriter> w;
+  std::optional<RecordingGuest> rg;
+  GuestQueries* q = nullptr;
+  LiveRecording(const LiveRecording&) = delete;
+  LiveRecording& operator=(const LiveRecording&) = delete;
+  LiveRecording(GuestQueries& inner, const std::optional<fs::path>& rec) : q(&inner) {
+    if (!rec) return;
+    RecordingHeader h;
+    h.abi_version = abi::kAbiVersion;
+    h.command_line = "hvtrace trace -w x";
+    auto c = RecordingWriter::create(*rec, h);
+    EXPECT_TRUE(c.ok());
+    w = std::move(*c);
+    rg.emplace(inner, *w);
+    q = &*rg;
+  }
+  void start(const RecordedTargets& targets) {
+    if (!w) return;
+    w->guest_names({});
+    w->targets(targets);
+  }
+  void close() {
+    if (!w) return;
+    w->counters(RecordedCounters{{events::RingStats{}}, {}, {}});
+    EXPECT_TRUE(w->close().ok());
+  }
+};
+
 // The live run: the stream through the Tracer with the fake guest, recorded to `rec` if given.
 std::vector<std::string> live(const TraceConfig& cfg, const std::optional<fs::path>& rec = std::nullopt) {
   FakeGuest fake;
   NullSink sink;
-  std::unique_ptr<RecordingWriter> w;
-  std::optional<RecordingGuest> rg;
-  GuestQueries* q = &fake;
-  if (rec) {
-    RecordingHeader h;
-    h.abi_version = abi::kAbiVersion;
-    h.command_line = "hvtrace trace -w x -- /tmp/calls";
-    auto c = RecordingWriter::create(*rec, h);
-    EXPECT_TRUE(c.ok());
-    w = std::move(*c);
-    rg.emplace(fake, *w);
-    q = &*rg;
-  }
+  LiveRecording lr(fake, rec);
+  auto& w = lr.w;
+  GuestQueries* q = lr.q;
   std::vector<std::string> lines;
   Tracer t(*q, sink, cfg, [&](const std::string& l) { lines.push_back(l); });
   t.set_realtime_offset(0);
@@ -174,20 +203,14 @@ std::vector<std::string> live(const TraceConfig& cfg, const std::optional<fs::pa
   targets.start_at_exec = kShell;
   targets.follow = cfg.follow;
   EXPECT_TRUE(apply_targets(t, targets).ok());
-  if (w) {
-    w->guest_names({});
-    w->targets(targets);
-  }
+  lr.start(targets);
   EXPECT_TRUE(t.apply().ok());
   for (const auto& e : program().events) {
     if (w) w->event(e);
     EXPECT_TRUE(t.handle(e).ok());
   }
   t.finish({}, {}, {});
-  if (w) {
-    w->counters(RecordedCounters{{events::RingStats{}}, {}, {}});
-    EXPECT_TRUE(w->close().ok());
-  }
+  lr.close();
   return lines;
 }
 
@@ -347,6 +370,227 @@ TEST(Tracer, JsonHasTheSchemasFields) {
   EXPECT_EQ(bad["ret"], -2);
   EXPECT_EQ(bad["failed"], true);
   EXPECT_EQ(bad["errno"], "ENOENT");
+}
+
+// ---- --comm: processes started later join the in-hypervisor filter at their exec --------------
+
+constexpr std::uint64_t kExecVa = 0xffffffff81401230, kCatDtb = 0x5000000;
+constexpr std::uint32_t kCat = 300;
+
+TEST(Tracer, ExecCommIsTheBasenameTheKernelKeeps) {
+  EXPECT_EQ(exec_comm("/tmp/calls"), "calls");
+  EXPECT_EQ(exec_comm("calls"), "calls");
+  EXPECT_EQ(exec_comm("./bin/../calls"), "calls");
+  EXPECT_EQ(exec_comm("/usr/local/bin/a-program-name-of-30-chars"), "a-program-name-");   // TASK_COMM_LEN - 1
+  EXPECT_EQ(exec_comm("/dev/fd/3"), "3");
+  EXPECT_EQ(exec_comm(""), "");
+}
+
+// The guest as the exec breakpoint sees it: the processes running now (each exec changes them).
+class CommGuest final : public GuestQueries {
+ public:
+  Result<std::optional<ProcInfo>> pid(std::uint32_t pid) override {
+    for (const auto& p : running)
+      if (p.tgid == pid) return std::optional<ProcInfo>(p);
+    return std::optional<ProcInfo>();
+  }
+  Result<std::vector<ProcInfo>> name(const std::string& comm) override {
+    ++name_asked;
+    std::vector<ProcInfo> v;
+    for (const auto& p : running)
+      if (p.comm == comm) v.push_back(p);
+    return v;
+  }
+  std::optional<TaskInfo> task(std::uint64_t t) override {
+    if (t == kShellTask) return TaskInfo{kNewDtb, "calls", kShell, 1};
+    return std::nullopt;
+  }
+  IdentityOffsets identity() override { return {}; }
+  std::optional<std::uint64_t> symbol(const std::string& n) override {
+    if (has_exec_symbol && n == kExecBreakpointSymbol) return kExecVa;
+    return std::nullopt;
+  }
+  std::vector<ProcInfo> running;
+  bool has_exec_symbol = true;
+  int name_asked = 0;
+};
+
+// What the monitor was told, in order.
+class LogSink final : public FilterSink {
+ public:
+  Result<void> set_identity(const IdentityOffsets&) override { return {}; }
+  Result<void> set_snap_len(std::uint32_t) override { return {}; }
+  Result<void> set_syscalls(const std::optional<std::vector<unsigned>>&, abi::SyscallAbi) override { return {}; }
+  Result<void> set_sync_syscalls(const std::vector<unsigned>&, abi::SyscallAbi) override { return {}; }
+  Result<void> set_all_dtbs() override {
+    log.push_back("all");
+    return {};
+  }
+  Result<void> set_dtbs(const std::vector<Dtb>& dtbs) override {
+    std::string s = "dtbs";
+    for (const auto& d : dtbs) s += fmt::format(" {:#x}", d.value);
+    log.push_back(s);
+    return {};
+  }
+  Result<void> set_actions(const events::Actions& a) override {
+    cr3 = a.cr3;
+    return {};
+  }
+  Result<void> add_breakpoint(const events::BreakpointSpec& b) override {
+    log.push_back(fmt::format("add {:#x} {:#x} {} {} {}", b.id, b.va, static_cast<int>(b.kind), static_cast<int>(b.action), b.dtbs.size()));
+    return {};
+  }
+  Result<void> remove_breakpoint(std::uint32_t id) override {
+    log.push_back(fmt::format("remove {:#x}", id));
+    return {};
+  }
+  std::vector<std::string> log;
+  abi::Action cr3 = abi::Action::kDrop;
+};
+
+// `--comm calls` with nothing of that name running: an unrelated exec (cat) hits the breakpoint and
+// is left out; the shell's exec of /tmp/calls hits it with the new CR3 (PCID bits set) and comm,
+// joins the filter there, and is traced from that execve on; the other process's calls never reach
+// the tracer (the monitor drops them), so the stream holds only the exec hits and calls's calls.
+Stream comm_program() {
+  Stream s;
+  s.bp(kExecBreakpointId, kExecVa, kCatDtb | 0x5);
+  s.bp(kExecBreakpointId, kExecVa, kNewDtb | 0x3);
+  s.entry(kShell, kShellTask, kNewDtb, 257, {static_cast<std::uint64_t>(-100), 0x4000, 0},
+          {{1, abi::CaptureKind::kString, "/etc/hostname"}});
+  s.exit(kShell, kShellTask, kNewDtb, 257, 3);
+  s.entry(kShell, kShellTask, kNewDtb, 231, {3});
+  return s;
+}
+
+struct CommRun {
+  std::vector<std::string> lines, sink;
+  bool filtered_here = false, done = false;
+  abi::Action cr3 = abi::Action::kDrop;
+};
+
+// Runs comm_program(); before each exec hit the guest's process list becomes what the kernel
+// has at that point (cat, then calls in the shell's place). Recorded to `rec` if given.
+CommRun comm_live(TraceConfig cfg, bool has_symbol, const std::optional<fs::path>& rec = std::nullopt) {
+  cfg.comms = {"calls"};
+  CommGuest fake;
+  fake.has_exec_symbol = has_symbol;
+  fake.running = {{kShell, kOldDtb, "sh"}};
+  LogSink sink;
+  LiveRecording lr(fake, rec);
+  auto& w = lr.w;
+  CommRun out;
+  Tracer t(*lr.q, sink, cfg, [&](const std::string& l) { out.lines.push_back(l); });
+  t.set_realtime_offset(0);
+  RecordedTargets targets;
+  targets.comms = cfg.comms;
+  targets.follow = cfg.follow;
+  EXPECT_TRUE(apply_targets(t, targets).ok());
+  lr.start(targets);
+  EXPECT_TRUE(t.apply().ok());
+  out.filtered_here = t.comm_filtered_here();
+  const auto evs = comm_program().events;
+  for (std::size_t i = 0; i < evs.size(); ++i) {
+    if (i == 0) fake.running.push_back({kCat, kCatDtb, "cat"});
+    if (i == 1) fake.running[0] = {kShell, kNewDtb, "calls"};
+    if (w) w->event(evs[i]);
+    EXPECT_TRUE(t.handle(evs[i]).ok());
+  }
+  out.done = t.done();
+  EXPECT_TRUE(t.detach().ok());
+  t.finish({}, {}, {});
+  lr.close();
+  out.sink = sink.log;
+  out.cr3 = sink.cr3;
+  return out;
+}
+
+TEST(Tracer, CommStartedLaterJoinsTheFilterAtItsExec) {
+  const auto r = comm_live(config(false), true);
+  EXPECT_FALSE(r.filtered_here);
+  const std::vector<std::string> want_sink = {
+      "remove 0x74720002",                                   // one left by a tracer that died
+      fmt::format("add 0x74720002 {:#x} {} {} 0", kExecVa,   // kernel, sync, every address space
+                  static_cast<int>(abi::BreakpointKind::kKernel), static_cast<int>(abi::Action::kSync)),
+      "dtbs",                                                // nothing of that name yet: nothing passes
+      fmt::format("dtbs {:#x}", kNewDtb),                    // the exec'ing shell, at the breakpoint
+      "dtbs",                                                // calls exited
+      "remove 0x74720002",                                   // detach
+  };
+  EXPECT_EQ(r.sink, want_sink);
+  EXPECT_EQ(r.cr3, abi::Action::kSync);   // a traced process's later exec is followed
+  ASSERT_EQ(r.lines.size(), 4u) << ::testing::PrintToString(r.lines);
+  EXPECT_EQ(r.lines[0], "<... execve resumed>) = 0");
+  EXPECT_EQ(r.lines[1], R"(openat(AT_FDCWD, "/etc/hostname", O_RDONLY) = 3)");
+  EXPECT_EQ(r.lines[2], "exit_group(3)                           = ?");
+  EXPECT_EQ(r.lines[3], "+++ exited with 3 +++");
+  EXPECT_TRUE(r.done);
+}
+
+TEST(Tracer, CommStartedLaterInJsonAndSummary) {
+  const auto j = comm_live(config(false, "", true), true);
+  ASSERT_EQ(j.lines.size(), 3u) << ::testing::PrintToString(j.lines);
+  const auto exec = nlohmann::json::parse(j.lines[0]);
+  EXPECT_EQ(exec["syscall"], "execve");
+  EXPECT_EQ(exec["pid"], kShell);
+  EXPECT_EQ(exec["comm"], "calls");
+  EXPECT_EQ(exec["ret"], 0);
+  EXPECT_TRUE(exec["args"].empty()) << exec.dump();   // its entry was not seen: unknown, not zeros
+  auto cfg = config(false);
+  cfg.summary_only = true;
+  const auto c = comm_live(cfg, true);
+  const auto row = std::find_if(c.lines.begin(), c.lines.end(), [](const std::string& l) { return l.ends_with(" execve"); });
+  ASSERT_NE(row, c.lines.end()) << ::testing::PrintToString(c.lines);
+  EXPECT_NE(row->find(" 1 "), std::string::npos) << *row;
+}
+
+TEST(Tracer, CommWithoutTheExecSymbolFallsBackToEveryProcessDelivered) {
+  // The same kernel events as the monitor would deliver them with no DTB filter: the execve entry
+  // of /tmp/calls names the program.
+  CommGuest fake;
+  fake.has_exec_symbol = false;
+  fake.running = {{kShell, kOldDtb, "sh"}};
+  LogSink sink;
+  std::vector<std::string> lines;
+  auto cfg = config(false);
+  cfg.comms = {"calls"};
+  Tracer t(fake, sink, cfg, [&](const std::string& l) { lines.push_back(l); });
+  t.set_realtime_offset(0);
+  ASSERT_TRUE(t.trace_comm("calls").ok());
+  ASSERT_TRUE(t.apply().ok());
+  EXPECT_TRUE(t.comm_filtered_here());
+  EXPECT_EQ(sink.log, std::vector<std::string>{"all"});
+  EXPECT_EQ(sink.cr3, abi::Action::kDrop);
+  Stream s;
+  s.entry(kCat, kChildTask, kCatDtb, 0, {0, 0x1000, 10});   // another process's read: not traced
+  s.entry(kShell, kShellTask, kOldDtb, 59, {0x1000, 0x2000, 0x3000}, {{0, abi::CaptureKind::kString, "/tmp/calls"}});
+  s.entry(kShell, kShellTask, kNewDtb, 231, {3});
+  for (const auto& e : s.events) ASSERT_TRUE(t.handle(e).ok());
+  ASSERT_EQ(lines.size(), 3u) << ::testing::PrintToString(lines);
+  EXPECT_EQ(lines[0], R"(execve("/tmp/calls", 0x2000, 0x3000)    = 0)");
+  EXPECT_EQ(t.stats().foreign, 1u);
+  // Method 2 delivers everything by design: wide, but not a fallback.
+  auto m2 = config(false);
+  m2.method = 2;
+  m2.comms = {"calls"};
+  LogSink sink2;
+  fake.has_exec_symbol = true;
+  Tracer t2(fake, sink2, m2, [](const std::string&) {});
+  ASSERT_TRUE(t2.apply().ok());
+  EXPECT_FALSE(t2.comm_filtered_here());
+  EXPECT_EQ(sink2.log, std::vector<std::string>{"all"});
+}
+
+TEST(Recording, CommStartedLaterReplaysToIdenticalOutput) {
+  const auto p = temp("comm.rec");
+  for (const auto& cfg : {config(false), config(true), config(false, "", true)}) {
+    const auto want = comm_live(cfg, true, p);
+    ASSERT_FALSE(want.lines.empty());
+    const auto got = replay(p, cfg);   // the names come from the recording's targets
+    EXPECT_FALSE(got.error) << *got.error;
+    EXPECT_EQ(got.lines, want.lines);
+  }
+  fs::remove(p);
 }
 
 TEST(Recording, ReplaysToIdenticalOutput) {
