@@ -8,6 +8,7 @@
 #include "hvtrace/abi/events.h"
 #include "x86.hpp"
 
+#include <atomic>
 #include <cstdint>
 #include <optional>
 
@@ -127,36 +128,96 @@ constexpr EntryDecode decode_entry(abi::Door d, const EntryRegs& r) {
 
 // An entry whose return to user mode has not been seen, and the pairing rule: the same address
 // space and the same user stack pointer (a thread's user RSP is unchanged across its syscall).
-struct OpenEntry {
+struct OpenCall {
   std::uint64_t dtb = 0, rsp = 0, nr = 0, seq = 0;
   std::uint64_t args[6] = {};
   abi::SyscallAbi abi = abi::SyscallAbi::kX86_64;
   abi::Door door = abi::Door::kSyscall64;
-  bool used = false;
   // Strings that could not be read at entry (their page not yet faulted in: the kernel brings it in
   // while it reads the argument), as argument bits: copied again at the exit.
   std::uint8_t refetch = 0;
 };
 
+// The key a slot can be scanned by without its lock: never 0 for a used slot.
+constexpr std::uint64_t open_tag(std::uint64_t dtb, std::uint64_t rsp) {
+  return (dtb ^ (rsp * 0x9e37'79b9'7f4a'7c15ULL)) | 1;
+}
+
+// One vCPU's open entries. Only the owning vCPU adds (put); any vCPU removes (take): a thread that
+// blocked in a call on one vCPU may return to user mode on another, which then looks in every
+// vCPU's table after its own. Ordering: every access to a slot's call and `used` holds the slot's
+// try-lock (acquire on taking it, release on letting go). A vCPU that finds a slot held moves on
+// and never waits; that loses nothing, since the holder is either the owner recording an entry
+// of the thread running on it, or a vCPU taking the entry of the thread running on *it*, and a
+// thread runs on one vCPU at a time, so the slot held is never the one the other vCPU wants.
+// `tag` (open_tag of the call, 0 when free) is written under the lock and read relaxed by scans,
+// only as a hint: a match is always checked again under the lock.
 template <unsigned N>
-struct OpenEntries {
-  OpenEntry slot[N];
-  unsigned next = 0;
-  // The slot for a new entry: a stale entry of the same thread (its exit was never seen) is
-  // replaced, else a free slot, else the slots are reused round robin (an entry whose thread
-  // blocked while N others entered loses its pairing: its exit comes unpaired).
-  OpenEntry* claim(std::uint64_t dtb, std::uint64_t rsp) {
-    for (auto& o : slot)
-      if (o.used && o.dtb == dtb && o.rsp == rsp) return &o;
-    for (auto& o : slot)
-      if (!o.used) return &o;
-    return &slot[next++ % N];
+class OpenEntries {
+ public:
+  // Record an entry: it replaces a stale entry of the same thread (its exit never seen), else takes
+  // a free slot, else the next slot round robin (that slot's thread then returns unpaired). False
+  // only if every slot it tried was held by another vCPU at that instant (the exit comes unpaired).
+  bool put(const OpenCall& c) {
+    const std::uint64_t t = open_tag(c.dtb, c.rsp);
+    Slot* s = nullptr;
+    for (auto& x : slot_)
+      if (x.tag.load(std::memory_order_relaxed) == t && lock(x)) {
+        if (x.used && x.call.dtb == c.dtb && x.call.rsp == c.rsp) {
+          s = &x;
+          break;
+        }
+        unlock(x);
+      }
+    if (!s)
+      for (auto& x : slot_)
+        if (x.tag.load(std::memory_order_relaxed) == 0 && lock(x)) {
+          if (!x.used) {
+            s = &x;
+            break;
+          }
+          unlock(x);
+        }
+    for (unsigned k = 0; !s && k < N; ++k)
+      if (Slot& x = slot_[next_++ % N]; lock(x)) s = &x;
+    if (!s) return false;
+    s->call = c;
+    s->used = true;
+    s->tag.store(t, std::memory_order_relaxed);
+    unlock(*s);
+    return true;
   }
-  OpenEntry* find(std::uint64_t dtb, std::uint64_t rsp) {
-    for (auto& o : slot)
-      if (o.used && o.dtb == dtb && o.rsp == rsp) return &o;
-    return nullptr;
+  // Remove and return the entry of the thread (dtb, rsp), if this table holds it.
+  std::optional<OpenCall> take(std::uint64_t dtb, std::uint64_t rsp) {
+    const std::uint64_t t = open_tag(dtb, rsp);
+    for (auto& x : slot_)
+      if (x.tag.load(std::memory_order_relaxed) == t && lock(x)) {
+        if (x.used && x.call.dtb == dtb && x.call.rsp == rsp) {
+          const OpenCall c = x.call;
+          x.used = false;
+          x.tag.store(0, std::memory_order_relaxed);
+          unlock(x);
+          return c;
+        }
+        unlock(x);
+      }
+    return std::nullopt;
   }
+
+ private:
+  struct Slot {
+    OpenCall call;
+    bool used = false;
+    std::atomic<std::uint64_t> tag{0};
+    std::atomic<bool> held{false};
+  };
+  static bool lock(Slot& x) {
+    return !x.held.load(std::memory_order_relaxed) && !x.held.exchange(true, std::memory_order_acquire);
+  }
+  static void unlock(Slot& x) { x.held.store(false, std::memory_order_release); }
+
+  Slot slot_[N];
+  unsigned next_ = 0;   // owner only
 };
 
 }  // namespace hvtrace::monitor

@@ -235,6 +235,16 @@ EntryRegs read_entry_regs(Vcpu& v, abi::Door door) {
   return r;
 }
 
+// The open entry of the thread (dtb, rsp), removed from this vCPU's table or, for a thread that
+// blocked on another vCPU and resumed here, from that vCPU's.
+std::optional<OpenCall> take_open(Monitor& m, unsigned vcpu, std::uint64_t dtb, std::uint64_t rsp) {
+  if (auto c = m.vcpus[vcpu].open.take(dtb, rsp)) return c;
+  for (unsigned w = 0; w < m.max_vcpus; ++w)
+    if (w != vcpu)
+      if (auto c = m.vcpus[w].open.take(dtb, rsp)) return c;
+  return std::nullopt;
+}
+
 void on_entry_body(Monitor& m, unsigned vcpu, abi::Door door) {
   Vcpu& v = m.vcpus[vcpu];
   const std::uint64_t cr3 = read_reg(v, v.cr3);
@@ -248,16 +258,13 @@ void on_entry_body(Monitor& m, unsigned vcpu, abi::Door door) {
   }
   const EntryDecode d = decode_entry(door, read_entry_regs(v, door));
   if (!cfg.syscall_passes(d.abi, d.nr)) {
-    if (OpenEntry* stale = v.open.find(dtb, d.user_rsp)) stale->used = false;   // that thread moved on
+    (void)take_open(m, vcpu, dtb, d.user_rsp);   // that thread moved on: its stale entry goes
     release_cfg(v);
     return;
   }
-  OpenEntry* slot = nullptr;
-  if (cfg.action(EventClass::kSyscallExit) != Action::kDrop) {
-    slot = v.open.claim(dtb, d.user_rsp);
-    *slot = OpenEntry{dtb, d.user_rsp, d.nr, 0, {}, d.abi, door, true, 0};
-    std::memcpy(slot->args, d.args, sizeof d.args);
-  }
+  const bool pair = cfg.action(EventClass::kSyscallExit) != Action::kDrop;
+  OpenCall call{dtb, d.user_rsp, d.nr, 0, {}, d.abi, door, 0};
+  std::memcpy(call.args, d.args, sizeof d.args);
   abi::SyscallEntryEvent e{};
   e.nr = d.nr;
   std::memcpy(e.args, d.args, sizeof d.args);
@@ -274,19 +281,25 @@ void on_entry_body(Monitor& m, unsigned vcpu, abi::Door door) {
   e.door = static_cast<std::uint8_t>(door);
   const std::uint32_t extra =
       build_captures(v, find_captures(table_of(d.abi), d.nr, false), d.args, 0, cfg.snap_len, d.abi, &e.n_captures);
-  if (slot) {   // strings whose first page was not present: try again when the call returns
+  if (pair) {   // strings whose first page was not present: try again when the call returns
     std::uint32_t off = 0;
     for (std::uint32_t i = 0; i < e.n_captures; ++i) {
       const auto* c = reinterpret_cast<const abi::Capture*>(v.scratch + off);
       if (c->kind == static_cast<std::uint8_t>(abi::CaptureKind::kString) && c->data_len == 0 &&
           (c->flags & abi::kCaptureFault) != 0 && c->arg < 8)
-        slot->refetch = static_cast<std::uint8_t>(slot->refetch | (1u << c->arg));
+        call.refetch = static_cast<std::uint8_t>(call.refetch | (1u << c->arg));
       off += static_cast<std::uint32_t>(sizeof(abi::Capture)) + abi::align_record(c->data_len);
     }
   }
-  std::uint64_t seq = 0;
-  emit(m, vcpu, v, cfg, act, abi::RecordType::kSyscallEntry, &e.hdr, sizeof e, v.scratch, extra, &seq);
-  if (slot) slot->seq = seq;
+  emit(m, vcpu, v, cfg, act, abi::RecordType::kSyscallEntry, &e.hdr, sizeof e, v.scratch, extra, &call.seq);
+  if (pair) {
+    // Recorded after the event is out: the thread cannot return before this callback ends. A
+    // stale entry of the same thread in another vCPU's table (an exit never seen there) goes
+    // first, so a later return cannot pair with it.
+    for (unsigned w = 0; w < m.max_vcpus; ++w)
+      if (w != vcpu) (void)m.vcpus[w].open.take(dtb, d.user_rsp);
+    (void)v.open.put(call);   // false: every slot held by other vCPUs that instant; its exit comes unpaired
+  }
   release_cfg(v);
 }
 
@@ -375,18 +388,16 @@ void on_return_to_user(Monitor& m, unsigned vcpu, Vcpu& v, abi::ExitVia via, std
                        std::uint64_t user_rsp) {
   const std::uint64_t cr3 = read_reg(v, v.cr3);
   const std::uint64_t dtb = abi::dtb_of_cr3(cr3);
-  OpenEntry* o = v.open.find(dtb, user_rsp);
-  if (o == nullptr && via == abi::ExitVia::kIret) return;  // an interrupt or exception returning
+  const std::optional<OpenCall> o = take_open(m, vcpu, dtb, user_rsp);
+  if (!o && via == abi::ExitVia::kIret) return;  // an interrupt or exception returning
   const FilterConfig& cfg = *acquire_cfg(m, v);
   const Action act = cfg.action(EventClass::kSyscallExit);
   if (act == Action::kDrop || !cfg.dtb_passes(dtb)) {
-    if (o) o->used = false;
     narrow(m, vcpu, cfg, dtb);
     release_cfg(v);
     return;
   }
   if (o ? !cfg.syscall_passes(o->abi, o->nr) : !cfg.all_pass()) {
-    if (o) o->used = false;
     release_cfg(v);
     return;
   }
@@ -416,7 +427,6 @@ void on_return_to_user(Monitor& m, unsigned vcpu, Vcpu& v, abi::ExitVia via, std
     }
     extra = build_captures(v, spec, o->args, e.ret, cfg.snap_len, o->abi, &e.n_captures);
   }
-  if (o) o->used = false;
   const Action exit_act = o && act == Action::kAsync && cfg.exit_forced_sync(o->abi, o->nr) ? Action::kSync : act;
   emit(m, vcpu, v, cfg, exit_act, abi::RecordType::kSyscallExit, &e.hdr, sizeof e, v.scratch, extra);
   release_cfg(v);

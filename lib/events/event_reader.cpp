@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstddef>
 #include <cstring>
 #include <thread>
 
@@ -253,10 +254,53 @@ Result<bool> EventReader::next(unsigned ring, Event* out) {
   return true;
 }
 
+// The monitor's clock at the event (0 for a loss record: handed over first).
+static std::uint64_t record_time(const abi::RecordHeader* r) {
+  if (r->type == static_cast<std::uint16_t>(abi::RecordType::kLost) || r->size < sizeof(abi::EventHeader)) return 0;
+  std::uint64_t t = 0;
+  std::memcpy(&t, reinterpret_cast<const std::uint8_t*>(r) + offsetof(abi::EventHeader, time_ns), sizeof t);
+  return t;
+}
+
+std::optional<unsigned> EventReader::oldest_ring() {
+  std::optional<unsigned> best;
+  std::uint64_t best_t = 0;
+  for (unsigned k = 0; k < consumers_.size(); ++k) {
+    const abi::RecordHeader* rec = nullptr;
+    switch (consumers_[k].peek(&rec)) {
+      case abi::PeekStatus::kEmpty: continue;
+      case abi::PeekStatus::kCorrupt: return k;   // next() reports it
+      case abi::PeekStatus::kRecord: break;
+    }
+    if (const std::uint64_t t = record_time(rec); !best || t < best_t) {
+      best = k;
+      best_t = t;
+    }
+  }
+  return best;
+}
+
 Result<std::size_t> EventReader::poll(const std::function<void(const Event&)>& fn, std::size_t max) {
   std::size_t handled = 0;
-  bool any = true;
   Event e;
+  if (consumers_.size() > 1) {
+    // Several vCPUs: the oldest record of all rings first, so a call that blocked on one vCPU and
+    // returned on another is handed over entry first. Each pick looks at every ring twice: a ring
+    // found empty the first time may have received an older record (published before the one seen
+    // in a later ring) by the second look.
+    while (handled < max) {
+      if (!oldest_ring()) break;
+      const auto ring = oldest_ring();
+      auto r = next(*ring, &e);
+      if (!r) return r.error();
+      if (!*r) continue;
+      ++handled;
+      fn(e);
+      if (auto_ack_ && e.sync()) consumers_[*ring].ack(e.seq);
+    }
+    return handled;
+  }
+  bool any = true;
   while (any && handled < max) {
     any = false;
     for (unsigned k = 0; k < consumers_.size() && handled < max; ++k) {

@@ -77,8 +77,10 @@ class EventReader {
 
   [[nodiscard]] unsigned rings() const { return static_cast<unsigned>(consumers_.size()); }
 
-  // Hand every record available now to `fn` (all rings, round robin), acking sync records after
-  // fn returns. Stops after `max` events. Returns the number handled or the first corrupt ring.
+  // Hand every record available now to `fn`, acking sync records after fn returns: with several
+  // rings, in the order the monitor saw them (its clock at each event), so an exit that came on
+  // another vCPU than its entry follows it. Stops after `max` events. Returns the number handled
+  // or the first corrupt ring.
   Result<std::size_t> poll(const std::function<void(const Event&)>& fn, std::size_t max = SIZE_MAX);
 
   // Wait until some ring has data or timeout passes (spins `spin` first, then sleeps on the
@@ -99,6 +101,7 @@ class EventReader {
  private:
   EventReader() = default;
   Result<bool> next(unsigned ring, Event* out);
+  std::optional<unsigned> oldest_ring();   // the ring whose next record is oldest; a corrupt one first
 
   std::uint8_t* base_ = nullptr;
   std::size_t size_ = 0;

@@ -5,6 +5,9 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <thread>
+
 namespace hvtrace::monitor {
 namespace {
 
@@ -109,19 +112,91 @@ TEST(Doors, ArgumentsComeFromEachAbisRegisters) {
   EXPECT_EQ(decode_entry(abi::Door::kSyscall64, r).abi, abi::SyscallAbi::kX32);
 }
 
+OpenCall call(std::uint64_t dtb, std::uint64_t rsp, std::uint64_t nr, std::uint64_t seq) {
+  OpenCall c{dtb, rsp, nr, seq, {}, abi::SyscallAbi::kX86_64, abi::Door::kSyscall64, 0};
+  for (int i = 0; i < 6; ++i) c.args[i] = nr * 100 + static_cast<std::uint64_t>(i);
+  return c;
+}
+
 TEST(Doors, ExitsPairWithTheirEntryByAddressSpaceAndStack) {
   OpenEntries<4> open;
-  OpenEntry* a = open.claim(0x1000, 0x7000);
-  *a = OpenEntry{0x1000, 0x7000, 1, 10, {}, abi::SyscallAbi::kX86_64, abi::Door::kSyscall64, true, 0};
-  OpenEntry* b = open.claim(0x2000, 0x7000);
-  *b = OpenEntry{0x2000, 0x7000, 4, 11, {}, abi::SyscallAbi::kI386, abi::Door::kInt80, true, 0};
-  EXPECT_EQ(open.find(0x1000, 0x7000), a);
-  EXPECT_EQ(open.find(0x2000, 0x7000)->abi, abi::SyscallAbi::kI386);
-  EXPECT_EQ(open.find(0x1000, 0x7008), nullptr);   // another thread of the same process
-  // The same thread entering again (its exit never seen) reuses its slot.
-  EXPECT_EQ(open.claim(0x1000, 0x7000), a);
-  a->used = false;
-  EXPECT_EQ(open.find(0x1000, 0x7000), nullptr);
+  ASSERT_TRUE(open.put(call(0x1000, 0x7000, 1, 10)));
+  auto b = call(0x2000, 0x7000, 4, 11);
+  b.abi = abi::SyscallAbi::kI386;
+  b.door = abi::Door::kInt80;
+  ASSERT_TRUE(open.put(b));
+  EXPECT_FALSE(open.take(0x1000, 0x7008));   // another thread of the same process
+  const auto got_b = open.take(0x2000, 0x7000);
+  ASSERT_TRUE(got_b);
+  EXPECT_EQ(got_b->abi, abi::SyscallAbi::kI386);
+  EXPECT_EQ(got_b->seq, 11u);
+  EXPECT_FALSE(open.take(0x2000, 0x7000)) << "taken once";
+  // The same thread entering again (its exit never seen) replaces its entry: one slot, the new call.
+  ASSERT_TRUE(open.put(call(0x1000, 0x7000, 2, 12)));
+  const auto a = open.take(0x1000, 0x7000);
+  ASSERT_TRUE(a);
+  EXPECT_EQ(a->nr, 2u);
+  EXPECT_FALSE(open.take(0x1000, 0x7000)) << "the stale entry was replaced, not kept beside";
+}
+
+TEST(Doors, AFullTableEvictsRoundRobinAndKeepsTheRest) {
+  OpenEntries<4> open;
+  for (std::uint64_t t = 0; t < 5; ++t) ASSERT_TRUE(open.put(call(0x1000, 0x7000 + 0x100 * t, t, t)));
+  int left = 0;
+  for (std::uint64_t t = 0; t < 5; ++t) left += open.take(0x1000, 0x7000 + 0x100 * t).has_value();
+  EXPECT_EQ(left, 4);   // one evicted: its thread's exit comes unpaired
+}
+
+// Two vCPU threads, each recording its guest threads' entries in its own table while the other
+// vCPU takes them (two calls in three blocked here and resumed there), so an owner's put runs
+// beside the other vCPU's take in the same table. Under ThreadSanitizer this checks the slots'
+// ordering; everywhere, that every entry is taken exactly once and whole.
+TEST(Doors, AnEntryIsTakenWholeAndOnceFromAnotherVcpusTable) {
+  constexpr std::uint64_t kThreadsPerVcpu = 8, kRounds = 3000;
+  OpenEntries<32> table[2];
+  std::atomic<std::uint64_t> put_rounds[2] = {0, 0};
+  std::atomic<std::uint64_t> taken{0}, migrated{0}, torn{0}, missing{0}, full{0};
+  const auto key = [](unsigned v, std::uint64_t r) {
+    return std::pair<std::uint64_t, std::uint64_t>{0x1000 * (v + 1), 0x7000 + 0x10 * (r % kThreadsPerVcpu)};
+  };
+  const auto check = [&](const std::optional<OpenCall>& c, unsigned v, std::uint64_t r) {
+    if (!c) {
+      missing.fetch_add(1);
+      return;
+    }
+    taken.fetch_add(1);
+    const auto [dtb, rsp] = key(v, r);
+    if (c->nr != r || c->seq != r || c->dtb != dtb || c->rsp != rsp || c->args[5] != r * 100 + 5) torn.fetch_add(1);
+  };
+  auto vcpu = [&](unsigned me) {
+    const unsigned other = 1 - me;
+    for (std::uint64_t r = 0; r < kRounds; ++r) {
+      const auto [dtb, rsp] = key(me, r);
+      if (!table[me].put(call(dtb, rsp, r, r))) full.fetch_add(1);
+      put_rounds[me].store(r + 1, std::memory_order_release);
+      if (r % 3 == 0) check(table[me].take(dtb, rsp), me, r);   // returned where it entered
+      // The other vCPU's call of this round that blocked there and resumes here.
+      while (put_rounds[other].load(std::memory_order_acquire) <= r) std::this_thread::yield();
+      if (r % 3 != 0) {
+        const auto [odtb, orsp] = key(other, r);
+        check(table[other].take(odtb, orsp), other, r);
+        migrated.fetch_add(1);
+      }
+    }
+  };
+  std::thread a(vcpu, 0u), b(vcpu, 1u);
+  a.join();
+  b.join();
+  EXPECT_EQ(full.load(), 0u);
+  EXPECT_EQ(torn.load(), 0u);
+  EXPECT_EQ(missing.load(), 0u);
+  EXPECT_EQ(taken.load(), 2 * kRounds);
+  EXPECT_GT(migrated.load(), kRounds);
+  for (unsigned v = 0; v < 2; ++v)
+    for (std::uint64_t r = 0; r < kThreadsPerVcpu; ++r) {
+      const auto [dtb, rsp] = key(v, r);
+      EXPECT_FALSE(table[v].take(dtb, rsp)) << "left behind";
+    }
 }
 
 }  // namespace
