@@ -7,19 +7,27 @@
 //           order, warm-ups, bootstrap confidence intervals; writes results.json, table1.md and
 //           table1.svg (gnuplot).
 //   events  the cost of one delivered event, per kind, on a guest loop of getppid() calls.
+//   scale   N guests running the workload at once, each untraced and traced (method 5).
+//   session `hvtrace session` (issue 9) and its --publish (issue 11): a scripted SSH session that
+//           runs the workload, unwatched, watched with --follow, and watched + published to a local
+//           NATS JetStream; QEMU CPU ratios with bootstrap intervals, events lost, the watcher's own
+//           --follow latency and RSS, and a long session's RSS over time (--minutes).
 #include "commands.hpp"
 #include "guest_view.hpp"
+#include "session_watcher.hpp"
 #include "vm_options.hpp"
 
 #include "bench/gdb_rsp.hpp"
 #include "bench/host.hpp"
 #include "bench/report.hpp"
 #include "bench/scale_report.hpp"
+#include "bench/session_report.hpp"
 #include "bench/stats.hpp"
 #include "common/result.hpp"
 #include "events/event_reader.hpp"
 #include "hvtrace/abi/events.h"
 #include "mem/phys_mem.hpp"
+#include "publish/local_nats.hpp"
 #include "vm/process.hpp"
 #include "vm/vm.hpp"
 
@@ -29,6 +37,7 @@
 #include <nlohmann/json.hpp>
 #include <sys/socket.h>
 #include <sys/utsname.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -42,6 +51,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <regex>
 #include <set>
 #include <sstream>
 #include <string>
@@ -692,22 +702,29 @@ void write_report(const vm::fs::path& dir, const json& results) {
 
 // ---- table1 -----------------------------------------------------------------------------------
 
-std::vector<std::string> parse_columns(const std::string& list) {
-  if (list.empty()) return kAllColumns;
+// A comma list of names from `known` (each kept once, in the order given; `alias` maps other
+// spellings to a name), with `base` put first when missing: every ratio is taken against it.
+std::vector<std::string> parse_name_list(const std::string& list, const std::vector<std::string>& known, const std::string& base,
+                                         const std::string& option, const std::string& hint,
+                                         const std::function<std::string(const std::string&)>& alias) {
   std::vector<std::string> out;
   std::stringstream ss(list);
   for (std::string w; std::getline(ss, w, ',');) {
-    w = trim(w);
+    w = alias(trim(w));
     if (w.empty()) continue;
-    if (w.size() == 1 && w[0] >= '2' && w[0] <= '5') w = "m" + w;
-    if (std::find(kAllColumns.begin(), kAllColumns.end(), w) == kAllColumns.end())
-      throw UserError(fmt::format("--methods: unknown column '{}' (use none,none2,idle,2,3,4,5,strace,gdbstub)", w));
+    if (std::find(known.begin(), known.end(), w) == known.end())
+      throw UserError(fmt::format("{}: unknown name '{}' (use {})", option, w, hint));
     if (std::find(out.begin(), out.end(), w) == out.end()) out.push_back(w);
   }
-  if (out.empty()) throw UserError("--methods: no column given");
-  // Every ratio is taken against `none`.
-  if (std::find(out.begin(), out.end(), "none") == out.end()) out.insert(out.begin(), "none");
+  if (out.empty()) throw UserError(fmt::format("{}: none given", option));
+  if (std::find(out.begin(), out.end(), base) == out.end()) out.insert(out.begin(), base);
   return out;
+}
+
+std::vector<std::string> parse_columns(const std::string& list) {
+  if (list.empty()) return kAllColumns;
+  return parse_name_list(list, kAllColumns, "none", "--methods", "none,none2,idle,2,3,4,5,strace,gdbstub",
+                         [](const std::string& w) { return w.size() == 1 && w[0] >= '2' && w[0] <= '5' ? "m" + w : w; });
 }
 
 void run_table1(Table1Options o) {
@@ -1091,6 +1108,339 @@ void run_events(const EventsOptions& o) {
   if (vm::termination_requested()) exit_code() = 130;
 }
 
+// ---- session ----------------------------------------------------------------------------------
+
+struct SessionBenchOptions {
+  std::string out_dir = "bench-session";
+  unsigned rounds = 5;
+  unsigned iterations = 2;
+  std::string arms = "idle,session,publish";
+  double minutes = 0;   // the RSS run: one watched session of this length (0: none)
+  std::string typing = "10-30";
+  bool quick = false;
+  unsigned boot_timeout_s = 180;
+  std::string report_from;   // --report FILE: only rewrite session.md from an earlier results.json
+};
+
+// What every run of the session benchmark shares: the attacker, its scripts, the NATS server.
+struct SessionBench {
+  vm::fs::path work;                 // session folders, logs, spools (removed at the end)
+  vm::fs::path attacker, passwords;
+  vm::fs::path script;               // the measured session
+  unsigned commands_typed = 0;       // its command lines (exit included)
+  unsigned iterations = 1;
+  std::string typing;
+  std::string nats_url;
+};
+
+// The measured session: a few ordinary commands around the workload, typed at a prompt.
+const std::vector<std::string> kSessionLines = {"uname -a", "ls /", "jansson-workload {{N}}", "cat /etc/os-release", "exit"};
+
+// The scripted attacker logs in through a pseudo-terminal (`ssh -tt`) and types `script`.
+Result<vm::ProcessResult> run_attacker(const SessionBench& b, const vm::VmRecord& rec, const vm::fs::path& script,
+                                       const vm::fs::path& screen, const std::vector<std::string>& sets, double timeout_s) {
+  std::vector<std::string> argv = {"python3", b.attacker.string(), "--port", std::to_string(rec.ssh_port), "--password-file",
+                                   b.passwords.string(), "--delay", b.typing, "--timeout", fmt::format("{:.0f}", timeout_s),
+                                   "--screen", screen.string(), "-q"};
+  for (const auto& s : sets) {
+    argv.push_back("--set");
+    argv.push_back(s);
+  }
+  argv.push_back(script.string());
+  return vm::run_process(argv, std::chrono::seconds{static_cast<long>(timeout_s) + 120}, 1u << 20);
+}
+
+// `hvtrace session`'s closing summary into run fields (see tools/cmd_session.cpp).
+void parse_session_summary(const std::string& out, json& run) {
+  std::smatch m;
+  const auto find = [&](const char* re) { return std::regex_search(out, m, std::regex(re)); };
+  if (find(R"(sessions: (\d+) \((\d+) commands, (\d+) login attempts\))")) {
+    run["sessions"] = std::stoull(m[1]);
+    run["commands"] = std::stoull(m[2]);
+    run["login_attempts"] = std::stoull(m[3]);
+  }
+  if (find(R"(watching cost: (\d+) events delivered .*?; (\d+) synchronous pauses)")) {
+    run["events_delivered"] = std::stoull(m[1]);
+    run["sync_pauses"] = std::stoull(m[2]);
+  }
+  if (find(R"(lost events: (\d+) .*sync waits timed out: (\d+))")) {
+    run["lost"] = std::stoull(m[1]);
+    run["sync_timeouts"] = std::stoull(m[2]);
+  }
+  if (find(R"(--follow latency[^:]*: median ([0-9.]+) ms, max ([0-9.]+) ms over (\d+) command)")) {
+    run["follow_median_ms"] = std::stod(m[1]);
+    run["follow_max_ms"] = std::stod(m[2]);
+    run["follow_count"] = std::stoull(m[3]);
+  } else if (out.find("--follow latency") != std::string::npos) {
+    run["follow_count"] = 0;
+  }
+  if (find(R"(published: (\d+) events \+ (\d+) file chunks; (\d+) acked .*dropped (\d+); left in the spool: (\d+))")) {
+    run["published"] = std::stoull(m[1]) + std::stoull(m[2]);
+    run["acked"] = std::stoull(m[3]);
+    run["publish_dropped"] = std::stoull(m[4]);
+    run["spool_left"] = std::stoull(m[5]);
+  }
+  if (find(R"((\d+) bytes not kept)")) run["bytes_not_kept"] = std::stoull(m[1]);
+  run["watcher_summary"] = out;
+}
+
+std::vector<std::string> watcher_args(const std::string& arm, const SessionBench& b, const vm::fs::path& wdir) {
+  std::vector<std::string> extra = {"--follow"};
+  if (arm == "publish") extra.insert(extra.end(), {"--publish", b.nats_url, "--spool", (wdir / "spool").string()});
+  return extra;
+}
+
+// Stops the watcher (SIGINT: it closes and flushes every session) and reads what it reported.
+void finish_watcher(SessionWatcher& w, json& run, std::string& failure) {
+  std::this_thread::sleep_for(1s);   // the logout's last events
+  if (!w.stop(90s)) {
+    failure = failure.empty() ? "hvtrace session did not stop within 90 s of SIGINT" : failure;
+    return;
+  }
+  if (!WIFEXITED(w.status()) || WEXITSTATUS(w.status()) != 0)
+    failure = failure.empty() ? fmt::format("hvtrace session {}: {}", vm::describe_wait_status(w.status()), trim(w.log())) : failure;
+  run["watcher_cpu_s"] = w.cpu_seconds();
+  run["watcher_peak_rss_kib"] = w.max_rss_kib();
+  parse_session_summary(w.output(), run);
+}
+
+// One arm of one round: the scripted session, watched or not.
+json run_session_arm(const std::string& arm, Guest& g, const SessionBench& b, unsigned round) {
+  json run = {{"arm", arm}, {"round", round}, {"ok", false}};
+  const auto rec = g.vm->record();
+  const vm::fs::path wdir = b.work / fmt::format("round{}-{}", round + 1, arm);
+  std::error_code ec;
+  vm::fs::create_directories(wdir, ec);
+  std::unique_ptr<SessionWatcher> w;
+  if (arm == "session" || arm == "publish") {
+    w = std::make_unique<SessionWatcher>(rec.name, wdir / "sessions", wdir / "watcher.out", wdir / "watcher.log", watcher_args(arm, b, wdir));
+    if (!w->wait_ready(180s)) {
+      run["error"] = fmt::format("hvtrace session did not start watching: {}", trim(w->log()));
+      return run;
+    }
+  }
+  const double cpu0 = qemu_cpu_seconds(rec.qemu_pid);
+  const auto t0 = Clock::now();
+  auto a = run_attacker(b, rec, b.script, wdir / "screen.txt", {fmt::format("N={}", b.iterations)}, 600);
+  run["wall_s"] = std::chrono::duration<double>(Clock::now() - t0).count();
+  run["qemu_cpu_s"] = qemu_cpu_seconds(rec.qemu_pid) - cpu0;
+  std::string failure;
+  if (!a) failure = fmt::format("the attacker did not finish: {}", a.error().message);
+  else if (a->exit_code != 0) failure = fmt::format("the attacker exited with {}: {}", a->exit_code, trim(a->err));
+  std::string screen = read_text((wdir / "screen.txt").string());
+  screen.erase(std::remove(screen.begin(), screen.end(), '\r'), screen.end());
+  if (auto s = parse_workload_seconds(screen)) run["guest_s"] = *s;
+  else if (failure.empty()) failure = "no jansson-workload time on the client's screen";
+  if (w) finish_watcher(*w, run, failure);
+  if (failure.empty()) run["ok"] = true;
+  else run["error"] = failure;
+  return run;
+}
+
+// The RSS run: one watched session of `minutes` with continuous terminal output and commands
+// executed all along; the watcher's VmRSS and RssAnon sampled every second into rss.tsv.
+json run_rss_session(Guest& g, const SessionBench& b, double minutes, const vm::fs::path& out_dir) {
+  json run = {{"minutes", minutes}, {"ok", false}};
+  const auto rec = g.vm->record();
+  const vm::fs::path wdir = b.work / "rss";
+  std::error_code ec;
+  vm::fs::create_directories(wdir, ec);
+  const vm::fs::path script = wdir / "rss.session";
+  write_file(script,
+             "end=$(( $(date +%s) + {{SECS}} ))\n"
+             "while [ $(date +%s) -lt $end ]; do ls -laR /usr/include; cat /etc/passwd; jansson-workload 1; done\n"
+             "uname -a\n"
+             "exit\n");
+  const double secs = minutes * 60;
+  SessionWatcher w(rec.name, wdir / "sessions", wdir / "watcher.out", wdir / "watcher.log", {"--follow"});
+  if (!w.wait_ready(180s)) {
+    run["error"] = fmt::format("hvtrace session did not start watching: {}", trim(w.log()));
+    return run;
+  }
+  const auto t0 = Clock::now();
+  auto attacker = std::async(std::launch::async, [&] {
+    return run_attacker(b, rec, script, wdir / "screen.txt", {fmt::format("SECS={:.0f}", secs)}, secs + 600);
+  });
+  // VmRSS counts the guest RAM and ring pages the watcher has touched (shared, bounded by the guest's
+  // size); RssAnon is its own heap and stacks, where a leak would show.
+  static const std::vector<std::string> kFields = {"VmRSS", "RssAnon", "RssFile", "RssShmem"};
+  std::ofstream tsv(out_dir / "rss.tsv");
+  tsv << "# seconds since the session started, then the watcher's (hvtrace session --follow) /proc/PID/status in KiB:";
+  for (const auto& f : kFields) tsv << "\t" << f;
+  tsv << "\n";
+  std::vector<std::pair<long, std::vector<unsigned long>>> samples;
+  while (attacker.wait_for(1s) != std::future_status::ready) {
+    const long t = std::lround(std::chrono::duration<double>(Clock::now() - t0).count());
+    std::vector<unsigned long> v;
+    for (const auto& f : kFields) v.push_back(bench::process_status_kib(w.pid(), f));
+    if (v[0] == 0) continue;
+    tsv << t;
+    for (const auto x : v) tsv << "\t" << x;
+    tsv << "\n" << std::flush;
+    samples.emplace_back(t, std::move(v));
+  }
+  auto a = attacker.get();
+  run["wall_s"] = std::chrono::duration<double>(Clock::now() - t0).count();
+  std::string failure;
+  if (!a) failure = fmt::format("the attacker did not finish: {}", a.error().message);
+  else if (a->exit_code != 0) failure = fmt::format("the attacker exited with {}: {}", a->exit_code, trim(a->err));
+  for (const auto& [i, key] : {std::pair<std::size_t, const char*>{0, "rss"}, {1, "anon"}}) {
+    unsigned long at10 = 0, mx = 0, end = 0;
+    for (const auto& [t, v] : samples) {
+      if (at10 == 0 && t >= 10) at10 = v[i];
+      mx = std::max(mx, v[i]);
+      end = v[i];
+    }
+    run[fmt::format("{}_10s_kib", key)] = at10;
+    run[fmt::format("{}_max_kib", key)] = mx;
+    run[fmt::format("{}_end_kib", key)] = end;
+  }
+  run["samples"] = samples.size();
+  if (samples.size() < 10 && failure.empty()) failure = "fewer than 10 RSS samples";
+  run["output_bytes"] = vm::fs::file_size(wdir / "screen.txt", ec);
+  finish_watcher(w, run, failure);
+  if (failure.empty()) run["ok"] = true;
+  else run["error"] = failure;
+  return run;
+}
+
+std::vector<std::string> parse_arms(const std::string& list) {
+  return parse_name_list(list, {"none", "idle", "session", "publish"}, "idle", "--arms", "none,idle,session,publish",
+                         [](const std::string& w) { return w == "session+publish" ? std::string("publish") : w; });
+}
+
+void run_session_bench(SessionBenchOptions o) {
+  vm::install_termination_handlers();
+  if (!o.report_from.empty()) {   // the report again, from the raw runs alone
+    json results;
+    try {
+      results = json::parse(read_text(o.report_from));
+    } catch (const std::exception& e) {
+      throw UserError(fmt::format("--report {}: {}", o.report_from, e.what()));
+    }
+    const std::string md = bench::make_session_report(results);
+    write_file(vm::fs::path(o.out_dir) / "session.md", md);
+    finish_report(md, bench::check_session_counts(results), false, (vm::fs::path(o.out_dir) / "session.md").string(), Clock::now());
+    return;
+  }
+  if (o.quick) {
+    o.rounds = 1;
+    o.iterations = 1;
+    if (o.minutes == 0) o.minutes = 0.5;
+  }
+  if (o.minutes < 0) throw UserError("--minutes: a duration in minutes (0: no RSS run)");
+  if ((o.rounds == 0 && o.minutes == 0) || o.iterations == 0)
+    throw UserError("--iterations must be at least 1, and --rounds too unless --minutes asks for the RSS run alone");
+  const auto arms = parse_arms(o.arms);
+  auto image = vm::load_image(vm::default_image_dir());
+  if (!image) throw UserError(fmt::format("{} (the default guest is built by `guest/build-image`)", image.error().message));
+  SessionBench b;
+  b.attacker = source_dir() / "scripts" / "attacker";
+  if (!vm::fs::is_regular_file(b.attacker))
+    throw UserError(fmt::format("the scripted attacker {} is missing (set HVTRACE_SOURCE_DIR to the repository)", b.attacker.string()));
+  b.passwords = image->dir / "passwords";
+  b.iterations = o.iterations;
+  b.typing = o.typing;
+  const vm::fs::path dir = o.out_dir;
+  std::error_code ec;
+  vm::fs::create_directories(dir, ec);
+  if (ec) throw UserError(fmt::format("-o {}: {}", o.out_dir, ec.message()));
+  const std::string tag = std::to_string(getpid() % 100000);
+  b.work = vm::fs::temp_directory_path() / fmt::format("hvtrace-bench-session-{}", tag);
+  vm::fs::remove_all(b.work, ec);
+  vm::fs::create_directories(b.work, ec);
+  if (ec) throw UserError(fmt::format("{}: {}", b.work.string(), ec.message()));
+  b.script = b.work / "bench.session";
+  {
+    std::string text;
+    for (const auto& l : kSessionLines) text += l + "\n";
+    write_file(b.script, text);
+    b.commands_typed = static_cast<unsigned>(kSessionLines.size());
+  }
+  std::unique_ptr<publish::LocalNats> nats;
+  if (std::find(arms.begin(), arms.end(), "publish") != arms.end()) {
+    vm::fs::create_directories(b.work / "nats", ec);
+    nats = std::make_unique<publish::LocalNats>(b.work / "nats", 1, "bsess", true);
+    try {
+      nats->start();
+    } catch (const std::exception& e) {
+      throw UserError(fmt::format("starting nats-server: {}", e.what()));
+    }
+    b.nats_url = nats->urls();
+    fmt::print(stderr, "[bench] nats-server with JetStream on {}\n", b.nats_url);
+  }
+
+  json results = results_header("hvtrace-bench-session/1", image->kernel_release);
+  results["config"] = {{"rounds", o.rounds},           {"iterations", o.iterations}, {"arms", arms},
+                       {"quick", o.quick},             {"minutes", o.minutes},       {"typing", o.typing},
+                       {"commands_typed", b.commands_typed}, {"session_lines", kSessionLines},
+                       {"note", "qemu_cpu_s: utime+stime of QEMU from the attacker's start to its exit; guest_s: the workload's own "
+                                "clock; wall_s: the client's session on the host; idle: the monitor loaded, no watcher; "
+                                "follow_*: hvtrace session's own --follow latency (Enter key's write in the guest -> line printed)"}};
+  results["runs"] = json::array();
+  const auto save = [&] { save_results(dir, results); };
+  Table1Options boot;
+  boot.boot_timeout_s = o.boot_timeout_s;
+  const auto t_start = Clock::now();
+  fmt::print(stderr, "[bench] booting the guest with the monitor{}\n",
+             std::find(arms.begin(), arms.end(), "none") != arms.end() ? " and one without plugin" : "");
+  auto mon = value_or_throw(boot_guest("bsess-" + tag, true, false, boot, *image));
+  std::unique_ptr<Guest> plain;
+  if (std::find(arms.begin(), arms.end(), "none") != arms.end())
+    plain = value_or_throw(boot_guest("bsess-plain-" + tag, false, false, boot, *image));
+  fmt::print(stderr, "[bench] warm-up (untimed): the workload and one unwatched session per guest\n");
+  for (Guest* g : {mon.get(), plain.get()}) {
+    if (g == nullptr) continue;
+    warm_up(*g, o.iterations);
+    (void)run_session_arm("warmup", *g, b, 0);
+  }
+  bool any_failed = false;
+  const std::size_t total = o.rounds * arms.size();
+  std::size_t done = 0;
+  for (unsigned round = 0; round < o.rounds && !vm::termination_requested(); ++round)
+    for (std::size_t k = 0; k < arms.size() && !vm::termination_requested(); ++k) {
+      const std::string& arm = arms[(k + round) % arms.size()];
+      Guest& g = arm == "none" ? *plain : *mon;
+      const double elapsed = std::chrono::duration<double>(Clock::now() - t_start).count();
+      fmt::print(stderr, "[bench] round {}/{} run {}/{}: {} (elapsed {})\n", round + 1, o.rounds, done + 1, total, arm,
+                 duration_text(elapsed));
+      json run = run_session_arm(arm, g, b, round);
+      run["order"] = k;
+      ++done;
+      if (!report_run(arm, run)) any_failed = true;
+      else if (run.contains("follow_count"))
+        fmt::print(stderr, "[bench]   watcher: {} session(s), {} command(s), {} lost, --follow latency median {} ms max {} ms, peak RSS {} KiB\n",
+                   run.value("sessions", 0), run.value("commands", 0), run.value("lost", 0), run.value("follow_median_ms", -1.0),
+                   run.value("follow_max_ms", -1.0), run.value("watcher_peak_rss_kib", 0));
+      results["runs"].push_back(std::move(run));
+      save();
+      if (!g.vm->running()) throw UserError(fmt::format("the guest's QEMU stopped ({})", g.vm->exit_reason()));
+    }
+  if (o.minutes > 0 && !vm::termination_requested()) {
+    fmt::print(stderr, "[bench] RSS run: one watched session of {:.1f} min with continuous output (elapsed {})\n", o.minutes,
+               duration_text(std::chrono::duration<double>(Clock::now() - t_start).count()));
+    results["rss_run"] = run_rss_session(*mon, b, o.minutes, dir);
+    const auto& rr = results["rss_run"];
+    if (!rr.value("ok", false)) fmt::print(stderr, "[bench]   RSS run FAILED: {}\n", rr.value("error", "?"));
+    else
+      fmt::print(stderr, "[bench]   RSS run: VmRSS {} KiB at 10 s, {} KiB at the end, max {} KiB; RssAnon {} / {} / {} KiB; {} lost\n",
+                 rr.value("rss_10s_kib", 0), rr.value("rss_end_kib", 0), rr.value("rss_max_kib", 0), rr.value("anon_10s_kib", 0),
+                 rr.value("anon_end_kib", 0), rr.value("anon_max_kib", 0), rr.value("lost", 0));
+    save();
+  }
+  fmt::print(stderr, "[bench] shutting down\n");
+  mon->reader.reset();
+  (void)mon->vm->shutdown();
+  if (plain) (void)plain->vm->shutdown();
+  nats.reset();
+  vm::fs::remove_all(b.work, ec);
+  save();
+  const std::string md = bench::make_session_report(results);
+  write_file(dir / "session.md", md);
+  finish_report(md, bench::check_session_counts(results), any_failed, fmt::format("{}/results.json and session.md", dir.string()),
+                t_start);
+}
+
 }  // namespace
 
 void add_bench_command(CLI::App& app) {
@@ -1131,6 +1481,23 @@ void add_bench_command(CLI::App& app) {
   scale->add_flag("--quick", sc->quick, "one round of one iteration, guest counts 1,2 unless --vms is given");
   scale->add_option("--boot-timeout", sc->boot_timeout_s, "seconds to wait for each guest's SSH")->capture_default_str();
   scale->callback([sc] { run_scale(*sc); });
+
+  auto ss = std::make_shared<SessionBenchOptions>();
+  auto* sess = bench->add_subcommand("session", "What watching an SSH session costs: hvtrace session (and --publish) against the "
+                                                "unwatched session, --follow latency, the watcher's RSS over a long session");
+  sess->add_option("-o,--output-dir", ss->out_dir, "directory for results.json, session.md and rss.tsv")->capture_default_str();
+  sess->add_option("--rounds", ss->rounds, "interleaved rounds (each arm once per round, order rotated; 0 with --minutes: the RSS run alone)")
+      ->capture_default_str();
+  sess->add_option("--iterations", ss->iterations, "jansson-workload iterations typed in each session")->capture_default_str();
+  sess->add_option("--arms", ss->arms, "arms: idle (unwatched), session, publish (session + --publish), none (2nd guest, no plugin)")
+      ->capture_default_str();
+  sess->add_option("--minutes", ss->minutes, "then one watched session of this many minutes with continuous output: the "
+                                             "watcher's RSS every second (0: skip; --quick: 0.5)")->capture_default_str();
+  sess->add_option("--typing", ss->typing, "milliseconds per key, MIN-MAX (scripts/attacker --delay)")->capture_default_str();
+  sess->add_flag("--quick", ss->quick, "one round of one iteration and a 30-s RSS run (the test suite's run)");
+  sess->add_option("--boot-timeout", ss->boot_timeout_s, "seconds to wait for the guest's SSH")->capture_default_str();
+  sess->add_option("--report", ss->report_from, "run nothing: write session.md (in -o DIR) again from this results.json");
+  sess->callback([ss] { run_session_bench(*ss); });
 }
 
 }  // namespace hvtrace::tools

@@ -8,7 +8,10 @@
 // guest memory, report the timings. The VM lives only as long as this process (RAII + PDEATHSIG).
 #include "commands.hpp"
 #include "guest_view.hpp"
+#include "session_watcher.hpp"
 #include "vm_options.hpp"
+
+#include "bench/host.hpp"
 
 #include "vm/file_server.hpp"
 #include "vm/process.hpp"
@@ -17,9 +20,6 @@
 #include <CLI/CLI.hpp>
 #include <fmt/core.h>
 
-#include <fcntl.h>
-#include <signal.h>
-#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -29,7 +29,6 @@
 #include <ctime>
 #include <fstream>
 #include <memory>
-#include <sstream>
 #include <thread>
 
 namespace hvtrace::tools {
@@ -55,101 +54,6 @@ std::string read_file(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
-
-// The repository: $HVTRACE_SOURCE_DIR, or the first directory above this binary that holds
-// scripts/attacker (build/<preset>/tools/hvtrace -> three levels up).
-fs::path source_dir() {
-  if (const char* env = std::getenv("HVTRACE_SOURCE_DIR"); env != nullptr && *env != '\0') return env;
-  std::error_code ec;
-  fs::path p = fs::read_symlink("/proc/self/exe", ec);
-  for (int i = 0; i < 5 && !ec && p.has_parent_path() && p != p.parent_path(); ++i) {
-    p = p.parent_path();
-    if (fs::is_regular_file(p / "scripts" / "attacker")) return p;
-  }
-  return {};
-}
-
-// utime + stime of a process in seconds (fields 14 and 15 of /proc/PID/stat), or -1.
-double cpu_seconds(pid_t pid) {
-  std::string s = read_file(fmt::format("/proc/{}/stat", pid));
-  const auto close_paren = s.rfind(')');
-  if (close_paren == std::string::npos) return -1;
-  std::istringstream in(s.substr(close_paren + 2));
-  std::string field;
-  unsigned long long ut = 0, st = 0;
-  for (int i = 3; i <= 15 && in >> field; ++i) {
-    if (i == 14) ut = std::stoull(field);
-    if (i == 15) st = std::stoull(field);
-  }
-  return static_cast<double>(ut + st) / static_cast<double>(sysconf(_SC_CLK_TCK));
-}
-
-// `hvtrace session` in the background: this same binary, stdout into a file (its summary), stderr
-// into a log we read for its readiness line.
-class Watcher {
- public:
-  Watcher(const std::string& vm_name, const fs::path& dir, const fs::path& out, const fs::path& log)
-      : out_(out), log_(log) {
-    std::error_code ec;
-    const fs::path self = fs::read_symlink("/proc/self/exe", ec);
-    pid_ = fork();
-    if (pid_ == 0) {
-      const int o = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-      const int e = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-      const int in = open("/dev/null", O_RDONLY | O_CLOEXEC);
-      if (o < 0 || e < 0 || in < 0) _exit(127);
-      dup2(in, 0);
-      dup2(o, 1);
-      dup2(e, 2);
-      setpgid(0, 0);  // our terminal's Ctrl-C comes to us; we stop it in order
-      execl(self.c_str(), self.c_str(), "session", "--vm", vm_name.c_str(), "-o", dir.c_str(),
-            static_cast<char*>(nullptr));
-      _exit(127);
-    }
-  }
-  ~Watcher() {
-    if (pid_ > 0 && !reaped_) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-  }
-  pid_t pid() const { return pid_; }
-  // Wait for "hvtrace: watching ..." on its stderr; false if it exited or the time ran out.
-  bool wait_ready(std::chrono::seconds limit) {
-    const auto end = Clock::now() + limit;
-    while (Clock::now() < end && !vm::termination_requested()) {
-      if (read_file(log_).find("hvtrace: watching ") != std::string::npos) return true;
-      if (exited()) return false;
-      std::this_thread::sleep_for(100ms);
-    }
-    return false;
-  }
-  bool exited() {
-    if (!reaped_ && wait4(pid_, &status_, WNOHANG, &usage_) == pid_) reaped_ = true;
-    return reaped_;
-  }
-  // SIGINT (it flushes every session and prints its summary), then wait.
-  bool stop(std::chrono::seconds limit) {
-    if (!exited()) kill(pid_, SIGINT);
-    const auto end = Clock::now() + limit;
-    while (!exited() && Clock::now() < end) std::this_thread::sleep_for(50ms);
-    return reaped_;
-  }
-  int status() const { return status_; }
-  double cpu_seconds() const {
-    auto tv = [](const timeval& t) { return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6; };
-    return tv(usage_.ru_utime) + tv(usage_.ru_stime);
-  }
-  std::string output() const { return read_file(out_); }
-  std::string log() const { return read_file(log_); }
-
- private:
-  fs::path out_, log_;
-  pid_t pid_ = -1;
-  bool reaped_ = false;
-  int status_ = 0;
-  rusage usage_{};
-};
 
 void run_lab_job(Opts& o) {
   auto config = resolve_vm_options(o.vm);
@@ -233,12 +137,12 @@ void run_honeypot(Opts& o) {
   const auto& rec = vm->record();
 
   print_progress(fmt::format("starting `hvtrace session --vm {} -o {}`", rec.name, out.string()));
-  Watcher watcher(rec.name, out, rec.run_dir / "session.out", rec.run_dir / "session.log");
+  SessionWatcher watcher(rec.name, out, rec.run_dir / "session.out", rec.run_dir / "session.log");
   if (!watcher.wait_ready(180s)) {
     const std::string log = watcher.log();
     throw UserError(fmt::format("hvtrace session did not start watching the guest:\n{}", log.empty() ? "(no output)" : log));
   }
-  const double qemu_cpu0 = cpu_seconds(rec.qemu_pid);
+  const double qemu_cpu0 = bench::process_cpu_seconds(rec.qemu_pid);
   const auto t0 = Clock::now();
 
   print_progress(fmt::format("the attacker logs in with `ssh -tt` through a pseudo-terminal and types {} ({}-ms keys)",
@@ -250,7 +154,7 @@ void run_honeypot(Opts& o) {
                             passwords.string(), "--delay", o.typing, "--screen", screen.string(), "-q", script.string()},
                            std::chrono::seconds{o.timeout_s}, 1u << 20, io);
   const double session_s = std::chrono::duration<double>(Clock::now() - t0).count();
-  const double qemu_cpu = cpu_seconds(rec.qemu_pid) - qemu_cpu0;
+  const double qemu_cpu = bench::process_cpu_seconds(rec.qemu_pid) - qemu_cpu0;
 
   std::this_thread::sleep_for(1s);  // the last events of the logout
   print_progress("stopping the session watcher (SIGINT: it flushes and closes every session)");

@@ -22,6 +22,7 @@
 #include "events/event_reader.hpp"
 #include "linux/elf_symbols.hpp"
 #include "publish/publisher.hpp"
+#include "session/latency.hpp"
 #include "session/tracker.hpp"
 #include "trace/library_bases.hpp"
 #include "trace/tracer.hpp"
@@ -84,7 +85,9 @@ found in its memory around the address of its next system call, and its children
 At the end (Ctrl-C, --duration, or the server exits) every open session is closed and flushed, and
 hvtrace prints where the session folders are and what watching cost: events delivered, synchronous
 pauses, breakpoint hits, and events the monitor lost. Lost events are also reported as they
-happen; a session record with lost events may have gaps.
+happen; a session record with lost events may have gaps. With --follow it also says how late the
+lines came: median and max of the time from the guest's write of the Enter key into the terminal
+(the monitor's timestamp; the command's exec comes after it) to the line printed.
 
 Exit status: 0 when stopped by Ctrl-C/SIGTERM, --duration or the server's exit (the record is
 complete up to then; unlike `trace -- CMD` there is no guest command whose status to pass on);
@@ -463,10 +466,12 @@ void run_session(const SessionOptions& o) {
   tc.dir = o.dir;
   tc.sensor = o.sensor.empty() ? rec.name : o.sensor;
   tc.realtime_offset_ns = trace::realtime_offset();
+  session::FollowLatency follow_latency;   // guest event (the Enter key's write) -> line written
   if (o.follow)
-    tc.follow = [](const std::string& line) {
+    tc.follow = [&follow_latency](const std::string& line, std::uint64_t event_ns) {
       fmt::print("{}\n", line);
       std::fflush(stdout);
+      follow_latency.add(event_ns, now_ns());
     };
   if (pub) {
     tc.on_event = [p = pub.get()](const nlohmann::json& e) { p->event(e); };
@@ -598,6 +603,8 @@ void run_session(const SessionOptions& o) {
   const std::uint64_t lost = std::max<std::uint64_t>(ts.lost, sum.drops[0] + sum.drops[1] + sum.drops[2] + sum.drops[3]);
   out += fmt::format("lost events: {} (ring full {}, too big {}, no consumer {}, bad tail {}); sync waits timed out: {}\n", lost,
                      sum.drops[0], sum.drops[1], sum.drops[2], sum.drops[3], sum.sync_timeouts);
+  if (o.follow)
+    out += fmt::format("--follow latency (the Enter key's write in the guest -> line printed): {}\n", follow_latency.summary());
   if (cs.unresolved || cs.refused)
     out += fmt::format("credential breakpoints: {} function(s) whose address could not be read in time, {} breakpoint(s) refused\n",
                        cs.unresolved, cs.refused);

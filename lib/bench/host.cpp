@@ -49,19 +49,22 @@ double process_cpu_seconds(pid_t pid) {
   return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
-unsigned long process_rss_kib(pid_t pid) {
+unsigned long process_status_kib(pid_t pid, const std::string& field) {
   std::istringstream f(read_proc(fmt::format("/proc/{}/status", pid)));
+  const std::string key = field + ":";
   std::string line;
   while (std::getline(f, line))
-    if (line.rfind("VmRSS:", 0) == 0) {
+    if (line.rfind(key, 0) == 0) {
       try {
-        return std::stoul(line.substr(6));
+        return std::stoul(line.substr(key.size()));
       } catch (const std::exception&) {
         return 0;
       }
     }
   return 0;
 }
+
+unsigned long process_rss_kib(pid_t pid) { return process_status_kib(pid, "VmRSS"); }
 
 std::vector<pid_t> child_processes(pid_t parent, const std::string& comm) {
   std::vector<pid_t> out;

@@ -13,6 +13,9 @@ namespace hvtrace::bench {
 [[nodiscard]] double process_cpu_seconds(pid_t pid);
 // Resident set size of `pid` in KiB (VmRSS of /proc/<pid>/status); 0 if it cannot be read.
 [[nodiscard]] unsigned long process_rss_kib(pid_t pid);
+// One "<field>: N kB" line of /proc/<pid>/status in KiB (e.g. RssAnon: the process's private
+// memory, RssShmem: shared memory it touched); 0 if it cannot be read.
+[[nodiscard]] unsigned long process_status_kib(pid_t pid, const std::string& field);
 // The running children of `parent` whose command name (/proc/<pid>/comm) is `comm`.
 [[nodiscard]] std::vector<pid_t> child_processes(pid_t parent, const std::string& comm);
 

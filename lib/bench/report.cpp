@@ -116,11 +116,6 @@ std::optional<Interval> ratio_ci(const Setting& s, const std::string& col, const
   return bootstrap_ratio(s.series(col, key), s.series(base, key));
 }
 
-std::string pct(const std::optional<Interval>& i) {
-  if (!i) return "–";
-  return fmt::format("{:+.1f}% [{:+.1f}, {:+.1f}]", (i->point - 1) * 100, (i->lo - 1) * 100, (i->hi - 1) * 100);
-}
-
 std::string count_text(const std::vector<double>& v) {
   const Summary s = summarize(v);
   if (s.n == 0) return "–";
@@ -133,18 +128,6 @@ std::string time_text(const std::vector<double>& v) {
   if (s.n == 0) return "–";
   if (s.n == 1) return fmt::format("{:.2f}", s.mean);
   return fmt::format("{:.2f} / {:.2f} [{:.2f}–{:.2f}]", s.mean, s.median, s.min, s.max);
-}
-
-std::string verdict(const std::optional<Interval>& i, double target, bool upper_bound = true) {
-  if (!i) return "not measured";
-  if (upper_bound) {
-    if (i->hi <= target) return "**met**";
-    if (i->lo > target) return "**not met**";
-  } else {
-    if (i->lo >= target) return "**met**";
-    if (i->hi < target) return "**not met**";
-  }
-  return "undecidable within the noise";
 }
 
 const Setting* find_setting(const std::vector<Setting>& ss, const std::string& pti) {
@@ -205,9 +188,9 @@ Table1Report make_table1_report(const json& results) {
     row("guest time (s)", [&](const std::string& c) { return time_text(s.series(c, "guest_s")); });
     row("host wall time (s)", [&](const std::string& c) { return time_text(s.series(c, "wall_s")); });
     row("QEMU CPU time (s)", [&](const std::string& c) { return time_text(s.series(c, "qemu_cpu_s")); });
-    row("overhead vs none, guest clock", [&](const std::string& c) { return pct(ratio_ci(s, c, "none", "guest_s")); });
-    row("overhead vs none, host wall", [&](const std::string& c) { return pct(ratio_ci(s, c, "none", "wall_s")); });
-    row("overhead vs none, QEMU CPU", [&](const std::string& c) { return pct(ratio_ci(s, c, "none", "qemu_cpu_s")); });
+    row("overhead vs none, guest clock", [&](const std::string& c) { return percent_text(ratio_ci(s, c, "none", "guest_s")); });
+    row("overhead vs none, host wall", [&](const std::string& c) { return percent_text(ratio_ci(s, c, "none", "wall_s")); });
+    row("overhead vs none, QEMU CPU", [&](const std::string& c) { return percent_text(ratio_ci(s, c, "none", "qemu_cpu_s")); });
     row("monitored syscalls seen", [&](const std::string& c) { return count_text(s.series(c, "monitored_calls")); });
     row("CR3 events delivered", [&](const std::string& c) { return count_text(s.series(c, "cr3_events")); });
     row("events delivered (all kinds)", [&](const std::string& c) { return count_text(s.series(c, "events_delivered")); });
@@ -232,8 +215,8 @@ Table1Report make_table1_report(const json& results) {
     });
     if (s.has("none") && s.has("none2"))
       md += fmt::format("\nNoise floor (A/A: none2 vs none, same configuration): guest clock {}, host wall {}, QEMU CPU {}.\n",
-                        pct(ratio_ci(s, "none2", "none", "guest_s")), pct(ratio_ci(s, "none2", "none", "wall_s")),
-                        pct(ratio_ci(s, "none2", "none", "qemu_cpu_s")));
+                        percent_text(ratio_ci(s, "none2", "none", "guest_s")), percent_text(ratio_ci(s, "none2", "none", "wall_s")),
+                        percent_text(ratio_ci(s, "none2", "none", "qemu_cpu_s")));
   }
 
   // Targets of issue 10.
@@ -245,7 +228,7 @@ Table1Report make_table1_report(const json& results) {
                                              return x[0] / x[1];
                                            });
     md += fmt::format("| method 4 delivers ≥ 100x fewer CR3 events than method 3 (pti=on) | {} | {} |\n",
-                      cr3 ? fmt::format("{:.0f}x [{:.0f}, {:.0f}]", cr3->point, cr3->lo, cr3->hi) : "–", verdict(cr3, 100, false));
+                      cr3 ? fmt::format("{:.0f}x [{:.0f}, {:.0f}]", cr3->point, cr3->lo, cr3->hi) : "–", verdict_text(cr3, 100, false));
     const auto q = bootstrap_over_rounds({on->series("m4", "guest_s"), on->series("m3", "guest_s"), on->series("none", "guest_s")},
                                          [](const std::vector<double>& x) -> std::optional<double> {
                                            const double o3 = x[1] / x[2] - 1, o4 = x[0] / x[2] - 1;
@@ -254,13 +237,13 @@ Table1Report make_table1_report(const json& results) {
                                          });
     md += fmt::format("| method 4's overhead ≤ 1/18 of method 3's (pti=on, guest clock) | {} | {} |\n",
                       q ? fmt::format("{:.3f} [{:.3f}, {:.3f}] (1/18 = 0.056)", q->point, q->lo, q->hi) : "–",
-                      verdict(q, 1.0 / 18));
+                      verdict_text(q, 1.0 / 18));
   } else {
     md += "| method 4 vs method 3 with pti=on | not run (no pti=on setting) | not measured |\n";
   }
   for (const auto& s : settings) {
     const auto r = ratio_ci(s, "m5", "none", "guest_s");
-    md += fmt::format("| method 5 within 3% of none (pti={}) | {} | {} |\n", s.pti, pct(r), verdict(r, 1.03));
+    md += fmt::format("| method 5 within 3% of none (pti={}) | {} | {} |\n", s.pti, percent_text(r), verdict_text(r, 1.03));
   }
   for (const auto& s : settings) {
     const auto q = bootstrap_over_rounds({s.series("m5", "guest_s"), s.series("strace", "guest_s"), s.series("none", "guest_s")},
@@ -270,7 +253,7 @@ Table1Report make_table1_report(const json& results) {
                                            return o5 / os;
                                          });
     md += fmt::format("| default method (5) has ≤ 1/10 of strace -f's overhead (pti={}) | {} | {} |\n", s.pti,
-                      q ? fmt::format("{:.3f} [{:.3f}, {:.3f}]", q->point, q->lo, q->hi) : "–", verdict(q, 0.1));
+                      q ? fmt::format("{:.3f} [{:.3f}, {:.3f}]", q->point, q->lo, q->hi) : "–", verdict_text(q, 0.1));
   }
   md += "| sync event ≥ 100x cheaper than a gdb-stub round trip | see `hvtrace bench events` | – |\n";
   md += "| 4 guests, method 5 per-VM overhead ≤ 5% | measured by `hvtrace bench scale` (scale.md) | – |\n";

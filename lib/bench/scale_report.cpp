@@ -58,11 +58,6 @@ std::vector<double> all_values(const std::map<unsigned, std::vector<json>>& roun
   return v;
 }
 
-std::string pct(const std::optional<Interval>& i) {
-  if (!i) return "–";
-  return fmt::format("{:+.1f}% [{:+.1f}, {:+.1f}]", (i->point - 1) * 100, (i->lo - 1) * 100, (i->hi - 1) * 100);
-}
-
 std::string median_text(const std::vector<double>& v, double scale = 1, const char* f = "{:.2f}") {
   const Summary s = summarize(v);
   if (s.n == 0) return "–";
@@ -106,7 +101,7 @@ std::string make_scale_report(const json& results) {
     double lost = 0;
     for (const double x : all_values(traced, "lost")) lost += x;
     md += fmt::format("| {} | {} | {} | {} | {} | {} | {} | {} | {:.0f} |\n", n, median_text(all_values(idle, "guest_s")),
-                      median_text(all_values(traced, "guest_s")), pct(g), pct(c), vs1,
+                      median_text(all_values(traced, "guest_s")), percent_text(g), percent_text(c), vs1,
                       median_text(all_values(traced, "tracer_peak_rss_kib"), 1.0 / 1024, "{:.1f}"),
                       median_text(all_values(traced, "qemu_rss_kib"), 1.0 / 1024, "{:.0f}"), lost);
   }

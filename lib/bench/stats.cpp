@@ -1,5 +1,7 @@
 #include "bench/stats.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -64,6 +66,23 @@ std::optional<Interval> bootstrap_ratio(const std::vector<double>& num_in, const
   out.lo = at(a);
   out.hi = at(1 - a);
   return out;
+}
+
+std::string percent_text(const std::optional<Interval>& i) {
+  if (!i) return "–";
+  return fmt::format("{:+.1f}% [{:+.1f}, {:+.1f}]", (i->point - 1) * 100, (i->lo - 1) * 100, (i->hi - 1) * 100);
+}
+
+std::string verdict_text(const std::optional<Interval>& i, double target, bool upper_bound) {
+  if (!i) return "not measured";
+  if (upper_bound) {
+    if (i->hi <= target) return "**met**";
+    if (i->lo > target) return "**not met**";
+  } else {
+    if (i->lo >= target) return "**met**";
+    if (i->hi < target) return "**not met**";
+  }
+  return "undecidable within the noise";
 }
 
 }  // namespace hvtrace::bench

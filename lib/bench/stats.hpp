@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <vector>
 
 namespace hvtrace::bench {
@@ -24,5 +25,12 @@ struct Interval {
 [[nodiscard]] std::optional<Interval> bootstrap_ratio(const std::vector<double>& num, const std::vector<double>& den,
                                                       unsigned resamples = 4000, double level = 0.95,
                                                       std::uint64_t seed = 0x5eed);
+
+// "+1.2% [-0.5, +3.0]": a ratio interval as an overhead in percent; "–" without one.
+[[nodiscard]] std::string percent_text(const std::optional<Interval>& i);
+// A target judged on the whole interval: "**met**" when all of it is on the right side of `target`
+// (at or below it when `upper_bound`, at or above it otherwise), "**not met**" when all of it is on
+// the wrong side, else "undecidable within the noise"; "not measured" without an interval.
+[[nodiscard]] std::string verdict_text(const std::optional<Interval>& i, double target, bool upper_bound = true);
 
 }  // namespace hvtrace::bench

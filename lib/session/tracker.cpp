@@ -432,8 +432,8 @@ struct Tracker::Impl {
     s.cmd.reset();
   }
 
-  void follow(const Session& s, const std::string& line) {
-    if (cfg.follow) cfg.follow(fmt::format("[{}] {}@{} $ {}", s.sid, user_text(s), client_text(s), shorten(line, 1000)));
+  void follow(const Session& s, const std::string& line, std::uint64_t ns) {
+    if (cfg.follow) cfg.follow(fmt::format("[{}] {}@{} $ {}", s.sid, user_text(s), client_text(s), shorten(line, 1000)), ns);
   }
 
   void open_command(Session& s, const std::string& line, bool truncated, std::uint64_t ns) {
@@ -446,7 +446,7 @@ struct Tracker::Impl {
     emit(s, "cowrie.command.input", ns, std::move(f));
     s.w->transcript(fmt::format("\n[{}] {}@{} $ {}{}\n", s.w->iso(ns), user_text(s), client_text(s), text,
                                 truncated ? fmt::format(" [hvtrace: line cut at {} bytes]", cfg.max_line_bytes) : ""));
-    follow(s, text);
+    follow(s, text, ns);
     Command c;
     c.line = text.size() > 4096 ? text.substr(0, 4096) : text;
     c.ns = ns;

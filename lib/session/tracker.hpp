@@ -42,7 +42,9 @@ struct TrackerConfig {
   std::uint32_t max_line_bytes = 64 << 10;     // one command line as entered
   std::uint32_t max_processes = 4096;          // tracked per session (a fork storm is counted, not kept)
   std::uint16_t dst_port = 22;                 // the server's port as the client sees it
-  std::function<void(const std::string&)> follow;   // --follow: one line per command, as it happens
+  // --follow: one line per command, as it happens, with the host CLOCK_MONOTONIC time of the
+  // guest event that completed it (the terminal write carrying the Enter key).
+  std::function<void(const std::string& line, std::uint64_t event_ns)> follow;
   // Every event, the same object as its events.jsonl line, as it is written (e.g. to publish it).
   std::function<void(const nlohmann::json&)> on_event;
   // A session ended: its directory now holds the finished transcript.txt and session.cast.

@@ -59,7 +59,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   cfg.max_open_sessions = 4;
   cfg.max_fds = 8;
   cfg.max_process_events = 32;
-  cfg.follow = [](const std::string&) {};
+  cfg.follow = [](const std::string&, std::uint64_t) {};
   Input in{data, size};
   std::uint64_t now = 1'000'000;
   {

@@ -1,33 +1,25 @@
 // `hvtrace bench table1 --quick`: one round, one iteration, pti off, every column. Asserts only
 // that every column completed and that the counts are consistent with each other; the timings are
 // printed for a person, never asserted (2 shared cores: they are noise here).
-#include "vm/process.hpp"
+#include "quick_run.hpp"
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
-#include <unistd.h>
 
 #include <filesystem>
-#include <fstream>
 #include <map>
 
 namespace hvtrace {
 namespace {
 
 using nlohmann::json;
-using namespace std::chrono_literals;
 
 TEST(BenchTable1, QuickRunCompletesWithConsistentCounts) {
-  const auto dir = std::filesystem::temp_directory_path() / fmt::format("hvtrace-bench-test-{}", getpid());
-  std::filesystem::remove_all(dir);
-  auto r = vm::run_process({HVTRACE_BIN, "bench", "table1", "--quick", "-o", dir.string()}, 840s);
-  ASSERT_TRUE(r) << r.error().message;
-  std::cout << r->out << "\n--- stderr ---\n" << r->err << "\n";
-  EXPECT_EQ(r->exit_code, 0) << r->err;
-  std::ifstream f(dir / "results.json");
-  ASSERT_TRUE(f.good()) << "no results.json in " << dir;
-  const json results = json::parse(f);
+  const auto q = run_quick_bench("table1");
+  ASSERT_FALSE(q.results.is_null());
+  const auto& dir = q.dir;
+  const json& results = q.results;
   EXPECT_TRUE(std::filesystem::exists(dir / "table1.md"));
   EXPECT_TRUE(std::filesystem::exists(dir / "table1.svg")) << "gnuplot did not draw the chart";
 

@@ -4,6 +4,7 @@
 #include "bench/gdb_rsp.hpp"
 #include "bench/report.hpp"
 #include "bench/scale_report.hpp"
+#include "bench/session_report.hpp"
 #include "bench/stats.hpp"
 
 #include <arpa/inet.h>
@@ -274,6 +275,65 @@ TEST(ScaleReport, ChecksFlagFailedRunsLossAndDisagreeingCounts) {
   EXPECT_NE(all.find("different numbers of monitored calls"), std::string::npos) << all;
   r["runs"].erase(r["runs"].size() - 1);
   EXPECT_NE(check_scale_counts(r).size(), p.size());
+}
+
+// `bench session` results: rounds of idle (10 s), session (+2%) and publish (+2% + 0.5%), all watched
+// runs clean, plus a flat RSS run.
+nlohmann::json session_results(unsigned rounds) {
+  nlohmann::json r = {{"command", "hvtrace bench session"}, {"config", {{"rounds", rounds}, {"iterations", 1}, {"commands_typed", 5},
+                                                                        {"typing", "10-30"}}}};
+  r["runs"] = nlohmann::json::array();
+  for (unsigned i = 0; i < rounds; ++i)
+    for (const char* arm : {"idle", "session", "publish"}) {
+      const double f = std::string(arm) == "idle" ? 1.0 : std::string(arm) == "session" ? 1.02 : 1.02 * 1.005;
+      nlohmann::json run = {{"arm", arm}, {"round", i}, {"ok", true}, {"qemu_cpu_s", 10.0 * f}, {"guest_s", 5.0}, {"wall_s", 12.0}};
+      if (std::string(arm) != "idle") {
+        run.update({{"sessions", 1}, {"commands", 5}, {"follow_count", 5}, {"lost", 0}, {"follow_median_ms", 1.5},
+                    {"follow_max_ms", 4.0 + i}, {"watcher_peak_rss_kib", 20480}, {"watcher_cpu_s", 0.5}, {"events_delivered", 9000}});
+        if (std::string(arm) == "publish") run.update({{"published", 300}, {"acked", 300}, {"publish_dropped", 0}, {"spool_left", 0}});
+      }
+      r["runs"].push_back(run);
+    }
+  r["rss_run"] = {{"ok", true}, {"minutes", 10}, {"rss_10s_kib", 20000}, {"rss_max_kib", 20500}, {"rss_end_kib", 20400}, {"lost", 0}};
+  return r;
+}
+
+TEST(SessionReport, ArmsOverheadsAndTargets) {
+  const auto md = make_session_report(session_results(3));
+  EXPECT_NE(md.find("| QEMU CPU vs idle | – | +2.0% [+2.0, +2.0] | +2.5% [+2.5, +2.5] |"), std::string::npos) << md;
+  EXPECT_NE(md.find("| QEMU CPU vs session | – | – | +0.5% [+0.5, +0.5] |"), std::string::npos) << md;
+  EXPECT_NE(md.find("| watching costs ≤ 3% QEMU CPU over the unwatched run | +2.0% [+2.0, +2.0] | **met** |"), std::string::npos) << md;
+  EXPECT_NE(md.find("max 6.0 ms over 30 commands"), std::string::npos) << md;
+  EXPECT_NE(md.find("VmRSS: 19.5 MiB at 10 s, 19.9 MiB at the end, max 20.0 MiB (+2.5% over 10 s) | **met**"), std::string::npos) << md;
+  // With RssAnon recorded, flatness is judged on it (VmRSS also counts guest RAM pages read).
+  auto r = session_results(3);
+  r["rss_run"].update({{"anon_10s_kib", 10240}, {"anon_max_kib", 10240}, {"anon_end_kib", 10240}, {"rss_max_kib", 40000}});
+  const auto md2 = make_session_report(r);
+  EXPECT_NE(md2.find("RssAnon: 10.0 MiB at 10 s, 10.0 MiB at the end, max 10.0 MiB (+0.0% over 10 s); VmRSS 19.5 / 19.9 / max 39.1 MiB | **met**"),
+            std::string::npos)
+      << md2;
+  EXPECT_NE(md.find("| publishing adds ≤ 1% QEMU CPU over the same watched session | +0.5% [+0.5, +0.5] | **met** |"), std::string::npos)
+      << md;
+  EXPECT_TRUE(check_session_counts(session_results(3)).empty());
+}
+
+TEST(SessionReport, ChecksFlagFailuresLossMissedCommandsAndUnackedMessages) {
+  auto r = session_results(2);
+  r["runs"][0]["ok"] = false;
+  r["runs"][0]["error"] = "boom";
+  r["runs"][1]["lost"] = 7;
+  r["runs"][1]["commands"] = 4;
+  r["runs"][2]["spool_left"] = 3;
+  r["rss_run"]["rss_max_kib"] = 30000;
+  std::string all;
+  for (const auto& p : check_session_counts(r)) all += p + "\n";
+  EXPECT_NE(all.find("boom"), std::string::npos) << all;
+  EXPECT_NE(all.find("7 events lost"), std::string::npos) << all;
+  EXPECT_NE(all.find("4 commands recorded, 5 typed"), std::string::npos) << all;
+  EXPECT_NE(all.find("publishing incomplete"), std::string::npos) << all;
+  const auto md = make_session_report(r);
+  EXPECT_NE(md.find("| zero events lost | 7 lost over every watched run | **not met** |"), std::string::npos) << md;
+  EXPECT_NE(md.find("**not met** (max > 10-s value + 5%)"), std::string::npos) << md;
 }
 
 }  // namespace

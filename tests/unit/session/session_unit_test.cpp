@@ -4,6 +4,7 @@
 // typo corrected, commands and their output, a file written, a wget download, an sftp upload,
 // logout — checked in the files a user reads: transcript.txt, session.cast (asciicast v2),
 // events.jsonl (Cowrie's event ids), files/<sha256>. Then concurrency and hostile input.
+#include "session/latency.hpp"
 #include "session/text.hpp"
 #include "session/tracker.hpp"
 
@@ -271,10 +272,14 @@ void scripted_session(Guest& g, Tracker& t) {
 
 TEST(SessionEngine, ScriptedInteractiveSessionGivesTranscriptCastAndCowrieEvents) {
   std::vector<std::string> followed;
+  std::vector<std::uint64_t> followed_ns;
   TrackerConfig cfg;
   cfg.sensor = "lab";
   cfg.realtime_offset_ns = 1'780'000'000'000'000'000;
-  cfg.follow = [&](const std::string& l) { followed.push_back(l); };
+  cfg.follow = [&](const std::string& l, std::uint64_t ns) {
+    followed.push_back(l);
+    followed_ns.push_back(ns);
+  };
   Rig r(cfg);
   auto& [dir, t, g] = r;
   scripted_session(g, t);
@@ -390,6 +395,31 @@ TEST(SessionEngine, ScriptedInteractiveSessionGivesTranscriptCastAndCowrieEvents
 
   ASSERT_EQ(followed.size(), 6u);
   EXPECT_EQ(followed[0], fmt::format("[{}] root@10.0.2.2:51234 $ ls -l", sid));
+  // Each line carries the time of the terminal write that completed it (the clock starts at 1 s and
+  // advances 1 ms per call): after the start, in order, one distinct event per command.
+  ASSERT_EQ(followed_ns.size(), 6u);
+  EXPECT_GT(followed_ns[0], 1'000'000'000u);
+  for (std::size_t i = 1; i < followed_ns.size(); ++i) EXPECT_GT(followed_ns[i], followed_ns[i - 1]);
+}
+
+TEST(SessionFollowLatency, MedianMaxCountAndBound) {
+  FollowLatency l;
+  EXPECT_EQ(l.summary(), "no command printed");
+  EXPECT_EQ(l.median_ns(), 0u);
+  l.add(1'000'000, 3'000'000);     // 2 ms
+  l.add(5'000'000, 4'000'000);     // printed "before" its event (clocks of two processes): 0
+  l.add(0, 250'000'000);           // 250 ms
+  EXPECT_EQ(l.count(), 3u);
+  EXPECT_EQ(l.max_ns(), 250'000'000u);
+  EXPECT_EQ(l.median_ns(), 2'000'000u);
+  l.add(0, 4'000'000);             // 4 ms: even count, median between 2 and 4
+  EXPECT_EQ(l.median_ns(), 3'000'000u);
+  EXPECT_EQ(l.summary(), "median 3.0 ms, max 250.0 ms over 4 command(s) (1 over 100 ms)");
+  // Memory is bounded: past kKept samples only count and max grow.
+  for (std::size_t i = 0; i < FollowLatency::kKept + 10; ++i) l.add(0, 1'000'000);
+  EXPECT_EQ(l.count(), FollowLatency::kKept + 14);
+  EXPECT_EQ(l.max_ns(), 250'000'000u);
+  EXPECT_EQ(l.median_ns(), 1'000'000u);
 }
 
 TEST(SessionEngine, CommandWithoutPtyAndSftpUpload) {
