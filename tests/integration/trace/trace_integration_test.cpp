@@ -205,6 +205,50 @@ TEST_F(Trace, TenThousandCallsMatchTheGuestsStrace) {
   EXPECT_EQ(mine, truth);
 }
 
+// A real 32-bit program (tests/integration/monitor/guest/elf32.c writes it: a static ELF32 i386
+// executable, no libc) enters through `int $0x80`, the vDSO's __kernel_vsyscall and, in a forked
+// child, a direct `sysenter`: trace -f prints every call with its i386 name and decoded arguments,
+// marked [i386], and sees what the guest's strace sees (which reports "runs in 32 bit mode").
+TEST_F(Trace, A32BitProgramsCallsHaveTheirI386NamesLikeTheGuestsStrace) {
+  std::ifstream f(HVTRACE_ELF32_SOURCE);
+  std::stringstream src;
+  src << f.rdbuf();
+  ASSERT_FALSE(src.str().empty()) << HVTRACE_ELF32_SOURCE;
+  guest("cat > /tmp/elf32gen.c <<'HVTRACE_EOF'\n" + src.str() + "HVTRACE_EOF\ntcc -o /tmp/elf32gen /tmp/elf32gen.c && /tmp/elf32gen /tmp/elf32");
+  auto [mine, truth] = both({"/tmp/elf32"}, true);
+  const std::string text = slurp(::testing::TempDir() + "hvtrace-trace.txt");
+  // Lines as strace prints them, with trace's [i386] mark (the padding to column 40 aside).
+  for (const char* want : {R"(open\("/tmp/elf32-out", O_WRONLY\|O_CREAT\|O_TRUNC, 0644\) += 3 \[i386\])",
+                           R"(write\(3, "elf32-int80\\n", 12\) += 12 \[i386\])",
+                           R"(write\(1, "elf32-int80\\n", 12\) += 12 \[i386\])",
+                           R"(write\(1, "elf32-vdso\\n", 11\) += 11 \[i386\])",
+                           R"(write\(1, "elf32-sysenter\\n", 15\) += 15 \[i386\])",
+                           R"(fork\(\) += \d+ \[i386\])",
+                           R"(waitpid\(\d+, 0x[0-9a-f]+, 0\) += \d+ \[i386\])",
+                           R"(close\(3\) += 0 \[i386\])",
+                           R"(exit\(0\) += \? \[i386\])",
+                           R"(exit\(42\) += \? \[i386\])",
+                           R"(\+\+\+ exited with 42 \+\+\+)"})
+    EXPECT_TRUE(std::regex_search(text, std::regex(want))) << want << " not in:\n" << text;
+  const std::string strace_text = guest("cat /tmp/strace.txt");
+  // strace says so in its trace when written to stderr (not into an -o file).
+  EXPECT_NE(guest("strace /tmp/elf32 2>&1 >/dev/null | grep 'runs in 32 bit mode'").find("runs in 32 bit mode"), std::string::npos);
+  // Call by call what strace saw, per process; the [i386] mark is trace's own, and fork's and
+  // waitpid's pids and waitpid's status (strace decodes it, trace prints the pointer) differ.
+  const auto normalize = [](std::vector<Line> v) {
+    for (auto& l : v) {
+      if (l.ret.size() > 7 && l.ret.ends_with(" [i386]")) l.ret.resize(l.ret.size() - 7);
+      if (l.name == "waitpid") l.ret = "*";
+    }
+    return by_process(v);
+  };
+  const auto m = normalize(mine), t = normalize(truth);
+  ASSERT_EQ(m.size(), 2u) << text;
+  EXPECT_EQ(m, t) << text << "\nstrace:\n" << strace_text;
+  ASSERT_FALSE(m[0].empty());
+  EXPECT_EQ(m[0].front().name, "execve") << "the 64-bit execve that started it";
+}
+
 TEST_F(Trace, FollowsAPipelinesChildren) {
   auto [mine, truth] = both({"sh", "-c", "cat /etc/passwd | grep root | wc -l"}, true);
   const auto m = by_process(mine), t = by_process(truth);
