@@ -510,6 +510,54 @@ TEST_F(Monitor, EveryDoorOfARealI386ProgramAndItsVdsoIsDelivered) {
   EXPECT_TRUE(after_marker) << "the shell's 64-bit write after the 32-bit program";
 }
 
+// A call that blocks on one vCPU and returns on the other (guest/migrate.c: a child blocked in
+// read(2) is moved to the other CPU before the parent writes): every read's exit is paired with
+// its entry — read's number, the bytes read captured at the exit — though the two came through
+// different vCPUs' rings, and the entry is handed over before the exit. (Entries used to pair only
+// with exits on their own vCPU: such an exit came unpaired, without its bytes.)
+TEST_F(Monitor, ACallThatResumesOnAnotherVcpuIsPairedWithItsEntry) {
+  if (HVTRACE_MON_SMP < 2) GTEST_SKIP() << "needs 2 vCPUs (monitor_smp2_integration_tests runs it)";
+  ASSERT_TRUE(compile_in_guest(HVTRACE_MIGRATE_SOURCE, "/tmp/migrate"));
+  (void)since(gen_);
+  constexpr int kRounds = 20;
+  const std::string out = run("/tmp/migrate " + std::to_string(kRounds) + "; echo rc=$?");
+  ASSERT_NE(out.find("migrate-019\nrc=0\n"), std::string::npos) << out;
+  const auto evs = since(gen_, 500ms);
+  // dtb -> the read entries not yet returned: (ring, seq)
+  std::map<std::uint64_t, std::vector<std::pair<unsigned, std::uint64_t>>> open_reads;
+  std::set<std::string> paired;
+  int unpaired = 0, moved = 0, exit_before_entry = 0, wrong_entry = 0;
+  for (const auto& e : evs) {
+    ASSERT_NE(e.type, RecordType::kLost);
+    if (e.type == RecordType::kSyscallEntry && e.syscall_abi() == abi::SyscallAbi::kX86_64 && e.entry.nr == 0)
+      open_reads[e.dtb().value].emplace_back(e.ring, e.seq);
+    if (e.type != RecordType::kSyscallExit) continue;
+    const bool ours = e.captures.size() == 1 && e.captures[0].data.rfind("migrate-", 0) == 0;
+    if (!ours) {
+      unpaired += e.exit.nr == -1 && e.exit.ret == 12;   // "migrate-NNN\n" read without its entry
+      continue;
+    }
+    EXPECT_EQ(e.exit.nr, 0) << e.captures[0].data;
+    auto& reads = open_reads[e.dtb().value];
+    if (reads.empty()) {
+      ++exit_before_entry;
+      continue;
+    }
+    // Paired with *this* call's entry, not a stale one of the same thread left on the other vCPU.
+    wrong_entry += e.exit.entry_seq != reads.back().second;
+    moved += reads.back().first != e.ring;
+    reads.pop_back();
+    paired.insert(e.captures[0].data);
+  }
+  EXPECT_EQ(paired.size(), static_cast<std::size_t>(kRounds)) << "reads paired with their bytes";
+  EXPECT_EQ(unpaired, 0);
+  EXPECT_EQ(exit_before_entry, 0) << "an exit handed over before its entry";
+  EXPECT_EQ(wrong_entry, 0) << "exits paired with an older entry of the same thread";
+  // The program moves the reader before every wake-up; the kernel may still run a wake-up on the
+  // old CPU now and then, but most calls must have crossed.
+  EXPECT_GE(moved, kRounds / 2) << "the reads did not move between vCPUs: the test proves nothing";
+}
+
 TEST_F(Monitor, WriteArrivesWithItsBytesAndReadAtExit) {
   run("echo hvtrace-marker-4242; printf '%0300d\\n' 0 >/dev/null; head -n 1 /proc/version >/dev/null");
   const auto evs = since(gen_);
