@@ -205,7 +205,7 @@ std::string make_session_report(const json& results) {
     md += fmt::format("\n## RSS run\n\n{}\n", rr.value("ok", false) ? "" : fmt::format("FAILED: {}\n", rr.value("error", "?")));
     md += fmt::format("`hvtrace session --follow` watched one session for {:g} min ({:.0f} s of client session) in which a shell "
                       "loop printed directory listings (ls -laR /usr/include) and /etc/passwd and ran the jansson workload again and again; the "
-                      "watcher's VmRSS sampled every second (rss.tsv). Sessions / commands recorded: {} / {}; events delivered: "
+                      "watcher's VmRSS and RssAnon sampled every second (rss.tsv). Sessions / commands recorded: {} / {}; events delivered: "
                       "{}; lost: {}; bytes the client's terminal received: {}; watcher CPU: {:.1f} s.\n",
                       rr.value("minutes", 0.0), rr.value("wall_s", 0.0), rr.value("sessions", 0), rr.value("commands", 0),
                       rr.value("events_delivered", 0.0), rr.value("lost", 0.0), rr.value("output_bytes", 0.0), rr.value("watcher_cpu_s", 0.0));
