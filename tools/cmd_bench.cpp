@@ -1350,6 +1350,13 @@ void run_session_bench(SessionBenchOptions o) {
   vm::fs::remove_all(b.work, ec);
   vm::fs::create_directories(b.work, ec);
   if (ec) throw UserError(fmt::format("{}: {}", b.work.string(), ec.message()));
+  struct RemovedAtExit {   // on every way out (errors too); declared before the NATS server that writes in it
+    vm::fs::path dir;
+    ~RemovedAtExit() {
+      std::error_code e;
+      vm::fs::remove_all(dir, e);
+    }
+  } work_cleanup{b.work};
   b.script = b.work / "bench.session";
   {
     std::string text;
@@ -1433,7 +1440,6 @@ void run_session_bench(SessionBenchOptions o) {
   (void)mon->vm->shutdown();
   if (plain) (void)plain->vm->shutdown();
   nats.reset();
-  vm::fs::remove_all(b.work, ec);
   save();
   const std::string md = bench::make_session_report(results);
   write_file(dir / "session.md", md);
