@@ -235,14 +235,19 @@ EntryRegs read_entry_regs(Vcpu& v, abi::Door door) {
   return r;
 }
 
-// The open entry of the thread (dtb, rsp), removed from this vCPU's table or, for a thread that
-// blocked on another vCPU and resumed here, from that vCPU's.
-std::optional<OpenCall> take_open(Monitor& m, unsigned vcpu, std::uint64_t dtb, std::uint64_t rsp) {
-  if (auto c = m.vcpus[vcpu].open.take(dtb, rsp)) return c;
+// The open entry of the thread (dtb, rsp) in another vCPU's table than `vcpu`'s, removed.
+std::optional<OpenCall> take_elsewhere(Monitor& m, unsigned vcpu, std::uint64_t dtb, std::uint64_t rsp) {
   for (unsigned w = 0; w < m.max_vcpus; ++w)
     if (w != vcpu)
       if (auto c = m.vcpus[w].open.take(dtb, rsp)) return c;
   return std::nullopt;
+}
+
+// The open entry of the thread (dtb, rsp), removed from this vCPU's table or, for a thread that
+// blocked on another vCPU and resumed here, from that vCPU's.
+std::optional<OpenCall> take_open(Monitor& m, unsigned vcpu, std::uint64_t dtb, std::uint64_t rsp) {
+  if (auto c = m.vcpus[vcpu].open.take(dtb, rsp)) return c;
+  return take_elsewhere(m, vcpu, dtb, rsp);
 }
 
 void on_entry_body(Monitor& m, unsigned vcpu, abi::Door door) {
@@ -296,8 +301,8 @@ void on_entry_body(Monitor& m, unsigned vcpu, abi::Door door) {
     // Recorded after the event is out: the thread cannot return before this callback ends. A
     // stale entry of the same thread in another vCPU's table (an exit never seen there) goes
     // first, so a later return cannot pair with it.
-    for (unsigned w = 0; w < m.max_vcpus; ++w)
-      if (w != vcpu) (void)m.vcpus[w].open.take(dtb, d.user_rsp);
+    while (take_elsewhere(m, vcpu, dtb, d.user_rsp)) {   // bounded: each pass empties a slot
+    }
     (void)v.open.put(call);   // false: every slot held by other vCPUs that instant; its exit comes unpaired
   }
   release_cfg(v);

@@ -281,39 +281,20 @@ std::optional<unsigned> EventReader::oldest_ring() {
 }
 
 Result<std::size_t> EventReader::poll(const std::function<void(const Event&)>& fn, std::size_t max) {
+  // The oldest record of all rings first, so a call that blocked on one vCPU and returned on
+  // another is handed over entry first (one ring: simply in order). Each pick looks at every ring
+  // twice: a ring found empty the first time may have received an older record (published before
+  // the one seen in a later ring) by the second look.
   std::size_t handled = 0;
   Event e;
-  if (consumers_.size() > 1) {
-    // Several vCPUs: the oldest record of all rings first, so a call that blocked on one vCPU and
-    // returned on another is handed over entry first. Each pick looks at every ring twice: a ring
-    // found empty the first time may have received an older record (published before the one seen
-    // in a later ring) by the second look.
-    while (handled < max) {
-      if (!oldest_ring()) break;
-      const auto ring = oldest_ring();
-      auto r = next(*ring, &e);
-      if (!r) return r.error();
-      if (!*r) continue;
-      ++handled;
-      fn(e);
-      if (auto_ack_ && e.sync()) consumers_[*ring].ack(e.seq);
-    }
-    return handled;
-  }
-  bool any = true;
-  while (any && handled < max) {
-    any = false;
-    for (unsigned k = 0; k < consumers_.size() && handled < max; ++k) {
-      const unsigned ring = (rr_ + k) % static_cast<unsigned>(consumers_.size());
-      auto r = next(ring, &e);
-      if (!r) return r.error();
-      if (!*r) continue;
-      any = true;
-      ++handled;
-      fn(e);
-      if (auto_ack_ && e.sync()) consumers_[ring].ack(e.seq);
-    }
-    rr_ = (rr_ + 1) % static_cast<unsigned>(consumers_.size());
+  while (handled < max && oldest_ring()) {
+    const unsigned ring = *oldest_ring();
+    auto r = next(ring, &e);
+    if (!r) return r.error();
+    if (!*r) continue;
+    ++handled;
+    fn(e);
+    if (auto_ack_ && e.sync()) consumers_[ring].ack(e.seq);
   }
   return handled;
 }

@@ -106,7 +106,6 @@ class EventReader {
   std::uint8_t* base_ = nullptr;
   std::size_t size_ = 0;
   std::vector<abi::RingConsumer> consumers_;
-  unsigned rr_ = 0;
   bool auto_ack_ = true;
 };
 
