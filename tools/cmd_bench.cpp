@@ -1499,7 +1499,7 @@ void add_bench_command(CLI::App& app) {
       ->capture_default_str();
   sess->add_option("--minutes", ss->minutes, "then one watched session of this many minutes with continuous output: the "
                                              "watcher's RSS every second (0: skip; --quick: 0.5)")->capture_default_str();
-  sess->add_option("--typing", ss->typing, "milliseconds per key, MIN-MAX (scripts/attacker --delay)")->capture_default_str();
+  sess->add_option("--typing", ss->typing, "milliseconds per key, MIN-MAX (scripts/attacker --delay)")->capture_default_str()->check(typing_error);
   sess->add_flag("--quick", ss->quick, "one round of one iteration and a 30-s RSS run (the test suite's run)");
   sess->add_option("--boot-timeout", ss->boot_timeout_s, "seconds to wait for the guest's SSH")->capture_default_str();
   sess->add_option("--report", ss->report_from, "run nothing: write session.md (in -o DIR) again from this results.json");

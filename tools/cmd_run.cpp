@@ -226,7 +226,7 @@ void add_run_command(CLI::App& app) {
   cmd->add_option("--serve", o->serve_dir,
                   "directory served to the guest as http://10.0.2.100/ (default: the script's directory)");
   cmd->add_option("-o,--output-dir", o->out_dir, "where the sessions go (default: hvtrace-sessions/<date-time>)");
-  cmd->add_option("--typing", o->typing, "milliseconds per key, MIN-MAX")->capture_default_str();
+  cmd->add_option("--typing", o->typing, "milliseconds per key, MIN-MAX")->capture_default_str()->check(typing_error);
   cmd->add_option("-c,--command", o->command,
                   "instead of the honeypot: run this shell command in the guest (as root), list the guest's processes "
                   "from its memory and report the timings");

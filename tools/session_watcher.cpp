@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
@@ -96,5 +97,14 @@ double SessionWatcher::cpu_seconds() const {
 
 std::string SessionWatcher::output() const { return read_all(out_); }
 std::string SessionWatcher::log() const { return read_all(log_); }
+
+std::string typing_error(const std::string& v) {
+  unsigned lo = 0, hi = 0;
+  char dash = 0, rest = 0;
+  if (std::sscanf(v.c_str(), "%u%c%u%c", &lo, &dash, &hi, &rest) != 3 || dash != '-' || v.find_first_not_of("0123456789-") != std::string::npos)
+    return "'" + v + "' is not MIN-MAX milliseconds per key (e.g. 20-100)";
+  if (lo > hi) return "'" + v + "': MIN is above MAX";
+  return "";
+}
 
 }  // namespace hvtrace::tools

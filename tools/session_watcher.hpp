@@ -47,4 +47,8 @@ class SessionWatcher {
   rusage usage_{};
 };
 
+// The check of a --typing value (milliseconds per key, MIN-MAX, as scripts/attacker --delay takes
+// it) for CLI11's check(): empty if valid, else why, before any guest is booted.
+std::string typing_error(const std::string& v);
+
 }  // namespace hvtrace::tools

@@ -55,6 +55,13 @@ TEST(CliUsage, GuestForwardToAnythingButTheHostsLoopbackIsRefused) {
   expect_one_line_user_error(hvtrace({"vm", "up", "--guestfwd", "tcp:10.0.2.2:80-127.0.0.1:8080"}), "is taken");
 }
 
+TEST(CliUsage, TypingSpeedIsCheckedBeforeAnyGuestBoots) {
+  // Before: the guest booted and every run of `bench session` failed inside scripts/attacker.
+  expect_one_line_user_error(hvtrace({"bench", "session", "--typing", "x"}), "--typing: 'x' is not MIN-MAX milliseconds per key");
+  expect_one_line_user_error(hvtrace({"bench", "session", "--typing", "30-10"}), "MIN is above MAX");
+  expect_one_line_user_error(hvtrace({"run", "--typing", "5-"}), "--typing: '5-' is not MIN-MAX");
+}
+
 TEST(CliUsage, MissingCommandIsAUserError) {
   expect_one_line_user_error(hvtrace({}), "a command is required");
   expect_one_line_user_error(hvtrace({"vm", "exec"}), "(try hvtrace vm exec --help)");
