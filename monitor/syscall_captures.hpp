@@ -88,6 +88,7 @@ inline constexpr SyscallCaptures kCaptureTable[] = {
     {0, 16, false, 1, {{2, K::kBuffer, kFixedLen, 8}}},             // ioctl: 8 bytes at arg (TIOCSWINSZ's winsize; may be no pointer: a fault is flagged)
     {0, 22, true, 1, {{0, K::kBuffer, kFixedLen, 8}}},              // pipe: the two fds
     {0, 293, true, 1, {{0, K::kBuffer, kFixedLen, 8}}},             // pipe2: the two fds
+    {0, 61, true, 1, {{1, K::kBuffer, kFixedLen, 4}}},              // wait4: the int status
     // i386 numbers (int $0x80, sysenter, compat syscall); pointers are 32-bit
     {1, 3, true, 1, {{1, K::kBuffer, -1}}},                      // read
     {1, 4, false, 1, {{1, K::kBuffer, 2}}},                      // write
@@ -119,6 +120,10 @@ inline constexpr SyscallCaptures kCaptureTable[] = {
     {1, 358, false, 3, {{1, K::kString, 0}, {2, K::kArgv, 0}, {3, K::kArgv, kCountOnly}}},  // execveat
     {1, 383, false, 1, {{1, K::kString, 0}}},                    // statx
     {1, 439, false, 1, {{1, K::kString, 0}}},                    // faccessat2
+    {1, 7, true, 1, {{1, K::kBuffer, kFixedLen, 4}}},            // waitpid: the int status
+    {1, 114, true, 1, {{1, K::kBuffer, kFixedLen, 4}}},          // wait4: the int status
+    {1, 42, true, 1, {{0, K::kBuffer, kFixedLen, 8}}},           // pipe: the two fds
+    {1, 331, true, 1, {{0, K::kBuffer, kFixedLen, 8}}},          // pipe2: the two fds
 };
 
 constexpr const SyscallCaptures* find_captures(unsigned table, std::uint64_t nr, bool at_exit) {

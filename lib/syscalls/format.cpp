@@ -455,6 +455,33 @@ class Decoding {
     std::memcpy(fds, cp->data.data(), sizeof fds);
     fmt::format_to(std::back_inserter(next()), "[{}, {}]", fds[0], fds[1]);
   }
+  // wait4/waitpid's int status at exit, as strace prints it: [{WIFEXITED(s) && WEXITSTATUS(s) == 0}].
+  void wait_status(unsigned i) {
+    const events::Capture* cp = cap(i, abi::CaptureKind::kBuffer, true);
+    if (cp == nullptr || u(i) == 0 || !returned_ok() || c_.ret.value_or(0) == 0 || cp->data.size() < 4) {
+      ptr(i);
+      return;
+    }
+    std::uint32_t s = 0;
+    std::memcpy(&s, cp->data.data(), sizeof s);
+    std::string& out = next();
+    out += "[{";
+    const std::uint32_t low = s & 0x7f;
+    if (s == 0xffff) {
+      out += "WIFCONTINUED(s)";
+    } else if ((s & 0xff) == 0x7f) {
+      out += "WIFSTOPPED(s) && WSTOPSIG(s) == ";
+      append_signal(out, static_cast<std::int32_t>((s >> 8) & 0xff));
+      if (s >> 16 != 0) fmt::format_to(std::back_inserter(out), " && s >> 16 == {}", s >> 16);
+    } else if (low == 0) {
+      fmt::format_to(std::back_inserter(out), "WIFEXITED(s) && WEXITSTATUS(s) == {}", (s >> 8) & 0xff);
+    } else {
+      out += "WIFSIGNALED(s) && WTERMSIG(s) == ";
+      append_signal(out, static_cast<std::int32_t>(low));
+      if ((s & 0x80) != 0) out += " && WCOREDUMP(s)";
+    }
+    out += "}]";
+  }
   // TIOCSWINSZ's struct winsize, copied at entry.
   void winsize(unsigned i) {
     const events::Capture* cp = cap(i, abi::CaptureKind::kBuffer, false);
@@ -618,8 +645,8 @@ void Decoding::decode(const SyscallInfo& info) {
     case D::kExecveat: dirfd(0); path(1); argv(2); envp(3); flags(4, kAtFlags); break;
     case D::kClone: clone(); break;
     case D::kClone3: ptr(0); udec(1); break;
-    case D::kWait4: dec(0); ptr(1); flags(2, kWaitOptions); ptr(3); break;
-    case D::kWaitpid: dec(0); ptr(1); flags(2, kWaitOptions); break;
+    case D::kWait4: dec(0); wait_status(1); flags(2, kWaitOptions); ptr(3); break;
+    case D::kWaitpid: dec(0); wait_status(1); flags(2, kWaitOptions); break;
     case D::kDup2: fd(0); fd(1); break;
     case D::kDup3: fd(0); fd(1); flags(2, kOpenFlags); break;
     case D::kPipe: fd_pair(0); break;

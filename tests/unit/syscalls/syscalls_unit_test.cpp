@@ -259,6 +259,23 @@ TEST(Format, ProcessCalls) {
   EXPECT_EQ(body(call("wait4", {~0ULL, 0x7ffd0000, 3, 0}, 42)), "wait4(-1, 0x7ffd0000, WNOHANG|WUNTRACED, NULL) = 42");
   EXPECT_EQ(body(call("wait4", {~0ULL, 0x7ffd0000, 0, 0}, -10)),
             "wait4(-1, 0x7ffd0000, 0, NULL) = -1 ECHILD (No child processes)");
+  // The status the kernel wrote (copied at exit), decoded the way strace shows it.
+  const auto waited = [](std::uint32_t status, std::int64_t ret = 42) {
+    Call w = call("wait4", {~0ULL, 0x7ffd0000, 0, 0}, ret);
+    w.exit_caps.push_back(cap(1, K::kBuffer, std::string(reinterpret_cast<const char*>(&status), 4), 4));
+    return body(w);
+  };
+  EXPECT_EQ(waited(0x0300), "wait4(-1, [{WIFEXITED(s) && WEXITSTATUS(s) == 3}], 0, NULL) = 42");
+  EXPECT_EQ(waited(9), "wait4(-1, [{WIFSIGNALED(s) && WTERMSIG(s) == SIGKILL}], 0, NULL) = 42");
+  EXPECT_EQ(waited(0x8b), "wait4(-1, [{WIFSIGNALED(s) && WTERMSIG(s) == SIGSEGV && WCOREDUMP(s)}], 0, NULL) = 42");
+  EXPECT_EQ(waited(0x137f), "wait4(-1, [{WIFSTOPPED(s) && WSTOPSIG(s) == SIGSTOP}], 0, NULL) = 42");
+  EXPECT_EQ(waited(0xffff), "wait4(-1, [{WIFCONTINUED(s)}], 0, NULL) = 42");
+  // WNOHANG with no child ready: nothing was written, the pointer is shown.
+  EXPECT_EQ(waited(0, 0), "wait4(-1, 0x7ffd0000, 0, NULL) = 0");
+  Call wp = call("waitpid", {200, 0xffd0000, 0}, 200, SyscallAbi::kI386);   // i386: the same status word
+  const std::uint32_t exited0 = 0;
+  wp.exit_caps.push_back(cap(1, K::kBuffer, std::string(reinterpret_cast<const char*>(&exited0), 4), 4));
+  EXPECT_EQ(body(wp), "waitpid(200, [{WIFEXITED(s) && WEXITSTATUS(s) == 0}], 0) = 200");
   Call x = call("exit_group", {0}, std::nullopt);
   EXPECT_EQ(body(x), "exit_group(0) = ?");
   EXPECT_EQ(body(call("getpid", {}, 77)), "getpid() = 77");
