@@ -124,6 +124,14 @@ inline constexpr SyscallCaptures kCaptureTable[] = {
     {1, 114, true, 1, {{1, K::kBuffer, kFixedLen, 4}}},          // wait4: the int status
     {1, 42, true, 1, {{0, K::kBuffer, kFixedLen, 8}}},           // pipe: the two fds
     {1, 331, true, 1, {{0, K::kBuffer, kFixedLen, 8}}},          // pipe2: the two fds
+    {1, 54, false, 1, {{2, K::kBuffer, kFixedLen, 8}}},          // ioctl: 8 bytes at arg (TIOCSWINSZ)
+    {1, 361, false, 1, {{1, K::kBuffer, 2}}},                    // bind: sockaddr, addrlen
+    {1, 362, false, 1, {{1, K::kBuffer, 2}}},                    // connect: sockaddr, addrlen
+    {1, 364, true, 1, {{1, K::kBuffer, kFixedLen, kSockaddrMax}}},   // accept4: peer sockaddr
+    {1, 367, true, 1, {{1, K::kBuffer, kFixedLen, kSockaddrMax}}},   // getsockname
+    {1, 368, true, 1, {{1, K::kBuffer, kFixedLen, kSockaddrMax}}},   // getpeername
+    {1, 369, false, 1, {{1, K::kBuffer, 2}}},                    // sendto: buf, len
+    {1, 371, true, 1, {{1, K::kBuffer, -1}}},                    // recvfrom: buf, ret bytes
 };
 
 constexpr const SyscallCaptures* find_captures(unsigned table, std::uint64_t nr, bool at_exit) {

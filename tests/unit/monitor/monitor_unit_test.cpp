@@ -3,6 +3,8 @@
 // the plugin's exported symbols (only QEMU's two entry points).
 #include "config.hpp"
 #include "syscall_captures.hpp"
+
+#include <tuple>
 #include "x86.hpp"
 
 #include <gtest/gtest.h>
@@ -97,6 +99,21 @@ TEST(CaptureTable, RowsAreUniqueAndArgumentsValid) {
   EXPECT_NE(find_captures(1, 4, false), nullptr);   // i386 write
   EXPECT_NE(find_captures(1, 11, false), nullptr);  // i386 execve
   EXPECT_EQ(find_captures(1, 1, false), nullptr);   // i386 exit: nothing to copy
+  // What the kernel writes back through a pointer, i386 numbers like x86-64's: wait status
+  // (waitpid 7, wait4 114 / x86-64 61), pipe fds (42, 331), and the socket calls' sockaddrs.
+  for (const auto& [table, nr, arg, fixed] : {std::tuple{0u, 61u, 1, 4u}, std::tuple{1u, 7u, 1, 4u}, std::tuple{1u, 114u, 1, 4u},
+                                              std::tuple{1u, 42u, 0, 8u}, std::tuple{1u, 331u, 0, 8u},
+                                              std::tuple{1u, 364u, 1, 110u}, std::tuple{1u, 368u, 1, 110u}}) {
+    const auto* row = find_captures(table, nr, true);
+    ASSERT_NE(row, nullptr) << table << ":" << nr;
+    EXPECT_EQ(row->c[0].arg, arg) << nr;
+    EXPECT_EQ(row->c[0].len_arg, kFixedLen) << nr;
+    EXPECT_EQ(row->c[0].fixed, fixed) << nr;
+  }
+  for (const unsigned nr : {361u, 362u}) {   // i386 bind, connect: sockaddr of addrlen bytes at entry
+    ASSERT_NE(find_captures(1, nr, false), nullptr) << nr;
+    EXPECT_EQ(find_captures(1, nr, false)->c[0].len_arg, 2) << nr;
+  }
 }
 
 Options parse_ok(std::vector<const char*> args) {
