@@ -114,6 +114,294 @@ std::string iso_time(std::int64_t unix_ns) {
                      tm.tm_hour, tm.tm_min, tm.tm_sec, micros);
 }
 
+// ---- EchoLine ----
+
+namespace {
+
+// UTF-8 of cells [from, to) of a row.
+std::string cells_utf8(std::u32string_view cells) {
+  std::string out;
+  out.reserve(cells.size());
+  for (const char32_t c : cells) {
+    if (c < 0x80) {
+      out += static_cast<char>(c);
+    } else if (c < 0x800) {
+      out += static_cast<char>(0xC0 | (c >> 6));
+      out += static_cast<char>(0x80 | (c & 0x3F));
+    } else if (c < 0x10000) {
+      out += static_cast<char>(0xE0 | (c >> 12));
+      out += static_cast<char>(0x80 | ((c >> 6) & 0x3F));
+      out += static_cast<char>(0x80 | (c & 0x3F));
+    } else {
+      out += static_cast<char>(0xF0 | (c >> 18));
+      out += static_cast<char>(0x80 | ((c >> 12) & 0x3F));
+      out += static_cast<char>(0x80 | ((c >> 6) & 0x3F));
+      out += static_cast<char>(0x80 | (c & 0x3F));
+    }
+  }
+  return out;
+}
+
+constexpr char32_t kReplacementChar = 0xFFFD;
+
+}  // namespace
+
+void EchoLine::put(char32_t c) {
+  if (lost_) return;
+  if (cur_ >= max_) {
+    lost_ = true;
+    return;
+  }
+  if (cur_ > row_.size()) row_.resize(cur_, U' ');
+  if (cur_ == row_.size()) row_.push_back(c);
+  else row_[cur_] = c;
+  ++cur_;
+  wrap_pending_ = cur_ % width_ == 0;
+}
+
+unsigned EchoLine::param(std::size_t i, unsigned dflt) const {
+  std::size_t field = 0;
+  unsigned v = 0;
+  bool any = false;
+  for (const char c : esc_params_) {
+    if (c == ';') {
+      if (field == i) break;
+      ++field;
+      v = 0;
+      any = false;
+    } else if (field == i && c >= '0' && c <= '9') {
+      v = std::min(v * 10 + static_cast<unsigned>(c - '0'), 100000u);
+      any = true;
+    }
+  }
+  return field == i && any && v != 0 ? v : dflt;
+}
+
+void EchoLine::csi(char final) {
+  if (!esc_params_.empty() && (esc_params_[0] == '?' || esc_params_[0] == '>' || esc_params_[0] == '=')) return;
+  // The cursor's visual row and column (a cursor waiting to wrap is still on the row it filled).
+  if (lost_ && final != 'H' && final != 'f') return;   // the row is not known until the next one
+  const std::size_t at = wrap_pending_ && cur_ > 0 ? cur_ - 1 : cur_;
+  const std::size_t vstart = at - at % width_, col = at % width_;
+  const std::size_t vend = vstart + width_;   // one past the visual row
+  const bool was_pending = wrap_pending_;
+  wrap_pending_ = false;
+  switch (final) {
+    case 'A': {   // up: inside a wrapped row, or out of it (the row is no longer known)
+      const std::size_t n = param(0, 1);
+      if (n * width_ > vstart) lost_ = true;
+      else cur_ = at - n * width_;
+      break;
+    }
+    case 'B': cur_ = std::min<std::size_t>(at + static_cast<std::size_t>(param(0, 1)) * width_, max_); break;
+    case 'C': cur_ = vstart + std::min<std::size_t>(col + param(0, 1), width_ - 1); break;
+    case 'D': cur_ = vstart + col - std::min<std::size_t>(col, param(0, 1)); break;
+    case 'G': cur_ = vstart + std::min<std::size_t>(param(0, 1) - 1, width_ - 1); break;
+    case 'H':
+    case 'f':   // an absolute position (Ctrl-L clears the screen): a fresh row
+      row_.clear();
+      lost_ = false;
+      cur_ = std::min<std::size_t>(param(1, 1) - 1, width_ - 1);
+      break;
+    case 'J':
+      if (param(0, 0) == 0) {
+        if (cur_ < row_.size()) row_.resize(cur_);
+      } else {
+        row_.clear();   // the whole screen: blanks
+      }
+      break;
+    case 'K': {
+      const unsigned mode = param(0, 0);
+      const std::size_t from = mode == 0 ? at : vstart;
+      const std::size_t to = mode == 1 ? at + 1 : vend;
+      if (to >= row_.size()) {
+        if (from < row_.size()) row_.resize(from);
+      } else {
+        for (std::size_t i = from; i < to; ++i) row_[i] = U' ';
+      }
+      cur_ = at;
+      break;
+    }
+    case 'X':
+      for (std::size_t i = at; i < std::min<std::size_t>(row_.size(), at + param(0, 1)) && i < vend; ++i) row_[i] = U' ';
+      cur_ = at;
+      break;
+    case 'P': {   // delete characters: the rest of the visual row moves left (O(width))
+      cur_ = at;
+      if (at >= row_.size()) break;
+      const std::size_t end = std::min(vend, row_.size());
+      const std::size_t n = std::min<std::size_t>(param(0, 1), end - at);
+      std::move(row_.begin() + static_cast<std::ptrdiff_t>(at + n), row_.begin() + static_cast<std::ptrdiff_t>(end),
+                row_.begin() + static_cast<std::ptrdiff_t>(at));
+      if (end == row_.size()) row_.resize(end - n);
+      else std::fill(row_.begin() + static_cast<std::ptrdiff_t>(end - n), row_.begin() + static_cast<std::ptrdiff_t>(end), U' ');
+      break;
+    }
+    case '@': {   // insert blanks: the rest of the visual row moves right, what passes its end is gone
+      cur_ = at;
+      if (at >= row_.size()) break;
+      const std::size_t n = std::min<std::size_t>(param(0, 1), vend - at);
+      const std::size_t end = std::min(vend, std::max(row_.size(), std::min(vend, row_.size() + n)));
+      if (row_.size() < end) row_.resize(end, U' ');
+      std::move_backward(row_.begin() + static_cast<std::ptrdiff_t>(at), row_.begin() + static_cast<std::ptrdiff_t>(end - n),
+                         row_.begin() + static_cast<std::ptrdiff_t>(end));
+      std::fill(row_.begin() + static_cast<std::ptrdiff_t>(at), row_.begin() + static_cast<std::ptrdiff_t>(at + n), U' ');
+      break;
+    }
+    default:   // colours (m) and the rest: nothing for the row, a pending wrap stays pending
+      wrap_pending_ = was_pending;
+      return;
+  }
+  if (cur_ >= max_) lost_ = true;
+}
+
+void EchoLine::end_row(const std::function<void()>& row_end) {
+  if (row_end) row_end();
+  row_.clear();
+  lost_ = false;
+}
+
+void EchoLine::feed(std::string_view out, const std::function<void()>& row_end) {
+  for (const char ch : out) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (esc_ != Esc::kNone) {
+      if (++esc_len_ > 256) {   // a runaway sequence: give up on it
+        esc_ = Esc::kNone;
+        continue;
+      }
+      switch (esc_) {
+        case Esc::kEsc:
+          if (c == '[') {
+            esc_ = Esc::kCsi;
+            esc_params_.clear();
+          } else if (c == ']' || c == 'P' || c == '_' || c == '^' || c == 'X') {
+            esc_ = Esc::kString;
+          } else if (c >= 0x20 && c <= 0x2f) {
+            esc_ = Esc::kSkipOne;   // ESC ( B and the like: one more byte
+          } else {
+            esc_ = Esc::kNone;      // ESC 7, ESC =, ...: nothing for the row
+          }
+          break;
+        case Esc::kSkipOne: esc_ = Esc::kNone; break;
+        case Esc::kCsi:
+          if (c >= 0x40 && c <= 0x7e) {
+            esc_ = Esc::kNone;
+            csi(static_cast<char>(c));
+          } else if (esc_params_.size() < 32) {
+            esc_params_.push_back(static_cast<char>(c));
+          }
+          break;
+        case Esc::kString:
+          if (c == 0x07) esc_ = Esc::kNone;
+          else if (c == 0x1b) esc_ = Esc::kStringEsc;
+          break;
+        case Esc::kStringEsc: esc_ = Esc::kNone; break;
+        case Esc::kNone: break;
+      }
+      continue;
+    }
+    if (utf8_need_ > 0) {
+      if (is_cont(ch)) {
+        utf8_.push_back(ch);
+        if (utf8_.size() == utf8_need_) {
+          char32_t cp = kReplacementChar;
+          if (utf8_seq(utf8_, 0) == static_cast<int>(utf8_need_)) {
+            cp = static_cast<unsigned char>(utf8_[0]) & (0x7F >> utf8_need_);
+            for (std::size_t k = 1; k < utf8_need_; ++k) cp = (cp << 6) | (static_cast<unsigned char>(utf8_[k]) & 0x3F);
+          }
+          put(cp);
+          utf8_.clear();
+          utf8_need_ = 0;
+        }
+        continue;
+      }
+      put(kReplacementChar);   // cut short: this byte starts afresh
+      utf8_.clear();
+      utf8_need_ = 0;
+    }
+    if (c >= 0x80) {
+      const std::size_t need = (c >= 0xC2 && c <= 0xDF) ? 2 : (c >= 0xE0 && c <= 0xEF) ? 3 : (c >= 0xF0 && c <= 0xF4) ? 4 : 0;
+      if (need == 0 || is_cont(ch)) {
+        put(kReplacementChar);
+      } else {
+        utf8_.assign(1, ch);
+        utf8_need_ = need;
+      }
+      continue;
+    }
+    switch (c) {
+      case 0x1b:
+        esc_ = Esc::kEsc;
+        esc_len_ = 0;
+        break;
+      case '\r': {
+        const std::size_t at = wrap_pending_ && cur_ > 0 ? cur_ - 1 : cur_;
+        cur_ = at - at % width_;
+        wrap_pending_ = false;
+        break;
+      }
+      case '\n': {
+        const std::size_t at = wrap_pending_ && cur_ > 0 ? cur_ - 1 : cur_;
+        const std::size_t next = at - at % width_ + width_;
+        wrap_pending_ = false;
+        if (next < row_.size() && !lost_) {   // down inside a wrapped row
+          cur_ = next + at % width_;
+        } else {
+          end_row(row_end);
+          cur_ = at % width_;
+        }
+        break;
+      }
+      case 0x08:
+        if (wrap_pending_ && cur_ >= 2) cur_ -= 2;
+        else if (cur_ % width_ != 0) --cur_;
+        wrap_pending_ = false;
+        break;
+      case '\t': {
+        const std::size_t at = wrap_pending_ && cur_ > 0 ? cur_ - 1 : cur_;
+        const std::size_t col = at % width_;
+        cur_ = at - col + std::min<std::size_t>((col / 8 + 1) * 8, width_ - 1);
+        wrap_pending_ = false;
+        if (cur_ >= max_) lost_ = true;
+        break;
+      }
+      default:
+        if (c >= 0x20 && c != 0x7f) put(c);
+        break;   // BEL and other controls move nothing
+    }
+  }
+}
+
+bool EchoLine::mark_prompt() {
+  prompt_.clear();
+  if (lost_) return false;
+  prompt_ = row_.substr(0, std::min(cur_, row_.size()));
+  if (prompt_.size() < cur_) prompt_.resize(cur_, U' ');
+  return !prompt_.empty();
+}
+
+std::optional<EchoLine::Text> EchoLine::line(std::size_t max_bytes) const {
+  // (The cursor may be left of the prompt: the \r of the line's final \r\n, a redraw under way.)
+  if (lost_ || prompt_.empty() || row_.size() < prompt_.size() || row_.compare(0, prompt_.size(), prompt_) != 0)
+    return std::nullopt;
+  std::size_t end = row_.size();
+  while (end > prompt_.size() && end > cur_ && row_[end - 1] == U' ') --end;
+  const std::size_t cursor = std::clamp(cur_, prompt_.size(), end);
+  Text t;
+  t.text = cells_utf8(std::u32string_view(row_).substr(prompt_.size(), end - prompt_.size()));
+  t.cursor = cells_utf8(std::u32string_view(row_).substr(prompt_.size(), cursor - prompt_.size())).size();
+  if (t.text.size() > max_bytes) {
+    std::size_t cut = max_bytes;
+    while (cut > 0 && is_cont(t.text[cut])) --cut;
+    t.text.resize(cut);
+    t.truncated = true;
+    t.cursor = std::min(t.cursor, cut);
+  }
+  return t;
+}
+
+std::string EchoLine::row() const { return cells_utf8(row_); }
+
 // ---- LineEditor ----
 
 void LineEditor::insert(char c, std::uint64_t& dropped) {
@@ -155,8 +443,14 @@ void LineEditor::recall(int dir) {
 
 void LineEditor::apply_csi(std::string_view params, char final) {
   switch (final) {
-    case 'A': recall(-1); break;
-    case 'B': recall(+1); break;
+    case 'A':   // history: the shell's own may hold lines from before this session
+      recall(-1);
+      from_echo_ = true;
+      break;
+    case 'B':
+      recall(+1);
+      from_echo_ = true;
+      break;
     case 'C':
       if (cur_ < buf_.size()) {
         ++cur_;
@@ -180,7 +474,75 @@ void LineEditor::apply_csi(std::string_view params, char final) {
   }
 }
 
-std::uint64_t LineEditor::feed(std::string_view in, const std::function<void(Line)>& done) {
+void LineEditor::reset_line() {
+  buf_.clear();
+  cur_ = 0;
+  truncated_ = false;
+  from_echo_ = false;
+  line_started_ = false;
+  own_prompt_ = false;
+  hist_pos_ = history_.size();
+}
+
+void LineEditor::deliver(Line l, const std::function<void(Line)>& done) {
+  if (!l.text.empty() && max_history_ > 0) {
+    if (history_.size() >= max_history_) history_.pop_front();
+    history_.push_back(l.text);
+  }
+  hist_pos_ = history_.size();
+  done(std::move(l));
+}
+
+// The waiting line as the terminal shows it now (or as the keys made it when the row is not it).
+void LineEditor::finish_waiting(const std::function<void(Line)>& done) {
+  if (!waiting_) return;
+  Line l = std::move(*waiting_);
+  waiting_.reset();
+  if (auto t = echo_.line(max_)) {
+    l.text = std::move(t->text);
+    l.truncated = t->truncated;
+    l.from_echo = true;
+    // The blank a completion appends is the shell's, not part of the command (an escaped one is).
+    while (!l.text.empty() && l.text.back() == ' ' && (l.text.size() < 2 || l.text[l.text.size() - 2] != '\\'))
+      l.text.pop_back();
+  }
+  deliver(std::move(l), done);
+}
+
+// The first key of a line: the row left of the cursor is its prompt (not when an earlier line
+// still waits for its echo: the row is that line's).
+void LineEditor::key_seen() {
+  if (line_started_) return;
+  line_started_ = true;
+  own_prompt_ = !waiting_ && echo_.mark_prompt();
+}
+
+void LineEditor::sync_from_echo() {
+  if (!from_echo_ || !own_prompt_ || waiting_) return;
+  if (auto t = echo_.line(max_)) {
+    buf_ = std::move(t->text);
+    cur_ = t->cursor;
+    truncated_ = t->truncated;
+  }
+}
+
+void LineEditor::enter(const std::function<void(Line)>& done, std::uint64_t at) {
+  Line l{std::move(buf_), truncated_, false, at};
+  const bool wait = from_echo_ && own_prompt_;
+  reset_line();
+  if (waiting_) finish_waiting(done);   // typed ahead: the earlier line is what the row shows now
+  if (wait) waiting_ = std::move(l);
+  else deliver(std::move(l), done);
+}
+
+void LineEditor::output(std::string_view out, const std::function<void(Line)>& done) {
+  echo_.feed(out, [&] { finish_waiting(done); });
+  sync_from_echo();
+}
+
+void LineEditor::flush(const std::function<void(Line)>& done) { finish_waiting(done); }
+
+std::uint64_t LineEditor::feed(std::string_view in, const std::function<void(Line)>& done, std::uint64_t at) {
   std::uint64_t dropped = 0;
   for (const char ch : in) {
     const auto c = static_cast<unsigned char>(ch);
@@ -196,6 +558,8 @@ std::uint64_t LineEditor::feed(std::string_view in, const std::function<void(Lin
           if (c == 0x7f || c == 0x08) {   // Alt-Backspace: erase a word, as Ctrl-W
             while (cur_ > 0 && buf_[cur_ - 1] == ' ') erase_before();
             while (cur_ > 0 && buf_[cur_ - 1] != ' ') erase_before();
+          } else if (c == '.' || c == '_' || c == '\t' || c == '<' || c == '>' || c == '*' || c == '?' || c == '/') {
+            from_echo_ = true;   // Alt-. (the last argument from history), Alt-TAB, completions
           }
         }
         continue;
@@ -216,22 +580,14 @@ std::uint64_t LineEditor::feed(std::string_view in, const std::function<void(Lin
         continue;
       case Esc::kNone: break;
     }
+    if (c != '\n' || !was_cr) key_seen();
     switch (c) {
       case 0x1b: esc_ = Esc::kEsc; break;
       case '\r':
       case '\n': {
         if (c == '\n' && was_cr) break;   // \r\n: one Enter
         last_cr_ = (c == '\r');
-        Line l{std::move(buf_), truncated_};
-        buf_.clear();
-        cur_ = 0;
-        truncated_ = false;
-        if (!l.text.empty() && max_history_ > 0) {
-          if (history_.size() >= max_history_) history_.pop_front();
-          history_.push_back(l.text);
-        }
-        hist_pos_ = history_.size();
-        done(std::move(l));
+        enter(done, at);
         break;
       }
       case 0x7f:
@@ -249,16 +605,20 @@ std::uint64_t LineEditor::feed(std::string_view in, const std::function<void(Lin
       case 0x05: cur_ = buf_.size(); break; // Ctrl-E
       case 0x02: apply_csi("", 'D'); break; // Ctrl-B
       case 0x06: apply_csi("", 'C'); break; // Ctrl-F
-      case 0x10: recall(-1); break;         // Ctrl-P
-      case 0x0e: recall(+1); break;         // Ctrl-N
+      case 0x10: apply_csi("", 'A'); break; // Ctrl-P
+      case 0x0e: apply_csi("", 'B'); break; // Ctrl-N
+      case 0x12:                            // Ctrl-R: history search, seen only in the echo
+      case 0x19:                            // Ctrl-Y: yank what an earlier line killed
+        from_echo_ = true;
+        break;
       case 0x04: erase_at(); break;         // Ctrl-D (on an empty line: EOF, nothing to record)
       case 0x03:                            // Ctrl-C: the line is abandoned
-        buf_.clear();
-        cur_ = 0;
-        truncated_ = false;
-        hist_pos_ = history_.size();
+        reset_line();
         break;
-      case '\t': insert('\t', dropped); break;
+      case '\t':                            // completion: the echo tells what it inserted
+        insert('\t', dropped);
+        from_echo_ = true;
+        break;
       default:
         if (c >= 0x20) insert(static_cast<char>(c), dropped);
         break;   // other control bytes (Ctrl-L, Ctrl-Z ...) edit nothing

@@ -32,6 +32,7 @@
 #include <set>
 #include <unordered_map>
 #include <unordered_set>
+#include <utility>
 
 namespace hvtrace::session {
 namespace {
@@ -43,6 +44,7 @@ enum class Sys : std::uint8_t {
   kOther, kRead, kPread, kWrite, kPwrite, kOpen, kOpenat, kCreat, kClose, kDup, kDup2, kDup3, kFcntl,
   kPipe, kPipe2, kSocket, kConnect, kBind, kAccept, kAccept4, kGetpeername, kGetsockname, kFork, kClone,
   kExecve, kExecveat, kExitGroup, kExit, kSetuid, kSetresuid, kSetreuid, kIoctl, kWait, kChdir,
+  kWritev, kSendfile, kCopyRange,
 };
 
 Sys classify(const syscalls::Call& c) {
@@ -58,6 +60,11 @@ Sys classify(const syscalls::Call& c) {
       {"setuid", Sys::kSetuid}, {"setuid32", Sys::kSetuid}, {"setresuid", Sys::kSetresuid},
       {"setresuid32", Sys::kSetresuid}, {"setreuid", Sys::kSetreuid}, {"setreuid32", Sys::kSetreuid},
       {"ioctl", Sys::kIoctl}, {"wait4", Sys::kWait}, {"waitpid", Sys::kWait}, {"chdir", Sys::kChdir},
+      // Writes whose bytes the monitor gathers (writev) or cannot see (pwritev's iovecs are not
+      // copied; sendfile, splice and copy_file_range move the bytes inside the kernel).
+      {"writev", Sys::kWritev}, {"pwritev", Sys::kWritev}, {"pwritev2", Sys::kWritev},
+      {"sendfile", Sys::kSendfile}, {"sendfile64", Sys::kSendfile}, {"splice", Sys::kCopyRange},
+      {"copy_file_range", Sys::kCopyRange},
   };
   const auto* info = syscalls::Table::get(c.abi).by_nr(c.nr);
   if (info == nullptr) return Sys::kOther;
@@ -77,6 +84,21 @@ std::int64_t ret_of(const syscalls::Call& c) { return c.ret.value_or(-1); }
 std::string basename_of(std::string_view p) {
   const auto slash = p.rfind('/');
   return std::string(slash == std::string_view::npos ? p : p.substr(slash + 1));
+}
+
+bool is_downloader(std::string_view prog) { return prog == "wget" || prog == "curl"; }
+
+// What a downloader fetched: the first http/https/ftp argument of its command line, else its
+// first non-option argument (a bare host/path); "" when it has none (curl --version).
+std::string download_url(const std::vector<std::string>& argv) {
+  for (std::size_t i = 1; i < argv.size(); ++i) {
+    std::string low = argv[i].substr(0, 8);
+    std::transform(low.begin(), low.end(), low.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    if (low.starts_with("http://") || low.starts_with("https://") || low.starts_with("ftp://")) return argv[i];
+  }
+  for (std::size_t i = 1; i < argv.size(); ++i)
+    if (!argv[i].empty() && argv[i][0] != '-') return argv[i];
+  return {};
 }
 
 constexpr std::uint64_t kCloneThread = 0x10000;
@@ -99,6 +121,8 @@ struct WrittenFile {
   std::vector<std::string> argv;
   std::uint64_t first_ns = 0;
   bool created = false;          // O_CREAT/O_TRUNC/creat: an empty file is a file written too
+  std::uint64_t not_captured = 0;   // bytes written by calls whose data the monitor cannot see (sendfile)
+  std::uint64_t pipe = 0;        // != 0: not a file but a downloader's stdout, this pipe
 };
 
 struct Fd {
@@ -177,6 +201,11 @@ struct Session {
   std::uint64_t procs_not_kept = 0;
   std::optional<Command> cmd;
   std::uint64_t commands = 0;
+  // A child the shell forked while the line it runs still waited for its echo (a completed line):
+  // it belongs to that line's command, opened when the echo's newline arrives.
+  std::uint32_t early_child = 0;
+  std::optional<int> early_status;
+  bool early_gone = false;
   // files
   std::uint64_t file_bytes_kept = 0, part_seq = 0;
   std::uint64_t pipe_seq = 0;
@@ -386,6 +415,9 @@ struct Tracker::Impl {
 
   void terminal_output(Session& s, std::string_view data, std::uint64_t ns) {
     ensure_connect(s);
+    // The echo first: a line that waited for it (tab completion, history) is entered at its
+    // newline, before that newline's screen line is written.
+    if (s.pty) s.editor.output(data, [&](LineEditor::Line l) { command_line(s, std::move(l), ns); });
     const std::string_view kept = budget(s, data, ns);
     if (kept.empty()) return;
     start_cast(s, ns);
@@ -404,7 +436,7 @@ struct Tracker::Impl {
     ensure_connect(s);
     // Line editing sees every typed byte (it is bounded by itself); the cast keeps what fits.
     if (s.pty) {
-      const std::uint64_t dropped = s.editor.feed(data, [&](LineEditor::Line l) { command_line(s, std::move(l), ns); });
+      const std::uint64_t dropped = s.editor.feed(data, [&](LineEditor::Line l) { command_line(s, std::move(l), ns); }, ns);
       s.truncated += dropped;
       stats.truncated_bytes += dropped;
     }
@@ -456,8 +488,15 @@ struct Tracker::Impl {
   void command_line(Session& s, LineEditor::Line l, std::uint64_t ns) {
     // The line being typed is on the screen as prompt + echo: not part of any command's output.
     s.skip_echo_line = true;
+    const std::uint32_t early = std::exchange(s.early_child, 0);
     if (l.text.find_first_not_of(" \t") == std::string::npos) return;
-    open_command(s, l.text, l.truncated, ns);
+    // A line taken from the echo is timed by its Enter key (the echo's newline comes later).
+    open_command(s, l.text, l.truncated, l.at != 0 ? l.at : ns);
+    if (early != 0) {
+      s.cmd->last_child = early;
+      s.cmd->status = s.early_status;
+      s.cmd->killed = s.early_gone && !s.early_status;
+    }
   }
 
   // ---- processes ----
@@ -467,42 +506,78 @@ struct Tracker::Impl {
     return it == procs.end() ? nullptr : &it->second;
   }
 
+  // The process reading a pipe a downloader wrote into: a holder of its read end, the one with it
+  // as stdin first (the `sh` of `wget -O - URL | sh`), the shell that made the pipe last.
+  const Process* pipe_reader(const Session& s, std::uint64_t pipe, std::uint32_t writer) const {
+    const Process* best = nullptr;
+    int best_score = 0;
+    for (const auto pid : s.live) {
+      if (pid == writer) continue;
+      const auto it = procs.find(pid);
+      if (it == procs.end()) continue;
+      for (const auto& [n, fd] : it->second.fds) {
+        if (fd.kind != FdKind::kPipeRead || fd.pipe != pipe) continue;
+        const int score = (n == 0 ? 2 : 1) + (pid == s.shell ? 0 : 2);
+        if (score > best_score) {
+          best_score = score;
+          best = &it->second;
+        }
+      }
+    }
+    return best;
+  }
+
   void finalize_file(Session& s, WrittenFile& f, std::uint64_t ns) {
     const std::string sha = f.sha.hex();
+    // Bytes the monitor never saw (sendfile, copy_file_range, pwritev): no hash is the file's.
+    const bool seen = f.not_captured == 0;
     std::filesystem::path out;
-    if (f.kept > 0) out = s.w->finish_part(f.part, sha, f.cut);
+    if (f.kept > 0) out = s.w->finish_part(f.part, sha, f.cut || !seen);
     if (f.size == 0 && !f.created) return;
-    json j = {{"shasum", sha}, {"size", f.size}, {"pid", f.pid}, {"complete", f.complete}};
+    json j = {{"size", f.size}, {"pid", f.pid}, {"complete", f.complete}};
+    if (seen) {
+      j["shasum"] = sha;
+    } else {
+      j["content_captured"] = false;
+      j["bytes_not_captured"] = f.not_captured;
+    }
     if (!out.empty()) j["outfile"] = out.string();
-    j["kept"] = f.cut ? (f.kept > 0 ? "partial" : "no") : "yes";
-    if (f.cut) j["kept_bytes"] = f.kept;
+    j["kept"] = f.cut || !seen ? (f.kept > 0 ? "partial" : "no") : "yes";
+    if (f.cut || !seen) j["kept_bytes"] = f.kept;
+    const std::string hash_text = seen ? fmt::format("sha256 {}", sha)
+                                       : fmt::format("content not captured: {} bytes copied inside the kernel", f.not_captured);
     const bool upload = f.prog == "sftp-server" || f.prog == "scp";
-    const bool download = f.prog == "wget" || f.prog == "curl";
+    const bool download = is_downloader(f.prog);
+    std::string what = f.path;
     if (upload) {
       j["filename"] = basename_of(f.path);
       j["destfile"] = f.path;
-      j["message"] = fmt::format("Saved upload {} ({} bytes, sha256 {})", f.path, f.size, sha);
+      j["message"] = fmt::format("Saved upload {} ({} bytes, {})", f.path, f.size, hash_text);
       emit(s, "cowrie.session.file_upload", ns, std::move(j));
     } else if (download) {
-      std::string url;
-      for (std::size_t i = 1; i < f.argv.size() && url.empty(); ++i) {
-        std::string low = f.argv[i].substr(0, 8);
-        std::transform(low.begin(), low.end(), low.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-        if (low.starts_with("http://") || low.starts_with("https://") || low.starts_with("ftp://")) url = f.argv[i];
+      const std::string url = sanitize_utf8(download_url(f.argv));
+      j["url"] = url;
+      if (f.pipe != 0) {   // `wget -O - URL | sh`: never a file
+        j["destfile"] = "-";
+        j["pipe"] = true;
+        what = fmt::format("{} to a pipe", url);
+        if (const Process* r = pipe_reader(s, f.pipe, f.pid)) {
+          j["reader_pid"] = r->pid;
+          j["reader"] = sanitize_utf8(r->prog.empty() ? r->comm : r->prog);
+          what += fmt::format(" read by {} (pid {})", j["reader"].get<std::string>(), r->pid);
+        }
+      } else {
+        j["destfile"] = f.path;
       }
-      for (std::size_t i = 1; i < f.argv.size() && url.empty(); ++i)
-        if (!f.argv[i].empty() && f.argv[i][0] != '-') url = f.argv[i];   // a bare host/path argument
-      j["url"] = sanitize_utf8(url);
-      j["destfile"] = f.path;
-      j["message"] = fmt::format("Downloaded URL ({}) with SHA-256 {} to {}", sanitize_utf8(url), sha, f.path);
+      j["message"] = fmt::format("Downloaded URL ({}) with {} to {}", url, hash_text, f.pipe != 0 ? "a pipe" : f.path);
       emit(s, "cowrie.session.file_download", ns, std::move(j));
     } else {
       j["path"] = f.path;
       j["program"] = sanitize_utf8(f.prog);
       emit(s, "hvtrace.file.write", ns, std::move(j));
     }
-    s.w->transcript(fmt::format("[{}] {} {} ({} bytes, sha256 {})\n", s.w->iso(ns),
-                                upload ? "uploaded" : download ? "downloaded" : "wrote", f.path, f.size, sha));
+    s.w->transcript(fmt::format("[{}] {} {} ({} bytes, {})\n", s.w->iso(ns),
+                                upload ? "uploaded" : download ? "downloaded" : "wrote", what, f.size, hash_text));
   }
 
   void release(Process& p, Fd& fd, std::uint64_t ns) {
@@ -555,6 +630,10 @@ struct Tracker::Impl {
       s->cmd->status = status;
       s->cmd->killed = !status;
     }
+    if (pid == s->early_child) {
+      s->early_status = status;
+      s->early_gone = true;
+    }
     if (pid == s->shell) {
       s->shell_exited = true;
       s->shell_exit_ns = ns;
@@ -584,6 +663,7 @@ struct Tracker::Impl {
       if (auto t = s.out_utf8.flush(); !t.empty()) s.w->cast_event(ns, "o", t);
       if (auto t = s.in_utf8.flush(); !t.empty()) s.w->cast_event(ns, "i", t);
     }
+    s.editor.flush([&](LineEditor::Line l) { command_line(s, std::move(l), ns); });
     if (!s.editor.current().empty()) {
       emit(s, "hvtrace.command.unfinished", ns,
            {{"input", sanitize_utf8(s.editor.current())}, {"message", "typed but never entered"}});
@@ -674,7 +754,11 @@ struct Tracker::Impl {
     }
     if (!room_for_process(*s, ns)) return;
     add_process(*s, child, parent.pid, &parent, "", ns);
-    if (s->cmd && parent.pid == s->shell && s->pty) {
+    if (parent.pid == s->shell && s->pty && s->editor.waiting()) {
+      s->early_child = child;
+      s->early_status.reset();
+      s->early_gone = false;
+    } else if (s->cmd && parent.pid == s->shell && s->pty) {
       s->cmd->last_child = child;
       s->cmd->status.reset();
       s->cmd->killed = false;
@@ -937,12 +1021,26 @@ struct Tracker::Impl {
         terminal_output(s, data, ns);
         return;
       }
+      case Sys::kSendfile:
+      case Sys::kCopyRange: {
+        // The bytes go from one fd to another inside the kernel: counted, never seen.
+        if (ret <= 0) return;
+        const auto it = pp->fds.find(arg_int(c, sys == Sys::kSendfile ? 0 : 2));
+        if (it == pp->fds.end() || !it->second.wf) return;
+        WrittenFile& f = *it->second.wf;
+        f.size += static_cast<std::uint64_t>(ret);
+        f.not_captured += static_cast<std::uint64_t>(ret);
+        f.complete = false;
+        return;
+      }
       case Sys::kWrite:
+      case Sys::kWritev:
       case Sys::kPwrite: {
         if (ret <= 0) return;
         const int fdn = arg_int(c, 0);
         const auto it = pp->fds.find(fdn);
         if (it == pp->fds.end()) return;
+        // writev's iovecs arrive gathered into one buffer capture (pwritev's are not copied).
         const auto* cap = find_cap(c.entry_caps, 1, CaptureKind::kBuffer);
         const std::string_view data = cap != nullptr ? std::string_view(cap->data).substr(0, static_cast<std::size_t>(ret))
                                                      : std::string_view();
@@ -956,9 +1054,23 @@ struct Tracker::Impl {
           terminal_input(s, data, ns);
           return;
         }
+        // A downloader writing its stdout into a pipe (`wget -O - URL | sh`): a download too.
+        if (!fd.wf && fdn == 1 && fd.kind == FdKind::kPipeWrite && is_downloader(pp->prog) && !conn) {
+          if (std::string url = download_url(pp->argv); !url.empty()) {
+            auto wf = std::make_shared<WrittenFile>();
+            wf->pipe = fd.pipe;
+            wf->pid = e.pid;
+            wf->prog = pp->prog;
+            wf->argv = pp->argv;
+            wf->first_ns = ns;
+            wf->part = s.part_seq++;
+            fd.wf = std::move(wf);
+          }
+        }
         if (fd.wf) {
           WrittenFile& f = *fd.wf;
           if (sys == Sys::kPwrite && c.args[3] != f.size) f.complete = false;   // not sequential: the hash is of the write order
+          if (cap == nullptr) f.not_captured += static_cast<std::uint64_t>(ret);
           if (missing > 0) f.complete = false;
           f.size += static_cast<std::uint64_t>(ret);
           f.sha.update(data);
@@ -1009,6 +1121,7 @@ struct Tracker::Impl {
         s.width = cols;
         s.height = rows;
         s.size_known = true;
+        s.editor.set_width(cols);
         emit(s, "cowrie.client.size", ns, {{"width", cols}, {"height", rows}, {"message", fmt::format("Terminal Size: {} {}", cols, rows)}});
         if (s.w->cast_started()) s.w->cast_event(ns, "r", fmt::format("{}x{}", cols, rows));
         return;

