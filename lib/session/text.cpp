@@ -114,6 +114,47 @@ std::string iso_time(std::int64_t unix_ns) {
                      tm.tm_hour, tm.tm_min, tm.tm_sec, micros);
 }
 
+// ---- EscParser ----
+
+EscParser::Step EscParser::step(unsigned char c) {
+  if (state_ == State::kNone) {
+    if (c != 0x1b) return Step::kText;
+    state_ = State::kEsc;
+    len_ = 0;
+    return Step::kInside;
+  }
+  if (++len_ > 256) {   // a runaway sequence: give up on it
+    state_ = State::kNone;
+    return Step::kInside;
+  }
+  switch (state_) {
+    case State::kEsc:
+      if (c == '[') {
+        state_ = State::kCsi;
+        params_.clear();
+      } else if (c == ']' || c == 'P' || c == '_' || c == '^' || c == 'X') {
+        state_ = State::kString;
+      } else if (c < 0x20 || c > 0x2f) {
+        state_ = State::kNone;   // 0x20-0x2f: intermediates (ESC ( B), wait for the final
+      }
+      break;
+    case State::kCsi:
+      if (c >= 0x40 && c <= 0x7e) {
+        state_ = State::kNone;
+        return Step::kCsi;
+      }
+      if (params_.size() < 32) params_.push_back(static_cast<char>(c));
+      break;
+    case State::kString:
+      if (c == 0x07) state_ = State::kNone;
+      else if (c == 0x1b) state_ = State::kStringEsc;
+      break;
+    case State::kStringEsc: state_ = State::kNone; break;
+    case State::kNone: break;
+  }
+  return Step::kInside;
+}
+
 // ---- EchoLine ----
 
 namespace {
@@ -163,7 +204,7 @@ unsigned EchoLine::param(std::size_t i, unsigned dflt) const {
   std::size_t field = 0;
   unsigned v = 0;
   bool any = false;
-  for (const char c : esc_params_) {
+  for (const char c : esc_.params()) {
     if (c == ';') {
       if (field == i) break;
       ++field;
@@ -178,7 +219,7 @@ unsigned EchoLine::param(std::size_t i, unsigned dflt) const {
 }
 
 void EchoLine::csi(char final) {
-  if (!esc_params_.empty() && (esc_params_[0] == '?' || esc_params_[0] == '>' || esc_params_[0] == '=')) return;
+  if (!esc_.params().empty() && (esc_.params()[0] == '?' || esc_.params()[0] == '>' || esc_.params()[0] == '=')) return;
   // The cursor's visual row and column (a cursor waiting to wrap is still on the row it filled).
   if (lost_ && final != 'H' && final != 'f') return;   // the row is not known until the next one
   const std::size_t at = wrap_pending_ && cur_ > 0 ? cur_ - 1 : cur_;
@@ -264,40 +305,8 @@ void EchoLine::end_row(const std::function<void()>& row_end) {
 void EchoLine::feed(std::string_view out, const std::function<void()>& row_end) {
   for (const char ch : out) {
     const auto c = static_cast<unsigned char>(ch);
-    if (esc_ != Esc::kNone) {
-      if (++esc_len_ > 256) {   // a runaway sequence: give up on it
-        esc_ = Esc::kNone;
-        continue;
-      }
-      switch (esc_) {
-        case Esc::kEsc:
-          if (c == '[') {
-            esc_ = Esc::kCsi;
-            esc_params_.clear();
-          } else if (c == ']' || c == 'P' || c == '_' || c == '^' || c == 'X') {
-            esc_ = Esc::kString;
-          } else if (c >= 0x20 && c <= 0x2f) {
-            esc_ = Esc::kSkipOne;   // ESC ( B and the like: one more byte
-          } else {
-            esc_ = Esc::kNone;      // ESC 7, ESC =, ...: nothing for the row
-          }
-          break;
-        case Esc::kSkipOne: esc_ = Esc::kNone; break;
-        case Esc::kCsi:
-          if (c >= 0x40 && c <= 0x7e) {
-            esc_ = Esc::kNone;
-            csi(static_cast<char>(c));
-          } else if (esc_params_.size() < 32) {
-            esc_params_.push_back(static_cast<char>(c));
-          }
-          break;
-        case Esc::kString:
-          if (c == 0x07) esc_ = Esc::kNone;
-          else if (c == 0x1b) esc_ = Esc::kStringEsc;
-          break;
-        case Esc::kStringEsc: esc_ = Esc::kNone; break;
-        case Esc::kNone: break;
-      }
+    if (const auto st = esc_.step(c); st != EscParser::Step::kText) {
+      if (st == EscParser::Step::kCsi) csi(static_cast<char>(c));
       continue;
     }
     if (utf8_need_ > 0) {
@@ -330,10 +339,6 @@ void EchoLine::feed(std::string_view out, const std::function<void()>& row_end) 
       continue;
     }
     switch (c) {
-      case 0x1b:
-        esc_ = Esc::kEsc;
-        esc_len_ = 0;
-        break;
       case '\r': {
         const std::size_t at = wrap_pending_ && cur_ > 0 ? cur_ - 1 : cur_;
         cur_ = at - at % width_;
@@ -632,34 +637,11 @@ std::uint64_t LineEditor::feed(std::string_view in, const std::function<void(Lin
 void ScreenLines::feed(std::string_view in, const std::function<void(const std::string&)>& line) {
   for (const char ch : in) {
     const auto c = static_cast<unsigned char>(ch);
-    if (esc_ != Esc::kNone) {
-      if (++esc_len_ > 256) esc_ = Esc::kNone;   // a runaway sequence: give up on it
-      switch (esc_) {
-        case Esc::kEsc:
-          if (c == '[') esc_ = Esc::kCsi;
-          else if (c == ']' || c == 'P' || c == '_' || c == '^' || c == 'X') esc_ = Esc::kString;
-          else if (c < 0x20 || c > 0x2f) esc_ = Esc::kNone;   // 0x20-0x2f: intermediates, wait for the final
-          break;
-        case Esc::kCsi:
-          if (c >= 0x40 && c <= 0x7e) {
-            esc_ = Esc::kNone;
-            if (c == 'K' && col_ < cur_.size()) cur_.resize(col_);   // erase to end of line
-          }
-          break;
-        case Esc::kString:
-          if (c == 0x07) esc_ = Esc::kNone;
-          else if (c == 0x1b) esc_ = Esc::kStringEsc;
-          break;
-        case Esc::kStringEsc: esc_ = Esc::kNone; break;
-        case Esc::kNone: break;
-      }
+    if (const auto st = esc_.step(c); st != EscParser::Step::kText) {
+      if (st == EscParser::Step::kCsi && c == 'K' && col_ < cur_.size()) cur_.resize(col_);   // erase to end of line
       continue;
     }
     switch (c) {
-      case 0x1b:
-        esc_ = Esc::kEsc;
-        esc_len_ = 0;
-        break;
       case '\n': {
         std::string l = cur_;
         while (!l.empty() && l.back() == ' ') l.pop_back();

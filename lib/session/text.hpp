@@ -38,6 +38,26 @@ class Utf8Stream {
 // ISO 8601 UTC with microseconds and Z: "2026-12-01T10:02:03.123456Z".
 [[nodiscard]] std::string iso_time(std::int64_t unix_ns);
 
+// Escape sequences in terminal output, byte by byte: CSI (ESC [ parameters final), strings (OSC,
+// DCS, APC, PM, SOS: up to BEL or ESC \\), ESC with intermediates and a final. A sequence longer
+// than 256 bytes is given up (its remaining bytes are then text). Parameters: at most 32 bytes.
+class EscParser {
+ public:
+  enum class Step : std::uint8_t {
+    kText,     // not part of a sequence: the caller shows it
+    kInside,   // consumed
+    kCsi,      // a CSI sequence ended with this byte (its final); params() holds its parameters
+  };
+  Step step(unsigned char c);
+  [[nodiscard]] const std::string& params() const { return params_; }
+
+ private:
+  enum class State : std::uint8_t { kNone, kEsc, kCsi, kString, kStringEsc };
+  State state_ = State::kNone;
+  std::size_t len_ = 0;
+  std::string params_;
+};
+
 // The line being edited as the terminal shows it: a model of the current screen row (the logical
 // row: a line wrapped at the window width stays one row) over the bytes the terminal shows.
 // Printable characters overwrite at the cursor; \r, \n, \b, TAB stops, BEL and the CSI sequences
@@ -68,7 +88,6 @@ class EchoLine {
   [[nodiscard]] std::string row() const;   // the whole row, for tests
 
  private:
-  enum class Esc : std::uint8_t { kNone, kEsc, kCsi, kString, kStringEsc, kSkipOne };
   void put(char32_t c);
   void csi(char final);
   [[nodiscard]] unsigned param(std::size_t i, unsigned dflt) const;
@@ -81,9 +100,7 @@ class EchoLine {
   bool wrap_pending_ = false;    // the last column was just written (the terminal has not wrapped yet)
   bool lost_ = false;            // the row outgrew max_ or the cursor left it upwards
   std::u32string prompt_;
-  Esc esc_ = Esc::kNone;
-  std::string esc_params_;       // at most 32 bytes
-  std::size_t esc_len_ = 0;
+  EscParser esc_;
   std::string utf8_;             // a character being assembled (at most 4 bytes)
   std::size_t utf8_need_ = 0;
 };
@@ -168,13 +185,11 @@ class ScreenLines {
   void drop_partial() { cur_.clear(); cut_ = false; col_ = 0; }
 
  private:
-  enum class Esc : std::uint8_t { kNone, kEsc, kCsi, kString, kStringEsc };
   std::size_t max_;
   std::string cur_;
   std::size_t col_ = 0;        // byte position in cur_ where the next byte lands (after \r: 0)
   bool cut_ = false;
-  Esc esc_ = Esc::kNone;
-  std::size_t esc_len_ = 0;
+  EscParser esc_;
 };
 
 }  // namespace hvtrace::session
