@@ -322,7 +322,19 @@ Result<std::unique_ptr<Kernel>> Kernel::attach(const mem::PhysMem& mem, const At
           },
           p->banner, /*scan_all=*/false);  // a non-matching profile must stay cheap to reject
       if (!l) continue;
-      auto k = std::make_unique<Kernel>(mem, std::move(*p), *l, "cached profile " + it->path().string());
+      std::string how = "cached profile " + it->path().string();
+      // A cache from an older hvtrace lacks fields added since: reread the layouts from BTF and
+      // store them (sources without their "[cached in]" note), so only the first attach pays.
+      if (p->lacks_wanted_fields() && add_btf_fields(mem, *p, *l)) {
+        Profile fresh = *p;
+        const std::string note = " [cached in " + it->path().string() + "]";
+        for (auto& [key, src] : fresh.sources)
+          if (src.ends_with(note)) src.resize(src.size() - note.size());
+        if (fresh.syscalls && fresh.syscalls->source.ends_with(note))
+          fresh.syscalls->source.resize(fresh.syscalls->source.size() - note.size());
+        how += save_profile_file(fresh, it->path()) ? ", layouts updated from BTF" : ", layouts reread from BTF (not saved)";
+      }
+      auto k = std::make_unique<Kernel>(mem, std::move(*p), *l, how);
       return k;
     }
   }

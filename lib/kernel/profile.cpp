@@ -4,6 +4,7 @@
 #include "kernel/profile.hpp"
 
 #include <bpf/btf.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #include <cerrno>
@@ -21,6 +22,12 @@ std::string Profile::key() const {
   std::uint64_t h = 0xcbf29ce484222325ULL;  // FNV-1a: stable across runs, unlike std::hash
   for (unsigned char c : banner) h = (h ^ c) * 0x100000001b3ULL;
   return fmt::format("banner-{:016x}", h);
+}
+
+bool Profile::lacks_wanted_fields() const {
+  for (const FieldSpec& spec : wanted_fields())
+    if (fields.count(spec.key) == 0 && sources.count("field " + spec.key) == 0) return true;
+  return false;
 }
 
 std::optional<Field> Profile::field(const std::string& name) const {
@@ -71,6 +78,27 @@ const std::vector<FieldSpec>& wanted_fields() {
       {"mm_struct.env_end", "mm_struct", {"env_end"}, false},
       {"mm_struct.exe_file", "mm_struct", {"exe_file"}, false},
       {"cred.egid", "cred", {"egid"}, false},
+      // Open files (linux/files.hpp): task_struct.files -> fdtable -> file -> inode / socket -> sock.
+      {"files_struct.fdt", "files_struct", {"fdt"}, false},
+      {"fdtable.max_fds", "fdtable", {"max_fds"}, false},
+      {"fdtable.fd", "fdtable", {"fd"}, false},
+      {"file.f_inode", "file", {"f_inode"}, false},
+      {"file.f_mode", "file", {"f_mode"}, false},
+      {"file.private_data", "file", {"private_data"}, false},
+      {"inode.i_mode", "inode", {"i_mode"}, false},
+      {"inode.i_rdev", "inode", {"i_rdev"}, false},
+      {"inode.i_ino", "inode", {"i_ino"}, false},
+      {"socket.type", "socket", {"type"}, false},
+      {"socket.sk", "socket", {"sk"}, false},
+      {"sock.__sk_common", "sock", {"__sk_common"}, false},
+      {"sock_common.skc_daddr", "sock_common", {"skc_daddr"}, false},
+      {"sock_common.skc_rcv_saddr", "sock_common", {"skc_rcv_saddr"}, false},
+      {"sock_common.skc_dport", "sock_common", {"skc_dport"}, false},
+      {"sock_common.skc_num", "sock_common", {"skc_num"}, false},
+      {"sock_common.skc_family", "sock_common", {"skc_family"}, false},
+      {"sock_common.skc_state", "sock_common", {"skc_state"}, false},
+      {"sock_common.skc_v6_daddr", "sock_common", {"skc_v6_daddr"}, false},
+      {"sock_common.skc_v6_rcv_saddr", "sock_common", {"skc_v6_rcv_saddr"}, false},
       // The guest's own syscall table (syscall_meta.hpp).
       {"syscall_metadata.name", "syscall_metadata", {"name"}, false},
       {"syscall_metadata.syscall_nr", "syscall_metadata", {"syscall_nr"}, false},
@@ -126,6 +154,7 @@ Result<void> add_fields_from_btf(Profile& profile, std::span<const std::byte> bl
     const std::int32_t sid = btf__find_by_name_kind(b, spec.type.c_str(), BTF_KIND_STRUCT);
     if (sid <= 0) {
       if (spec.required) missing += " struct " + spec.type;
+      else profile.sources["field " + spec.key] = fmt::format("absent: BTF has no struct {} ({})", spec.type, origin);
       continue;
     }
     if (const btf_type* st = btf__type_by_id(b, static_cast<std::uint32_t>(sid)))
@@ -142,6 +171,9 @@ Result<void> add_fields_from_btf(Profile& profile, std::span<const std::byte> bl
       break;
     }
     if (!found && spec.required) missing += " " + spec.key;
+    if (!found && !spec.required)
+      profile.sources["field " + spec.key] = fmt::format("absent: struct {} has no member {} ({})", spec.type,
+                                                         fmt::join(spec.members, "/"), origin);
   }
   btf__free(b);
   if (!missing.empty()) return make_error("BTF lacks what hvtrace needs:{}", missing);

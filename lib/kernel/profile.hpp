@@ -47,6 +47,9 @@ struct Profile {
 
   [[nodiscard]] std::string key() const;  // "build-<id>" or "banner-<fnv64>"
   [[nodiscard]] std::optional<Field> field(const std::string& name) const;
+  // True when a field hvtrace now wants was neither found nor recorded as absent: the profile
+  // predates that field (a cache written by an older hvtrace) and its layouts are reread from BTF.
+  [[nodiscard]] bool lacks_wanted_fields() const;
 };
 
 // The symbols and fields discovery keeps in a profile and the Linux model uses.

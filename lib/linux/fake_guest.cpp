@@ -59,7 +59,53 @@ Result<std::vector<std::byte>> make_btf() {
   btf__add_field(b, "start_boottime", u64, L::kStartBoottime * 8, 0);
   btf__add_field(b, "real_cred", vptr, L::kRealCred * 8, 0);
   btf__add_field(b, "cred", vptr, L::kCred * 8, 0);
-  const int last = btf__add_field(b, "comm", comm, L::kComm * 8, 0);
+  btf__add_field(b, "comm", comm, L::kComm * 8, 0);
+  btf__add_field(b, "files", vptr, L::kFiles * 8, 0);
+  // Open files, with the socket's addresses inside unnamed unions and structs as in sock_common.
+  const int u16 = btf__add_int(b, "short unsigned int", 2, 0);
+  const int u8 = btf__add_int(b, "unsigned char", 1, 0);
+  const int i16 = btf__add_int(b, "short int", 2, BTF_INT_SIGNED);
+  btf__add_struct(b, "files_struct", 0x100);
+  btf__add_field(b, "count", i32, 0, 0);
+  btf__add_field(b, "fdt", vptr, L::kFilesFdt * 8, 0);
+  btf__add_struct(b, "fdtable", 0x40);
+  btf__add_field(b, "max_fds", u32, L::kFdtMaxFds * 8, 0);
+  btf__add_field(b, "fd", vptr, L::kFdtFd * 8, 0);
+  btf__add_struct(b, "file", 0x100);
+  btf__add_field(b, "f_mode", u32, L::kFileMode * 8, 0);
+  btf__add_field(b, "f_inode", vptr, L::kFileInode * 8, 0);
+  btf__add_field(b, "private_data", vptr, L::kFilePrivate * 8, 0);
+  btf__add_struct(b, "inode", 0x260);
+  btf__add_field(b, "i_mode", u16, L::kInodeMode * 8, 0);
+  btf__add_field(b, "i_ino", u64, L::kInodeIno * 8, 0);
+  btf__add_field(b, "i_rdev", u32, L::kInodeRdev * 8, 0);
+  btf__add_struct(b, "socket", 0x80);
+  btf__add_field(b, "state", i32, 0, 0);
+  btf__add_field(b, "type", i16, L::kSocketType * 8, 0);
+  btf__add_field(b, "sk", vptr, L::kSocketSk * 8, 0);
+  const int addrs = btf__add_struct(b, nullptr, 8);
+  btf__add_field(b, "skc_daddr", u32, 0, 0);
+  btf__add_field(b, "skc_rcv_saddr", u32, 32, 0);
+  const int addr_u = btf__add_union(b, nullptr, 8);
+  btf__add_field(b, "skc_addrpair", u64, 0, 0);
+  btf__add_field(b, nullptr, addrs, 0, 0);
+  const int ports = btf__add_struct(b, nullptr, 4);
+  btf__add_field(b, "skc_dport", u16, 0, 0);
+  btf__add_field(b, "skc_num", u16, 16, 0);
+  const int port_u = btf__add_union(b, nullptr, 4);
+  btf__add_field(b, "skc_portpair", u32, 0, 0);
+  btf__add_field(b, nullptr, ports, 0, 0);
+  const int in6 = btf__add_array(b, i32, u8, 16);
+  const int common = btf__add_struct(b, "sock_common", 0x88);
+  btf__add_field(b, nullptr, addr_u, L::kSkcDaddr * 8, 0);
+  btf__add_field(b, "skc_hash", u32, 0x8 * 8, 0);
+  btf__add_field(b, nullptr, port_u, L::kSkcDport * 8, 0);
+  btf__add_field(b, "skc_family", u16, L::kSkcFamily * 8, 0);
+  btf__add_field(b, "skc_state", u8, L::kSkcState * 8, 0);
+  btf__add_field(b, "skc_v6_daddr", in6, L::kSkcV6Daddr * 8, 0);
+  btf__add_field(b, "skc_v6_rcv_saddr", in6, L::kSkcV6RcvSaddr * 8, 0);
+  btf__add_struct(b, "sock", 0x400);
+  const int last = btf__add_field(b, "__sk_common", common, 0, 0);
   if (last < 0) {
     btf__free(b);
     return make_error("building the fake BTF failed ({})", last);
@@ -228,6 +274,60 @@ std::optional<Dtb> FakeGuest::dtb_of_task(GVA task) const {
   auto pgd = mem_->read_u64(pa_of(GVA{*mm + L::kMmPgd}));
   if (!pgd) return std::nullopt;
   return Dtb{pa_of(GVA{*pgd}).value};
+}
+
+Result<FakeFdTable> FakeGuest::set_files(GVA task, const std::vector<FakeFile>& files, std::uint32_t max_fds) {
+  mem::FakeMem& m = *mem_;
+  FakeFdTable t;
+  auto files_pa = alloc(0x100);
+  auto fdt_pa = alloc(0x40);
+  auto array_pa = alloc(std::max<std::uint64_t>(8ULL * max_fds, 8));
+  if (!files_pa || !fdt_pa || !array_pa) return make_error("fake guest out of RAM");
+  t.files_struct = va_of(*files_pa);
+  t.fdtable = va_of(*fdt_pa);
+  t.fd_array = va_of(*array_pa);
+  HVTRACE_TRY(m.write_u64(pa_of(GVA{task.value + L::kFiles}), t.files_struct.value));
+  HVTRACE_TRY(m.write_u64(GPA{files_pa->value + L::kFilesFdt}, t.fdtable.value));
+  HVTRACE_TRY(m.write_as<std::uint32_t>(GPA{fdt_pa->value + L::kFdtMaxFds}, max_fds));
+  HVTRACE_TRY(m.write_u64(GPA{fdt_pa->value + L::kFdtFd}, t.fd_array.value));
+  for (const FakeFile& f : files) {
+    if (f.fd < 0 || static_cast<std::uint32_t>(f.fd) >= max_fds) return make_error("fake fd {} outside max_fds {}", f.fd, max_fds);
+    auto file_pa = alloc(0x100);
+    if (!file_pa) return std::move(file_pa).error();
+    GVA inode = f.inode;
+    if (inode.value == 0) {
+      auto inode_pa = alloc(0x260);
+      if (!inode_pa) return std::move(inode_pa).error();
+      inode = va_of(*inode_pa);
+      HVTRACE_TRY(m.write_as<std::uint16_t>(GPA{inode_pa->value + L::kInodeMode}, static_cast<std::uint16_t>(f.mode)));
+      HVTRACE_TRY(m.write_u64(GPA{inode_pa->value + L::kInodeIno}, f.ino));
+      HVTRACE_TRY(m.write_as<std::uint32_t>(GPA{inode_pa->value + L::kInodeRdev}, (f.major << 20) | f.minor));
+    }
+    HVTRACE_TRY(m.write_as<std::uint32_t>(GPA{file_pa->value + L::kFileMode}, f.f_mode));
+    HVTRACE_TRY(m.write_u64(GPA{file_pa->value + L::kFileInode}, inode.value));
+    if ((f.mode & 0170000) == 0140000) {
+      auto sock_pa = alloc(0x80);
+      auto sk_pa = alloc(0x400);
+      if (!sock_pa || !sk_pa) return make_error("fake guest out of RAM");
+      HVTRACE_TRY(m.write_u64(GPA{file_pa->value + L::kFilePrivate}, va_of(*sock_pa).value));
+      HVTRACE_TRY(m.write_as<std::uint16_t>(GPA{sock_pa->value + L::kSocketType}, f.type));
+      HVTRACE_TRY(m.write_u64(GPA{sock_pa->value + L::kSocketSk}, va_of(*sk_pa).value));
+      const std::uint64_t c = sk_pa->value;
+      HVTRACE_TRY(m.write_as<std::uint16_t>(GPA{c + L::kSkcFamily}, f.family));
+      HVTRACE_TRY(m.write_as<std::uint8_t>(GPA{c + L::kSkcState}, f.state));
+      const auto be16 = [](std::uint16_t v) { return static_cast<std::uint16_t>((v >> 8) | (v << 8)); };
+      HVTRACE_TRY(m.write_as<std::uint16_t>(GPA{c + L::kSkcDport}, be16(f.peer_port)));
+      HVTRACE_TRY(m.write_as<std::uint16_t>(GPA{c + L::kSkcNum}, f.local_port));
+      HVTRACE_TRY(m.write(GPA{c + L::kSkcDaddr}, std::as_bytes(std::span(f.peer_ip.data(), 4))));
+      HVTRACE_TRY(m.write(GPA{c + L::kSkcRcvSaddr}, std::as_bytes(std::span(f.local_ip.data(), 4))));
+      HVTRACE_TRY(m.write(GPA{c + L::kSkcV6Daddr}, std::as_bytes(std::span(f.peer_ip))));
+      HVTRACE_TRY(m.write(GPA{c + L::kSkcV6RcvSaddr}, std::as_bytes(std::span(f.local_ip))));
+    }
+    HVTRACE_TRY(m.write_u64(GPA{array_pa->value + 8ULL * static_cast<std::uint32_t>(f.fd)}, va_of(*file_pa).value));
+    t.files.push_back(va_of(*file_pa));
+    t.inodes.push_back(inode);
+  }
+  return t;
 }
 
 Result<GVA> FakeGuest::set_current(unsigned cpu, GVA task) {

@@ -9,6 +9,7 @@
 #include "kernel/kallsyms.hpp"
 #include "mem/phys_mem.hpp"
 
+#include <array>
 #include <memory>
 #include <string>
 #include <vector>
@@ -37,6 +38,32 @@ struct FakeLayout {
   static constexpr std::uint64_t kMmSize = 0x400, kMmPgd = 0x48, kCredSize = 0xa0, kCredUid = 4, kCredGid = 8,
                                  kCredEuid = 0x14;
   static constexpr std::uint64_t kCurrentTask = 0x1fbc0;  // per-CPU offset of current_task
+  // Open files: task_struct.files -> files_struct.fdt -> fdtable -> file -> inode / socket -> sock.
+  static constexpr std::uint64_t kFiles = 0x780, kFilesFdt = 0x20, kFdtMaxFds = 0, kFdtFd = 8, kFileMode = 0x14,
+                                 kFileInode = 0x20, kFilePrivate = 0xc8, kInodeMode = 0, kInodeIno = 0x40,
+                                 kInodeRdev = 0x4c, kSocketType = 4, kSocketSk = 0x18, kSkcDaddr = 0,
+                                 kSkcRcvSaddr = 4, kSkcDport = 0xc, kSkcNum = 0xe, kSkcFamily = 0x10,
+                                 kSkcState = 0x12, kSkcV6Daddr = 0x38, kSkcV6RcvSaddr = 0x48;
+};
+
+// One open file of a fake task (set_files). Addresses in network byte order as the kernel keeps
+// them; IPv4 in the first 4 bytes of the address arrays.
+struct FakeFile {
+  int fd = 0;
+  std::uint32_t mode = 0100644;            // inode.i_mode (S_IFCHR, S_IFSOCK, S_IFIFO, ... | perms)
+  std::uint32_t major = 0, minor = 0;      // inode.i_rdev
+  std::uint32_t f_mode = 3;                // FMODE_READ | FMODE_WRITE
+  std::uint64_t ino = 0;
+  GVA inode{};                             // non-zero: share this inode (a pipe's other end)
+  std::uint16_t family = 0, type = 1;      // sockets: AF_*, SOCK_*
+  std::uint8_t state = 0;
+  std::array<std::uint8_t, 16> local_ip{}, peer_ip{};
+  std::uint16_t local_port = 0, peer_port = 0;   // host order (the fake stores dport big-endian)
+};
+
+struct FakeFdTable {
+  GVA files_struct, fdtable, fd_array;
+  std::vector<GVA> files, inodes;          // in the order given
 };
 
 struct FakeTask {
@@ -64,6 +91,8 @@ class FakeGuest {
   // Direct-map address of a physical address, and back.
   [[nodiscard]] GVA va_of(GPA pa) const { return GVA{o_.page_offset_base + pa.value}; }
   [[nodiscard]] GPA pa_of(GVA va) const { return GPA{va.value - o_.page_offset_base}; }
+  // Give `task` an fd table of max_fds slots holding `files` (fds must be < max_fds).
+  Result<FakeFdTable> set_files(GVA task, const std::vector<FakeFile>& files, std::uint32_t max_fds = 64);
   // Make cpu's per-CPU area say `task` is current; returns the cpu's kernel GS base.
   Result<GVA> set_current(unsigned cpu, GVA task);
 

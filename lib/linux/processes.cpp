@@ -1,6 +1,8 @@
 // The Linux model over a discovered Kernel; see processes.hpp for the invariants.
 #include "linux/processes.hpp"
 
+#include "linux/field_at.hpp"
+
 #include <algorithm>
 #include <cstring>
 #include <unordered_set>
@@ -10,13 +12,6 @@ namespace {
 
 constexpr std::uint32_t kPfKthread = 0x00200000;
 constexpr int kWalkAttempts = 3;  // the live guest may change the list under us
-
-template <typename T>
-T field_at(const std::vector<std::byte>& buf, std::uint64_t off) {
-  T v{};
-  if (off <= buf.size() && sizeof(T) <= buf.size() - off) std::memcpy(&v, buf.data() + off, sizeof(T));
-  return v;
-}
 
 }  // namespace
 
