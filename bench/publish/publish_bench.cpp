@@ -1,4 +1,4 @@
-// publish_bench [--quick] [--events N] [--rounds N] [--cluster] [--json FILE] [--check-target]
+// publish_bench [--quick] [--events N] [--rounds N] [--cluster] [--batch N] [--json FILE] [--check-target]
 //
 // Publishes N Cowrie-style events (about 330 bytes of JSON each, 8 sessions interleaved) through
 // hvtrace's Publisher to a fresh JetStream stream on nats-server(s) this program starts on
@@ -56,6 +56,7 @@ int main(int argc, char** argv) {
   bool quick = false, cluster = false, check_target = false;
   std::size_t events = 200000;
   int rounds = 5;
+  std::size_t batch = hvtrace::publish::PublisherConfig{}.batch;
   std::string json_out;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -67,12 +68,14 @@ int main(int argc, char** argv) {
       cluster = true;
     } else if (a == "--events" && i + 1 < argc) {
       events = std::stoul(argv[++i]);
+    } else if (a == "--batch" && i + 1 < argc) {
+      batch = std::stoul(argv[++i]);
     } else if (a == "--rounds" && i + 1 < argc) {
       rounds = std::stoi(argv[++i]);
     } else if (a == "--json" && i + 1 < argc) {
       json_out = argv[++i];
     } else {
-      fmt::print(stderr, "usage: publish_bench [--quick] [--events N] [--rounds N] [--cluster] [--json FILE] [--check-target]\n");
+      fmt::print(stderr, "usage: publish_bench [--quick] [--events N] [--rounds N] [--cluster] [--batch N] [--json FILE] [--check-target]\n");
       return 2;
     }
   }
@@ -83,7 +86,7 @@ int main(int argc, char** argv) {
   const fs::path root = fs::temp_directory_path() / fmt::format("hvtrace-publish-bench-{}", ::getpid());
   fs::remove_all(root);
   fs::create_directories(root);
-  nlohmann::json report = {{"events", events}, {"rounds", nlohmann::json::array()}, {"cluster", cluster}};
+  nlohmann::json report = {{"events", events}, {"rounds", nlohmann::json::array()}, {"cluster", cluster}, {"batch", batch}};
   std::vector<double> rate, caller_us, process_us;
   try {
     hvtrace::publish::LocalNats servers(root, cluster ? 3 : 1, "bench-nats");
@@ -105,6 +108,7 @@ int main(int argc, char** argv) {
       hvtrace::publish::PublisherConfig c;
       c.urls = servers.urls();
       c.vm = "bench-vm";
+      c.batch = batch;
       c.stream = fmt::format("BENCH{}", r);   // a fresh stream each round; its subjects overlap: drop the last
       c.spool_dir = root / fmt::format("spool{}", r);
       if (r > 0) {
