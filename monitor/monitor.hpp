@@ -13,11 +13,12 @@
 //     other kernel TB start has a callback on detect != 0 that learns a new door's entry point
 //     (doors.hpp verifies it was the door, not a fault). No field counts up and waits to be reset,
 //     so no instruction sequence can leave a vCPU's entries undelivered.
-//   - reset_req: set by the control thread after the breakpoint table changed; every kernel TB
-//     start has a callback on reset_req != 0 that asks QEMU, from the vCPU thread, for the code
-//     cache flush (qemu_plugin_reset flushes only when called on a vCPU thread). Breakpoints
-//     themselves are unconditional callbacks at their addresses, registered at translation from
-//     bp_site (the addresses in force); the callback checks the table (FilterConfig::bps).
+//   - reset_req: set by the control thread after a breakpoint was added at an address with no
+//     callback yet; every kernel TB start has a callback on reset_req != 0 that asks QEMU, from
+//     the vCPU thread, for the code cache flush (qemu_plugin_reset flushes only when called on a
+//     vCPU thread). Breakpoints themselves are unconditional callbacks at their addresses,
+//     registered at translation from bp_site (the addresses in force and, until the list is
+//     rebuilt, removed ones: bp_sites.hpp); the callback checks the table (FilterConfig::bps).
 // The filter itself (FilterConfig) is published by pointer from a pool with a slot per vCPU plus
 // two, so the control thread always finds a slot that is neither current nor announced in a vCPU's
 // hazard slot. The generation counter in each config orders the changes.
@@ -53,7 +54,7 @@ struct VcpuBoard {
   std::uint64_t entry_armed;
   std::uint64_t exit_armed;
   std::uint64_t cr3_armed;
-  std::uint64_t reset_req;       // 1: the breakpoint table changed, flush the code cache (plugin.cpp)
+  std::uint64_t reset_req;       // 1: a breakpoint address needs a callback, flush the code cache (plugin.cpp)
   std::uint64_t detect;          // DoorInsn of the last user door instruction; cleared at a known entry
   std::uint64_t door_rip;        // its address
   std::uint64_t insns;           // icount=on: guest instructions executed (inline add per TB)
@@ -98,8 +99,9 @@ struct Monitor {
 
   std::atomic<std::uint64_t> door_va[static_cast<unsigned>(abi::Door::kCount)] = {};  // 0 until learned
   std::atomic<bool> reset_in_flight{false};
-  // Breakpoint addresses for translation (a copy of the table's non-drop addresses; translation
-  // has no hazard slot). Changed by the control thread only, each change followed by a flush.
+  // Breakpoint addresses for translation (a superset of the table's non-drop addresses:
+  // bp_sites.hpp; translation has no hazard slot). Changed by the control thread only, each
+  // change followed by a flush.
   std::atomic<std::uint64_t> bp_site[abi::kMaxBreakpoints] = {};
   std::atomic<std::uint32_t> n_bp_sites{0};
   std::atomic<std::uint64_t> bp_serial{0};   // table changes so far

@@ -6,6 +6,7 @@
 // the ephemeral data (captures) and publish one record into this vCPU's ring; a sync action then
 // waits for the consumer's ack, bounded by a timeout and by the consumer's presence.
 // The C ABI edge is qemu_plugin_install and qemu_plugin_version, the only exported symbols.
+#include "bp_sites.hpp"
 #include "captures.hpp"
 #include "monitor.hpp"
 #include "syscall_captures.hpp"
@@ -14,6 +15,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstddef>
 
 #include <cstdio>
@@ -649,17 +651,20 @@ void store_flags(Monitor& m, unsigned vcpu, const ArmFlags& f) {
   put(m.f_cr3_armed, f.cr3);
 }
 
-// The table in `now` is in force (published): give translation its addresses, then have a vCPU
-// flush the code cache (on_reset_req) so every address is translated again with or without its
-// callback. One flush per change, nothing per event.
+// The table in `now` is in force (published): give translation the addresses that have no
+// callback yet, then have a vCPU flush the code cache (on_reset_req) so they are translated again
+// with one. A removal, or an address that still has its callback from before, flushes nothing
+// (bp_sites.hpp): a stale callback finds no breakpoint in the table. Nothing per event.
 void breakpoints_changed(Monitor& m, const FilterConfig& now) {
+  std::uint64_t want[abi::kMaxBreakpoints];
+  std::uint32_t n_want = 0;
+  for (std::uint32_t i = 0; i < now.n_bps && n_want < abi::kMaxBreakpoints; ++i)
+    if (now.bps[i].action != Action::kDrop) want[n_want++] = now.bps[i].va;
   std::uint64_t sites[abi::kMaxBreakpoints];
-  std::uint32_t n = 0;
-  for (std::uint32_t i = 0; i < now.n_bps; ++i)
-    if (now.bps[i].action != Action::kDrop) sites[n++] = now.bps[i].va;
-  bool same = n == m.n_bp_sites.load();
-  for (std::uint32_t i = 0; same && i < n; ++i) same = m.bp_site[i].load() == sites[i];
-  if (same) return;   // the same addresses have callbacks (e.g. a drop breakpoint): nothing to retranslate
+  const std::uint32_t n_old = std::min<std::uint32_t>(m.n_bp_sites.load(), abi::kMaxBreakpoints);
+  for (std::uint32_t i = 0; i < n_old; ++i) sites[i] = m.bp_site[i].load();
+  std::uint32_t n = n_old;
+  if (!update_bp_sites(sites, n, abi::kMaxBreakpoints, want, n_want)) return;
   for (std::uint32_t i = 0; i < n; ++i) m.bp_site[i].store(sites[i], std::memory_order_relaxed);
   m.n_bp_sites.store(n, std::memory_order_release);
   m.bp_serial.fetch_add(1, std::memory_order_seq_cst);

@@ -2,6 +2,7 @@
 // what apply_control accepts into the table, and every rejection with its reason, the table left
 // as it was. The plugin side (flush, callback) is tested on the real guest
 // (tests/integration/monitor/breakpoints_integration_test.cpp).
+#include "bp_sites.hpp"
 #include "config.hpp"
 
 #include <gtest/gtest.h>
@@ -163,6 +164,44 @@ TEST(Breakpoints, BpArgumentsAreInitialKernelBreakpointsWithTheBpAction) {
   FilterConfig c = o.initial;
   ASSERT_EQ(apply_to(&c, remove(abi::kInitialBreakpointId)), "");
   EXPECT_EQ(c.n_bps, 1u);
+}
+
+// Which table changes flush the code cache (bp_sites.hpp): only an address with no callback yet.
+TEST(BreakpointSites, OnlyANewAddressFlushesRemovalsAndReAddsDoNot) {
+  std::uint64_t sites[4] = {};
+  std::uint32_t n = 0;
+  const std::uint64_t fork_bp[] = {kKernelVa};
+  EXPECT_TRUE(update_bp_sites(sites, n, 4, fork_bp, 1));   // the first breakpoint: translate it
+  EXPECT_EQ(n, 1u);
+  const std::uint64_t with_creds[] = {kKernelVa, kUserVa, kUserVa + 0x40};
+  EXPECT_TRUE(update_bp_sites(sites, n, 4, with_creds, 3));   // two new addresses: one flush
+  EXPECT_EQ(n, 3u);
+  EXPECT_FALSE(update_bp_sites(sites, n, 4, fork_bp, 1)) << "a removal must not flush";
+  EXPECT_EQ(n, 3u) << "the removed addresses keep their (stale) callbacks";
+  EXPECT_FALSE(update_bp_sites(sites, n, 4, with_creds, 3)) << "the same addresses again (the next connection) must not flush";
+  const std::uint64_t none[] = {0};
+  EXPECT_FALSE(update_bp_sites(sites, n, 4, none, 0));
+  // A scoped duplicate (two breakpoints at one address) needs one site.
+  const std::uint64_t dup[] = {kUserVa, kUserVa};
+  EXPECT_FALSE(update_bp_sites(sites, n, 4, dup, 2));
+  EXPECT_EQ(n, 3u);
+}
+
+TEST(BreakpointSites, AFullListIsRebuiltFromTheTable) {
+  std::uint64_t sites[3] = {};
+  std::uint32_t n = 0;
+  const std::uint64_t a[] = {0x1000, 0x2000, 0x3000};
+  EXPECT_TRUE(update_bp_sites(sites, n, 3, a, 3));
+  const std::uint64_t b[] = {0x2000, 0x4000};   // 0x4000 does not fit beside the stale ones
+  EXPECT_TRUE(update_bp_sites(sites, n, 3, b, 2));
+  ASSERT_EQ(n, 2u);
+  EXPECT_EQ(sites[0], 0x2000u);
+  EXPECT_EQ(sites[1], 0x4000u);
+  const std::uint64_t c[] = {0x5000, 0x5000, 0x6000};   // a duplicate gets one site
+  EXPECT_TRUE(update_bp_sites(sites, n, 3, c, 3));
+  ASSERT_EQ(n, 2u);
+  EXPECT_EQ(sites[0], 0x5000u);
+  EXPECT_EQ(sites[1], 0x6000u);
 }
 
 }  // namespace
