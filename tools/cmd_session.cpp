@@ -21,6 +21,7 @@
 #include "events/control_client.hpp"
 #include "events/event_reader.hpp"
 #include "linux/elf_symbols.hpp"
+#include "linux/files.hpp"
 #include "publish/publisher.hpp"
 #include "session/latency.hpp"
 #include "session/tracker.hpp"
@@ -416,6 +417,45 @@ syscalls::Call as_write(const syscalls::Call& c) {
   return w;
 }
 
+// A picked-up process's open files, for the engine (issue 9): read from its fd table in guest
+// memory (linux_os::open_files), as its open("/dev/ptmx"), accept and pipe calls before the watch
+// would have told. A table that cannot be read costs the session its terminal and address, with a
+// warning; the watch goes on.
+std::vector<session::ExistingFd> existing_fds(const linux_os::Linux& os, const linux_os::Process& p) {
+  using K = session::ExistingFd::Kind;
+  std::vector<session::ExistingFd> out;
+  auto table = linux_os::open_files(os, p);
+  if (!table) {
+    fmt::print(stderr, "hvtrace: warning: {} (pid {} {}: its terminal and client address stay unknown)\n",
+               table.error().message, p.pid.value, p.comm);
+    return out;
+  }
+  const auto end = [](const linux_os::SocketInfo& si, const std::optional<linux_os::SocketEnd>& e) {
+    return e ? std::optional<session::SockAddr>(session::SockAddr{si.family == 10 ? "ipv6" : "ipv4", e->ip, e->port, {}})
+             : std::nullopt;
+  };
+  for (const auto& f : table->files) {
+    session::ExistingFd e;
+    e.fd = f.fd;
+    if (f.kind == linux_os::FileKind::kPtyMaster) {
+      e.kind = K::kPtyMaster;
+    } else if (f.kind == linux_os::FileKind::kPipe && f.readable != f.writable) {
+      e.kind = f.readable ? K::kPipeRead : K::kPipeWrite;
+      e.pipe = f.inode.value;   // both ends share the pipe's inode
+    } else if (f.kind == linux_os::FileKind::kSocket) {
+      e.kind = K::kSocket;
+      if (f.socket) {
+        e.local = end(*f.socket, f.socket->local);
+        e.peer = end(*f.socket, f.socket->peer);
+      }
+    } else {
+      continue;
+    }
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
 // The discarding line sink: the session engine, not the trace text, is the output.
 void no_lines(const std::string&) {}
 
@@ -526,7 +566,8 @@ void run_session(const SessionOptions& o) {
       todo.pop_front();
       for (const auto& p : procs) {
         if (p.ppid.value != parent || !p.dtb || !seen.insert(p.tgid.value).second) continue;
-        tracker.add_existing(static_cast<std::uint32_t>(p.tgid.value), static_cast<std::uint32_t>(parent), p.comm, start_ns);
+        tracker.add_existing(static_cast<std::uint32_t>(p.tgid.value), static_cast<std::uint32_t>(parent), p.comm, start_ns,
+                             existing_fds(*g.os, p));
         if (auto r = tracer.trace_pid(static_cast<std::uint32_t>(p.tgid.value)); r) ++picked_up;
         if (server_names.count(p.comm) != 0) creds.add_running(static_cast<std::uint32_t>(p.tgid.value), false);
         todo.push_back(p.tgid.value);

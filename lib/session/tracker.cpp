@@ -3,7 +3,8 @@
 // chain leads to it through fork returns. What each call means is decided by its name (so the
 // x86-64 and i386 numberings are handled alike) and by the fd table kept per process.
 // The rules this file applies (docs/session-events.md has them for the reader of the output):
-//  - terminal: the connection process's fd from open/openat("/dev/ptmx") is the pty master; its
+//  - terminal: the connection process's fd from open/openat("/dev/ptmx") is the pty master (in a
+//    session picked up at start, the one its open-file table names: add_existing's fds); its
 //    writes there are what the client typed, its reads what the terminal showed. Without a pty
 //    (ssh host 'cmd'), pipes the connection process made after login carry the command's stdin
 //    (writes) and output (reads).
@@ -1195,21 +1196,56 @@ struct Tracker::Impl {
     ++stats.login_attempts;
   }
 
-  void existing(std::uint32_t pid, std::uint32_t ppid, const std::string& comm, std::uint64_t now) {
+  void existing(std::uint32_t pid, std::uint32_t ppid, const std::string& comm, std::uint64_t now,
+                const std::vector<ExistingFd>& fds) {
     if (proc(pid) != nullptr) return;
     Process* parent = proc(ppid);
     if (parent == nullptr) return;
     Session* s = parent->s;
-    if (s == nullptr) {   // a server's child: a connection already open (its address is not known)
+    if (s == nullptr) {   // a server's child: a connection already open (its address from its socket, if given)
       s = open_session(pid, ppid, now, true);
-      if (s != nullptr) add_process(*s, pid, ppid, nullptr, comm, now);
+      if (s != nullptr) existing_fds(*s, add_process(*s, pid, ppid, nullptr, comm, now), fds);
       return;
     }
     if (!room_for_process(*s, now)) return;
-    add_process(*s, pid, ppid, nullptr, comm, now).exec_seen = true;
+    Process& p = add_process(*s, pid, ppid, nullptr, comm, now);
+    p.exec_seen = true;
+    existing_fds(*s, p, fds);
     if (ppid == s->conn && s->shell == 0) {   // already logged in: its shell runs
       s->shell = pid;
       s->logged_in = true;
+    }
+  }
+
+  // A picked-up process's open files, as its open/accept/pipe calls would have made them.
+  void existing_fds(Session& s, Process& p, const std::vector<ExistingFd>& fds) {
+    const bool conn = p.pid == s.conn;
+    for (const ExistingFd& e : fds) {
+      if (e.fd < 0 || p.fds.size() >= cfg.max_fds) continue;
+      Fd fd;
+      switch (e.kind) {
+        case ExistingFd::Kind::kPtyMaster:
+          fd.kind = FdKind::kPtmx;
+          if (conn) s.pty = true;
+          break;
+        case ExistingFd::Kind::kPipeRead:
+        case ExistingFd::Kind::kPipeWrite:
+          fd.kind = e.kind == ExistingFd::Kind::kPipeRead ? FdKind::kPipeRead : FdKind::kPipeWrite;
+          fd.writable = e.kind == ExistingFd::Kind::kPipeWrite;
+          fd.pipe = e.pipe;
+          // A child of the connection with a pipe on its stdin/stdout/stderr: the command's channel.
+          if (e.pipe != 0 && e.fd <= 2 && p.ppid == s.conn) s.channel_pipes.insert(e.pipe);
+          break;
+        case ExistingFd::Kind::kSocket:
+          fd.kind = FdKind::kSocket;
+          if (conn && e.peer && (e.peer->family == "ipv4" || e.peer->family == "ipv6")) {
+            fd.client = true;
+            if (!s.peer) s.peer = e.peer;
+            if (!s.local && e.local) s.local = e.local;
+          }
+          break;
+      }
+      p.fds[e.fd] = std::move(fd);
     }
   }
 };
@@ -1225,8 +1261,9 @@ void Tracker::add_server(std::uint32_t pid) {
   impl_->servers.insert(pid);
 }
 
-void Tracker::add_existing(std::uint32_t pid, std::uint32_t ppid, const std::string& comm, std::uint64_t now_ns) {
-  impl_->existing(pid, ppid, comm, now_ns);
+void Tracker::add_existing(std::uint32_t pid, std::uint32_t ppid, const std::string& comm, std::uint64_t now_ns,
+                           const std::vector<ExistingFd>& fds) {
+  impl_->existing(pid, ppid, comm, now_ns, fds);
 }
 
 void Tracker::on_call(const CallEvent& e) { impl_->handle(e); }

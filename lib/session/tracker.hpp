@@ -9,6 +9,7 @@
 // Every input comes from an attacker-controlled guest: every buffer is bounded by TrackerConfig.
 #pragma once
 
+#include "session/sockaddr.hpp"
 #include "syscalls/syscalls.hpp"
 
 #include <nlohmann/json.hpp>
@@ -32,6 +33,16 @@ struct CallEvent {
 };
 
 enum class Credential { kUser, kPassword };
+
+// An fd of a process running before the watch began, from the guest's open-file table (the live
+// side reads it with linux_os::open_files): what the calls that made it would have told.
+struct ExistingFd {
+  enum class Kind : std::uint8_t { kPtyMaster, kPipeRead, kPipeWrite, kSocket };
+  int fd = -1;
+  Kind kind = Kind::kSocket;
+  std::uint64_t pipe = 0;                // pipes: one non-zero id for both ends, in every process
+  std::optional<SockAddr> local{}, peer{};   // sockets: ipv4/ipv6 ends when connected
+};
 
 struct TrackerConfig {
   std::filesystem::path dir;                   // sessions go to dir/<12-hex session id>/
@@ -66,9 +77,12 @@ class Tracker {
   // A listening SSH server process (dropbear, sshd): each child it forks is one connection.
   void add_server(std::uint32_t pid);
   // A process already running at start (from the guest's process list), parent first: a child
-  // of a server opens a session (picked up: its connection details are unknown), its descendants
-  // join that session.
-  void add_existing(std::uint32_t pid, std::uint32_t ppid, const std::string& comm, std::uint64_t now_ns);
+  // of a server opens a session (picked up), its descendants join that session. `fds` are its open
+  // files: the connection process's pty master (its terminal from now on) and client socket (the
+  // client's address); the pipes of a command run without a pty. Without them the terminal and the
+  // address are unknown.
+  void add_existing(std::uint32_t pid, std::uint32_t ppid, const std::string& comm, std::uint64_t now_ns,
+                    const std::vector<ExistingFd>& fds = {});
   void on_call(const CallEvent& e);
   // A login credential read at a breakpoint in a server process (user name at getpwnam, password
   // at crypt); the outcome is decided by what the process does next.

@@ -76,7 +76,16 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         continue;
       }
       if (op == 0xf7) {
-        t.add_existing(pid, 100 + in.byte() % 110, "sh", now);
+        // A process picked up with open files as its fd table could say (any fd, kind, pipe, address).
+        std::vector<session::ExistingFd> fds(in.byte() % 12);
+        for (auto& f : fds) {
+          f.fd = static_cast<int>(static_cast<std::int8_t>(in.byte()));
+          f.kind = static_cast<session::ExistingFd::Kind>(in.byte() % 4);
+          f.pipe = in.byte() % 4;
+          if ((in.byte() & 1) != 0) f.peer = session::decode_sockaddr(in.bytes(28));
+          if ((in.byte() & 1) != 0) f.local = session::decode_sockaddr(in.bytes(28));
+        }
+        t.add_existing(pid, 100 + in.byte() % 110, "sh", now, fds);
         continue;
       }
       session::CallEvent e;

@@ -621,6 +621,63 @@ TEST(SessionEngine, PickedUpSessionKeepsProcessesNotUnknownReads) {
   EXPECT_TRUE(!fs::exists(cast) || cast_output(jsonl(cast)).empty()) << slurp(cast);
 }
 
+// The same session picked up with its open files (read from the guest's fd tables): the pty
+// master is its terminal from now on, the client's socket gives the connect event its address,
+// and the socket's ciphertext is still not output.
+TEST(SessionEngine, PickedUpSessionWithItsFdsRecordsTheTerminalAndTheClient) {
+  Rig r;
+  auto& [dir, t, g] = r;
+  using K = ExistingFd::Kind;
+  t.add_existing(kConn, kServer, "dropbear", g.now,
+                 {{kSock, K::kSocket, 0, decode_sockaddr(sockaddr_in(10, 0, 2, 15, 22)), decode_sockaddr(sockaddr_in(10, 0, 2, 2, 51234))},
+                  {kMaster, K::kPtyMaster}});
+  t.add_existing(kShell, kConn, "bash", g.now);
+  g.read(kConn, kSock, "\x17\x03\x03\xde\xad ciphertext");
+  g.write(kConn, kMaster, "/bin/echo picked-42\r");
+  g.read(kConn, kMaster, "/bin/echo picked-42\r\n");
+  g.fork(kShell, 300);
+  g.exec(300, "/bin/echo", {"/bin/echo", "picked-42"});
+  g.read(kConn, kMaster, "picked-42\r\n");
+  g.exit(300, 0);
+  g.exit(kShell, 0);
+  g.exit(kConn, 0);
+
+  const auto ids = t.session_ids();
+  ASSERT_EQ(ids.size(), 1u);
+  const auto ev = jsonl(dir.path() / ids[0] / "events.jsonl");
+  const auto connect = by_id(ev, "cowrie.session.connect").at(0);
+  EXPECT_TRUE(connect["picked_up"].get<bool>());
+  EXPECT_EQ(connect["src_ip"], "10.0.2.2");
+  EXPECT_EQ(connect["src_port"], 51234);
+  EXPECT_EQ(connect["dst_ip"], "10.0.2.15");
+  EXPECT_EQ(by_id(ev, "cowrie.command.input").at(0)["input"], "/bin/echo picked-42");
+  const std::string transcript = slurp(dir.path() / ids[0] / "transcript.txt");
+  EXPECT_NE(transcript.find("picked-42\n"), std::string::npos) << transcript;
+  EXPECT_NE(transcript.find("10.0.2.2:51234"), std::string::npos) << transcript;
+  EXPECT_EQ(transcript.find("ciphertext"), std::string::npos) << transcript;
+  const auto cast = jsonl(dir.path() / ids[0] / "session.cast");
+  EXPECT_NE(cast_output(cast).find("picked-42\r\n"), std::string::npos);
+  EXPECT_EQ(cast_output(cast).find("ciphertext"), std::string::npos);
+}
+
+// A command run without a pty (ssh host cmd), picked up: the pipes on the child's stdout carry
+// its output to the connection process.
+TEST(SessionEngine, PickedUpCommandWithoutPtyReadsItsPipes) {
+  Rig r;
+  auto& [dir, t, g] = r;
+  using K = ExistingFd::Kind;
+  t.add_existing(kConn, kServer, "dropbear", g.now,
+                 {{kSock, K::kSocket, 0, std::nullopt, decode_sockaddr(sockaddr_in(10, 0, 2, 2, 40000))}, {9, K::kPipeRead, 0xffff8881000}});
+  t.add_existing(kShell, kConn, "sh", g.now, {{1, K::kPipeWrite, 0xffff8881000}, {2, K::kPipeWrite, 0xffff8881000}});
+  g.read(kConn, 9, "piped output\n");
+  g.exit(kShell, 0);
+  g.exit(kConn, 0);
+  const auto ids = t.session_ids();
+  ASSERT_EQ(ids.size(), 1u);
+  EXPECT_NE(slurp(dir.path() / ids[0] / "transcript.txt").find("piped output"), std::string::npos)
+      << slurp(dir.path() / ids[0] / "transcript.txt");
+}
+
 TEST(SessionEngine, HostileInputIsBoundedAndMarked) {
   TrackerConfig cfg;
   cfg.max_line_bytes = 4096;
