@@ -2,7 +2,7 @@
 // Attaches by VM name (or to a RAM file / memory dump), finds the kernel with no configuration
 // (cached profile, else kallsyms + BTF from memory), walks the task list and prints it like ps:
 // a header and aligned columns for people, JSON Lines for machines, --tree for the parent tree,
-// --explain for where every symbol and offset came from.
+// --explain for where every symbol and offset came from, --fds for each process's open files (lsof from outside).
 #include "commands.hpp"
 #include "guest_view.hpp"
 #include "output.hpp"
@@ -31,7 +31,7 @@ namespace {
 struct PsOptions {
   std::string vm_name = "default";
   std::string ram_file, dump_file, profile_file;
-  bool json = false, tree = false, explain = false, no_cache = false, args = false;
+  bool json = false, tree = false, explain = false, no_cache = false, args = false, fds = false;
   std::vector<int> pids;           // -p: only these
   std::vector<std::string> names;  // -C: only these commands
 };
@@ -91,7 +91,8 @@ void run_ps(const PsOptions& o) {
   }
   std::vector<ProcessRow> rows;
   for (const auto& p : *ps) {
-    ProcessRow r{&p, std::nullopt};
+    ProcessRow r{&p, std::nullopt, std::nullopt};
+    if (o.fds && !p.kernel_thread) r.files = linux_os::open_files(lx, p);
     if (o.args) {
       // An unreadable command line (pages not present) is not an error for ps: show the comm.
       auto c = lx.cmdline(p);
@@ -106,6 +107,7 @@ void run_ps(const PsOptions& o) {
       for (const auto& r : rows) print_process_json(r);
     } else {
       print_process_table(rows, o.tree);
+      if (o.fds) print_process_files(rows);
     }
   });
 }
@@ -123,6 +125,9 @@ void add_ps_command(CLI::App& app) {
   ps->add_option("-p,--pid", opts->pids, "only these pids (repeatable)");
   ps->add_option("-C,--command", opts->names, "only processes with this command name (repeatable)");
   ps->add_flag("-f,--args", opts->args, "show full command lines (read from each process's own memory)");
+  ps->add_flag("--fds", opts->fds,
+               "show each process's open files, read from its fd table (pty master/slave, sockets with addresses, "
+               "pipes, files); with --json a \"files\" array");
   ps->add_flag("--json", opts->json, "JSON Lines: one object per process");
   ps->add_flag("--tree", opts->tree, "show the parent tree");
   ps->add_flag("--explain", opts->explain, "say where each symbol and structure offset came from");

@@ -60,8 +60,46 @@ void print_process_json(const ProcessRow& r) {
                       {"dtb", p.dtb ? nlohmann::json(fmt::format("{:#x}", p.dtb->value)) : nlohmann::json(nullptr)},
                       {"task", fmt::format("{:#x}", p.task.value)}};
   if (r.cmdline) j["cmdline"] = *r.cmdline;
+  if (r.files && !*r.files) j["files_error"] = r.files->error().message;
+  if (r.files && *r.files) {
+    nlohmann::json fs = nlohmann::json::array();
+    for (const auto& f : (*r.files)->files) {
+      nlohmann::json o = {{"fd", f.fd}, {"kind", linux_os::kind_name(f.kind)}, {"what", linux_os::describe(f)}};
+      if (f.kind != linux_os::FileKind::kUnreadable) {
+        o["mode"] = fmt::format("{:o}", f.mode);
+        o["inode"] = fmt::format("{:#x}", f.inode.value);
+      }
+      if (f.kind == linux_os::FileKind::kPtyMaster || f.kind == linux_os::FileKind::kPtySlave || f.kind == linux_os::FileKind::kCharDev)
+        o["rdev"] = fmt::format("{}:{}", f.major, f.minor);
+      if (f.kind == linux_os::FileKind::kPipe) o["access"] = std::string(f.readable ? "r" : "") + (f.writable ? "w" : "");
+      if (f.socket) {
+        nlohmann::json so = {{"family", f.socket->family}, {"type", f.socket->type}, {"state", f.socket->state}};
+        if (f.socket->local) so["local"] = {{"ip", f.socket->local->ip}, {"port", f.socket->local->port}};
+        if (f.socket->peer) so["peer"] = {{"ip", f.socket->peer->ip}, {"port", f.socket->peer->port}};
+        if (!f.socket->error.empty()) so["error"] = f.socket->error;
+        o["socket"] = std::move(so);
+      }
+      if (!f.error.empty()) o["error"] = f.error;
+      fs.push_back(std::move(o));
+    }
+    j["files"] = std::move(fs);
+    if ((*r.files)->cut) j["files_cut"] = true;
+  }
   // Guest strings are bytes, not UTF-8: replace what JSON cannot carry.
   fmt::print("{}\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+}
+
+void print_process_files(const std::vector<ProcessRow>& rows) {
+  for (const auto& r : rows) {
+    if (!r.files) continue;
+    fmt::print("\n# open files of pid {} ({})\n", r.p->pid.value, r.p->comm);
+    if (!*r.files) {
+      fmt::print("#   not read: {}\n", r.files->error().message);
+      continue;
+    }
+    for (const auto& f : (*r.files)->files) fmt::print("{:>6} {}\n", f.fd, linux_os::describe(f));
+    if ((*r.files)->cut) fmt::print("#   (more fds not shown: max_fds {} beyond what is looked at)\n", (*r.files)->max_fds);
+  }
 }
 
 void print_process_table(const std::vector<ProcessRow>& rows, bool tree) {

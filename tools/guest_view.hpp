@@ -6,6 +6,7 @@
 #include "events/control_client.hpp"
 #include "events/event_reader.hpp"
 #include "kernel/kernel.hpp"
+#include "linux/files.hpp"
 #include "linux/processes.hpp"
 #include "mem/phys_mem.hpp"
 #include "vm/vm.hpp"
@@ -42,9 +43,12 @@ MonitoredGuest attach_monitored(const std::string& vm_name);
 struct ProcessRow {
   const linux_os::Process* p;
   std::optional<std::string> cmdline;
+  std::optional<Result<linux_os::FdTable>> files{};   // ps --fds
 };
 
 void print_process_table(const std::vector<ProcessRow>& rows, bool tree);
 void print_process_json(const ProcessRow& row);
+// ps --fds: each row's open files after the table, "# open files of pid N (comm)" then one line per fd.
+void print_process_files(const std::vector<ProcessRow>& rows);
 
 }  // namespace hvtrace::tools

@@ -96,6 +96,42 @@ TEST_P(DiscoveryTest, WarmAttachReusesTheCachedProfileAtANewSlide) {
   EXPECT_EQ(all->size(), (*g)->symbols().size());
 }
 
+// A profile cached by an older hvtrace lacks fields added since (the open-file layout): the warm
+// attach rereads the layouts from BTF and stores them, so the next attach is warm and complete.
+TEST_P(DiscoveryTest, AnOldCachedProfileGainsTheFieldsAddedSince) {
+  TempDir dir;
+  AttachOptions ao;
+  ao.profile_dir = dir.path;
+  auto g = FakeGuest::build(opts());
+  ASSERT_TRUE(g);
+  std::filesystem::path file;
+  {
+    auto k = Kernel::attach((*g)->mem(), ao);
+    ASSERT_TRUE(k) << k.error().message;
+    Profile old = (*k)->profile();
+    for (const char* f : {"fdtable.fd", "socket.sk", "task_struct.signal"}) {   // one found, one absent from BTF
+      old.fields.erase(f);
+      old.sources.erase(std::string("field ") + f);
+    }
+    file = dir.path / (old.key() + ".json");
+    ASSERT_TRUE(save_profile_file(old, file));
+  }
+  auto k = Kernel::attach((*g)->mem(), ao);
+  ASSERT_TRUE(k) << k.error().message;
+  EXPECT_NE((*k)->how().find("layouts updated from BTF"), std::string::npos) << (*k)->how();
+  EXPECT_TRUE((*k)->profile().field("fdtable.fd").has_value());
+  EXPECT_FALSE((*k)->profile().lacks_wanted_fields());
+  auto saved = load_profile_file(file);
+  ASSERT_TRUE(saved) << saved.error().message;
+  EXPECT_TRUE(saved->field("socket.sk").has_value());
+  EXPECT_FALSE(saved->lacks_wanted_fields());
+  EXPECT_EQ(saved->sources.at("field socket.sk").find("[cached in"), saved->sources.at("field socket.sk").rfind("[cached in"))
+      << "one note, not one per attach";
+  auto again = Kernel::attach((*g)->mem(), ao);
+  ASSERT_TRUE(again);
+  EXPECT_EQ((*again)->how().find("layouts"), std::string::npos) << (*again)->how();
+}
+
 INSTANTIATE_TEST_SUITE_P(Paging, DiscoveryTest, ::testing::Values(arch::PagingMode::k4Level, arch::PagingMode::k5Level),
                          [](const auto& p) { return p.param == arch::PagingMode::k5Level ? "Level5" : "Level4"; });
 
