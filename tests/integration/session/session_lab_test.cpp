@@ -230,6 +230,14 @@ class SessionLab : public ::testing::Test {
     return std::move(r).value();
   }
 
+  // Once the attacker is done: 2 s for the last events to arrive, the watcher stopped (SIGINT,
+  // exit 0), the session folders it wrote.
+  static std::vector<fs::path> stop_and_list(Watcher& w, const fs::path& out) {
+    std::this_thread::sleep_for(2s);
+    EXPECT_EQ(w.stop(), 0) << w.log();
+    return sessions_in(out);
+  }
+
   static fs::path work_;
   static FileServer* server_;
   static std::uint16_t port_;
@@ -267,12 +275,9 @@ TEST_F(SessionLab, ScriptedAttackerSessionIsReconstructedFromOutside) {
       "exit\n";
   const auto a = attack("full", script, work_ / "full.screen");
   ASSERT_EQ(a.exit_code, 0) << a.err;
-  std::this_thread::sleep_for(2s);
-  EXPECT_EQ(w.stop(), 0) << w.log();
-
   // Two SSH connections, two sessions (as in Cowrie): the interactive one, and scp's own login
   // whose sftp-server writes the upload.
-  const auto sessions = sessions_in(out);
+  const auto sessions = stop_and_list(w, out);
   ASSERT_EQ(sessions.size(), 2u) << w.log();
   fs::path s;
   std::vector<json> all;
@@ -377,10 +382,7 @@ TEST_F(SessionLab, TabCompletionHistoryAndPipedDownloadReadAsTheShellRanThem) {
       "exit\n";
   const auto a = attack("keys", script, work_ / "keys.screen");
   ASSERT_EQ(a.exit_code, 0) << a.err;
-  std::this_thread::sleep_for(2s);
-  EXPECT_EQ(w.stop(), 0) << w.log();
-
-  const auto sessions = sessions_in(out);
+  const auto sessions = stop_and_list(w, out);
   ASSERT_EQ(sessions.size(), 1u) << w.log();
   const auto ev = events_of(sessions[0]);
   std::vector<std::string> inputs;
@@ -447,10 +449,7 @@ TEST_F(SessionLab, TwoConcurrentLoginsGiveTwoSessionsWithNoCrossedLines) {
   const auto ra = fa.get(), rb = fb.get();
   ASSERT_EQ(ra.exit_code, 0) << ra.err;
   ASSERT_EQ(rb.exit_code, 0) << rb.err;
-  std::this_thread::sleep_for(2s);
-  EXPECT_EQ(w.stop(), 0) << w.log();
-
-  const auto sessions = sessions_in(out);
+  const auto sessions = stop_and_list(w, out);
   ASSERT_EQ(sessions.size(), 2u) << w.log();
   std::set<std::string> tags;
   for (const auto& s : sessions) {

