@@ -427,15 +427,18 @@ TEST_F(Session, SigintMidSessionKeepsWhatWasCaptured) {
   (void)json_lines(dirs[0] / "session.cast");
 }
 
-// A login made before hvtrace starts is picked up from the process list: its terminal is not
-// known (the pty master was opened before the watch), but its processes are followed: the
-// command's exec with its argv, and the close when alice logs out.
+// A login made before hvtrace starts is picked up from the process list, with its open files read
+// from guest memory (issue 9): the connection process's pty master is its terminal from then on
+// and its socket gives the client's address. The command typed in the old session is recorded as
+// typed, its output goes to the transcript and the .cast, its exec with its argv; the close when
+// alice logs out.
 TEST_F(Session, ASessionStartedBeforeTheWatchIsPickedUp) {
   Terminal t(vm_->record().ssh_port, "alice");
   ASSERT_NO_FATAL_FAILURE(log_in(t));
   Background hv;
   const fs::path base = start_watch(hv, "pickup");
   EXPECT_NE(slurp(base / "err.txt").find("already running"), std::string::npos) << slurp(base / "err.txt");
+  EXPECT_EQ(slurp(base / "err.txt").find("stay unknown"), std::string::npos) << "its fd table was read\n" << slurp(base / "err.txt");
   run(t, "/bin/echo picked-$((6*7))", "picked-42\r\n");
   t.type("exit\r");
   EXPECT_EQ(t.finish(60s), 0) << tail(t.screen());
@@ -448,17 +451,28 @@ TEST_F(Session, ASessionStartedBeforeTheWatchIsPickedUp) {
   const auto connect = of(ev, "cowrie.session.connect");
   ASSERT_EQ(connect.size(), 1u);
   EXPECT_TRUE(connect[0].value("picked_up", false)) << connect[0].dump();
+  EXPECT_EQ(connect[0].value("src_ip", ""), "10.0.2.2") << connect[0].dump();   // from the socket in its fd table
+  EXPECT_GT(connect[0].value("src_port", 0), 0) << connect[0].dump();
+  EXPECT_EQ(connect[0].value("dst_port", 0), 22) << connect[0].dump();
   const nlohmann::json* exec = exec_with(ev, "picked-42");
   ASSERT_NE(exec, nullptr) << slurp(dirs[0] / "events.jsonl");
   EXPECT_EQ((*exec)["argv"], nlohmann::json::array({"/bin/echo", "picked-42"})) << exec->dump();
+  std::vector<std::string> inputs;
+  for (const auto& e : of(ev, "cowrie.command.input")) inputs.push_back(e.value("input", ""));
+  EXPECT_NE(std::find(inputs.begin(), inputs.end(), "/bin/echo picked-$((6*7))"), inputs.end()) << fmt::format("{}", fmt::join(inputs, " | "));
   const auto closed = of(ev, "cowrie.session.closed");
   ASSERT_EQ(closed.size(), 1u);
   EXPECT_NE(closed[0].value("ended", ""), "watch_ended") << "alice logged out while watched: " << closed[0].dump();
-  // Its terminal is not known: nothing the connection process reads (the client's socket carries
-  // ciphertext) is taken for terminal output.
-  if (fs::exists(dirs[0] / "session.cast")) {
-    for (const auto& e : json_lines(dirs[0] / "session.cast")) EXPECT_FALSE(e.is_array() && e.size() == 3 && e[1] == "o") << e.dump().substr(0, 200);
-  }
+  // Its terminal from the watch on: the command's output in the transcript and the .cast, and
+  // not the client's socket (ciphertext).
+  const std::string transcript = slurp(dirs[0] / "transcript.txt");
+  EXPECT_NE(transcript.find("picked-42\n"), std::string::npos) << transcript;
+  EXPECT_NE(transcript.find("10.0.2.2:"), std::string::npos) << transcript;
+  std::string out;
+  for (const auto& e : json_lines(dirs[0] / "session.cast"))
+    if (e.is_array() && e.size() == 3 && e[1] == "o") out += e[2].get<std::string>();
+  EXPECT_NE(out.find("picked-42\r\n"), std::string::npos) << out.substr(0, 400);
+  EXPECT_EQ(out.find("SSH-2.0"), std::string::npos) << out.substr(0, 400);
 }
 
 // Hostile input from the guest in one session: an argv of more than 1 MiB, binary output, a
