@@ -531,8 +531,8 @@ void LineEditor::sync_from_echo() {
   }
 }
 
-void LineEditor::enter(const std::function<void(Line)>& done, std::uint64_t at) {
-  Line l{std::move(buf_), truncated_, false, at};
+void LineEditor::enter(const std::function<void(Line)>& done, std::uint64_t at, std::uint64_t at_entry) {
+  Line l{std::move(buf_), truncated_, false, at, at_entry};
   const bool wait = from_echo_ && own_prompt_;
   reset_line();
   if (waiting_) finish_waiting(done);   // typed ahead: the earlier line is what the row shows now
@@ -547,7 +547,8 @@ void LineEditor::output(std::string_view out, const std::function<void(Line)>& d
 
 void LineEditor::flush(const std::function<void(Line)>& done) { finish_waiting(done); }
 
-std::uint64_t LineEditor::feed(std::string_view in, const std::function<void(Line)>& done, std::uint64_t at) {
+std::uint64_t LineEditor::feed(std::string_view in, const std::function<void(Line)>& done, std::uint64_t at,
+                               std::uint64_t at_entry) {
   std::uint64_t dropped = 0;
   for (const char ch : in) {
     const auto c = static_cast<unsigned char>(ch);
@@ -592,7 +593,7 @@ std::uint64_t LineEditor::feed(std::string_view in, const std::function<void(Lin
       case '\n': {
         if (c == '\n' && was_cr) break;   // \r\n: one Enter
         last_cr_ = (c == '\r');
-        enter(done, at);
+        enter(done, at, at_entry);
         break;
       }
       case 0x7f:

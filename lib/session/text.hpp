@@ -123,12 +123,15 @@ class LineEditor {
     bool truncated = false;     // longer than max_bytes: the rest was dropped
     bool from_echo = false;     // taken from what the terminal showed (completion, history)
     std::uint64_t at = 0;       // the `at` of the feed() that carried its Enter
+    std::uint64_t at_entry = 0; // and its `at_entry`
   };
   explicit LineEditor(std::size_t max_bytes, std::size_t max_history = 256)
       : max_(max_bytes), max_history_(max_history), echo_(std::min<std::size_t>(max_bytes, kMaxEchoCells)) {}
   // Feed typed bytes; each completed line is passed to `done`. Returns the bytes dropped because
   // of the line cap.
-  std::uint64_t feed(std::string_view in, const std::function<void(Line)>& done, std::uint64_t at = 0);
+  // `at`, `at_entry`: tags the lines this feed completes carry (the tracker's times of the write).
+  std::uint64_t feed(std::string_view in, const std::function<void(Line)>& done, std::uint64_t at = 0,
+                     std::uint64_t at_entry = 0);
   // Feed what the terminal showed (the echo and everything else); a line whose Enter waits for
   // its echo is passed to `done` at the echo's newline.
   void output(std::string_view out, const std::function<void(Line)>& done);
@@ -148,7 +151,7 @@ class LineEditor {
   void erase_at();
   void recall(int dir);
   void apply_csi(std::string_view params, char final);
-  void enter(const std::function<void(Line)>& done, std::uint64_t at);
+  void enter(const std::function<void(Line)>& done, std::uint64_t at, std::uint64_t at_entry);
   void deliver(Line l, const std::function<void(Line)>& done);
   void finish_waiting(const std::function<void(Line)>& done);
   void key_seen();

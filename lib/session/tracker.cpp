@@ -166,6 +166,18 @@ struct Command {
   std::uint32_t last_child = 0;     // the last process the shell forked for it (its status is the command's)
   std::optional<int> status;
   bool killed = false;
+  // What last_child was before the latest fork (the fork may turn out to be the next command's).
+  std::uint32_t prev_child = 0;
+  std::optional<int> prev_status;
+  bool prev_killed = false;
+};
+
+// The shell's latest fork in a pty session, and how it ended.
+struct ShellFork {
+  std::uint32_t pid = 0;
+  std::uint64_t ns = 0;
+  std::optional<int> status;
+  bool gone = false;
 };
 
 struct Session {
@@ -209,6 +221,11 @@ struct Session {
   std::uint32_t early_child = 0;
   std::optional<int> early_status;
   bool early_gone = false;
+  // The monitor completes the Enter key's write when it returns: on one vCPU the shell may read the
+  // key and fork the command before then, so the fork is seen first. key_entry_ns: the entry time
+  // of the terminal write being replayed; a fork after it belongs to the line it completes.
+  ShellFork last_fork;
+  std::uint64_t key_entry_ns = 0;
   // files
   std::uint64_t file_bytes_kept = 0, part_seq = 0;
   std::uint64_t pipe_seq = 0;
@@ -439,7 +456,8 @@ struct Tracker::Impl {
     ensure_connect(s);
     // Line editing sees every typed byte (it is bounded by itself); the cast keeps what fits.
     if (s.pty) {
-      const std::uint64_t dropped = s.editor.feed(data, [&](LineEditor::Line l) { command_line(s, std::move(l), ns); }, ns);
+      const std::uint64_t dropped =
+          s.editor.feed(data, [&](LineEditor::Line l) { command_line(s, std::move(l), ns); }, ns, s.key_entry_ns);
       s.truncated += dropped;
       stats.truncated_bytes += dropped;
     }
@@ -491,6 +509,19 @@ struct Tracker::Impl {
   void command_line(Session& s, LineEditor::Line l, std::uint64_t ns) {
     // The line being typed is on the screen as prompt + echo: not part of any command's output.
     s.skip_echo_line = true;
+    // The shell's latest fork came after this line's Enter reached the terminal but was seen before
+    // the Enter's write returned: the previous command gets back what it had, this one the fork.
+    if (l.at_entry != 0 && s.early_child == 0 && s.last_fork.pid != 0 && s.last_fork.ns >= l.at_entry &&
+        (!s.cmd || s.cmd->last_child == s.last_fork.pid)) {
+      if (s.cmd) {
+        s.cmd->last_child = s.cmd->prev_child;
+        s.cmd->status = s.cmd->prev_status;
+        s.cmd->killed = s.cmd->prev_killed;
+      }
+      s.early_child = s.last_fork.pid;
+      s.early_status = s.last_fork.status;
+      s.early_gone = s.last_fork.gone;
+    }
     const std::uint32_t early = std::exchange(s.early_child, 0);
     if (l.text.find_first_not_of(" \t") == std::string::npos) return;
     // A line taken from the echo is timed by its Enter key (the echo's newline comes later).
@@ -649,6 +680,10 @@ struct Tracker::Impl {
       s->early_status = status;
       s->early_gone = true;
     }
+    if (pid == s->last_fork.pid) {
+      s->last_fork.status = status;
+      s->last_fork.gone = true;
+    }
     if (pid == s->shell) {
       s->shell_exited = true;
       s->shell_exit_ns = ns;
@@ -769,11 +804,15 @@ struct Tracker::Impl {
     }
     if (!room_for_process(*s, ns)) return;
     add_process(*s, child, parent.pid, &parent, "", ns);
+    if (parent.pid == s->shell && s->pty) s->last_fork = ShellFork{child, ns, std::nullopt, false};
     if (parent.pid == s->shell && s->pty && s->editor.waiting()) {
       s->early_child = child;
       s->early_status.reset();
       s->early_gone = false;
     } else if (s->cmd && parent.pid == s->shell && s->pty) {
+      s->cmd->prev_child = s->cmd->last_child;
+      s->cmd->prev_status = s->cmd->status;
+      s->cmd->prev_killed = s->cmd->killed;
       s->cmd->last_child = child;
       s->cmd->status.reset();
       s->cmd->killed = false;
@@ -1066,6 +1105,7 @@ struct Tracker::Impl {
             s.not_captured += missing;
             stats.truncated_bytes += missing;
           }
+          s.key_entry_ns = e.entry_ns;
           terminal_input(s, data, ns);
           return;
         }

