@@ -48,25 +48,37 @@ enum class Sys : std::uint8_t {
   kWritev, kSendfile, kCopyRange,
 };
 
+// The calls the engine reads, by name (every other call is ignored: syscall_set() asks the
+// monitor for these only). i386 names included (fcntl64, setuid32, waitpid).
+struct Named {
+  std::string_view name;
+  Sys sys;
+};
+constexpr Named kNamed[] = {
+    {"read", Sys::kRead}, {"pread64", Sys::kPread}, {"write", Sys::kWrite}, {"pwrite64", Sys::kPwrite},
+    {"open", Sys::kOpen}, {"openat", Sys::kOpenat}, {"creat", Sys::kCreat}, {"close", Sys::kClose},
+    {"dup", Sys::kDup}, {"dup2", Sys::kDup2}, {"dup3", Sys::kDup3}, {"fcntl", Sys::kFcntl},
+    {"fcntl64", Sys::kFcntl}, {"pipe", Sys::kPipe}, {"pipe2", Sys::kPipe2}, {"socket", Sys::kSocket},
+    {"connect", Sys::kConnect}, {"bind", Sys::kBind}, {"accept", Sys::kAccept}, {"accept4", Sys::kAccept4},
+    {"getpeername", Sys::kGetpeername}, {"getsockname", Sys::kGetsockname}, {"fork", Sys::kFork},
+    {"vfork", Sys::kFork}, {"clone", Sys::kClone}, {"clone3", Sys::kFork}, {"execve", Sys::kExecve},
+    {"execveat", Sys::kExecveat}, {"exit_group", Sys::kExitGroup}, {"exit", Sys::kExit},
+    {"setuid", Sys::kSetuid}, {"setuid32", Sys::kSetuid}, {"setresuid", Sys::kSetresuid},
+    {"setresuid32", Sys::kSetresuid}, {"setreuid", Sys::kSetreuid}, {"setreuid32", Sys::kSetreuid},
+    {"ioctl", Sys::kIoctl}, {"wait4", Sys::kWait}, {"waitpid", Sys::kWait}, {"chdir", Sys::kChdir},
+    // Writes whose bytes the monitor gathers (writev) or cannot see (pwritev's iovecs are not
+    // copied; sendfile, splice and copy_file_range move the bytes inside the kernel).
+    {"writev", Sys::kWritev}, {"pwritev", Sys::kWritev}, {"pwritev2", Sys::kWritev},
+    {"sendfile", Sys::kSendfile}, {"sendfile64", Sys::kSendfile}, {"splice", Sys::kCopyRange},
+    {"copy_file_range", Sys::kCopyRange},
+};
+
 Sys classify(const syscalls::Call& c) {
-  static const std::unordered_map<std::string_view, Sys> kNames = {
-      {"read", Sys::kRead}, {"pread64", Sys::kPread}, {"write", Sys::kWrite}, {"pwrite64", Sys::kPwrite},
-      {"open", Sys::kOpen}, {"openat", Sys::kOpenat}, {"creat", Sys::kCreat}, {"close", Sys::kClose},
-      {"dup", Sys::kDup}, {"dup2", Sys::kDup2}, {"dup3", Sys::kDup3}, {"fcntl", Sys::kFcntl},
-      {"fcntl64", Sys::kFcntl}, {"pipe", Sys::kPipe}, {"pipe2", Sys::kPipe2}, {"socket", Sys::kSocket},
-      {"connect", Sys::kConnect}, {"bind", Sys::kBind}, {"accept", Sys::kAccept}, {"accept4", Sys::kAccept4},
-      {"getpeername", Sys::kGetpeername}, {"getsockname", Sys::kGetsockname}, {"fork", Sys::kFork},
-      {"vfork", Sys::kFork}, {"clone", Sys::kClone}, {"clone3", Sys::kFork}, {"execve", Sys::kExecve},
-      {"execveat", Sys::kExecveat}, {"exit_group", Sys::kExitGroup}, {"exit", Sys::kExit},
-      {"setuid", Sys::kSetuid}, {"setuid32", Sys::kSetuid}, {"setresuid", Sys::kSetresuid},
-      {"setresuid32", Sys::kSetresuid}, {"setreuid", Sys::kSetreuid}, {"setreuid32", Sys::kSetreuid},
-      {"ioctl", Sys::kIoctl}, {"wait4", Sys::kWait}, {"waitpid", Sys::kWait}, {"chdir", Sys::kChdir},
-      // Writes whose bytes the monitor gathers (writev) or cannot see (pwritev's iovecs are not
-      // copied; sendfile, splice and copy_file_range move the bytes inside the kernel).
-      {"writev", Sys::kWritev}, {"pwritev", Sys::kWritev}, {"pwritev2", Sys::kWritev},
-      {"sendfile", Sys::kSendfile}, {"sendfile64", Sys::kSendfile}, {"splice", Sys::kCopyRange},
-      {"copy_file_range", Sys::kCopyRange},
-  };
+  static const std::unordered_map<std::string_view, Sys> kNames = [] {
+    std::unordered_map<std::string_view, Sys> m;
+    for (const auto& n : kNamed) m.emplace(n.name, n.sys);
+    return m;
+  }();
   const auto* info = syscalls::Table::get(c.abi).by_nr(c.nr);
   if (info == nullptr) return Sys::kOther;
   const auto it = kNames.find(info->name);
@@ -1325,5 +1337,14 @@ Tracker::Stats Tracker::stats() const {
 }
 
 std::vector<std::string> Tracker::session_ids() const { return impl_->ids; }
+
+syscalls::TraceSet syscall_set() {
+  syscalls::TraceSet set;
+  constexpr abi::SyscallAbi kAbis[2] = {abi::SyscallAbi::kX86_64, abi::SyscallAbi::kI386};
+  for (std::size_t a = 0; a < 2; ++a)
+    for (const auto& n : kNamed)
+      if (const auto nr = syscalls::Table::get(kAbis[a]).by_name(n.name)) set.nrs[a].set(*nr);
+  return set;
+}
 
 }  // namespace hvtrace::session

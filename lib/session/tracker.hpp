@@ -24,6 +24,11 @@
 
 namespace hvtrace::session {
 
+// The system calls the engine reads (x86-64 and i386 numbers of their names): every other call
+// of a watched process is ignored, so `hvtrace session` asks the monitor for these only (the
+// Tracer adds what following processes needs; the live side adds what it reads besides).
+[[nodiscard]] syscalls::TraceSet syscall_set();
+
 // One completed system call of a watched process. Times: host CLOCK_MONOTONIC, ns.
 struct CallEvent {
   std::uint32_t pid = 0, tid = 0;   // guest tgid and tid

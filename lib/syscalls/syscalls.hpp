@@ -88,6 +88,10 @@ class Table {
 struct TraceSet {
   std::array<std::bitset<Table::kMaxNr>, 2> nrs;   // [0] x86-64, [1] i386
   [[nodiscard]] bool contains(abi::SyscallAbi abi, std::uint64_t nr) const;
+  TraceSet& operator|=(const TraceSet& o) {
+    for (std::size_t a = 0; a < nrs.size(); ++a) nrs[a] |= o.nrs[a];
+    return *this;
+  }
 };
 [[nodiscard]] Result<TraceSet> parse_trace_set(std::string_view spec);
 

@@ -136,4 +136,16 @@ const std::map<std::string, std::uint64_t>* LibraryBases::bases(std::uint32_t pi
   return it == procs_.end() ? nullptr : &it->second.loaded;
 }
 
+syscalls::TraceSet LibraryBases::syscall_set() {
+  syscalls::TraceSet set;
+  for (const std::uint64_t nr : {kOpen, kOpenat, kClose, kMmap, kMunmap}) set.nrs[0].set(nr);
+  for (std::size_t nr = 0; nr < syscalls::Table::kMaxNr; ++nr) {
+    if (is_execve(abi::SyscallAbi::kX86_64, nr) || is_clone_family(abi::SyscallAbi::kX86_64, nr) ||
+        is_exit_group(abi::SyscallAbi::kX86_64, nr))
+      set.nrs[0].set(nr);
+    if (is_exit_group(abi::SyscallAbi::kI386, nr)) set.nrs[1].set(nr);
+  }
+  return set;
+}
+
 }  // namespace hvtrace::trace

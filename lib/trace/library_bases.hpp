@@ -33,6 +33,9 @@ class LibraryBases {
   // A library found another way (its ELF header in the process's memory, for a process that
   // loaded it before anyone watched). Nothing when already known at that base.
   std::vector<Change> set_loaded(std::uint32_t pid, const std::string& lib, std::uint64_t base);
+  // The calls on_call reads (x86-64: open, openat, close, mmap, munmap, execve, the clone family;
+  // exit_group of both ABIs): what a caller that asks the monitor for a narrow set adds to it.
+  [[nodiscard]] static syscalls::TraceSet syscall_set();
   // The process is gone: every library of it is unloaded.
   std::vector<Change> forget(std::uint32_t pid);
 

@@ -1132,5 +1132,31 @@ TEST(SessionText, Utf8StreamKeepsSplitCharactersAndReplacesInvalidBytes) {
   EXPECT_EQ(iso_time(1'780'000'000'123'456'789), "2026-05-28T20:26:40.123456Z");
 }
 
+
+// What `hvtrace session` asks the monitor for: the calls the engine reads, in both numberings,
+// and nothing of the calls a compile makes most that it ignores.
+TEST(SessionSyscallSet, HoldsWhatTheEngineReadsAndNotWhatItIgnores) {
+  const syscalls::TraceSet set = syscall_set();
+  const auto has = [&](abi::SyscallAbi a, std::string_view name) {
+    const auto nr = syscalls::Table::get(a).by_name(name);
+    return nr && set.contains(a, *nr);
+  };
+  constexpr auto x64 = abi::SyscallAbi::kX86_64;
+  constexpr auto i386 = abi::SyscallAbi::kI386;
+  for (const char* n : {"read", "pread64", "write", "pwrite64", "open", "openat", "creat", "close", "dup", "dup2", "dup3", "fcntl",
+                        "pipe", "pipe2", "socket", "connect", "bind", "accept", "accept4", "getpeername", "getsockname", "fork",
+                        "vfork", "clone", "clone3", "execve", "execveat", "exit", "exit_group", "setuid", "setresuid", "setreuid",
+                        "ioctl", "wait4", "chdir", "writev", "sendfile"})
+    EXPECT_TRUE(has(x64, n)) << n;
+  for (const char* n : {"read", "write", "open", "close", "fcntl64", "setuid32", "setresuid32", "waitpid", "wait4", "execve", "fork",
+                        "vfork", "clone", "exit_group", "ioctl", "pipe"})
+    EXPECT_TRUE(has(i386, n)) << "i386 " << n;
+  for (const char* n : {"mmap", "munmap", "brk", "newfstatat", "fstat", "lseek", "getdents64", "mkdir", "umask", "rt_sigaction",
+                        "pselect6", "mprotect", "access"})
+    EXPECT_FALSE(has(x64, n)) << n;
+  for (const char* n : {"mmap2", "brk", "fstat64", "_llseek"}) EXPECT_FALSE(has(i386, n)) << "i386 " << n;
+  EXPECT_LT(set.nrs[0].count(), 50u);
+}
+
 }  // namespace
 }  // namespace hvtrace::session

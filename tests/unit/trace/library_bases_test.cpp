@@ -92,5 +92,17 @@ TEST(LibraryBases, ABaseFoundInMemoryIsInheritedLikeALearntOne) {
   EXPECT_EQ(lb.base(11, "libc.so.6"), 0x7f0000000000u);
 }
 
+
+// The calls on_call reads, for a caller that narrows the monitor's syscall set.
+TEST(LibraryBases, SyscallSetHoldsEveryCallItReads) {
+  const auto set = LibraryBases::syscall_set();
+  constexpr auto x64 = abi::SyscallAbi::kX86_64;
+  for (const std::uint64_t nr : {2, 3, 9, 11, 257, 56, 57, 58, 435, 59, 322, 231}) EXPECT_TRUE(set.contains(x64, nr)) << nr;
+  EXPECT_TRUE(set.contains(abi::SyscallAbi::kI386, 252));   // exit_group
+  EXPECT_FALSE(set.contains(x64, 0));    // read
+  EXPECT_FALSE(set.contains(x64, 12));   // brk
+  EXPECT_EQ(set.nrs[0].count(), 12u);
+}
+
 }  // namespace
 }  // namespace hvtrace::trace
