@@ -171,6 +171,23 @@ TEST_F(FilesTest, BadFilesAreEntriesWithTheirReasonAndTheWalkGoesOn) {
   EXPECT_EQ(f[4].kind, FileKind::kPipe);
 }
 
+TEST_F(FilesTest, SelfReferencesEndInAResultNotALoop) {
+  // The fd array is the fdtable itself (its max_fds and fd pointer taken for file pointers), a
+  // file's inode is the file, fdt points back into files_struct: each read once, nothing followed twice.
+  poke64(GVA{conn_fds.fdtable.value + FakeLayout::kFdtFd}, conn_fds.fdtable.value);
+  poke64(GVA{conn_fds.files[2].value + FakeLayout::kFileInode}, conn_fds.files[2].value);
+  auto t = open_files(*lx, conn_proc);
+  ASSERT_TRUE(t) << t.error().message;
+  EXPECT_LE(t->files.size(), 64u);
+  for (const auto& f : t->files) EXPECT_FALSE(describe(f).empty());
+  poke64(GVA{conn_fds.files_struct.value + FakeLayout::kFilesFdt}, conn_fds.files_struct.value);
+  auto u = open_files(*lx, conn_proc);
+  if (u)
+    EXPECT_LE(u->files.size(), 64u);
+  else
+    EXPECT_NE(u.error().message.find("pid 500"), std::string::npos) << u.error().message;
+}
+
 TEST_F(FilesTest, AHugeMaxFdsIsBoundedAndSaysItWasCut) {
   poke64(GVA{conn_fds.fdtable.value + FakeLayout::kFdtMaxFds}, 0xffffffffULL);
   // Slots past the 64 written lie in whatever follows the array: readable direct-map pages. The
