@@ -4,6 +4,7 @@
 // built twice, once for -cpu max (5-level paging).
 #include "arch/paging.hpp"
 #include "kernel/kernel.hpp"
+#include "linux/files.hpp"
 #include "linux/processes.hpp"
 #include "mem/phys_mem.hpp"
 #include "vm/process.hpp"
@@ -213,6 +214,84 @@ TEST_F(Guest, AStartedProcessAppearsWithItsOwnAddressSpace) {
   ASSERT_TRUE(cur.ok()) << cur.error().message;
   EXPECT_FALSE(cur->comm.empty());
   guest(fmt::format("kill {}", pid));
+}
+
+// Open files read from guest memory (linux_os::open_files, issue 9) equal the guest's own
+// /proc/PID/fd: a pipeline of two sleeps (a file, /dev/null, both ends of one pipe) and the SSH
+// server's listening sockets, fd for fd, with the inode numbers of pipes and sockets.
+TEST_F(Guest, OpenFilesEqualTheGuestsProcPidFd) {
+  const std::string out = guest(
+      "sleep 600 7</etc/hostname </dev/null 2>/dev/null | sleep 601 >/dev/null 2>&1 & sleep 0.5; "
+      "for p in $(pidof sleep dropbear); do echo \"== $p\"; ls -l /proc/$p/fd; done");
+  auto k = attach();
+  ASSERT_NE(k, nullptr);
+  auto lx = linux_os::Linux::attach(*k);
+  ASSERT_TRUE(lx.ok());
+  std::map<int, std::map<int, std::string>> theirs;   // pid -> fd -> link target
+  std::istringstream in(out);
+  int pid = 0;
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("== ", 0) == 0) pid = std::stoi(line.substr(3));
+    const auto arrow = line.find(" -> ");
+    if (arrow == std::string::npos || pid == 0) continue;
+    const auto sp = line.rfind(' ', arrow - 1);
+    theirs[pid][std::stoi(line.substr(sp + 1, arrow - sp - 1))] = line.substr(arrow + 4);
+  }
+  ASSERT_GE(theirs.size(), 3u) << out;
+  const auto inode_number = [](const std::string& t) { return std::stoull(t.substr(t.find('[') + 1)); };
+  std::size_t compared = 0, sockets = 0;
+  std::map<std::uint64_t, int> pipe_ends;   // pipe inode address -> ends seen
+  for (const auto& [p, fds] : theirs) {
+    auto proc = lx->find_pid(Pid{p});
+    ASSERT_TRUE(proc.ok()) << proc.error().message;
+    // The sleeps and the listener; the SSH command's own dropbear child is gone (or going) by now.
+    if (!proc->has_value() || ((*proc)->comm != "sleep" && (*proc)->ppid.value != 1)) continue;
+    auto table = linux_os::open_files(*lx, **proc);
+    ASSERT_TRUE(table.ok()) << table.error().message;
+    std::set<int> ours;
+    for (const auto& f : table->files) {
+      ours.insert(f.fd);
+      auto it = fds.find(f.fd);
+      if (it == fds.end()) continue;
+      const std::string& t = it->second;
+      const std::string what = fmt::format("pid {} fd {} -> {}: {}", p, f.fd, t, linux_os::describe(f));
+      ++compared;
+      if (t.rfind("socket:[", 0) == 0) {
+        EXPECT_EQ(f.kind, linux_os::FileKind::kSocket) << what;
+        EXPECT_EQ(f.ino, inode_number(t)) << what;
+        ++sockets;
+      } else if (t.rfind("pipe:[", 0) == 0) {
+        EXPECT_EQ(f.kind, linux_os::FileKind::kPipe) << what;
+        EXPECT_EQ(f.ino, inode_number(t)) << what;
+        ++pipe_ends[f.inode.value];
+      } else if (t == "/dev/null") {
+        EXPECT_EQ(f.kind, linux_os::FileKind::kCharDev) << what;
+        EXPECT_EQ(f.major, 1u) << what;
+        EXPECT_EQ(f.minor, 3u) << what;
+      } else if (t.rfind("/dev/pts/", 0) == 0 && t != "/dev/pts/ptmx") {
+        EXPECT_EQ(f.kind, linux_os::FileKind::kPtySlave) << what;
+      } else if (t == "/dev/ptmx" || t == "/dev/pts/ptmx") {
+        EXPECT_EQ(f.kind, linux_os::FileKind::kPtyMaster) << what;
+      } else if (t == "/etc/hostname") {
+        EXPECT_EQ(f.kind, linux_os::FileKind::kFile) << what;
+        EXPECT_TRUE(f.readable) << what;
+      }
+    }
+    std::set<int> listed;
+    for (const auto& [fd, t] : fds) listed.insert(fd);
+    EXPECT_EQ(ours, listed) << "pid " << p << "\n" << out;
+    if ((*proc)->comm == "dropbear" && (*proc)->ppid.value == 1) {
+      bool listening = false;
+      for (const auto& f : table->files)
+        if (f.socket && f.socket->local && f.socket->local->port == 22 && f.socket->state == 10) listening = true;
+      EXPECT_TRUE(listening) << "the listener's port 22 socket";
+    }
+  }
+  EXPECT_GE(compared, 10u) << out;
+  EXPECT_GE(sockets, 1u) << out;
+  ASSERT_EQ(pipe_ends.size(), 1u) << out;
+  EXPECT_EQ(pipe_ends.begin()->second, 2) << "both ends of the pipeline's pipe share its inode";
+  guest("kill $(pidof sleep) 2>/dev/null; true");
 }
 
 TEST_F(Guest, DiscoveryAndPsNeverGrowTheRamFile) {
