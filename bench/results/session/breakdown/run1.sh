@@ -4,7 +4,7 @@
 # /proc/PID/stat) from the attacker's start to its exit, as `hvtrace bench session` measures it.
 #   run1.sh VM HVTRACE ARM TAG [stat|record]
 #   ARM: idle (nobody attached) | session (`HVTRACE session --follow`) | trace (`trace -f -c -p <dropbear>`)
-#   stat: count QEMU's code flushes and translations with uprobes, made once with
+#   stat: count QEMU's code flushes and translations (uprobes, made once with the line below), its futex and ppoll calls and context switches
 #         perf probe -x /usr/bin/qemu-system-x86_64 -a qemu_plugin_reset -a tcg_gen_code
 #   record: perf record -F 999 -g of QEMU over the session
 # Writes out-TAG/ in the current directory; prints one line: TAG ARM counts qemu_cpu_s wall_s.
@@ -27,7 +27,7 @@ elif [ "$ARM" = trace ]; then
   sleep 8
 fi
 c0=$(cpu); t0=$(date +%s.%N)
-if [ "$PERF" = stat ]; then perf stat -e probe_qemu:qemu_plugin_reset,probe_qemu:tcg_gen_code -p $QPID -o "out-$TAG/stat.txt" > /dev/null 2>&1 & PP=$!
+if [ "$PERF" = stat ]; then perf stat -e probe_qemu:qemu_plugin_reset,probe_qemu:tcg_gen_code,syscalls:sys_enter_futex,syscalls:sys_enter_ppoll,cs -p $QPID -o "out-$TAG/stat.txt" > /dev/null 2>&1 & PP=$!
 elif [ "$PERF" = record ]; then perf record -F 999 -g -p $QPID -o "out-$TAG/perf.data" > /dev/null 2>&1 & PP=$!; fi
 python3 "$SRC/scripts/attacker" --port "$PORT" --password-file "$KEYDIR/passwords" --delay 10-30 --timeout 600 \
   --screen "out-$TAG/screen.txt" -q --set N=2 bench.session > /dev/null 2>&1
@@ -35,5 +35,5 @@ c1=$(cpu); t1=$(date +%s.%N)
 if [ -n "$PERF" ]; then kill -INT $PP; wait $PP; fi
 sleep 1
 if [ -n "$WP" ]; then kill -INT $WP; wait $WP; fi
-ST=""; [ -f "out-$TAG/stat.txt" ] && ST=$(grep probe_qemu "out-$TAG/stat.txt" | awk '{sub("probe_qemu:","",$2); printf "%s=%s ", $2, $1}')
+ST=""; [ -f "out-$TAG/stat.txt" ] && ST=$(grep -E "probe_qemu|syscalls|cs" "out-$TAG/stat.txt" | awk '{sub("probe_qemu:","",$2); sub("syscalls:","",$2); printf "%s=%s ", $2, $1}')
 echo "$TAG $ARM $ST qemu_cpu_s=$(echo "($c1-$c0)/100" | bc -l | cut -c1-6) wall_s=$(echo "$t1-$t0" | bc -l | cut -c1-6)"
