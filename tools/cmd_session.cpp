@@ -76,7 +76,7 @@ What it writes (one folder per session, DIR/<12 hex digits>/; the engine documen
 How it watches: the SSH server's listening process(es), found by name in the guest's process list
 (--server, default dropbear and sshd), are traced process-bound with their children (-f semantics,
 method 5: syscalls filtered and copied inside the hypervisor, delivered asynchronously; only the
-calls the record is made from: file, pipe, socket and process calls, not stat, mmap or brk). Sessions
+calls the record is made from: file, pipe, socket and process calls, not stat, lseek or brk). Sessions
 already running are picked up from the process list (their connection details are unknown).
 Passwords and user names come from synchronous user-space breakpoints at crypt() (libcrypt.so.1)
 and getpwnam() (libc.so.6) in the server's per-connection processes, found from the processes'
