@@ -45,6 +45,7 @@ struct Sample {
   double guest_s = 0, cpu_s = 0, wall_s = 0;
   std::uint64_t events = 0, target_events = 0, lost = 0, sync_timeouts = 0;
   double ns_per_callback = 0;   // monitor self-timing: host time inside one trap callback
+  std::uint64_t callbacks = 0;  // trap callbacks the monitor ran during the workload (a count: no noise)
 };
 
 double qemu_cpu_seconds(pid_t pid) { return bench::process_cpu_seconds(pid); }
@@ -185,6 +186,7 @@ Result<Sample> run_once(vm::Vm& v, unsigned iterations, const Method* m, events:
     }
     s.sync_timeouts -= timeouts0;
     // Sync callbacks include the wait for the application's answer.
+    s.callbacks = calls - calls0;
     if (calls > calls0) s.ns_per_callback = static_cast<double>(ns - ns0) / static_cast<double>(calls - calls0);
   }
   return s;
@@ -296,13 +298,13 @@ int main(int argc, char** argv) {
   const double base_guest = median([&] { std::vector<double> x; for (auto& s : samples["none"]) x.push_back(s.guest_s); return x; }());
   const double base_cpu = median([&] { std::vector<double> x; for (auto& s : samples["none"]) x.push_back(s.cpu_s); return x; }());
   fmt::print("jansson-workload {} iteration(s), {} boot(s) x {} rep(s), medians\n", iterations, boots, reps);
-  fmt::print("{:<6} {:>9} {:>7} {:>9} {:>7} {:>10} {:>10} {:>7} {:>9} {:>12} {:>12}\n", "method", "guest_s", "ratio", "qemu_cpu_s",
-             "ratio", "events", "target_ev", "lost", "sync_tmo", "us/event", "ns/callback");
+  fmt::print("{:<6} {:>9} {:>7} {:>9} {:>7} {:>10} {:>10} {:>7} {:>9} {:>12} {:>10} {:>12}\n", "method", "guest_s", "ratio",
+             "qemu_cpu_s", "ratio", "events", "target_ev", "lost", "sync_tmo", "us/event", "callbacks", "ns/callback");
   const double idle_cpu = median([&] { std::vector<double> x; for (auto& s : samples["idle"]) x.push_back(s.cpu_s); return x; }());
   for (const std::string name : {"none", "idle", "m2", "m3", "m4", "m5", "all"}) {
     auto& v = samples[name];
     if (v.empty()) continue;
-    std::vector<double> g, c, e, te, l, st, cb;
+    std::vector<double> g, c, e, te, l, st, cb, nc;
     for (auto& s : v) {
       g.push_back(s.guest_s);
       c.push_back(s.cpu_s);
@@ -311,12 +313,13 @@ int main(int argc, char** argv) {
       l.push_back(static_cast<double>(s.lost));
       st.push_back(static_cast<double>(s.sync_timeouts));
       cb.push_back(s.ns_per_callback);
+      nc.push_back(static_cast<double>(s.callbacks));
     }
     // CPU difference per event is only meaningful when events dominate (tick resolution is 10 ms).
     const double per_event = median(e) >= 10'000 && idle_cpu > 0 ? (median(c) - idle_cpu) / median(e) * 1e6 : 0;
-    fmt::print("{:<6} {:>9.3f} {:>7.3f} {:>10.3f} {:>7.3f} {:>10.0f} {:>10.0f} {:>7.0f} {:>9.0f} {:>12.2f} {:>12.0f}\n",
+    fmt::print("{:<6} {:>9.3f} {:>7.3f} {:>10.3f} {:>7.3f} {:>10.0f} {:>10.0f} {:>7.0f} {:>9.0f} {:>12.2f} {:>10.0f} {:>12.0f}\n",
                name, median(g), median(g) / base_guest, median(c), median(c) / base_cpu, median(e), median(te),
-               median(l), median(st), per_event, median(cb));
+               median(l), median(st), per_event, median(nc), median(cb));
   }
   fmt::print("QEMU RssAnon with the monitor: {} KiB after warm-up, {} KiB at the end of the last plugin boot\n",
              rss_first, rss_last);
