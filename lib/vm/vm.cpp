@@ -26,6 +26,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -828,13 +829,19 @@ Result<void> stop_vm(const VmRecord& vm, std::chrono::seconds timeout) {
   if (kill(vm.owner_pid, SIGTERM) != 0 && errno != ESRCH)
     return make_error("cannot signal VM '{}' owner (pid {}): {}", vm.name, vm.owner_pid, strerror(errno));
   const auto deadline = Clock::now() + timeout;
-  while (fs::exists(vm.run_dir) && Clock::now() < deadline) {
+  // Done when the owner has exited. It removes the run directory (QEMU gone) just before it
+  // exits, so a gone directory with the owner alive for a moment more is a clean stop finishing:
+  // wait a little for it, never kill it then (after 5 s the pid may even be another process's).
+  std::optional<Clock::time_point> dir_gone;
+  while (Clock::now() < deadline) {
     int status = 0;
     waitpid(vm.owner_pid, &status, WNOHANG);  // reap if it happens to be our child
     if (!pid_alive(vm.owner_pid)) break;
+    if (!dir_gone && !fs::exists(vm.run_dir)) dir_gone = Clock::now();
+    if (dir_gone && Clock::now() - *dir_gone > 5s) break;
     std::this_thread::sleep_for(50ms);
   }
-  if (pid_alive(vm.owner_pid) || fs::exists(vm.run_dir)) {
+  if (fs::exists(vm.run_dir) || (!dir_gone && pid_alive(vm.owner_pid))) {
     if (pid_alive(vm.owner_pid)) kill(vm.owner_pid, SIGKILL);
     reap_stale(vm);
     return make_error("VM '{}' did not stop within {} s; killed it", vm.name, timeout.count());
