@@ -14,9 +14,11 @@
 //     (doors.hpp verifies it was the door, not a fault). No field counts up and waits to be reset,
 //     so no instruction sequence can leave a vCPU's entries undelivered.
 //   - reset_req: set by the control thread after a breakpoint was added at an address with no
-//     callback yet; every kernel TB start has a callback on reset_req != 0 that asks QEMU, from
-//     the vCPU thread, for the code cache flush (qemu_plugin_reset flushes only when called on a
-//     vCPU thread). Breakpoints themselves are unconditional callbacks at their addresses,
+//     callback yet; every user door instruction and every mov to CR3 has a callback on
+//     reset_req != 0 that asks QEMU, from the vCPU thread, for the code cache flush
+//     (qemu_plugin_reset flushes only when called on a vCPU thread). Not at every kernel TB start:
+//     that check cost the idle plugin ~19% of QEMU CPU. A change thus takes effect at the guest's
+//     next system call or address-space switch (a guest that makes neither runs on unchanged). Breakpoints themselves are unconditional callbacks at their addresses,
 //     registered at translation from bp_site (the addresses in force and, until the list is
 //     rebuilt, removed ones: bp_sites.hpp); the callback checks the table (FilterConfig::bps).
 // The filter itself (FilterConfig) is published by pointer from a pool with a slot per vCPU plus

@@ -334,7 +334,9 @@ std::atomic_ref<std::uint64_t> board_field(qemu_plugin_u64 field, unsigned vcpu)
   return std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(p));
 }
 
-// Fires at a kernel TB start while this vCPU's reset_req is set: the breakpoint table changed
+// Fires at a user door instruction (syscall, int $0x80, sysenter) or a mov to CR3 while this
+// vCPU's reset_req is set — rare instructions every running guest executes often, where a check
+// at every kernel TB start cost the idle plugin ~19% of QEMU CPU: the breakpoint table changed
 // (serial bp_serial). Queue one flush that covers it, unless a flush queued after that change
 // already does. The clear comes before the serial is read (both seq_cst, the control thread bumps
 // the serial before it sets the flags), so a change is either seen here or leaves the flag set.
@@ -343,7 +345,7 @@ void on_reset_req(unsigned vcpu, void*) {
   board_field(m.f_reset_req, vcpu).store(0, std::memory_order_seq_cst);
   const std::uint64_t want = m.bp_serial.load(std::memory_order_seq_cst);
   if (m.bp_flushed.load(std::memory_order_seq_cst) >= want) return;
-  if (!request_reset(m)) {   // another flush in flight may predate the change: try again next TB
+  if (!request_reset(m)) {   // another flush in flight may predate the change: try again next time
     board_field(m.f_reset_req, vcpu).store(1, std::memory_order_seq_cst);
     return;
   }
@@ -565,15 +567,20 @@ void on_tb_trans(qemu_plugin_id_t, qemu_plugin_tb* tb) {
       qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(insn, QEMU_PLUGIN_INLINE_STORE_U64, m.f_detect,
                                                           static_cast<std::uint64_t>(door));
       qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(insn, QEMU_PLUGIN_INLINE_STORE_U64, m.f_door_rip, va);
+      qemu_plugin_register_vcpu_insn_exec_cond_cb(insn, on_reset_req, QEMU_PLUGIN_CB_NO_REGS, QEMU_PLUGIN_COND_NE,
+                                                  m.f_reset_req, 0, nullptr);
       continue;
     }
     const int src = mov_to_cr3_source(b, size);
     if (src >= 0) {
       qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(insn, QEMU_PLUGIN_INLINE_ADD_U64, m.f_cr3_writes, 1);
-      if (!counting)
+      if (!counting) {
         qemu_plugin_register_vcpu_insn_exec_cond_cb(insn, on_cr3_write, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_COND_EQ,
                                                     m.f_cr3_armed, 1,
                                                     reinterpret_cast<void*>(encode_site(va, static_cast<unsigned>(src))));
+        qemu_plugin_register_vcpu_insn_exec_cond_cb(insn, on_reset_req, QEMU_PLUGIN_CB_NO_REGS, QEMU_PLUGIN_COND_NE,
+                                                    m.f_reset_req, 0, nullptr);
+      }
     }
     if (counting) continue;
     bool is_door = false;
@@ -588,9 +595,6 @@ void on_tb_trans(qemu_plugin_id_t, qemu_plugin_tb* tb) {
     if (i == 0 && !is_door)
       qemu_plugin_register_vcpu_insn_exec_cond_cb(insn, on_detect, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_COND_NE,
                                                   m.f_detect, 0, reinterpret_cast<void*>(va));
-    if (i == 0)
-      qemu_plugin_register_vcpu_insn_exec_cond_cb(insn, on_reset_req, QEMU_PLUGIN_CB_NO_REGS, QEMU_PLUGIN_COND_NE,
-                                                  m.f_reset_req, 0, nullptr);
     if (is_sysretq(b, size) || is_sysretl(b, size))
       qemu_plugin_register_vcpu_insn_exec_cond_cb(
           insn, on_sysret, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_COND_EQ, m.f_exit_armed, 1,
