@@ -77,7 +77,8 @@ How it watches: the SSH server's listening process(es), found by name in the gue
 (--server, default dropbear and sshd), are traced process-bound with their children (-f semantics,
 method 5: syscalls filtered and copied inside the hypervisor, delivered asynchronously; only the
 calls the record is made from: file, pipe, socket and process calls, not stat, lseek or brk). Sessions
-already running are picked up from the process list (their connection details are unknown).
+already running are picked up from the process list; their open files, read from guest memory,
+give them their terminal and client address from then on.
 Passwords and user names come from synchronous user-space breakpoints at crypt() (libcrypt.so.1)
 and getpwnam() (libc.so.6) in the server's per-connection processes, found from the processes'
 own library loading and the libraries' dynamic symbols in guest memory (no debug symbols, no
