@@ -652,8 +652,12 @@ TEST_F(Monitor, KernelBreakpointAddedAtRunTimeFiresInItsScopeUntilRemoved) {
   EXPECT_TRUE(at_fdcwd) << "no open relative to AT_FDCWD (cat's open of /etc/hostname)";
   EXPECT_GE(dtbs.size(), 2u) << "an unscoped kernel breakpoint fires in every process that opens files";
 
-  // Scoped to one process (a shell opening a file in a loop, no fork), and sync.
-  const std::string pid_line = run("sh -c 'while :; do read x </etc/hostname; done' >/dev/null 2>&1 </dev/null & echo $!");
+  // Scoped to one process (a shell opening a file in a loop, no fork), and sync. Its DTB is read
+  // once the marker shows it runs the loop: before its exec it still has the forked copy of the
+  // parent's address space, which the exec replaces (with -smp 2 the DTB was read in that window).
+  const std::string pid_line = run(
+      "rm -f /tmp/bploop.on; sh -c ': >/tmp/bploop.on; while :; do read x </etc/hostname; done' >/dev/null 2>&1 "
+      "</dev/null & p=$!; while [ ! -e /tmp/bploop.on ]; do sleep 0.05; done; echo $p");
   const int pid = std::stoi(pid_line);
   const Dtb target = dtb_of_pid(pid);
   ASSERT_NE(target.value, 0u);
