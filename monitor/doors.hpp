@@ -138,6 +138,30 @@ struct OpenCall {
   std::uint8_t refetch = 0;
 };
 
+// exit and exit_group never return to user mode: their entries are not kept (each would hold a
+// slot until evicted, and a full table evicts the entries of calls still in progress).
+constexpr bool never_returns(abi::SyscallAbi a, std::uint64_t nr) {
+  switch (a) {
+    case abi::SyscallAbi::kX86_64: return nr == 60 || nr == 231;
+    case abi::SyscallAbi::kX32: return nr == (kX32SyscallBit | 60) || nr == (kX32SyscallBit | 231);
+    case abi::SyscallAbi::kI386: return nr == 1 || nr == 252;
+    case abi::SyscallAbi::kCount: break;
+  }
+  return false;
+}
+
+// execve and execveat return, when they succeed, into another address space on another stack, so
+// their entries never pair: a full table evicts these first.
+constexpr bool leaves_address_space(abi::SyscallAbi a, std::uint64_t nr) {
+  switch (a) {
+    case abi::SyscallAbi::kX86_64: return nr == 59 || nr == 322;
+    case abi::SyscallAbi::kX32: return nr == (kX32SyscallBit | 520) || nr == (kX32SyscallBit | 545);
+    case abi::SyscallAbi::kI386: return nr == 11 || nr == 358;
+    case abi::SyscallAbi::kCount: break;
+  }
+  return false;
+}
+
 // The key a slot can be scanned by without its lock: never 0 for a used slot.
 constexpr std::uint64_t open_tag(std::uint64_t dtb, std::uint64_t rsp) {
   return (dtb ^ (rsp * 0x9e37'79b9'7f4a'7c15ULL)) | 1;
@@ -156,9 +180,11 @@ template <unsigned N>
 class OpenEntries {
  public:
   // Record an entry: it replaces a stale entry of the same thread (its exit never seen), else takes
-  // a free slot, else the next slot round robin (that slot's thread then returns unpaired). False
-  // only if every slot it tried was held by another vCPU at that instant (the exit comes unpaired).
-  bool put(const OpenCall& c) {
+  // a free slot, else an exec's entry (stale once the exec succeeded), else the next slot round
+  // robin (that slot's thread, if its call is still in progress, then returns unpaired: *evicted
+  // is set). False only if every slot it tried was held by another vCPU at that instant (the exit
+  // comes unpaired).
+  bool put(const OpenCall& c, bool* evicted = nullptr) {
     const std::uint64_t t = open_tag(c.dtb, c.rsp);
     Slot* s = nullptr;
     for (auto& x : slot_)
@@ -178,11 +204,24 @@ class OpenEntries {
           }
           unlock(x);
         }
+    if (!s)
+      for (auto& x : slot_)
+        if (x.exec.load(std::memory_order_relaxed) && lock(x)) {
+          if (x.used && leaves_address_space(x.call.abi, x.call.nr)) {
+            s = &x;
+            break;
+          }
+          unlock(x);
+        }
     for (unsigned k = 0; !s && k < N; ++k)
-      if (Slot& x = slot_[next_++ % N]; lock(x)) s = &x;
+      if (Slot& x = slot_[next_++ % N]; lock(x)) {
+        s = &x;
+        if (x.used && evicted) *evicted = true;
+      }
     if (!s) return false;
     s->call = c;
     s->used = true;
+    s->exec.store(leaves_address_space(c.abi, c.nr), std::memory_order_relaxed);
     s->tag.store(t, std::memory_order_relaxed);
     unlock(*s);
     return true;
@@ -195,6 +234,7 @@ class OpenEntries {
         if (x.used && x.call.dtb == dtb && x.call.rsp == rsp) {
           const OpenCall c = x.call;
           x.used = false;
+          x.exec.store(false, std::memory_order_relaxed);
           x.tag.store(0, std::memory_order_relaxed);
           unlock(x);
           return c;
@@ -209,6 +249,7 @@ class OpenEntries {
     OpenCall call;
     bool used = false;
     std::atomic<std::uint64_t> tag{0};
+    std::atomic<bool> exec{false};   // hint like tag: the call is an exec (checked again under the lock)
     std::atomic<bool> held{false};
   };
   static bool lock(Slot& x) {

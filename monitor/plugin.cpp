@@ -305,7 +305,16 @@ void on_entry_body(Monitor& m, unsigned vcpu, abi::Door door) {
     // first, so a later return cannot pair with it.
     while (take_elsewhere(m, vcpu, dtb, d.user_rsp)) {   // bounded: each pass empties a slot
     }
-    (void)v.open.put(call);   // false: every slot held by other vCPUs that instant; its exit comes unpaired
+    if (never_returns(d.abi, d.nr)) {
+      (void)v.open.take(dtb, d.user_rsp);   // exit/exit_group: nothing to pair, and its stale entry goes too
+    } else {
+      bool evicted = false;
+      (void)v.open.put(call, &evicted);   // false: every slot held by other vCPUs that instant; its exit comes unpaired
+      if (evicted && v.has_ring) {
+        auto* h = v.prod.header();
+        abi::aref(h->open_evicted).store(h->open_evicted + 1, std::memory_order_relaxed);
+      }
+    }
   }
   release_cfg(v);
 }

@@ -647,6 +647,7 @@ void run_session(const SessionOptions& o) {
     for (std::size_t d = 0; d < std::size(s.drops); ++d) sum.drops[d] += s.drops[d] - b.drops[d];
     sum.sync_timeouts += s.sync_timeouts - b.sync_timeouts;
     sum.published += s.published - b.published;
+    sum.open_evicted += s.open_evicted - b.open_evicted;
   }
   const auto st = tracker.stats();
   const auto& ts = tracer.stats();
@@ -664,8 +665,9 @@ void run_session(const SessionOptions& o) {
                      "{} synchronous pauses; {} credential breakpoints set, {} hits\n",
                      ts.events, ts.entries, ts.exits, ts.cr3, trapped, ts.sync_events, cs.set, cs.hits);
   const std::uint64_t lost = std::max<std::uint64_t>(ts.lost, sum.drops[0] + sum.drops[1] + sum.drops[2] + sum.drops[3]);
-  out += fmt::format("lost events: {} (ring full {}, too big {}, no consumer {}, bad tail {}); sync waits timed out: {}\n", lost,
-                     sum.drops[0], sum.drops[1], sum.drops[2], sum.drops[3], sum.sync_timeouts);
+  out += fmt::format("lost events: {} (ring full {}, too big {}, no consumer {}, bad tail {}); sync waits timed out: {}; "
+                     "exits lost (open-call table full): {}\n",
+                     lost, sum.drops[0], sum.drops[1], sum.drops[2], sum.drops[3], sum.sync_timeouts, sum.open_evicted);
   if (o.follow)
     out += fmt::format("--follow latency (the Enter key's write in the guest -> line printed): {}\n", follow_latency.summary());
   if (cs.unresolved || cs.refused)

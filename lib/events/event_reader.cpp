@@ -326,6 +326,7 @@ RingStats EventReader::stats(unsigned ring) const {
   s.sync_wait_ns = ld(h->sync_wait_ns);
   s.cb_calls = ld(h->cb_calls);
   s.cb_ns = ld(h->cb_ns);
+  s.open_evicted = ld(h->open_evicted);
   return s;
 }
 

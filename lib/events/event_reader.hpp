@@ -62,6 +62,7 @@ struct RingStats {
   std::uint64_t sync_waits = 0, sync_timeouts = 0, sync_degraded = 0;
   std::uint64_t sync_wait_ns = 0;          // time the vCPU spent paused for sync events
   std::uint64_t cb_calls = 0, cb_ns = 0;   // monitor self-timing (selftime=on)
+  std::uint64_t open_evicted = 0;          // calls whose exit was not delivered: the monitor's open-call table was full
   [[nodiscard]] std::uint64_t dropped() const;
 };
 

@@ -1102,17 +1102,26 @@ struct Tracker::Impl {
       case Sys::kWrite:
       case Sys::kWritev:
       case Sys::kPwrite: {
-        if (ret <= 0) return;
         const int fdn = arg_int(c, 0);
         const auto it = pp->fds.find(fdn);
         if (it == pp->fds.end()) return;
+        Fd& fd = it->second;
         // writev's iovecs arrive gathered into one buffer capture (pwritev's are not copied).
         const auto* cap = find_cap(c.entry_caps, 1, CaptureKind::kBuffer);
-        const std::string_view data = cap != nullptr ? std::string_view(cap->data).substr(0, static_cast<std::size_t>(ret))
+        const bool keys = conn && (fd.kind == FdKind::kPtmx || (fd.kind == FdKind::kPipeWrite && !s.pty &&
+                                                                (fd.channel || s.channel_pipes.count(fd.pipe) != 0)));
+        // The client's keys whose write never returned to us (its exit not delivered): what was
+        // captured at entry counts as written. A terminal takes a few keys whole; a lost Enter key
+        // would lose the command line.
+        const std::int64_t n = !c.ret && keys && cap != nullptr && (cap->flags & abi::kCaptureFault) == 0 &&
+                                       cap->data.size() == c.args[2]
+                                   ? static_cast<std::int64_t>(cap->data.size())
+                                   : ret;
+        if (n <= 0) return;
+        const std::string_view data = cap != nullptr ? std::string_view(cap->data).substr(0, static_cast<std::size_t>(n))
                                                      : std::string_view();
-        const std::uint64_t missing = static_cast<std::uint64_t>(ret) - data.size();
-        Fd& fd = it->second;
-        if (conn && (fd.kind == FdKind::kPtmx || (fd.kind == FdKind::kPipeWrite && !s.pty && (fd.channel || s.channel_pipes.count(fd.pipe) != 0)))) {
+        const std::uint64_t missing = static_cast<std::uint64_t>(n) - data.size();
+        if (keys) {
           if (missing > 0) {
             s.not_captured += missing;
             stats.truncated_bytes += missing;

@@ -105,6 +105,7 @@ void put_ring_stats(Out& o, const events::RingStats& s) {
   o.put(s.cb_calls);
   o.put(s.cb_ns);
   o.put(s.sync_wait_ns);
+  o.put(s.open_evicted);
 }
 
 events::RingStats get_ring_stats(In& in) {
@@ -123,6 +124,7 @@ events::RingStats get_ring_stats(In& in) {
   s.cb_calls = in.get<std::uint64_t>();
   s.cb_ns = in.get<std::uint64_t>();
   s.sync_wait_ns = in.get<std::uint64_t>();
+  s.open_evicted = in.get<std::uint64_t>();
   return s;
 }
 

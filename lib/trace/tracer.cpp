@@ -255,12 +255,13 @@ Tracer::Traced* Tracer::traced(std::uint32_t tgid) {
 
 std::string Tracer::comm_of(const abi::TaskIdentity& who) {
   if (who.task == 0) return "?";
+  // A task_struct's memory is reused by later tasks: an entry holds for the pid it was read for.
   auto it = comm_cache_.find(who.task);
-  if (it != comm_cache_.end()) return it->second;
+  if (it != comm_cache_.end() && it->second.first == who.pid) return it->second.second;
   auto p = guest_->task(who.task);
   std::string c = p ? p->comm : std::string("?");
   if (comm_cache_.size() > 4096) comm_cache_.clear();   // bounded: tasks come and go
-  comm_cache_[who.task] = c;
+  comm_cache_[who.task] = {who.pid, c};
   return c;
 }
 
@@ -644,6 +645,7 @@ void Tracer::finish(const std::vector<events::RingStats>& rings, const events::M
     sum.sync_timeouts += s.sync_timeouts;
     sum.sync_degraded += s.sync_degraded;
     sum.sync_wait_ns += s.sync_wait_ns;
+    sum.open_evicted += s.open_evicted;
   }
   const std::uint64_t trapped = (after.user_syscalls - before.user_syscalls) + (after.user_int80s - before.user_int80s) +
                                 (after.user_sysenters - before.user_sysenters);
@@ -661,6 +663,7 @@ void Tracer::finish(const std::vector<events::RingStats>& rings, const events::M
   out_(fmt::format("  {:<34} {:>10}", "lost: no consumer", sum.drops[2]));
   out_(fmt::format("  {:<34} {:>10}", "lost: bad consumer tail", sum.drops[3]));
   out_(fmt::format("  {:<34} {:>10}", "sync waits timed out", sum.sync_timeouts));
+  out_(fmt::format("  {:<34} {:>10}", "exits lost: open-call table full", sum.open_evicted));
 }
 
 }  // namespace hvtrace::trace

@@ -260,7 +260,7 @@ class Tracer {
   std::map<std::uint32_t, Traced> procs_;        // by tgid
   std::map<std::uint32_t, Pending> pending_;     // by tid
   std::optional<std::uint32_t> open_line_tid_;   // whose entry was the last thing seen
-  std::map<std::uint64_t, std::string> comm_cache_;   // task address -> comm
+  std::map<std::uint64_t, std::pair<std::uint32_t, std::string>> comm_cache_;   // task address -> pid, comm
   std::map<std::string, SyscallCount> counts_;
   std::optional<std::set<std::uint64_t>> pushed_dtbs_;   // nullopt: no DTB set sent yet
   TraceStats stats_;

@@ -147,6 +147,46 @@ TEST(Doors, AFullTableEvictsRoundRobinAndKeepsTheRest) {
   EXPECT_EQ(left, 4);   // one evicted: its thread's exit comes unpaired
 }
 
+// A full table gives an exec's entry away first (a successful exec returns into another address
+// space, so it never pairs), and says when it had to evict a call that may still be in progress.
+TEST(Doors, AFullTableEvictsExecEntriesFirstAndReportsOtherEvictions) {
+  OpenEntries<4> open;
+  bool evicted = false;
+  ASSERT_TRUE(open.put(call(0x1000, 0x7000, 0, 1), &evicted));      // read: blocked
+  ASSERT_TRUE(open.put(call(0x2000, 0x7100, 59, 2), &evicted));     // execve: succeeded, never pairs
+  ASSERT_TRUE(open.put(call(0x3000, 0x7200, 61, 3), &evicted));     // wait4: blocked
+  auto i386_exec = call(0x4000, 0x7300, 11, 4);
+  i386_exec.abi = abi::SyscallAbi::kI386;
+  ASSERT_TRUE(open.put(i386_exec, &evicted));
+  ASSERT_TRUE(open.put(call(0x5000, 0x7400, 1, 5), &evicted));      // full: an exec goes
+  ASSERT_TRUE(open.put(call(0x6000, 0x7500, 1, 6), &evicted));      // full: the other exec goes
+  EXPECT_FALSE(evicted) << "only exec entries were given away";
+  EXPECT_TRUE(open.take(0x1000, 0x7000));
+  EXPECT_TRUE(open.take(0x3000, 0x7200));
+  ASSERT_TRUE(open.put(call(0x1000, 0x7000, 0, 7), &evicted));
+  ASSERT_TRUE(open.put(call(0x3000, 0x7200, 61, 8), &evicted));
+  EXPECT_FALSE(evicted);
+  ASSERT_TRUE(open.put(call(0x7000, 0x7600, 1, 9), &evicted));      // full, no exec: a call in progress goes
+  EXPECT_TRUE(evicted);
+}
+
+TEST(Doors, ExitAndExecCallsAreKnownInEveryAbi) {
+  EXPECT_TRUE(never_returns(abi::SyscallAbi::kX86_64, 60));
+  EXPECT_TRUE(never_returns(abi::SyscallAbi::kX86_64, 231));
+  EXPECT_TRUE(never_returns(abi::SyscallAbi::kI386, 1));
+  EXPECT_TRUE(never_returns(abi::SyscallAbi::kI386, 252));
+  EXPECT_TRUE(never_returns(abi::SyscallAbi::kX32, kX32SyscallBit | 231));
+  EXPECT_FALSE(never_returns(abi::SyscallAbi::kI386, 60));   // i386 60 is umask
+  EXPECT_FALSE(never_returns(abi::SyscallAbi::kX86_64, 1));
+  EXPECT_TRUE(leaves_address_space(abi::SyscallAbi::kX86_64, 59));
+  EXPECT_TRUE(leaves_address_space(abi::SyscallAbi::kX86_64, 322));
+  EXPECT_TRUE(leaves_address_space(abi::SyscallAbi::kI386, 11));
+  EXPECT_TRUE(leaves_address_space(abi::SyscallAbi::kI386, 358));
+  EXPECT_TRUE(leaves_address_space(abi::SyscallAbi::kX32, kX32SyscallBit | 520));
+  EXPECT_FALSE(leaves_address_space(abi::SyscallAbi::kX32, kX32SyscallBit | 59));   // x32 execve is 520
+  EXPECT_FALSE(leaves_address_space(abi::SyscallAbi::kI386, 59));
+}
+
 // Two vCPU threads, each recording its guest threads' entries in its own table while the other
 // vCPU takes them (two calls in three blocked here and resumed there), so an owner's put runs
 // beside the other vCPU's take in the same table. Under ThreadSanitizer this checks the slots'

@@ -597,6 +597,35 @@ TEST(SessionEngine, ClientGoneBeforeLogoutIsDroppedAndWrongPasswordsAreFailed) {
   EXPECT_EQ(t.stats().open, 0u);
 }
 
+// The Enter key's write into the terminal whose return was never delivered (the monitor's table of
+// open calls was full; the tracer completes it, return value unknown, at the thread's next call):
+// the key captured at entry still enters the line. A builtin such as `exit` runs no program, so
+// nothing else would tell the line was entered.
+TEST(SessionEngine, AKeyWhoseWriteNeverReturnedStillEntersTheLine) {
+  Rig r;
+  auto& [dir, t, g] = r;
+  g.accept(kServer, kSock, sockaddr_in(10, 0, 0, 6, 6666));
+  g.fork(kServer, 900);
+  g.open(900, "/dev/ptmx", 2, 7);
+  g.fork(900, 901);
+  g.exec(901, "/bin/bash", {"-bash"});
+  g.read(900, 7, "~ # ");
+  g.type(900, 7, "exi", "exi");
+  g.type(900, 7, "t", "t");
+  g.call(900, "write", {7, 0x4000, 1}, std::nullopt, {cap(1, CaptureKind::kBuffer, "\r")});   // no return seen
+  g.read(900, 7, "\r\nlogout\r\n");
+  g.call(900, "write", {7, 0x4000, 1}, std::nullopt, {cap(1, CaptureKind::kBuffer, "\r", abi::kCaptureFault)});   // unread: not a key
+  g.exit(901, 0);
+  g.exit(900, 0);
+  const auto ids = t.session_ids();
+  ASSERT_EQ(ids.size(), 1u);
+  const auto ev = jsonl(dir.path() / ids[0] / "events.jsonl");
+  const auto in = by_id(ev, "cowrie.command.input");
+  ASSERT_EQ(in.size(), 1u);
+  EXPECT_EQ(in[0]["input"], "exit");
+  EXPECT_TRUE(by_id(ev, "hvtrace.command.unfinished").empty());
+}
+
 // A login running before the watch (picked up from the process list): the connection process's
 // fds were opened before it, so which one is the client's socket and which the pty master is not
 // known. Its reads are not terminal output (the socket's are ciphertext); its processes are kept.

@@ -372,6 +372,39 @@ TEST(Tracer, JsonHasTheSchemasFields) {
   EXPECT_EQ(bad["errno"], "ENOENT");
 }
 
+// A task_struct's memory is reused: a later task at the same address, with its own pid, is named
+// by what the guest says now, not by the earlier task's name (the session record once called the
+// SSH server's connection process "cat" this way).
+TEST(Tracer, ATaskAddressReusedByAnotherPidGetsItsOwnName) {
+  struct Reused final : GuestQueries {
+    Result<std::optional<ProcInfo>> pid(std::uint32_t) override { return std::optional<ProcInfo>(); }
+    Result<std::vector<ProcInfo>> name(const std::string&) override { return std::vector<ProcInfo>{}; }
+    std::optional<TaskInfo> task(std::uint64_t t) override {
+      if (t == kShellTask) return TaskInfo{kOldDtb, now};
+      return std::nullopt;
+    }
+    IdentityOffsets identity() override { return {}; }
+    std::string now = "cat";
+  } guest;
+  NullSink sink;
+  std::vector<std::string> comms;
+  Tracer t(guest, sink, config(false), [](const std::string&) {});
+  t.set_call_hook([&](const CallRecord& r, const syscalls::Call&) { comms.push_back(r.comm); });
+  t.trace_all();
+  Stream s;
+  s.entry(300, kShellTask, kOldDtb, 0, {0, 0x1000, 4});
+  s.exit(300, kShellTask, kOldDtb, 0, 4);
+  s.entry(300, kShellTask, kOldDtb, 231, {0});
+  for (const auto& e : s.events) ASSERT_TRUE(t.handle(e).ok());
+  guest.now = "dropbear";   // pid 300 is gone; pid 301's task_struct took its place
+  Stream s2;
+  s2.entry(301, kShellTask, kOldDtb, 1, {4, 0x1000, 1});
+  s2.exit(301, kShellTask, kOldDtb, 1, 1);
+  for (const auto& e : s2.events) ASSERT_TRUE(t.handle(e).ok());
+  const std::vector<std::string> want = {"cat", "cat", "dropbear"};
+  EXPECT_EQ(comms, want);
+}
+
 // ---- --comm: processes started later join the in-hypervisor filter at their exec --------------
 
 constexpr std::uint64_t kExecVa = 0xffffffff81401230, kCatDtb = 0x5000000;

@@ -87,7 +87,11 @@ struct alignas(kPageSize) RingHeader {
   // Host nanoseconds this vCPU spent paused waiting for the consumer's ack of sync events (always
   // counted: the wait is already the slow path), written by the vCPU thread.
   std::uint64_t sync_wait_ns;
-  std::uint8_t pad0[kCacheLine - 48];
+  // Entries of calls still in progress whose slot in the monitor's table of open calls went to a
+  // newer entry (the table was full): each such call's exit is not delivered. Written by the vCPU
+  // thread.
+  std::uint64_t open_evicted;
+  std::uint8_t pad0[kCacheLine - 56];
 
   // --- producer line: written only by the vCPU thread ---
   alignas(kCacheLine) std::uint64_t head;     // free-running; store(release) after the record bytes
