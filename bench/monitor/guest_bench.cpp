@@ -207,8 +207,10 @@ int main(int argc, char** argv) {
   std::vector<std::string> baseline_plugin_args;  // --baseline-plugin-args a=b,c=d: load the plugin in the "none" boots
                                                   // too (e.g. count=on) to split QEMU's plugin overhead from ours
   std::vector<std::string> methods = {"idle", "m5", "all", "m4", "m3", "m2"};
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string k = argv[i], val = argv[i + 1];
+  for (int i = 1; i < argc; i += 2) {
+    std::string k = argv[i];
+    const std::string val = i + 1 < argc ? argv[i + 1] : "";
+    if (val.empty()) k.clear();   // a flag without its value (or --help): the usage, exit 2
     if (k == "--reps") reps = static_cast<unsigned>(std::stoul(val));
     else if (k == "--boots") boots = static_cast<unsigned>(std::stoul(val));
     else if (k == "--iterations") iterations = static_cast<unsigned>(std::stoul(val));
