@@ -406,6 +406,7 @@ std::optional<EchoLine::Text> EchoLine::line(std::size_t max_bytes) const {
 }
 
 std::string EchoLine::row() const { return cells_utf8(row_); }
+std::string EchoLine::prompt_text() const { return cells_utf8(prompt_); }
 
 // ---- LineEditor ----
 
@@ -532,7 +533,7 @@ void LineEditor::sync_from_echo() {
 }
 
 void LineEditor::enter(const std::function<void(Line)>& done, std::uint64_t at, std::uint64_t at_entry) {
-  Line l{std::move(buf_), truncated_, false, at, at_entry};
+  Line l{std::move(buf_), truncated_, false, at, at_entry, own_prompt_ ? echo_.prompt_text() : std::string()};
   const bool wait = from_echo_ && own_prompt_;
   reset_line();
   if (waiting_) finish_waiting(done);   // typed ahead: the earlier line is what the row shows now

@@ -78,6 +78,7 @@ class EchoLine {
   bool mark_prompt();
   void forget_prompt() { prompt_.clear(); }
   [[nodiscard]] bool prompt_known() const { return !prompt_.empty(); }
+  [[nodiscard]] std::string prompt_text() const;   // UTF-8; empty when unknown
   struct Text {
     std::string text;            // UTF-8 (invalid bytes were replaced)
     std::size_t cursor = 0;      // byte offset of the cursor in text
@@ -124,6 +125,7 @@ class LineEditor {
     bool from_echo = false;     // taken from what the terminal showed (completion, history)
     std::uint64_t at = 0;       // the `at` of the feed() that carried its Enter
     std::uint64_t at_entry = 0; // and its `at_entry`
+    std::string prompt;         // the row left of its first key, when the echo showed it (else empty)
   };
   explicit LineEditor(std::size_t max_bytes, std::size_t max_history = 256)
       : max_(max_bytes), max_history_(max_history), echo_(std::min<std::size_t>(max_bytes, kMaxEchoCells)) {}

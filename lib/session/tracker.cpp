@@ -227,6 +227,7 @@ struct Session {
   bool proc_events_cut = false, proc_limit_marked = false;
   std::uint64_t procs_not_kept = 0;
   std::optional<Command> cmd;
+  std::string first_prompt;        // the prompt of the first line entered ("?" if the echo did not show it)
   std::uint64_t commands = 0;
   // A child the shell forked while the line it runs still waited for its echo (a completed line):
   // it belongs to that line's command, opened when the echo's newline arrives.
@@ -518,6 +519,23 @@ struct Tracker::Impl {
     s.cmd = std::move(c);
   }
 
+  // A line typed at the shell's secondary prompt ("> ": PS2 of bash, dash and busybox sh) while the
+  // shell has started nothing since the command's first line: the shell reads it as the rest of
+  // that command (a here-document's body and its end word, an open quote, a `for ... do` block),
+  // so it is not a command of its own. Not when the session's first prompt was "> " itself.
+  static bool continuation(const Session& s, const LineEditor::Line& l, std::uint32_t early) {
+    return s.cmd && l.prompt == "> " && s.first_prompt != "> " && s.cmd->last_child == 0 && early == 0;
+  }
+
+  void continue_command(Session& s, const std::string& line, std::uint64_t ns) {
+    const std::string text = sanitize_utf8(line);
+    if (s.cmd->line.size() + 1 + text.size() <= 4096) s.cmd->line += "\n" + text;
+    emit(s, "hvtrace.command.continuation", ns,
+         {{"input", text}, {"message", fmt::format("CMD (continued): {}", shorten(line, 1000))}});
+    s.w->transcript(fmt::format("[{}] {}@{} > {}\n", s.w->iso(ns), user_text(s), client_text(s), text));
+    if (cfg.follow) cfg.follow(fmt::format("[{}] {}@{} > {}", s.sid, user_text(s), client_text(s), shorten(line, 1000)), ns);
+  }
+
   void command_line(Session& s, LineEditor::Line l, std::uint64_t ns) {
     // The line being typed is on the screen as prompt + echo: not part of any command's output.
     s.skip_echo_line = true;
@@ -535,6 +553,11 @@ struct Tracker::Impl {
       s.early_gone = s.last_fork.gone;
     }
     const std::uint32_t early = std::exchange(s.early_child, 0);
+    if (s.first_prompt.empty()) s.first_prompt = l.prompt.empty() ? std::string("?") : l.prompt;
+    if (continuation(s, l, early)) {
+      continue_command(s, l.text, l.at != 0 ? l.at : ns);
+      return;
+    }
     if (l.text.find_first_not_of(" \t") == std::string::npos) return;
     // A line taken from the echo is timed by its Enter key (the echo's newline comes later).
     open_command(s, l.text, l.truncated, l.at != 0 ? l.at : ns);

