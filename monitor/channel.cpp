@@ -106,7 +106,12 @@ void control_loop(Monitor* mp) {
   int client = -1;
   for (;;) {
     pollfd fds[3] = {{m.stop_pipe[0], POLLIN, 0}, {m.listen_fd, POLLIN, 0}, {client, POLLIN, 0}};
-    if (poll(fds, client >= 0 ? 3 : 2, -1) < 0) {
+    const int rc = poll(fds, client >= 0 ? 3 : 2, m.opt.icount ? 50 : -1);
+    // icount=on: the guest's instruction count where a reader of the rings sees it (a benchmark
+    // reads it while another consumer holds the control channel).
+    if (m.opt.icount && m.shm_hdr)
+      abi::aref(m.shm_hdr->guest_insns).store(qemu_plugin_u64_sum(m.f_insns), std::memory_order_release);
+    if (rc < 0) {
       if (errno == EINTR) continue;
       break;
     }

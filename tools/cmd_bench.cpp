@@ -82,6 +82,7 @@ struct Table1Options {
   std::uint64_t gdbstub_max_hits = 0;   // 0: trace the whole run; else detach after this many hits (--quick)
   std::string image;
   unsigned boot_timeout_s = 180;
+  std::vector<std::string> monitor_args;   // extra monitor plugin arguments (bench session --icount: icount=on)
 };
 
 // ---- small host-side helpers ------------------------------------------------------------------
@@ -206,7 +207,7 @@ Result<std::unique_ptr<Guest>> boot_guest(const std::string& name, bool monitor,
     const auto so = default_monitor_path();
     if (!vm::fs::is_regular_file(so))
       return make_error("monitor plugin {} not found (build it, or set HVTRACE_MONITOR)", so.string());
-    c.plugin = vm::monitor_plugin(so, name);
+    c.plugin = vm::monitor_plugin(so, name, o.monitor_args);
   } else {
     g->gdb_port = free_tcp_port();
     if (g->gdb_port == 0) return make_error("no free TCP port for the gdb stub");
@@ -1115,6 +1116,7 @@ struct SessionBenchOptions {
   unsigned rounds = 5;
   unsigned iterations = 2;
   std::string arms = "idle,session,publish";
+  bool icount = false;   // count the guest's instructions and time the monitor's callbacks per run (icount=on, selftime=on)
   double minutes = 0;   // the RSS run: one watched session of this length (0: none)
   std::string typing = "10-30";
   bool quick = false;
@@ -1220,10 +1222,30 @@ json run_session_arm(const std::string& arm, Guest& g, const SessionBench& b, un
     }
   }
   const double cpu0 = qemu_cpu_seconds(rec.qemu_pid);
+  const std::uint64_t insns0 = g.reader ? g.reader->guest_insns() : 0;
+  // selftime=on: host time inside the monitor's callbacks, and of it the time the vCPU waited for
+  // the watcher's ack of synchronous events (the guest paused; QEMU's thread asleep after 20 µs).
+  const auto callback_ns = [&g] {
+    std::pair<std::uint64_t, std::uint64_t> ns{0, 0};
+    for (unsigned i = 0; g.reader && i < g.reader->rings(); ++i) {
+      const auto st = g.reader->stats(i);
+      ns.first += st.cb_ns;
+      ns.second += st.sync_wait_ns;
+    }
+    return ns;
+  };
+  const auto cb0 = callback_ns();
   const auto t0 = Clock::now();
   auto a = run_attacker(b, rec, b.script, wdir / "screen.txt", {fmt::format("N={}", b.iterations)}, 600);
   run["wall_s"] = std::chrono::duration<double>(Clock::now() - t0).count();
   run["qemu_cpu_s"] = qemu_cpu_seconds(rec.qemu_pid) - cpu0;
+  if (const std::uint64_t insns1 = g.reader ? g.reader->guest_insns() : 0; insns1 > insns0)
+    run["guest_insns"] = static_cast<double>(insns1 - insns0);   // --icount (a count: no host noise)
+  if (const auto cb1 = callback_ns(); cb1.first > cb0.first) {
+    const double wait_s = static_cast<double>(cb1.second - cb0.second) / 1e9;
+    run["sync_wait_s"] = wait_s;
+    run["monitor_callback_s"] = std::max(0.0, static_cast<double>(cb1.first - cb0.first) / 1e9 - wait_s);
+  }
   std::string failure;
   if (!a) failure = fmt::format("the attacker did not finish: {}", a.error().message);
   else if (a->exit_code != 0) failure = fmt::format("the attacker exited with {}: {}", a->exit_code, trim(a->err));
@@ -1378,7 +1400,7 @@ void run_session_bench(SessionBenchOptions o) {
   }
 
   json results = results_header("hvtrace-bench-session/1", image->kernel_release);
-  results["config"] = {{"rounds", o.rounds},           {"iterations", o.iterations}, {"arms", arms},
+  results["config"] = {{"rounds", o.rounds},           {"iterations", o.iterations}, {"arms", arms}, {"icount", o.icount},
                        {"quick", o.quick},             {"minutes", o.minutes},       {"typing", o.typing},
                        {"commands_typed", b.commands_typed}, {"session_lines", kSessionLines},
                        {"note", "qemu_cpu_s: utime+stime of QEMU from the attacker's start to its exit; guest_s: the workload's own "
@@ -1388,6 +1410,7 @@ void run_session_bench(SessionBenchOptions o) {
   const auto save = [&] { save_results(dir, results); };
   Table1Options boot;
   boot.boot_timeout_s = o.boot_timeout_s;
+  if (o.icount) boot.monitor_args = {"icount=on", "selftime=on"};
   const auto t_start = Clock::now();
   fmt::print(stderr, "[bench] booting the guest with the monitor{}\n",
              std::find(arms.begin(), arms.end(), "none") != arms.end() ? " and one without plugin" : "");
@@ -1500,6 +1523,9 @@ void add_bench_command(CLI::App& app) {
   sess->add_option("--minutes", ss->minutes, "then one watched session of this many minutes with continuous output: the "
                                              "watcher's RSS every second (0: skip; --quick: 0.5)")->capture_default_str();
   sess->add_option("--typing", ss->typing, "milliseconds per key, MIN-MAX (scripts/attacker --delay)")->capture_default_str()->check(typing_error);
+  sess->add_flag("--icount", ss->icount, "also count the guest instructions of every run and time the monitor's callbacks "
+                                       "(its icount=on and selftime=on, in every arm alike): whether watching makes the "
+                                       "guest execute more, and what the monitor itself spends");
   sess->add_flag("--quick", ss->quick, "one round of one iteration and a 30-s RSS run (the test suite's run)");
   sess->add_option("--boot-timeout", ss->boot_timeout_s, "seconds to wait for the guest's SSH")->capture_default_str();
   sess->add_option("--report", ss->report_from, "run nothing: write session.md (in -o DIR) again from this results.json");

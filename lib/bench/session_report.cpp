@@ -122,6 +122,33 @@ std::string make_session_report(const json& results) {
   row("QEMU CPU s, median [min–max]", [&](const std::string& a) { return cell(ok_values(series(results, a, "qemu_cpu_s"))); });
   row("guest clock s (workload)", [&](const std::string& a) { return cell(ok_values(series(results, a, "guest_s"))); });
   row("host wall s (session)", [&](const std::string& a) { return cell(ok_values(series(results, a, "wall_s"))); });
+  const bool counted = std::any_of(arms.begin(), arms.end(), [&](const std::string& a) { return !ok_values(series(results, a, "guest_insns")).empty(); });
+  if (counted) {
+    row("guest instructions, millions", [&](const std::string& a) {
+      auto v = ok_values(series(results, a, "guest_insns"));
+      for (auto& x : v) x /= 1e6;
+      return v.empty() ? std::string("–") : cell(v, "{:.0f}");
+    });
+    row("guest instructions vs idle", [&](const std::string& a) {
+      return a == "idle" ? "–" : percent_text(ratio(results, a, "idle", "guest_insns"));
+    });
+    // The monitor's own time (selftime=on: two clock reads around each callback) without the
+    // waits for synchronous acks, against the unwatched run's QEMU CPU; and the guest's pauses.
+    row("guest paused for sync acks s", [&](const std::string& a) {
+      const auto v = ok_values(series(results, a, "sync_wait_s"));
+      return v.empty() || a == "idle" ? std::string("–") : cell(v, "{:.3f}");
+    });
+    row("monitor callbacks s (selftime, waits excluded)", [&](const std::string& a) {
+      const auto v = ok_values(series(results, a, "monitor_callback_s"));
+      return v.empty() ? std::string("–") : cell(v, "{:.3f}");
+    });
+    row("monitor callbacks vs idle QEMU CPU", [&](const std::string& a) {
+      const auto cb = ok_values(series(results, a, "monitor_callback_s"));
+      const auto idle = ok_values(series(results, "idle", "qemu_cpu_s"));
+      if (a == "idle" || cb.empty() || idle.empty()) return std::string("–");
+      return fmt::format("{:.2f}%", 100.0 * summarize(cb).median / summarize(idle).median);
+    });
+  }
   row("QEMU CPU vs idle", [&](const std::string& a) { return a == "idle" ? "–" : percent_text(ratio(results, a, "idle", "qemu_cpu_s")); });
   row("guest clock vs idle", [&](const std::string& a) { return a == "idle" ? "–" : percent_text(ratio(results, a, "idle", "guest_s")); });
   row("QEMU CPU vs session", [&](const std::string& a) {

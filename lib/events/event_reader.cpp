@@ -299,10 +299,11 @@ Result<std::size_t> EventReader::poll(const std::function<void(const Event&)>& f
   return handled;
 }
 
-bool EventReader::wait(std::chrono::microseconds timeout, abi::WaitMode mode, std::chrono::microseconds spin) {
+bool EventReader::wait(std::chrono::microseconds timeout, abi::WaitMode mode, std::chrono::microseconds spin,
+                       bool urgent_only) {
   if (consumers_.size() == 1)
     return consumers_[0].wait_data(mode, static_cast<std::uint64_t>(spin.count()) * 1000,
-                                   static_cast<std::uint64_t>(timeout.count()) * 1000);
+                                   static_cast<std::uint64_t>(timeout.count()) * 1000, urgent_only);
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
     for (auto& c : consumers_)
@@ -343,6 +344,11 @@ std::uint64_t EventReader::door_entry_va(abi::Door d) const {
 std::uint64_t EventReader::detect_rejected() const {
   auto& h = *reinterpret_cast<abi::ShmHeader*>(base_);
   return std::atomic_ref<std::uint64_t>(h.detect_rejected).load(std::memory_order_acquire);
+}
+
+std::uint64_t EventReader::guest_insns() const {
+  auto& h = *reinterpret_cast<abi::ShmHeader*>(base_);
+  return std::atomic_ref<std::uint64_t>(h.guest_insns).load(std::memory_order_acquire);
 }
 
 std::uint32_t EventReader::generation() const {

@@ -85,9 +85,11 @@ class EventReader {
   Result<std::size_t> poll(const std::function<void(const Event&)>& fn, std::size_t max = SIZE_MAX);
 
   // Wait until some ring has data or timeout passes (spins `spin` first, then sleeps on the
-  // futex of ring 0 for a single-vCPU VM, or polls in 200 µs steps otherwise).
+  // futex of ring 0 for a single-vCPU VM, or polls in 200 µs steps otherwise). urgent_only:
+  // the monitor wakes this sleep only for a record a vCPU waits on (a sync event); ordinary
+  // records are found at the timeout (a consumer that polls while records flow).
   bool wait(std::chrono::microseconds timeout, abi::WaitMode mode = abi::WaitMode::kAdaptive,
-            std::chrono::microseconds spin = std::chrono::microseconds{50});
+            std::chrono::microseconds spin = std::chrono::microseconds{50}, bool urgent_only = false);
 
   // Do not ack sync records automatically (tests that play a dead or slow consumer).
   void set_auto_ack(bool on) { auto_ack_ = on; }
@@ -98,6 +100,9 @@ class EventReader {
   [[nodiscard]] std::uint64_t door_entry_va(abi::Door d) const;   // 0 until the monitor learned it
   [[nodiscard]] std::uint64_t detect_rejected() const;           // kernel entries by a fault, not a door
   [[nodiscard]] std::uint32_t generation() const;
+  // Guest instructions executed so far, all vCPUs, when the monitor runs with icount=on (else 0);
+  // refreshed every 50 ms.
+  [[nodiscard]] std::uint64_t guest_insns() const;
 
  private:
   EventReader() = default;

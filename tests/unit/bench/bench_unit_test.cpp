@@ -315,6 +315,18 @@ TEST(SessionReport, ArmsOverheadsAndTargets) {
   EXPECT_NE(md.find("| publishing adds ≤ 1% QEMU CPU over the same watched session | +0.5% [+0.5, +0.5] | **met** |"), std::string::npos)
       << md;
   EXPECT_TRUE(check_session_counts(session_results(3)).empty());
+  EXPECT_EQ(md.find("guest instructions"), std::string::npos) << "no --icount, no instruction rows";
+  // --icount: the guest's instructions per arm, and the watched arms' excess over the unwatched run.
+  auto c = session_results(3);
+  for (auto& run : c["runs"]) {
+    run["guest_insns"] = run["arm"] == "idle" ? 2.0e9 : 2.2e9;
+    if (run["arm"] != "idle") run["monitor_callback_s"] = 0.05;
+  }
+  const auto md3 = make_session_report(c);
+  EXPECT_NE(md3.find("| guest instructions, millions | 2000 | 2200 | 2200 |"), std::string::npos) << md3;
+  EXPECT_NE(md3.find("| guest instructions vs idle | – | +10.0% [+10.0, +10.0] | +10.0% [+10.0, +10.0] |"), std::string::npos) << md3;
+  EXPECT_NE(md3.find("| monitor callbacks s (selftime, waits excluded) | – | 0.050 | 0.050 |"), std::string::npos) << md3;
+  EXPECT_NE(md3.find("| monitor callbacks vs idle QEMU CPU | – | 0.50% | 0.50% |"), std::string::npos) << md3;
 }
 
 TEST(SessionReport, ChecksFlagFailuresLossMissedCommandsAndUnackedMessages) {

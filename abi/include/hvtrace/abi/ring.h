@@ -140,7 +140,10 @@ struct alignas(kPageSize) ShmHeader {
   std::uint32_t reserved0;
   std::uint64_t door_entry_va[4]; // kernel entry point of each Door (events.h), 0 until detected; store(release)
   std::uint64_t detect_rejected;  // door detections rejected (the kernel was entered by a fault, not the door)
-  std::uint64_t reserved[5];
+  // icount=on only (0 otherwise): guest instructions executed, all vCPUs, copied from the inline
+  // counters by the control thread every 50 ms. store(release)
+  std::uint64_t guest_insns;
+  std::uint64_t reserved[4];
 };
 static_assert(sizeof(ShmHeader) == kPageSize);
 static_assert(offsetof(ShmHeader, syscall_entry_va) == 40);
