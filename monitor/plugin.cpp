@@ -174,7 +174,7 @@ void emit(Monitor& m, unsigned vcpu, Vcpu& v, const FilterConfig& cfg, Action ac
   std::memcpy(p, body, body_size);
   if (extra_size) std::memcpy(p + body_size, extra, extra_size);
   if (size > body_size + extra_size) std::memset(p + body_size + extra_size, 0, size - body_size - extra_size);
-  v.prod.commit();
+  v.prod.commit(sync);
   if (!sync) return;
   const bool acked = v.prod.wait_ack(seq, m.opt.sync_wait, m.opt.sync_spin_ns, m.opt.sync_timeout_ns, &m.consumer_gone);
   auto* h = v.prod.header();

@@ -294,6 +294,30 @@ TEST(Ring, ThreadedSyncRoundTrips) {
   EXPECT_EQ(r.hdr->sync_waits, kEvents);
 }
 
+// A consumer asleep for urgent records only (it polls while records flow) is not woken by an
+// ordinary record, and is woken at once by an urgent one (a vCPU waits for its ack).
+TEST(Ring, AnUrgentOnlySleeperIsWokenByUrgentRecordsAlone) {
+  TestRing r(4096);
+  std::atomic<bool> woke{false};
+  std::thread consumer([&] { woke = r.cons.wait_data(WaitMode::kBlock, 0, 30'000'000'000ULL, true); });
+  const auto asleep = [&] { return std::atomic_ref<std::uint32_t>(r.hdr->consumer_waiting).load() == 2; };
+  for (int i = 0; i < 5000 && !asleep(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ASSERT_TRUE(asleep()) << "the consumer never announced its urgent-only sleep";
+  const std::uint32_t futex0 = std::atomic_ref<std::uint32_t>(r.hdr->head_futex).load();
+  ASSERT_TRUE(put(r, 64));   // ordinary: no wake
+  EXPECT_EQ(std::atomic_ref<std::uint32_t>(r.hdr->head_futex).load(), futex0);
+  std::uint64_t seq = 0;
+  auto* p = static_cast<std::uint8_t*>(r.prod.reserve(seq = r.prod.take_seq(), 64));
+  ASSERT_NE(p, nullptr);
+  auto* h = reinterpret_cast<EventHeader*>(p);
+  h->rec = RecordHeader{static_cast<std::uint16_t>(RecordType::kCr3Write), kFlagSync, align_record(64)};
+  h->seq = seq;
+  r.prod.commit(true);   // urgent: woken (long before its 30-s timeout)
+  consumer.join();
+  EXPECT_TRUE(woke);
+  EXPECT_EQ(std::atomic_ref<std::uint32_t>(r.hdr->head_futex).load(), futex0 + 1);
+}
+
 TEST(Ring, SyncWaitGivesUpOnTimeoutAndOnAbort) {
   TestRing r(4096);
   std::uint64_t seq = 0;

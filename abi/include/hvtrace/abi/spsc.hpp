@@ -9,6 +9,8 @@
 //      load head — Dekker pair: either the producer sees the sleeper and wakes it, or the consumer
 //      sees the new head and does not sleep.
 //   C4 ack_seq.store(seq_cst); load producer_waiting ⟷ P4 store producer_waiting(seq_cst); load ack_seq
+// consumer_waiting: 0 awake, 1 asleep (wake at any record), 2 asleep with a short timeout (wake
+// only at an urgent record: one a vCPU waits on, kFlagSync). The producer reads it in P3 either way.
 #pragma once
 
 #include "hvtrace/abi/events.h"
@@ -136,14 +138,15 @@ class RingProducer {
     return data_ + (at & mask_);
   }
 
-  // Publish the reserved record (and any PAD/LOST before it) and wake a sleeping consumer.
-  void commit() {
+  // Publish the reserved record (and any PAD/LOST before it) and wake a sleeping consumer (one
+  // that asked for urgent records only, if this one is: the vCPU is about to wait for its ack).
+  void commit(bool urgent = false) {
     aref(h_->published).store(h_->published + 1, std::memory_order_relaxed);
     // P1 (release semantics included) and P3: a seq_cst store then a seq_cst load, so the pair
     // with C3 is ordered without a standalone fence (which ThreadSanitizer cannot model).
     head_ = pending_end_;
     aref(h_->head).store(pending_end_, std::memory_order_seq_cst);
-    if (aref(h_->consumer_waiting).load(std::memory_order_seq_cst) != 0) {
+    if (const std::uint32_t cw = aref(h_->consumer_waiting).load(std::memory_order_seq_cst); cw == 1 || (cw == 2 && urgent)) {
       aref(h_->head_futex).fetch_add(1, std::memory_order_relaxed);
       futex_wake(&h_->head_futex);
     }
@@ -275,7 +278,8 @@ class RingConsumer {
   }
 
   // Wait until the ring holds data or timeout_ns passes. True if data is there.
-  bool wait_data(WaitMode mode, std::uint64_t spin_ns, std::uint64_t timeout_ns) {
+  // urgent_only: sleep through ordinary records (found at the timeout), wake at once for urgent ones.
+  bool wait_data(WaitMode mode, std::uint64_t spin_ns, std::uint64_t timeout_ns, bool urgent_only = false) {
     auto has_data = [&] { return aref(h_->head).load(std::memory_order_acquire) != tail_; };
     const std::uint64_t start = monotonic_ns();
     const std::uint64_t spin_until = mode == WaitMode::kSpin ? start + timeout_ns : mode == WaitMode::kBlock ? start : start + spin_ns;
@@ -290,7 +294,7 @@ class RingConsumer {
     }
     if (now - start >= timeout_ns) return has_data();
     const std::uint32_t w = aref(h_->head_futex).load(std::memory_order_acquire);
-    aref(h_->consumer_waiting).store(1, std::memory_order_seq_cst);  // C3
+    aref(h_->consumer_waiting).store(urgent_only ? 2u : 1u, std::memory_order_seq_cst);  // C3
     if (aref(h_->head).load(std::memory_order_seq_cst) == tail_)
       futex_wait(&h_->head_futex, w, timeout_ns - (now - start));
     aref(h_->consumer_waiting).store(0, std::memory_order_relaxed);
