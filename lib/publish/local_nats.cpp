@@ -6,7 +6,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -68,19 +68,36 @@ bool loopback_port_open(int port) {
   return ok;
 }
 
+// The server dies with the thread that started it (PR_SET_PDEATHSIG), as the guests' QEMUs do: a
+// SIGKILLed `bench session` or test leaves no nats-server behind. Its output goes to `log`; an
+// exec failure is written there too (the caller shows the log).
 pid_t spawn_logged(const std::vector<std::string>& argv, const std::filesystem::path& log) {
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-  posix_spawn_file_actions_adddup2(&fa, 1, 2);
-  posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+  const int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  const int in = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (out < 0 || in < 0) {
+    if (out >= 0) ::close(out);
+    if (in >= 0) ::close(in);
+    return -1;
+  }
   std::vector<char*> a;
   for (const auto& s : argv) a.push_back(const_cast<char*>(s.c_str()));
   a.push_back(nullptr);
-  pid_t pid = -1;
-  const int r = posix_spawnp(&pid, a[0], &fa, nullptr, a.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  return r == 0 ? pid : -1;
+  const pid_t parent = ::getpid();
+  const pid_t pid = ::fork();
+  if (pid == 0) {   // only async-signal-safe calls from here to the exec
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(127);   // the parent died before the prctl
+    ::dup2(in, 0);
+    ::dup2(out, 1);
+    ::dup2(out, 2);
+    ::execvp(a[0], a.data());
+    static const char msg[] = "cannot execute the program (is it installed? bash scripts/setup)\n";
+    (void)!::write(2, msg, sizeof msg - 1);
+    ::_exit(127);
+  }
+  ::close(out);
+  ::close(in);
+  return pid;
 }
 
 int wait_exit(pid_t pid, std::chrono::milliseconds limit) {
