@@ -581,7 +581,7 @@ void run_session(const SessionOptions& o) {
       for (const auto& p : procs) {
         if (p.ppid.value != parent || !p.dtb || !seen.insert(p.tgid.value).second) continue;
         tracker.add_existing(static_cast<std::uint32_t>(p.tgid.value), static_cast<std::uint32_t>(parent), p.comm, start_ns,
-                             existing_fds(*g.os, p));
+                             existing_fds(*g.os, p), p.uid);
         if (auto r = tracer.trace_pid(static_cast<std::uint32_t>(p.tgid.value)); r) ++picked_up;
         if (server_names.count(p.comm) != 0) creds.add_running(static_cast<std::uint32_t>(p.tgid.value), false);
         todo.push_back(p.tgid.value);

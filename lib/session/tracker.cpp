@@ -1281,7 +1281,7 @@ struct Tracker::Impl {
   }
 
   void existing(std::uint32_t pid, std::uint32_t ppid, const std::string& comm, std::uint64_t now,
-                const std::vector<ExistingFd>& fds) {
+                const std::vector<ExistingFd>& fds, std::optional<std::uint32_t> uid) {
     if (proc(pid) != nullptr) return;
     Process* parent = proc(ppid);
     if (parent == nullptr) return;
@@ -1298,6 +1298,10 @@ struct Tracker::Impl {
     if (ppid == s->conn && s->shell == 0) {   // already logged in: its shell runs
       s->shell = pid;
       s->logged_in = true;
+      if (uid && !s->uid) {   // the user it runs as (its name in the guest's passwd is not read)
+        s->uid = *uid;
+        if (s->username.empty()) s->username = *uid == 0 ? "root" : fmt::format("uid:{}", *uid);
+      }
     }
   }
 
@@ -1346,8 +1350,8 @@ void Tracker::add_server(std::uint32_t pid) {
 }
 
 void Tracker::add_existing(std::uint32_t pid, std::uint32_t ppid, const std::string& comm, std::uint64_t now_ns,
-                           const std::vector<ExistingFd>& fds) {
-  impl_->existing(pid, ppid, comm, now_ns, fds);
+                           const std::vector<ExistingFd>& fds, std::optional<std::uint32_t> uid) {
+  impl_->existing(pid, ppid, comm, now_ns, fds, uid);
 }
 
 void Tracker::on_call(const CallEvent& e) { impl_->handle(e); }

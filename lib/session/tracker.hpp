@@ -85,9 +85,10 @@ class Tracker {
   // of a server opens a session (picked up), its descendants join that session. `fds` are its open
   // files: the connection process's pty master (its terminal from now on) and client socket (the
   // client's address); the pipes of a command run without a pty. Without them the terminal and the
-  // address are unknown.
+  // address are unknown. `uid`: the process's real uid (task->real_cred); the session's shell's
+  // names the session's user ("root" for 0, else "uid:N": the guest's passwd is not read).
   void add_existing(std::uint32_t pid, std::uint32_t ppid, const std::string& comm, std::uint64_t now_ns,
-                    const std::vector<ExistingFd>& fds = {});
+                    const std::vector<ExistingFd>& fds = {}, std::optional<std::uint32_t> uid = std::nullopt);
   void on_call(const CallEvent& e);
   // A login credential read at a breakpoint in a server process (user name at getpwnam, password
   // at crypt); the outcome is decided by what the process does next.

@@ -468,6 +468,8 @@ TEST_F(Session, ASessionStartedBeforeTheWatchIsPickedUp) {
   const std::string transcript = slurp(dirs[0] / "transcript.txt");
   EXPECT_NE(transcript.find("picked-42\n"), std::string::npos) << transcript;
   EXPECT_NE(transcript.find("10.0.2.2:"), std::string::npos) << transcript;
+  // Its user from the shell's real uid (the image's alice is uid 1000; passwd is not read).
+  EXPECT_NE(transcript.find("uid:1000@10.0.2.2:"), std::string::npos) << transcript;
   std::string out;
   for (const auto& e : json_lines(dirs[0] / "session.cast"))
     if (e.is_array() && e.size() == 3 && e[1] == "o") out += e[2].get<std::string>();

@@ -710,7 +710,7 @@ TEST(SessionEngine, PickedUpSessionWithItsFdsRecordsTheTerminalAndTheClient) {
   t.add_existing(kConn, kServer, "dropbear", g.now,
                  {{kSock, K::kSocket, 0, decode_sockaddr(sockaddr_in(10, 0, 2, 15, 22)), decode_sockaddr(sockaddr_in(10, 0, 2, 2, 51234))},
                   {kMaster, K::kPtyMaster}});
-  t.add_existing(kShell, kConn, "bash", g.now);
+  t.add_existing(kShell, kConn, "bash", g.now, {}, 0);   // its shell runs as uid 0
   g.read(kConn, kSock, "\x17\x03\x03\xde\xad ciphertext");
   g.write(kConn, kMaster, "/bin/echo picked-42\r");
   g.read(kConn, kMaster, "/bin/echo picked-42\r\n");
@@ -732,7 +732,8 @@ TEST(SessionEngine, PickedUpSessionWithItsFdsRecordsTheTerminalAndTheClient) {
   EXPECT_EQ(by_id(ev, "cowrie.command.input").at(0)["input"], "/bin/echo picked-42");
   const std::string transcript = slurp(dir.path() / ids[0] / "transcript.txt");
   EXPECT_NE(transcript.find("picked-42\n"), std::string::npos) << transcript;
-  EXPECT_NE(transcript.find("10.0.2.2:51234"), std::string::npos) << transcript;
+  EXPECT_NE(transcript.find("root@10.0.2.2:51234 $ /bin/echo picked-42"), std::string::npos) << "the user from the shell's uid\n"
+                                                                                          << transcript;
   EXPECT_EQ(transcript.find("ciphertext"), std::string::npos) << transcript;
   const auto cast = jsonl(dir.path() / ids[0] / "session.cast");
   EXPECT_NE(cast_output(cast).find("picked-42\r\n"), std::string::npos);
