@@ -88,7 +88,7 @@ struct FilterConfig {
   }
   // Unpaired exits (entry not seen): pass only when every number of both tables passes.
   [[nodiscard]] bool all_pass() const { return all_syscalls[0] && all_syscalls[1]; }
-  static constexpr std::uint64_t kX32Bit = 0x4000'0000;
+  static constexpr std::uint64_t kX32Bit = abi::kX32SyscallBit;
 };
 
 // Everything fixed at QEMU start.

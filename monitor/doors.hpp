@@ -71,7 +71,7 @@ struct EntryDecode {
   std::uint64_t user_rip = 0, user_rsp = 0;
 };
 
-inline constexpr std::uint64_t kX32SyscallBit = 0x4000'0000;
+using abi::kX32SyscallBit;
 
 // Where the user stack word a door needs lives (0: none): compat syscall [esp], sysenter [ebp].
 constexpr std::uint64_t user_word_address(abi::Door d, const EntryRegs& r) {
@@ -141,26 +141,12 @@ struct OpenCall {
 // exit and exit_group never return to user mode: their entries are not kept (each would hold a
 // slot until evicted, and a full table evicts the entries of calls still in progress).
 constexpr bool never_returns(abi::SyscallAbi a, std::uint64_t nr) {
-  switch (a) {
-    case abi::SyscallAbi::kX86_64: return nr == 60 || nr == 231;
-    case abi::SyscallAbi::kX32: return nr == (kX32SyscallBit | 60) || nr == (kX32SyscallBit | 231);
-    case abi::SyscallAbi::kI386: return nr == 1 || nr == 252;
-    case abi::SyscallAbi::kCount: break;
-  }
-  return false;
+  return abi::is_exit_call(a, nr) || abi::is_exit_group_call(a, nr);
 }
 
 // execve and execveat return, when they succeed, into another address space on another stack, so
 // their entries never pair: a full table evicts these first.
-constexpr bool leaves_address_space(abi::SyscallAbi a, std::uint64_t nr) {
-  switch (a) {
-    case abi::SyscallAbi::kX86_64: return nr == 59 || nr == 322;
-    case abi::SyscallAbi::kX32: return nr == (kX32SyscallBit | 520) || nr == (kX32SyscallBit | 545);
-    case abi::SyscallAbi::kI386: return nr == 11 || nr == 358;
-    case abi::SyscallAbi::kCount: break;
-  }
-  return false;
-}
+constexpr bool leaves_address_space(abi::SyscallAbi a, std::uint64_t nr) { return abi::is_exec_call(a, nr); }
 
 // The key a slot can be scanned by without its lock: never 0 for a used slot.
 constexpr std::uint64_t open_tag(std::uint64_t dtb, std::uint64_t rsp) {

@@ -14,11 +14,10 @@ namespace {
 using abi::SyscallAbi;
 
 constexpr std::uint64_t kX64Clone = 56, kX64Fork = 57, kX64Vfork = 58, kX64Clone3 = 435, kX64Execve = 59,
-                        kX64Execveat = 322, kX64ExitGroup = 231, kX64Exit = 60;
-constexpr std::uint64_t kI386Fork = 2, kI386Clone = 120, kI386Vfork = 190, kI386Clone3 = 435, kI386Execve = 11,
-                        kI386Execveat = 358, kI386ExitGroup = 252, kI386Exit = 1;
+                        kX64Execveat = 322;
+constexpr std::uint64_t kI386Fork = 2, kI386Clone = 120, kI386Vfork = 190, kI386Clone3 = 435;
 
-std::uint64_t base_nr(SyscallAbi a, std::uint64_t nr) { return a == SyscallAbi::kX32 ? nr & ~0x4000'0000ULL : nr; }
+std::uint64_t base_nr(SyscallAbi a, std::uint64_t nr) { return a == SyscallAbi::kX32 ? nr & ~abi::kX32SyscallBit : nr; }
 
 }  // namespace
 
@@ -40,19 +39,9 @@ bool is_clone_family(SyscallAbi a, std::uint64_t nr) {
   if (a == SyscallAbi::kI386) return nr == kI386Fork || nr == kI386Clone || nr == kI386Vfork || nr == kI386Clone3;
   return nr == kX64Clone || nr == kX64Fork || nr == kX64Vfork || nr == kX64Clone3;
 }
-bool is_execve(SyscallAbi a, std::uint64_t nr) {
-  nr = base_nr(a, nr);
-  if (a == SyscallAbi::kI386) return nr == kI386Execve || nr == kI386Execveat;
-  return nr == kX64Execve || nr == kX64Execveat;
-}
-bool is_exit_group(SyscallAbi a, std::uint64_t nr) {
-  nr = base_nr(a, nr);
-  return a == SyscallAbi::kI386 ? nr == kI386ExitGroup : nr == kX64ExitGroup;
-}
-bool is_exit(SyscallAbi a, std::uint64_t nr) {
-  nr = base_nr(a, nr);
-  return a == SyscallAbi::kI386 ? nr == kI386Exit : nr == kX64Exit;
-}
+bool is_execve(SyscallAbi a, std::uint64_t nr) { return abi::is_exec_call(a, nr); }
+bool is_exit_group(SyscallAbi a, std::uint64_t nr) { return abi::is_exit_group_call(a, nr); }
+bool is_exit(SyscallAbi a, std::uint64_t nr) { return abi::is_exit_call(a, nr); }
 
 namespace {
 ProcInfo proc_info(const linux_os::Process& p) {

@@ -372,6 +372,16 @@ TEST(Tracer, JsonHasTheSchemasFields) {
   EXPECT_EQ(bad["errno"], "ENOENT");
 }
 
+// The tracer and the monitor share one definition of the calls that never pair (abi/events.h):
+// x32's execve is its own 520, not the x86-64 number with the x32 bit.
+TEST(Tracer, ExecAndExitNumbersPerAbiAreTheMonitors) {
+  EXPECT_TRUE(is_execve(abi::SyscallAbi::kX86_64, 59));
+  EXPECT_TRUE(is_execve(abi::SyscallAbi::kI386, 358));
+  EXPECT_TRUE(is_execve(abi::SyscallAbi::kX32, abi::kX32SyscallBit | 520));
+  EXPECT_FALSE(is_execve(abi::SyscallAbi::kX32, abi::kX32SyscallBit | 59));
+  EXPECT_TRUE(is_exit_group(abi::SyscallAbi::kX32, abi::kX32SyscallBit | 231));
+}
+
 // A task_struct's memory is reused: a later task at the same address, with its own pid, is named
 // by what the guest says now, not by the earlier task's name (the session record once called the
 // SSH server's connection process "cat" this way).

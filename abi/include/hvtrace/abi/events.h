@@ -28,6 +28,27 @@ inline constexpr std::uint32_t kMaxArgvCounted = 4096;  // argv/envp entries cou
 // vDSO enters): eax; ebx, ebp (compat syscall) or ecx (sysenter), edx, esi, edi, and the sixth
 // argument at the user stack pointer. x32: x86-64 registers, numbers with bit 30 set.
 enum class SyscallAbi : std::uint8_t { kX86_64 = 0, kI386 = 1, kX32 = 2, kCount = 3 };
+inline constexpr std::uint64_t kX32SyscallBit = 0x4000'0000;
+
+// The calls whose entry never pairs with a return on the same stack, by ABI (x32 numbers carry
+// kX32SyscallBit; x32's execve and execveat are its own 520 and 545): exit and exit_group never
+// return; a successful execve/execveat returns into another address space. One definition for the
+// monitor (which of its open entries to keep) and the library (how the tracer completes calls).
+constexpr bool is_exit_call(SyscallAbi a, std::uint64_t nr) {
+  return a == SyscallAbi::kI386 ? nr == 1 : nr == (a == SyscallAbi::kX32 ? kX32SyscallBit | 60 : 60);
+}
+constexpr bool is_exit_group_call(SyscallAbi a, std::uint64_t nr) {
+  return a == SyscallAbi::kI386 ? nr == 252 : nr == (a == SyscallAbi::kX32 ? kX32SyscallBit | 231 : 231);
+}
+constexpr bool is_exec_call(SyscallAbi a, std::uint64_t nr) {
+  switch (a) {
+    case SyscallAbi::kX86_64: return nr == 59 || nr == 322;
+    case SyscallAbi::kX32: return nr == (kX32SyscallBit | 520) || nr == (kX32SyscallBit | 545);
+    case SyscallAbi::kI386: return nr == 11 || nr == 358;
+    case SyscallAbi::kCount: break;
+  }
+  return false;
+}
 
 // The door an entry came through (each trapped at its own kernel entry point).
 enum class Door : std::uint8_t {
