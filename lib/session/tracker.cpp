@@ -94,6 +94,9 @@ const events::Capture* find_cap(const std::vector<events::Capture>& caps, unsign
 int arg_int(const syscalls::Call& c, int i) { return static_cast<std::int32_t>(c.args[i] & 0xffffffffu); }
 std::int64_t ret_of(const syscalls::Call& c) { return c.ret.value_or(-1); }
 
+// A user known only by uid (the guest's passwd is not read): uid 0 is root everywhere.
+std::string user_of_uid(std::uint32_t uid) { return uid == 0 ? "root" : fmt::format("uid:{}", uid); }
+
 std::string basename_of(std::string_view p) {
   const auto slash = p.rfind('/');
   return std::string(slash == std::string_view::npos ? p : p.substr(slash + 1));
@@ -391,7 +394,7 @@ struct Tracker::Impl {
     } else if (s.user) {
       user = *s.user;
     } else if (s.uid) {
-      user = *s.uid == 0 ? "root" : fmt::format("uid:{}", *s.uid);
+      user = user_of_uid(*s.uid);
     }
     s.username = user;
     f["username"] = user;
@@ -498,8 +501,10 @@ struct Tracker::Impl {
     s.cmd.reset();
   }
 
-  void follow(const Session& s, const std::string& line, std::uint64_t ns) {
-    if (cfg.follow) cfg.follow(fmt::format("[{}] {}@{} $ {}", s.sid, user_text(s), client_text(s), shorten(line, 1000)), ns);
+  // `mark`: `$` for a command line, `>` for a line that continues it.
+  void follow(const Session& s, const std::string& line, std::uint64_t ns, char mark = '$') {
+    if (cfg.follow)
+      cfg.follow(fmt::format("[{}] {}@{} {} {}", s.sid, user_text(s), client_text(s), mark, shorten(line, 1000)), ns);
   }
 
   void open_command(Session& s, const std::string& line, bool truncated, std::uint64_t ns) {
@@ -533,7 +538,7 @@ struct Tracker::Impl {
     emit(s, "hvtrace.command.continuation", ns,
          {{"input", text}, {"message", fmt::format("CMD (continued): {}", shorten(line, 1000))}});
     s.w->transcript(fmt::format("[{}] {}@{} > {}\n", s.w->iso(ns), user_text(s), client_text(s), text));
-    if (cfg.follow) cfg.follow(fmt::format("[{}] {}@{} > {}", s.sid, user_text(s), client_text(s), shorten(line, 1000)), ns);
+    follow(s, line, ns, '>');
   }
 
   void command_line(Session& s, LineEditor::Line l, std::uint64_t ns) {
@@ -1300,7 +1305,7 @@ struct Tracker::Impl {
       s->logged_in = true;
       if (uid && !s->uid) {   // the user it runs as (its name in the guest's passwd is not read)
         s->uid = *uid;
-        if (s->username.empty()) s->username = *uid == 0 ? "root" : fmt::format("uid:{}", *uid);
+        if (s->username.empty()) s->username = user_of_uid(*uid);
       }
     }
   }
