@@ -528,8 +528,9 @@ struct Tracker::Impl {
   // shell has started nothing since the command's first line: the shell reads it as the rest of
   // that command (a here-document's body and its end word, an open quote, a `for ... do` block),
   // so it is not a command of its own. Not when the session's first prompt was "> " itself.
-  static bool continuation(const Session& s, const LineEditor::Line& l, std::uint32_t early) {
-    return s.cmd && l.prompt == "> " && s.first_prompt != "> " && s.cmd->last_child == 0 && early == 0;
+  // (A fork after this line's Enter was already moved out of s.cmd as the early child.)
+  static bool continuation(const Session& s, const LineEditor::Line& l) {
+    return s.cmd && l.prompt == "> " && s.first_prompt != "> " && s.cmd->last_child == 0;
   }
 
   void continue_command(Session& s, const std::string& line, std::uint64_t ns) {
@@ -559,13 +560,15 @@ struct Tracker::Impl {
     }
     const std::uint32_t early = std::exchange(s.early_child, 0);
     if (s.first_prompt.empty()) s.first_prompt = l.prompt.empty() ? std::string("?") : l.prompt;
-    if (continuation(s, l, early)) {
+    if (continuation(s, l)) {
+      // A fork seen before this line's Enter returned (the shell runs the completed command at
+      // once: the heredoc's end word) is the command's.
       continue_command(s, l.text, l.at != 0 ? l.at : ns);
-      return;
+    } else {
+      if (l.text.find_first_not_of(" \t") == std::string::npos) return;
+      // A line taken from the echo is timed by its Enter key (the echo's newline comes later).
+      open_command(s, l.text, l.truncated, l.at != 0 ? l.at : ns);
     }
-    if (l.text.find_first_not_of(" \t") == std::string::npos) return;
-    // A line taken from the echo is timed by its Enter key (the echo's newline comes later).
-    open_command(s, l.text, l.truncated, l.at != 0 ? l.at : ns);
     if (early != 0) {
       s.cmd->last_child = early;
       s.cmd->status = s.early_status;

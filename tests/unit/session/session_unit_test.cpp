@@ -614,8 +614,11 @@ TEST(SessionEngine, LinesAtTheSecondaryPromptContinueTheCommand) {
   g.read(kConn, kMaster, "> ");
   g.type(kConn, kMaster, "wget http://10.0.2.100/x\r", "wget http://10.0.2.100/x\r\n");
   g.read(kConn, kMaster, "> ");
-  g.type(kConn, kMaster, "EOF\r", "EOF\r\n");
+  // The end word: bash forks cat at once, seen before the Enter key's write returns.
+  const std::uint64_t enter = g.now;
   g.fork(kShell, 300);
+  g.next_entry_ns = enter;
+  g.type(kConn, kMaster, "EOF\r", "EOF\r\n");
   g.exec(300, "/bin/cat", {"cat"});
   g.exit(300, 0);
   g.read(kConn, kMaster, "root@lab:~# ");
@@ -642,6 +645,7 @@ TEST(SessionEngine, LinesAtTheSecondaryPromptContinueTheCommand) {
   EXPECT_NE(tr.find("$ cat > /tmp/x.sh <<EOF\n"), std::string::npos) << tr;
   EXPECT_NE(tr.find("> wget http://10.0.2.100/x\n"), std::string::npos) << tr;
   EXPECT_EQ(tr.find("$ wget"), std::string::npos) << "a here-document's line shown as a command:\n" << tr;
+  EXPECT_NE(tr.find("> EOF\n[exit 0]"), std::string::npos) << "the forked cat is the heredoc command's:\n" << tr;
 }
 
 // The Enter key's write into the terminal whose return was never delivered (the monitor's table of
