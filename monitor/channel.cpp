@@ -106,11 +106,15 @@ void control_loop(Monitor* mp) {
   int client = -1;
   for (;;) {
     pollfd fds[3] = {{m.stop_pipe[0], POLLIN, 0}, {m.listen_fd, POLLIN, 0}, {client, POLLIN, 0}};
-    const int rc = poll(fds, client >= 0 ? 3 : 2, m.opt.icount ? 50 : -1);
-    // icount=on: the guest's instruction count where a reader of the rings sees it (a benchmark
-    // reads it while another consumer holds the control channel).
+    const int rc = poll(fds, client >= 0 ? 3 : 2, m.opt.icount || m.opt.count_checks ? 50 : -1);
+    // icount=on, countchecks=on: the counts where a reader of the rings sees them (a benchmark
+    // reads them while another consumer holds the control channel).
     if (m.opt.icount && m.shm_hdr)
       abi::aref(m.shm_hdr->guest_insns).store(qemu_plugin_u64_sum(m.f_insns), std::memory_order_release);
+    if (m.opt.count_checks && m.shm_hdr) {
+      abi::aref(m.shm_hdr->cond_checks).store(qemu_plugin_u64_sum(m.f_cond_checks), std::memory_order_release);
+      abi::aref(m.shm_hdr->kernel_blocks).store(qemu_plugin_u64_sum(m.f_kernel_blocks), std::memory_order_release);
+    }
     if (rc < 0) {
       if (errno == EINTR) continue;
       break;

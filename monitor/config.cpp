@@ -106,6 +106,12 @@ std::string breakpoint_problem(const abi::AddBreakpointMsg& m, const FilterConfi
   return {};
 }
 
+bool on_off(std::string_view v, bool* out) {
+  if (v != "on" && v != "off") return false;
+  *out = v == "on";
+  return true;
+}
+
 }  // namespace
 
 const char* options_usage() {
@@ -127,7 +133,10 @@ const char* options_usage() {
          "  sync_wait=spin|block|adaptive, sync_spin_us=N (0..100000), sync_timeout_ms=N (1..60000)\n"
          "  count=on|off        only run the independent inline counters (benchmarks)\n"
          "  icount=on|off       count guest instructions per vCPU, stamped on every event (default off)\n"
-         "  selftime=on|off     time every trap callback into the ring header (benchmarks)\n";
+         "  selftime=on|off     time every trap callback into the ring header (benchmarks)\n"
+         "  detect=window|everywhere  where a new door's entry point is looked for: the 2 MiB of kernel\n"
+         "                      entry text around the 64-bit one (default), or every kernel block (slower)\n"
+         "  countchecks=on|off  count the conditional checks and kernel blocks executed (benchmarks)\n";
 }
 
 bool parse_options(int argc, const char* const* argv, Options* out, std::string* why) {
@@ -179,9 +188,7 @@ bool parse_options(int argc, const char* const* argv, Options* out, std::string*
                            : k == "exit_action" ? EventClass::kSyscallExit : EventClass::kBreakpoint;
       o.initial.actions[static_cast<std::size_t>(c)] = act;
     } else if (k == "cr3_unfiltered") {
-      if (v == "on") o.initial.cr3_unfiltered = true;
-      else if (v == "off") o.initial.cr3_unfiltered = false;
-      else return bad("needs on or off");
+      if (!on_off(v, &o.initial.cr3_unfiltered)) return bad("needs on or off");
     } else if (k == "snaplen") {
       if (!parse_u64(v, &n) || n > abi::kMaxSnapLen) return bad("needs 0..65536");
       o.initial.snap_len = static_cast<std::uint32_t>(n);
@@ -197,17 +204,17 @@ bool parse_options(int argc, const char* const* argv, Options* out, std::string*
       if (!parse_u64(v, &n) || n < 1 || n > 60'000) return bad("needs 1..60000");
       o.sync_timeout_ns = n * 1'000'000;
     } else if (k == "icount") {
-      if (v == "on") o.icount = true;
-      else if (v == "off") o.icount = false;
-      else return bad("needs on or off");
+      if (!on_off(v, &o.icount)) return bad("needs on or off");
     } else if (k == "selftime") {
-      if (v == "on") o.selftime = true;
-      else if (v == "off") o.selftime = false;
-      else return bad("needs on or off");
+      if (!on_off(v, &o.selftime)) return bad("needs on or off");
     } else if (k == "count") {
-      if (v == "on") o.count_only = true;
-      else if (v == "off") o.count_only = false;
-      else return bad("needs on or off");
+      if (!on_off(v, &o.count_only)) return bad("needs on or off");
+    } else if (k == "countchecks") {
+      if (!on_off(v, &o.count_checks)) return bad("needs on or off");
+    } else if (k == "detect") {
+      if (v == "window") o.detect_everywhere = false;
+      else if (v == "everywhere") o.detect_everywhere = true;
+      else return bad("needs window or everywhere");
     } else {
       return bad("unknown key");
     }

@@ -103,6 +103,9 @@ struct Options {
   bool count_only = false;                   // count=on: only the independent inline counters
   bool icount = false;                       // icount=on: count guest instructions per vCPU (EventHeader::insns)
   bool selftime = false;                     // selftime=on: time every trap callback (RingHeader::cb_ns)
+  bool detect_everywhere = false;            // detect=everywhere: door detection at every kernel TB start
+                                             // (default window: the entry text only, doors.hpp detect_at)
+  bool count_checks = false;                 // countchecks=on: count executed checks (ShmHeader::cond_checks)
   FilterConfig initial;                      // dtb=, syscalls=, cr3=/entry=/exit=/bp_action=, snaplen=,
                                              // bp= (kernel breakpoints, every address space, action bp_action=)
 };

@@ -57,6 +57,32 @@ inline std::optional<abi::Door> classify_entry(const DetectInput& in) {
   return std::nullopt;
 }
 
+// Where a new door's entry point is looked for. Every door's kernel entry point lies in the
+// kernel's entry text (.entry.text: entry_SYSCALL_64, entry_SYSCALL_compat, entry_SYSENTER_compat
+// and the IDT stub of `int $0x80`), which x86-64 Linux built with page-table isolation (Debian's
+// kernels) aligns to a 2 MiB page of its own, mapped in user page tables too. So once the 64-bit
+// entry point is known, only kernel blocks in its 2 MiB page need the detection check: a few per
+// system call or interrupt, where a check at every kernel block start runs hundreds of times per
+// call. Until the 64-bit entry is known, and in `everywhere` mode, every kernel block is checked.
+inline constexpr std::uint64_t kEntryTextWindow = 2ULL << 20;
+
+constexpr bool detect_at(std::uint64_t tb_va, std::uint64_t syscall64_va, bool everywhere) {
+  if (everywhere || syscall64_va == 0) return true;
+  return (tb_va & ~(kEntryTextWindow - 1)) == (syscall64_va & ~(kEntryTextWindow - 1));
+}
+
+// The safety net for a kernel laid out otherwise: a door instruction whose entry was not seen by
+// the time the vCPU returns to user mode (the `detect` mark still set at sysret/iret) entered
+// the kernel outside the window. That call is lost (counted), and detection moves to every kernel
+// block until a door is learned; after kStickyMisses such misses it stays there for good, so a
+// guest cannot make the monitor flush its code cache without bound.
+inline constexpr unsigned kStickyMisses = 4;
+
+// Whether detection should run everywhere after a door was learned, given the misses so far.
+constexpr bool everywhere_after_learning(bool option_everywhere, unsigned misses) {
+  return option_everywhere || misses >= kStickyMisses;
+}
+
 // The user's registers at a door's kernel entry point.
 struct EntryRegs {
   std::uint64_t rax = 0, rbx = 0, rcx = 0, rdx = 0, rsi = 0, rdi = 0, rbp = 0, rsp = 0, r8 = 0, r9 = 0, r10 = 0;

@@ -10,9 +10,13 @@
 //   - cr3_armed: mov-to-CR3 callback runs (needed to forward CR3 events or to follow the DTB);
 //   - detect: the user door instruction last executed (DoorInsn) and door_rip its address, both
 //     inline stores; the first instruction of each known door entry clears detect inline, and every
-//     other kernel TB start has a callback on detect != 0 that learns a new door's entry point
-//     (doors.hpp verifies it was the door, not a fault). No field counts up and waits to be reset,
-//     so no instruction sequence can leave a vCPU's entries undelivered.
+//     other kernel TB start in the entry text (doors.hpp detect_at: the 2 MiB page of the 64-bit
+//     entry, or every kernel TB until that one is known) has a callback on detect != 0 that learns
+//     a new door's entry point (doors.hpp verifies it was the door, not a fault). Every return to
+//     user mode (sysret, iret) has a callback on detect != 0 too: a door entered outside the
+//     window, counted as missed, and detection moves to every kernel TB (on_unseen_entry). No
+//     field counts up and waits to be reset, so no instruction sequence can leave a vCPU's entries
+//     undelivered.
 //   - reset_req: set by the control thread after a breakpoint was added at an address with no
 //     callback yet; every user door instruction and every mov to CR3 has a callback on
 //     reset_req != 0 that asks QEMU, from the vCPU thread, for the code cache flush
@@ -60,6 +64,8 @@ struct VcpuBoard {
   std::uint64_t detect;          // DoorInsn of the last user door instruction; cleared at a known entry
   std::uint64_t door_rip;        // its address
   std::uint64_t insns;           // icount=on: guest instructions executed (inline add per TB)
+  std::uint64_t cond_checks;     // countchecks=on: conditional checks executed (inline add per check site)
+  std::uint64_t kernel_blocks;   // countchecks=on: kernel TBs executed (inline add per kernel TB)
 };
 
 struct Vcpu {
@@ -85,7 +91,8 @@ struct Monitor {
   qemu_plugin_id_t id = 0;
   qemu_plugin_scoreboard* board = nullptr;
   qemu_plugin_u64 f_user_syscalls{}, f_user_int80s{}, f_user_sysenters{}, f_cr3_writes{}, f_entry_armed{},
-      f_exit_armed{}, f_cr3_armed{}, f_reset_req{}, f_detect{}, f_door_rip{}, f_insns{};
+      f_exit_armed{}, f_cr3_armed{}, f_reset_req{}, f_detect{}, f_door_rip{}, f_insns{}, f_cond_checks{},
+      f_kernel_blocks{};
   unsigned max_vcpus = 0;
   Vcpu* vcpus = nullptr;
 
@@ -109,6 +116,11 @@ struct Monitor {
   std::atomic<std::uint64_t> bp_serial{0};   // table changes so far
   std::atomic<std::uint64_t> bp_flushed{0};  // table changes a queued flush covers
   std::atomic<std::uint64_t> detect_rejected{0};
+  // Translation reads it: door detection at every kernel TB start instead of the entry-text window
+  // (doors.hpp detect_at). Set by a miss (on_unseen_entry), cleared when a door is learned unless
+  // the option or kStickyMisses say otherwise; each change is followed by a flush.
+  std::atomic<bool> detect_everywhere{false};
+  std::atomic<unsigned> detect_misses{0};
   std::atomic<std::uint32_t> attach_epoch{0};
   std::uint32_t consumer_gone = 1;        // abort flag for sync waits (u32 for atomic_ref)
   std::atomic<bool> attached{false};

@@ -393,6 +393,9 @@ void on_detect(unsigned vcpu, void* udata) {
     }
     std::uint64_t expected = 0;
     if (!m.door_va[static_cast<unsigned>(*door)].compare_exchange_strong(expected, va)) return;  // another vCPU won
+    // Back to the entry-text window (the flush below retranslates), unless misses made it sticky.
+    m.detect_everywhere.store(everywhere_after_learning(m.opt.detect_everywhere, m.detect_misses.load()),
+                              std::memory_order_seq_cst);
     if (m.shm_hdr) {
       abi::aref(m.shm_hdr->door_entry_va[static_cast<unsigned>(*door)]).store(va, std::memory_order_release);
       if (*door == abi::Door::kSyscall64) abi::aref(m.shm_hdr->syscall_entry_va).store(va, std::memory_order_release);
@@ -400,6 +403,25 @@ void on_detect(unsigned vcpu, void* udata) {
   }
   if (v.has_ring && qemu_plugin_u64_get(m.f_entry_armed, vcpu) == 1) on_entry_body(m, vcpu, *door);
   (void)request_reset(m);   // in flight: that one re-registers with door_va already set
+}
+
+// Fires at a return to user mode (sysret, iret) while `detect` is still set: a user door
+// instruction entered the kernel somewhere no detection check ran (outside the entry-text window,
+// doors.hpp detect_at), so that call was not delivered. Count it, and look for entry points at
+// every kernel TB start from now on (one flush) until a door is learned. No flush is lost to one
+// already in flight: that one runs in an exclusive section after this callback and retranslates
+// with detect_everywhere already set.
+void on_unseen_entry(unsigned vcpu, void*) {
+  Monitor& m = *g_mon;
+  Vcpu& v = m.vcpus[vcpu];
+  qemu_plugin_u64_set(m.f_detect, vcpu, 0);
+  if (!v.ready) return;
+  if (v.has_ring) {
+    auto* h = v.prod.header();
+    abi::aref(h->entries_missed).store(h->entries_missed + 1, std::memory_order_relaxed);
+  }
+  m.detect_misses.fetch_add(1, std::memory_order_relaxed);
+  if (!m.detect_everywhere.exchange(true, std::memory_order_seq_cst)) (void)request_reset(m);
 }
 
 void on_return_to_user(Monitor& m, unsigned vcpu, Vcpu& v, abi::ExitVia via, std::uint64_t user_rip,
@@ -545,6 +567,15 @@ bool is_bp_site(const Monitor& m, std::uint64_t va) {
   return false;
 }
 
+// A conditional callback, counted (countchecks=on) where it is tested, so a benchmark can count
+// what the generated code checks instead of timing it.
+void cond_cb(Monitor& m, qemu_plugin_insn* insn, qemu_plugin_vcpu_udata_cb_t cb, qemu_plugin_cb_flags flags,
+             qemu_plugin_cond c, qemu_plugin_u64 field, std::uint64_t imm, void* udata) {
+  if (m.opt.count_checks)
+    qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(insn, QEMU_PLUGIN_INLINE_ADD_U64, m.f_cond_checks, 1);
+  qemu_plugin_register_vcpu_insn_exec_cond_cb(insn, cb, flags, c, field, imm, udata);
+}
+
 void on_tb_trans(qemu_plugin_id_t, qemu_plugin_tb* tb) {
   Monitor& m = *g_mon;
   const bool kernel = is_kernel_va(qemu_plugin_tb_vaddr(tb));
@@ -553,8 +584,13 @@ void on_tb_trans(qemu_plugin_id_t, qemu_plugin_tb* tb) {
   std::uint64_t doors[static_cast<unsigned>(abi::Door::kCount)];
   for (unsigned d = 0; d < static_cast<unsigned>(abi::Door::kCount); ++d)
     doors[d] = m.door_va[d].load(std::memory_order_acquire);
+  const bool detect_here =
+      detect_at(qemu_plugin_tb_vaddr(tb), doors[static_cast<unsigned>(abi::Door::kSyscall64)],
+                m.detect_everywhere.load(std::memory_order_seq_cst));
   if (m.opt.icount)
     qemu_plugin_register_vcpu_tb_exec_inline_per_vcpu(tb, QEMU_PLUGIN_INLINE_ADD_U64, m.f_insns, n);
+  if (m.opt.count_checks && kernel)
+    qemu_plugin_register_vcpu_tb_exec_inline_per_vcpu(tb, QEMU_PLUGIN_INLINE_ADD_U64, m.f_kernel_blocks, 1);
   for (std::size_t i = 0; i < n; ++i) {
     qemu_plugin_insn* insn = qemu_plugin_tb_get_insn(tb, i);
     std::uint8_t b[16];
@@ -576,7 +612,7 @@ void on_tb_trans(qemu_plugin_id_t, qemu_plugin_tb* tb) {
       qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(insn, QEMU_PLUGIN_INLINE_STORE_U64, m.f_detect,
                                                           static_cast<std::uint64_t>(door));
       qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(insn, QEMU_PLUGIN_INLINE_STORE_U64, m.f_door_rip, va);
-      qemu_plugin_register_vcpu_insn_exec_cond_cb(insn, on_reset_req, QEMU_PLUGIN_CB_NO_REGS, QEMU_PLUGIN_COND_NE,
+      cond_cb(m, insn, on_reset_req, QEMU_PLUGIN_CB_NO_REGS, QEMU_PLUGIN_COND_NE,
                                                   m.f_reset_req, 0, nullptr);
       continue;
     }
@@ -584,10 +620,10 @@ void on_tb_trans(qemu_plugin_id_t, qemu_plugin_tb* tb) {
     if (src >= 0) {
       qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(insn, QEMU_PLUGIN_INLINE_ADD_U64, m.f_cr3_writes, 1);
       if (!counting) {
-        qemu_plugin_register_vcpu_insn_exec_cond_cb(insn, on_cr3_write, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_COND_EQ,
+        cond_cb(m, insn, on_cr3_write, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_COND_EQ,
                                                     m.f_cr3_armed, 1,
                                                     reinterpret_cast<void*>(encode_site(va, static_cast<unsigned>(src))));
-        qemu_plugin_register_vcpu_insn_exec_cond_cb(insn, on_reset_req, QEMU_PLUGIN_CB_NO_REGS, QEMU_PLUGIN_COND_NE,
+        cond_cb(m, insn, on_reset_req, QEMU_PLUGIN_CB_NO_REGS, QEMU_PLUGIN_COND_NE,
                                                     m.f_reset_req, 0, nullptr);
       }
     }
@@ -598,20 +634,21 @@ void on_tb_trans(qemu_plugin_id_t, qemu_plugin_tb* tb) {
       is_door = true;
       // Clear detection first (callbacks and inline ops of an instruction run in registration order).
       qemu_plugin_register_vcpu_insn_exec_inline_per_vcpu(insn, QEMU_PLUGIN_INLINE_STORE_U64, m.f_detect, 0);
-      qemu_plugin_register_vcpu_insn_exec_cond_cb(insn, on_entry, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_COND_EQ,
+      cond_cb(m, insn, on_entry, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_COND_EQ,
                                                   m.f_entry_armed, 1, reinterpret_cast<void*>(std::uintptr_t{d}));
     }
-    if (i == 0 && !is_door)
-      qemu_plugin_register_vcpu_insn_exec_cond_cb(insn, on_detect, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_COND_NE,
-                                                  m.f_detect, 0, reinterpret_cast<void*>(va));
+    if (i == 0 && !is_door && detect_here)
+      cond_cb(m, insn, on_detect, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_COND_NE, m.f_detect, 0,
+              reinterpret_cast<void*>(va));
+    if (is_sysretq(b, size) || is_sysretl(b, size) || is_iretq(b, size))
+      cond_cb(m, insn, on_unseen_entry, QEMU_PLUGIN_CB_NO_REGS, QEMU_PLUGIN_COND_NE, m.f_detect, 0, nullptr);
     if (is_sysretq(b, size) || is_sysretl(b, size))
-      qemu_plugin_register_vcpu_insn_exec_cond_cb(
-          insn, on_sysret, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_COND_EQ, m.f_exit_armed, 1,
+      cond_cb(
+          m, insn, on_sysret, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_COND_EQ, m.f_exit_armed, 1,
           reinterpret_cast<void*>(static_cast<std::uintptr_t>(is_sysretq(b, size) ? abi::ExitVia::kSysret
                                                                                     : abi::ExitVia::kSysretl)));
     if (is_iretq(b, size))
-      qemu_plugin_register_vcpu_insn_exec_cond_cb(insn, on_iret, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_COND_EQ,
-                                                  m.f_exit_armed, 1, nullptr);
+      cond_cb(m, insn, on_iret, QEMU_PLUGIN_CB_R_REGS, QEMU_PLUGIN_COND_EQ, m.f_exit_armed, 1, nullptr);
   }
 }
 
@@ -719,6 +756,7 @@ extern "C" QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const
   m->pool[0] = m->opt.initial;
   m->current.store(&m->pool[0]);
   m->door_va[static_cast<unsigned>(abi::Door::kSyscall64)].store(m->opt.entry_va);
+  m->detect_everywhere.store(m->opt.detect_everywhere);
   m->board = qemu_plugin_scoreboard_new(sizeof(VcpuBoard));
   m->f_user_syscalls = qemu_plugin_u64{m->board, offsetof(VcpuBoard, user_syscalls)};
   m->f_user_int80s = qemu_plugin_u64{m->board, offsetof(VcpuBoard, user_int80s)};
@@ -733,6 +771,8 @@ extern "C" QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const
     if (m->opt.initial.bps[i].action != Action::kDrop) m->bp_site[m->n_bp_sites++].store(m->opt.initial.bps[i].va);
   m->f_detect = qemu_plugin_u64{m->board, offsetof(VcpuBoard, detect)};
   m->f_insns = qemu_plugin_u64{m->board, offsetof(VcpuBoard, insns)};
+  m->f_cond_checks = qemu_plugin_u64{m->board, offsetof(VcpuBoard, cond_checks)};
+  m->f_kernel_blocks = qemu_plugin_u64{m->board, offsetof(VcpuBoard, kernel_blocks)};
   g_mon = m;
   if (!m->opt.count_only) {
     if (!create_rings(*m, &why) || !start_control(*m, &why)) {

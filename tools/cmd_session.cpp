@@ -648,6 +648,7 @@ void run_session(const SessionOptions& o) {
     sum.sync_timeouts += s.sync_timeouts - b.sync_timeouts;
     sum.published += s.published - b.published;
     sum.open_evicted += s.open_evicted - b.open_evicted;
+    sum.entries_missed += s.entries_missed - b.entries_missed;
   }
   const auto st = tracker.stats();
   const auto& ts = tracer.stats();
@@ -666,8 +667,9 @@ void run_session(const SessionOptions& o) {
                      ts.events, ts.entries, ts.exits, ts.cr3, trapped, ts.sync_events, cs.set, cs.hits);
   const std::uint64_t lost = std::max<std::uint64_t>(ts.lost, sum.drops[0] + sum.drops[1] + sum.drops[2] + sum.drops[3]);
   out += fmt::format("lost events: {} (ring full {}, too big {}, no consumer {}, bad tail {}); sync waits timed out: {}; "
-                     "exits lost (open-call table full): {}\n",
-                     lost, sum.drops[0], sum.drops[1], sum.drops[2], sum.drops[3], sum.sync_timeouts, sum.open_evicted);
+                     "exits lost (open-call table full): {}; entries lost (door not yet learned): {}\n",
+                     lost, sum.drops[0], sum.drops[1], sum.drops[2], sum.drops[3], sum.sync_timeouts, sum.open_evicted,
+                     sum.entries_missed);
   if (o.follow)
     out += fmt::format("--follow latency (the Enter key's write in the guest -> line printed): {}\n", follow_latency.summary());
   if (cs.unresolved || cs.refused)

@@ -14,7 +14,10 @@
 // measurement; QEMU CPU time is utime+stime of the QEMU process across the run.
 //
 // usage: monitor_guest_bench [--reps K] [--boots B] [--iterations N] [--methods idle,m5,...]
-//                            [--baseline-plugin-args count=on]  (diagnosis: plugin in the "none" boots too)
+//                            [--baseline-plugin-args count=on]  (diagnosis: plugin in the "none" boots too;
+//                                                               any other arguments load the full monitor there,
+//                                                               idle, e.g. detect=everywhere,countchecks=on)
+//                            [--plugin-args countchecks=on]     (more arguments for the plugin boots)
 //                            [--skip-baseline 1]                (plugin boots only: long RSS runs)
 //                            [--tb-size MiB]                    (bound TCG's code buffer so RSS can plateau)
 #include "bench/host.hpp"
@@ -46,6 +49,9 @@ struct Sample {
   std::uint64_t events = 0, target_events = 0, lost = 0, sync_timeouts = 0;
   double ns_per_callback = 0;   // monitor self-timing: host time inside one trap callback
   std::uint64_t callbacks = 0;  // trap callbacks the monitor ran during the workload (a count: no noise)
+  // countchecks=on: conditional checks the generated code executed, and kernel blocks executed
+  // (counts, not timings: what a check costs is paid this many times).
+  std::uint64_t checks = 0, kernel_blocks = 0;
 };
 
 double qemu_cpu_seconds(pid_t pid) { return bench::process_cpu_seconds(pid); }
@@ -137,6 +143,7 @@ Result<Sample> run_once(vm::Vm& v, unsigned iterations, const Method* m, events:
     HVTRACE_TRY(ctl->set_actions({Action::kDrop, Action::kAsync, Action::kDrop, Action::kDrop, false}));
   }
   std::uint64_t timeouts0 = 0, calls0 = 0, ns0 = 0;
+  const std::uint64_t checks0 = reader ? reader->cond_checks() : 0, blocks0 = reader ? reader->kernel_blocks() : 0;
   if (reader)
     for (unsigned i = 0; i < reader->rings(); ++i) {
       const auto st = reader->stats(i);
@@ -171,6 +178,11 @@ Result<Sample> run_once(vm::Vm& v, unsigned iterations, const Method* m, events:
   if (!out) return out.error();
   if (out->exit_status != 0) return make_error("workload failed: {}{}", out->out, out->err);
   s.guest_s = parse_guest_seconds(out->out);
+  if (reader) {
+    std::this_thread::sleep_for(120ms);   // the monitor copies the counts every 50 ms
+    s.checks = reader->cond_checks() - checks0;
+    s.kernel_blocks = reader->kernel_blocks() - blocks0;
+  }
   if (m) {
     HVTRACE_TRY(ctl->set_actions({}));
     std::this_thread::sleep_for(50ms);
@@ -206,7 +218,12 @@ int main(int argc, char** argv) {
   unsigned tb_size_mib = 0;                       // --tb-size: bound TCG's code buffer so RSS can plateau
   std::vector<std::string> baseline_plugin_args;  // --baseline-plugin-args a=b,c=d: load the plugin in the "none" boots
                                                   // too (e.g. count=on) to split QEMU's plugin overhead from ours
+  std::vector<std::string> plugin_args = {"selftime=on"};   // --plugin-args: more for the plugin boots
   std::vector<std::string> methods = {"idle", "m5", "all", "m4", "m3", "m2"};
+  const auto split = [](const std::string& v, std::vector<std::string>* out) {
+    std::stringstream ss(v);
+    for (std::string a; std::getline(ss, a, ',');) out->push_back(a);
+  };
   for (int i = 1; i < argc; i += 2) {
     std::string k = argv[i];
     const std::string val = i + 1 < argc ? argv[i + 1] : "";
@@ -216,18 +233,16 @@ int main(int argc, char** argv) {
     else if (k == "--iterations") iterations = static_cast<unsigned>(std::stoul(val));
     else if (k == "--skip-baseline") skip_baseline = val == "1" || val == "yes";
     else if (k == "--tb-size") tb_size_mib = static_cast<unsigned>(std::stoul(val));
-    else if (k == "--baseline-plugin-args") {
-      std::stringstream ss(val);
-      for (std::string a; std::getline(ss, a, ',');) baseline_plugin_args.push_back(a);
-    }
+    else if (k == "--baseline-plugin-args") split(val, &baseline_plugin_args);
+    else if (k == "--plugin-args") split(val, &plugin_args);
     else if (k == "--methods") {
       methods.clear();
-      std::stringstream ss(val);
-      for (std::string m; std::getline(ss, m, ',');) methods.push_back(m);
+      split(val, &methods);
     } else {
       fmt::print(stderr,
                  "usage: {} [--reps K] [--boots B] [--iterations N] [--methods idle,m2,m3,m4,m5,all]"
-                 " [--baseline-plugin-args k=v,...] [--skip-baseline 1] [--tb-size MiB]\n", argv[0]);
+                 " [--baseline-plugin-args k=v,...] [--plugin-args k=v,...] [--skip-baseline 1] [--tb-size MiB]\n",
+                 argv[0]);
       return 2;
     }
   }
@@ -247,7 +262,12 @@ int main(int argc, char** argv) {
       c.image = *img;
       c.tcg_tb_size_mib = tb_size_mib;
       const auto files = vm::monitor_files(c.name);
-      if (with_plugin) c.plugin = vm::monitor_plugin(HVTRACE_MONITOR_PLUGIN, c.name, {"selftime=on"});
+      // The baseline with the full monitor loaded (not count=on): open its rings for the counts.
+      const bool baseline_monitor = !with_plugin && !baseline_plugin_args.empty() &&
+                                    std::find(baseline_plugin_args.begin(), baseline_plugin_args.end(), "count=on") ==
+                                        baseline_plugin_args.end();
+      if (with_plugin) c.plugin = vm::monitor_plugin(HVTRACE_MONITOR_PLUGIN, c.name, plugin_args);
+      else if (baseline_monitor) c.plugin = vm::monitor_plugin(HVTRACE_MONITOR_PLUGIN, c.name, baseline_plugin_args);
       else if (!baseline_plugin_args.empty()) c.plugin = vm::PluginSpec{HVTRACE_MONITOR_PLUGIN, baseline_plugin_args};
       auto v = vm::Vm::start(c);
       if (!v) {
@@ -257,6 +277,14 @@ int main(int argc, char** argv) {
       std::unique_ptr<events::EventReader> reader;
       std::optional<events::ControlClient> ctl;
       Consumer consumer;
+      if (baseline_monitor) {
+        auto r = events::EventReader::open(files.rings, 5s);
+        if (!r) {
+          fmt::print(stderr, "monitor rings: {}\n", r.error().message);
+          return 1;
+        }
+        reader = std::move(r).value();
+      }
       if (with_plugin) {
         auto r = events::EventReader::open(files.rings, 5s);
         auto cl = events::ControlClient::connect(files.control, 5s);
@@ -273,7 +301,7 @@ int main(int argc, char** argv) {
       if (with_plugin && rss_first < 0) rss_first = qemu_rss_kib((*v)->record().qemu_pid);
       for (unsigned r = 0; r < reps && !vm::termination_requested(); ++r) {
         if (!with_plugin) {
-          auto s = run_once(**v, iterations, nullptr, nullptr, nullptr, nullptr);
+          auto s = run_once(**v, iterations, nullptr, nullptr, nullptr, reader.get());
           if (!s) fmt::print(stderr, "none: {}\n", s.error().message);
           else samples["none"].push_back(*s);
           fmt::print(stderr, "  boot {} rep {} none  guest {:.2f} s cpu {:.2f} s RssAnon {} KiB\n", b, r,
@@ -300,13 +328,14 @@ int main(int argc, char** argv) {
   const double base_guest = median([&] { std::vector<double> x; for (auto& s : samples["none"]) x.push_back(s.guest_s); return x; }());
   const double base_cpu = median([&] { std::vector<double> x; for (auto& s : samples["none"]) x.push_back(s.cpu_s); return x; }());
   fmt::print("jansson-workload {} iteration(s), {} boot(s) x {} rep(s), medians\n", iterations, boots, reps);
-  fmt::print("{:<6} {:>9} {:>7} {:>9} {:>7} {:>10} {:>10} {:>7} {:>9} {:>12} {:>10} {:>12}\n", "method", "guest_s", "ratio",
-             "qemu_cpu_s", "ratio", "events", "target_ev", "lost", "sync_tmo", "us/event", "callbacks", "ns/callback");
+  fmt::print("{:<6} {:>9} {:>7} {:>9} {:>7} {:>10} {:>10} {:>7} {:>9} {:>12} {:>10} {:>12} {:>12} {:>12}\n", "method",
+             "guest_s", "ratio", "qemu_cpu_s", "ratio", "events", "target_ev", "lost", "sync_tmo", "us/event", "callbacks",
+             "ns/callback", "checks", "kernel_tbs");
   const double idle_cpu = median([&] { std::vector<double> x; for (auto& s : samples["idle"]) x.push_back(s.cpu_s); return x; }());
   for (const std::string name : {"none", "idle", "m2", "m3", "m4", "m5", "all"}) {
     auto& v = samples[name];
     if (v.empty()) continue;
-    std::vector<double> g, c, e, te, l, st, cb, nc;
+    std::vector<double> g, c, e, te, l, st, cb, nc, ck, kb;
     for (auto& s : v) {
       g.push_back(s.guest_s);
       c.push_back(s.cpu_s);
@@ -316,12 +345,15 @@ int main(int argc, char** argv) {
       st.push_back(static_cast<double>(s.sync_timeouts));
       cb.push_back(s.ns_per_callback);
       nc.push_back(static_cast<double>(s.callbacks));
+      ck.push_back(static_cast<double>(s.checks));
+      kb.push_back(static_cast<double>(s.kernel_blocks));
     }
     // CPU difference per event is only meaningful when events dominate (tick resolution is 10 ms).
     const double per_event = median(e) >= 10'000 && idle_cpu > 0 ? (median(c) - idle_cpu) / median(e) * 1e6 : 0;
-    fmt::print("{:<6} {:>9.3f} {:>7.3f} {:>10.3f} {:>7.3f} {:>10.0f} {:>10.0f} {:>7.0f} {:>9.0f} {:>12.2f} {:>10.0f} {:>12.0f}\n",
+    fmt::print("{:<6} {:>9.3f} {:>7.3f} {:>10.3f} {:>7.3f} {:>10.0f} {:>10.0f} {:>7.0f} {:>9.0f} {:>12.2f} {:>10.0f} {:>12.0f} "
+               "{:>12.0f} {:>12.0f}\n",
                name, median(g), median(g) / base_guest, median(c), median(c) / base_cpu, median(e), median(te),
-               median(l), median(st), per_event, median(nc), median(cb));
+               median(l), median(st), per_event, median(nc), median(cb), median(ck), median(kb));
   }
   fmt::print("QEMU RssAnon with the monitor: {} KiB after warm-up, {} KiB at the end of the last plugin boot\n",
              rss_first, rss_last);

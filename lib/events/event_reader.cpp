@@ -328,6 +328,7 @@ RingStats EventReader::stats(unsigned ring) const {
   s.cb_calls = ld(h->cb_calls);
   s.cb_ns = ld(h->cb_ns);
   s.open_evicted = ld(h->open_evicted);
+  s.entries_missed = ld(h->entries_missed);
   return s;
 }
 
@@ -346,9 +347,13 @@ std::uint64_t EventReader::detect_rejected() const {
   return std::atomic_ref<std::uint64_t>(h.detect_rejected).load(std::memory_order_acquire);
 }
 
-std::uint64_t EventReader::guest_insns() const {
+std::uint64_t EventReader::guest_insns() const { return header_counter(&abi::ShmHeader::guest_insns); }
+std::uint64_t EventReader::cond_checks() const { return header_counter(&abi::ShmHeader::cond_checks); }
+std::uint64_t EventReader::kernel_blocks() const { return header_counter(&abi::ShmHeader::kernel_blocks); }
+
+std::uint64_t EventReader::header_counter(std::uint64_t abi::ShmHeader::* field) const {
   auto& h = *reinterpret_cast<abi::ShmHeader*>(base_);
-  return std::atomic_ref<std::uint64_t>(h.guest_insns).load(std::memory_order_acquire);
+  return std::atomic_ref<std::uint64_t>(h.*field).load(std::memory_order_acquire);
 }
 
 std::uint32_t EventReader::generation() const {

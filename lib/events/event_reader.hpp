@@ -63,6 +63,7 @@ struct RingStats {
   std::uint64_t sync_wait_ns = 0;          // time the vCPU spent paused for sync events
   std::uint64_t cb_calls = 0, cb_ns = 0;   // monitor self-timing (selftime=on)
   std::uint64_t open_evicted = 0;          // calls whose exit was not delivered: the monitor's open-call table was full
+  std::uint64_t entries_missed = 0;        // calls not delivered: through a door whose entry point was not yet learned
   [[nodiscard]] std::uint64_t dropped() const;
 };
 
@@ -103,9 +104,15 @@ class EventReader {
   // Guest instructions executed so far, all vCPUs, when the monitor runs with icount=on (else 0);
   // refreshed every 50 ms.
   [[nodiscard]] std::uint64_t guest_insns() const;
+  // With countchecks=on (else 0), refreshed every 50 ms: conditional checks the monitor's generated
+  // code executed, and kernel blocks executed (a check at every kernel block start would run that
+  // many).
+  [[nodiscard]] std::uint64_t cond_checks() const;
+  [[nodiscard]] std::uint64_t kernel_blocks() const;
 
  private:
   EventReader() = default;
+  [[nodiscard]] std::uint64_t header_counter(std::uint64_t abi::ShmHeader::* field) const;
   Result<bool> next(unsigned ring, Event* out);
   std::optional<unsigned> oldest_ring();   // the ring whose next record is oldest; a corrupt one first
 

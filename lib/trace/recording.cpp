@@ -106,6 +106,7 @@ void put_ring_stats(Out& o, const events::RingStats& s) {
   o.put(s.cb_ns);
   o.put(s.sync_wait_ns);
   o.put(s.open_evicted);
+  o.put(s.entries_missed);
 }
 
 events::RingStats get_ring_stats(In& in) {
@@ -125,6 +126,7 @@ events::RingStats get_ring_stats(In& in) {
   s.cb_ns = in.get<std::uint64_t>();
   s.sync_wait_ns = in.get<std::uint64_t>();
   s.open_evicted = in.get<std::uint64_t>();
+  s.entries_missed = in.get<std::uint64_t>();
   return s;
 }
 

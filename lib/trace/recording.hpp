@@ -45,7 +45,7 @@
 namespace hvtrace::trace {
 
 inline constexpr char kRecordingMagic[12] = "HVTRACE-REC";
-inline constexpr std::uint32_t kRecordingFormatVersion = 3;   // 2: ring counters carry sync_wait_ns; 3: and open_evicted
+inline constexpr std::uint32_t kRecordingFormatVersion = 4;   // 2: ring counters carry sync_wait_ns; 3: and open_evicted; 4: and entries_missed
 inline constexpr std::uint32_t kMaxFramePayload = 1U << 20;   // a ring record is at most ~270 KiB
 inline constexpr std::uint32_t kMaxRecordedString = 64 * 1024;
 inline constexpr std::uint32_t kMaxRecordedList = 1U << 16;

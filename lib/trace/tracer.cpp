@@ -635,6 +635,7 @@ void Tracer::finish(const std::vector<events::RingStats>& rings, const events::M
     sum.sync_degraded += s.sync_degraded;
     sum.sync_wait_ns += s.sync_wait_ns;
     sum.open_evicted += s.open_evicted;
+    sum.entries_missed += s.entries_missed;
   }
   const std::uint64_t trapped = (after.user_syscalls - before.user_syscalls) + (after.user_int80s - before.user_int80s) +
                                 (after.user_sysenters - before.user_sysenters);
@@ -653,6 +654,7 @@ void Tracer::finish(const std::vector<events::RingStats>& rings, const events::M
   out_(fmt::format("  {:<34} {:>10}", "lost: bad consumer tail", sum.drops[3]));
   out_(fmt::format("  {:<34} {:>10}", "sync waits timed out", sum.sync_timeouts));
   out_(fmt::format("  {:<34} {:>10}", "exits lost: open-call table full", sum.open_evicted));
+  out_(fmt::format("  {:<34} {:>10}", "entries lost: door not yet learned", sum.entries_missed));
 }
 
 }  // namespace hvtrace::trace

@@ -146,7 +146,8 @@ class Monitor : public ::testing::Test {
     if (HVTRACE_MON_SMP == 1) c.kernel_args = {"nokaslr"};
     // Rings of 16 MiB: on a loaded host the collector thread can be starved for seconds while every
     // process's calls are delivered async; the tests assert that nothing is lost.
-    c.plugin = vm::monitor_plugin(HVTRACE_MONITOR_PLUGIN, HVTRACE_MON_VM, {"sync_timeout_ms=200", "icount=on", "ring_kib=16384"});
+    c.plugin = vm::monitor_plugin(HVTRACE_MONITOR_PLUGIN, HVTRACE_MON_VM, {"sync_timeout_ms=200", "icount=on", "ring_kib=16384",
+                                                                                    "countchecks=on"});
     auto v = vm::Vm::start(c);
     ASSERT_TRUE(v.ok()) << v.error().message;
     vm_ = std::move(v).value().release();
@@ -315,6 +316,26 @@ TEST_F(Monitor, EverySyscallAndCr3WriteArrivesOnceAgainstTheInlineCounters) {
   for (auto& [ring, n] : last_insns) EXPECT_GT(n, 1'000'000u) << "vCPU " << ring << " instruction count";
 }
 
+// The idle monitor's cost lives in the checks its generated code runs ("is this site armed?").
+// Door detection checks only the kernel's entry text once the 64-bit entry is known, so with every
+// event class dropped the checks executed are a small fraction of the kernel blocks executed (a
+// check at every kernel block start, as before, would be more than one per block).
+TEST_F(Monitor, IdleChecksRunInAFractionOfKernelBlocks) {
+  ASSERT_TRUE(ctl_->set_actions({abi::Action::kDrop, abi::Action::kDrop, abi::Action::kDrop, abi::Action::kDrop}).ok());
+  std::this_thread::sleep_for(150ms);
+  const std::uint64_t checks0 = reader_->cond_checks(), blocks0 = reader_->kernel_blocks();
+  run("for i in 1 2 3; do ls -lR /usr/lib >/dev/null; cat /proc/self/status >/dev/null; done");
+  std::this_thread::sleep_for(150ms);   // the monitor publishes the counts every 50 ms
+  const std::uint64_t checks = reader_->cond_checks() - checks0, blocks = reader_->kernel_blocks() - blocks0;
+  const auto st = ctl_->stats();
+  ASSERT_TRUE(st.ok());
+  EXPECT_GT(blocks, 100'000u) << "kernel blocks executed (countchecks=on)";
+  EXPECT_GT(checks, 1'000u) << "checks executed (countchecks=on)";
+  EXPECT_LT(checks * 4, blocks) << checks << " checks for " << blocks << " kernel blocks";
+  std::printf("idle: %llu checks for %llu kernel blocks\n", static_cast<unsigned long long>(checks),
+              static_cast<unsigned long long>(blocks));
+}
+
 // Every door into the kernel, tried as an attacker would (tests/integration/monitor/guest/doors.c,
 // compiled in the guest with tcc): `int $0x80` from 64-bit code and from 32-bit code, the compat
 // `syscall` that jammed the old entry gate, and `sysenter`. Every write that reached the guest's
@@ -383,6 +404,9 @@ TEST_F(Monitor, EveryDoorIsTrappedAndNoneBlindsTheMonitor) {
   EXPECT_GE(st->user_int80s, 2u);
   EXPECT_NE(reader_->door_entry_va(abi::Door::kInt80), 0u);
   EXPECT_NE(reader_->door_entry_va(abi::Door::kSyscallCompat), 0u);
+  // Every new door was found where the monitor looks for it (the 2 MiB of entry text around the
+  // 64-bit entry point): no call went through a door the monitor could not see.
+  for (unsigned r = 0; r < reader_->rings(); ++r) EXPECT_EQ(reader_->stats(r).entries_missed, 0u) << "ring " << r;
   // Still delivering afterwards, with no re-attach.
   run("echo doors-later-marker");
   bool later = false;

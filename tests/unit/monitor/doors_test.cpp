@@ -59,6 +59,28 @@ TEST(Doors, AFaultRaisedByTheDoorInstructionIsNotLearned) {
   EXPECT_EQ(classify_entry(none), std::nullopt);
 }
 
+TEST(Doors, DetectionRunsInTheEntryTextWindowOnceThe64BitEntryIsKnown) {
+  // Debian 6.1's layout: entry_SYSCALL_64 and the compat entries share one 2 MiB page.
+  const std::uint64_t entry64 = 0xffffffff'82000040ULL;
+  EXPECT_TRUE(detect_at(0xffffffff'820011c0ULL, entry64, false));    // entry_SYSCALL_compat
+  EXPECT_TRUE(detect_at(0xffffffff'82000000ULL, entry64, false));    // first byte of the page
+  EXPECT_TRUE(detect_at(0xffffffff'821fffffULL, entry64, false));    // last byte
+  EXPECT_FALSE(detect_at(0xffffffff'81f00000ULL, entry64, false));   // do_syscall_64 in .text
+  EXPECT_FALSE(detect_at(0xffffffff'82200000ULL, entry64, false));   // the next 2 MiB page
+  // Until the 64-bit entry is learned (boot), and in everywhere mode, every kernel block.
+  EXPECT_TRUE(detect_at(0xffffffff'81f00000ULL, 0, false));
+  EXPECT_TRUE(detect_at(0xffffffff'81f00000ULL, entry64, true));
+}
+
+TEST(Doors, MissesMakeDetectionEverywhereForGoodAfterABound) {
+  // A miss puts detection everywhere until the next door is learned; only kStickyMisses of them
+  // (or the option) keep it there, so a guest cannot force a code flush per call forever.
+  EXPECT_FALSE(everywhere_after_learning(false, 0));
+  EXPECT_FALSE(everywhere_after_learning(false, kStickyMisses - 1));
+  EXPECT_TRUE(everywhere_after_learning(false, kStickyMisses));
+  EXPECT_TRUE(everywhere_after_learning(true, 0));
+}
+
 TEST(Doors, ArgumentsComeFromEachAbisRegisters) {
   EntryRegs r;
   r.rax = 4;                       // write

@@ -160,6 +160,17 @@ TEST(Options, DefaultsAndEveryKey) {
   EXPECT_EQ(o.initial.snap_len, 65536u);
   EXPECT_EQ(o.sync_wait, abi::WaitMode::kSpin);
   EXPECT_EQ(o.sync_timeout_ns, 10'000'000u);
+  EXPECT_FALSE(o.detect_everywhere);   // default: door detection in the entry-text window only
+  EXPECT_FALSE(o.count_checks);
+  o = parse_ok({"shm=/r/m", "detect=everywhere", "countchecks=on", "icount=on", "selftime=on", "cr3_unfiltered=on"});
+  EXPECT_TRUE(o.detect_everywhere);
+  EXPECT_TRUE(o.count_checks);
+  EXPECT_TRUE(o.icount);
+  EXPECT_TRUE(o.selftime);
+  EXPECT_TRUE(o.initial.cr3_unfiltered);
+  o = parse_ok({"shm=/r/m", "detect=everywhere", "detect=window", "countchecks=off"});   // the last one wins
+  EXPECT_FALSE(o.detect_everywhere);
+  EXPECT_FALSE(o.count_checks);
 }
 
 TEST(Options, BadArgumentsSayWhichAndWhy) {
@@ -181,6 +192,9 @@ TEST(Options, BadArgumentsSayWhichAndWhy) {
   EXPECT_NE(parse_err({"shm=/a", "syscalls=1::2"}).find("0..511"), std::string::npos);
   EXPECT_NE(parse_err({"shm=/a", "exit_action=later"}).find("drop, async or sync"), std::string::npos);
   EXPECT_NE(parse_err({"shm=/a", "sync_timeout_ms=0"}).find("1..60000"), std::string::npos);
+  EXPECT_NE(parse_err({"shm=/a", "detect=somewhere"}).find("window or everywhere"), std::string::npos);
+  EXPECT_NE(parse_err({"shm=/a", "countchecks=yes"}).find("on or off"), std::string::npos);
+  EXPECT_NE(parse_err({"shm=/a", "icount=1"}).find("on or off"), std::string::npos);
   std::vector<const char*> many = {"shm=/a"};
   for (int i = 0; i < 65; ++i) many.push_back("bp=0xffffffff81000000");
   EXPECT_NE(parse_err(many).find("at most 64"), std::string::npos);

@@ -91,7 +91,10 @@ struct alignas(kPageSize) RingHeader {
   // newer entry (the table was full): each such call's exit is not delivered. Written by the vCPU
   // thread.
   std::uint64_t open_evicted;
-  std::uint8_t pad0[kCacheLine - 56];
+  // System calls that entered the kernel through a door whose entry point was not yet known and
+  // was not found where the monitor looked for it (monitor/doors.hpp detect_at): not delivered.
+  // Written by the vCPU thread.
+  std::uint64_t entries_missed;
 
   // --- producer line: written only by the vCPU thread ---
   alignas(kCacheLine) std::uint64_t head;     // free-running; store(release) after the record bytes
@@ -143,7 +146,12 @@ struct alignas(kPageSize) ShmHeader {
   // icount=on only (0 otherwise): guest instructions executed, all vCPUs, copied from the inline
   // counters by the control thread every 50 ms. store(release)
   std::uint64_t guest_insns;
-  std::uint64_t reserved[4];
+  // countchecks=on only (0 otherwise), copied like guest_insns: conditional checks the generated
+  // code executed (every trap site's "is this armed?" test), and kernel blocks executed (what a
+  // check at every kernel block start would cost). store(release)
+  std::uint64_t cond_checks;
+  std::uint64_t kernel_blocks;
+  std::uint64_t reserved[2];
 };
 static_assert(sizeof(ShmHeader) == kPageSize);
 static_assert(offsetof(ShmHeader, syscall_entry_va) == 40);
