@@ -262,7 +262,8 @@ abi::CtlStatus apply_control(const void* msg, std::size_t len, const FilterConfi
   std::size_t want = 0;
   switch (*type) {
     case abi::CtlType::kAttach: want = sizeof(abi::AttachMsg); break;
-    case abi::CtlType::kSetDtbs: want = sizeof(abi::SetDtbsMsg); break;
+    case abi::CtlType::kSetDtbs:
+    case abi::CtlType::kSetReadDataDtbs: want = sizeof(abi::SetDtbsMsg); break;
     case abi::CtlType::kSetSyscalls:
     case abi::CtlType::kSetSyncSyscalls: want = sizeof(abi::SetSyscallsMsg); break;
     case abi::CtlType::kSetIdentity: want = sizeof(abi::SetIdentityMsg); break;
@@ -284,7 +285,8 @@ abi::CtlStatus apply_control(const void* msg, std::size_t len, const FilterConfi
   }
   FilterConfig n = cur;
   switch (*type) {
-    case abi::CtlType::kSetDtbs: {
+    case abi::CtlType::kSetDtbs:
+    case abi::CtlType::kSetReadDataDtbs: {
       abi::SetDtbsMsg m;
       std::memcpy(&m, msg, sizeof m);
       if (m.mode > static_cast<std::uint32_t>(abi::DtbMode::kSet)) {
@@ -304,6 +306,12 @@ abi::CtlStatus apply_control(const void* msg, std::size_t len, const FilterConfi
           set_why(why, "DTB " + std::to_string(i) + " is not a page-table base (low 13 bits and bit 63 must be 0)");
           return CtlStatus::kBadValue;
         }
+      }
+      if (*type == abi::CtlType::kSetReadDataDtbs) {
+        n.read_data_mode = static_cast<abi::DtbMode>(m.mode);
+        n.n_read_data_dtbs = m.count;
+        std::memcpy(n.read_data_dtbs, m.dtbs, sizeof n.read_data_dtbs);
+        break;
       }
       n.dtb_mode = static_cast<abi::DtbMode>(m.mode);
       n.n_dtbs = m.count;

@@ -57,12 +57,20 @@ struct FilterConfig {
   // Breakpoints in force, in the order they were added (bp= arguments first).
   std::uint32_t n_bps = 0;
   Breakpoint bps[abi::kMaxBreakpoints] = {};
+  // Whose read data is copied (kSetReadDataDtbs): every DTB's, or only these.
+  abi::DtbMode read_data_mode = abi::DtbMode::kAll;
+  std::uint32_t n_read_data_dtbs = 0;
+  std::uint64_t read_data_dtbs[abi::kMaxDtbs] = {};
 
   [[nodiscard]] Action action(EventClass c) const { return actions[static_cast<std::size_t>(c)]; }
-  [[nodiscard]] bool dtb_passes(std::uint64_t dtb) const {
-    if (dtb_mode == abi::DtbMode::kAll) return true;
-    for (std::uint32_t i = 0; i < n_dtbs; ++i)
-      if (dtbs[i] == dtb) return true;
+  [[nodiscard]] bool dtb_passes(std::uint64_t dtb) const { return in_set(dtb_mode, dtbs, n_dtbs, dtb); }
+  [[nodiscard]] bool read_data_passes(std::uint64_t dtb) const {
+    return in_set(read_data_mode, read_data_dtbs, n_read_data_dtbs, dtb);
+  }
+  [[nodiscard]] static bool in_set(abi::DtbMode mode, const std::uint64_t* set, std::uint32_t n, std::uint64_t dtb) {
+    if (mode == abi::DtbMode::kAll) return true;
+    for (std::uint32_t i = 0; i < n; ++i)
+      if (set[i] == dtb) return true;
     return false;
   }
   // A CR3 write the DTB pre-filter forwards. Only a change of page-table base says who runs (a

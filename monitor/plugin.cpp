@@ -89,8 +89,10 @@ const FilterConfig* acquire_cfg(Monitor& m, Vcpu& v) {
 void release_cfg(Vcpu& v) { v.hazard.store(nullptr, std::memory_order_release); }
 
 // Build the captures of one syscall into v.scratch; returns their total size, sets *count.
+// read_data false: a buffer as long as the return value (what a read brought in) is not copied,
+// only its length is given (kCaptureNotCopied).
 std::uint32_t build_captures(Vcpu& v, const SyscallCaptures* spec, const std::uint64_t* args, std::int64_t ret,
-                             std::uint32_t snap, abi::SyscallAbi sabi, std::uint32_t* count) {
+                             std::uint32_t snap, abi::SyscallAbi sabi, std::uint32_t* count, bool read_data = true) {
   *count = 0;
   if (spec == nullptr || snap == 0) return 0;
   const auto rd = [&v](std::uint64_t va, void* dst, std::size_t len) { return read_mem(v, va, dst, len); };
@@ -122,6 +124,11 @@ std::uint32_t build_captures(Vcpu& v, const SyscallCaptures* spec, const std::ui
           len = cs.len_arg < 0 ? ret : static_cast<std::int64_t>(args[cs.len_arg]);
         }
         if (len <= 0) continue;  // nothing transferred
+        if (cs.len_arg == -1 && !read_data) {
+          c->true_len = static_cast<std::uint64_t>(len);
+          c->flags |= abi::kCaptureNotCopied;
+          break;
+        }
         n = copy_buffer(rd, args[cs.arg], static_cast<std::uint64_t>(len), data, snap, c);
         break;
       }
@@ -465,7 +472,7 @@ void on_return_to_user(Monitor& m, unsigned vcpu, Vcpu& v, abi::ExitVia via, std
         if (o->refetch & (1u << a)) with_refetch.c[with_refetch.n++] = CaptureSpec{a, abi::CaptureKind::kString, 0};
       spec = &with_refetch;
     }
-    extra = build_captures(v, spec, o->args, e.ret, cfg.snap_len, o->abi, &e.n_captures);
+    extra = build_captures(v, spec, o->args, e.ret, cfg.snap_len, o->abi, &e.n_captures, cfg.read_data_passes(dtb));
   }
   const Action exit_act = o && act == Action::kAsync && cfg.exit_forced_sync(o->abi, o->nr) ? Action::kSync : act;
   emit(m, vcpu, v, cfg, exit_act, abi::RecordType::kSyscallExit, &e.hdr, sizeof e, v.scratch, extra);

@@ -101,13 +101,24 @@ Result<std::uint32_t> ControlClient::set_all_dtbs() {
   return request(m, abi::CtlType::kSetDtbs);
 }
 
-Result<std::uint32_t> ControlClient::set_dtbs(const std::vector<Dtb>& dtbs) {
+Result<std::uint32_t> ControlClient::set_dtbs(const std::vector<Dtb>& dtbs) { return dtb_set(dtbs, abi::CtlType::kSetDtbs); }
+
+Result<std::uint32_t> ControlClient::set_read_data_dtbs(const std::optional<std::vector<Dtb>>& dtbs) {
+  if (!dtbs) {
+    abi::SetDtbsMsg m{};
+    m.mode = static_cast<std::uint32_t>(abi::DtbMode::kAll);
+    return request(m, abi::CtlType::kSetReadDataDtbs);
+  }
+  return dtb_set(*dtbs, abi::CtlType::kSetReadDataDtbs);
+}
+
+Result<std::uint32_t> ControlClient::dtb_set(const std::vector<Dtb>& dtbs, abi::CtlType type) {
   if (dtbs.size() > abi::kMaxDtbs) return make_error("{} DTBs, the monitor takes at most {}", dtbs.size(), abi::kMaxDtbs);
   abi::SetDtbsMsg m{};
   m.mode = static_cast<std::uint32_t>(abi::DtbMode::kSet);
   m.count = static_cast<std::uint32_t>(dtbs.size());
   for (std::size_t i = 0; i < dtbs.size(); ++i) m.dtbs[i] = dtbs[i].value;
-  return request(m, abi::CtlType::kSetDtbs);
+  return request(m, type);
 }
 
 Result<std::uint32_t> ControlClient::set_syscalls(const std::optional<std::vector<unsigned>>& nrs,

@@ -58,6 +58,9 @@ class ControlClient {
   Result<std::uint32_t> attach();
   Result<std::uint32_t> set_all_dtbs();                          // no DTB filter
   Result<std::uint32_t> set_dtbs(const std::vector<Dtb>& dtbs);  // the paper's pre-filter
+  // Whose read data (read, pread64, recvfrom at exit) the monitor copies; nullopt: every DTB's
+  // (the default). The others' reads come with their length only (kCaptureNotCopied).
+  Result<std::uint32_t> set_read_data_dtbs(const std::optional<std::vector<Dtb>>& dtbs);
   // The numbers that pass in one table (x86-64, which x32 shares, or i386); nullopt: all.
   Result<std::uint32_t> set_syscalls(const std::optional<std::vector<unsigned>>& nrs,
                                      abi::SyscallAbi table = abi::SyscallAbi::kX86_64);
@@ -82,6 +85,7 @@ class ControlClient {
   Result<abi::Reply> exchange(const void* msg, std::size_t len, std::optional<std::uint32_t> id);
   template <typename M>
   Result<std::uint32_t> request(M& msg, abi::CtlType type);
+  Result<std::uint32_t> dtb_set(const std::vector<Dtb>& dtbs, abi::CtlType type);
   int fd_ = -1;
   std::uint32_t next_id_ = 1;
 };

@@ -111,6 +111,7 @@ Result<void> ControlSink::set_sync_syscalls(const std::vector<unsigned>& nrs, ab
 }
 Result<void> ControlSink::set_all_dtbs() { return done_or(ctl_->set_all_dtbs()); }
 Result<void> ControlSink::set_dtbs(const std::vector<Dtb>& dtbs) { return done_or(ctl_->set_dtbs(dtbs)); }
+Result<void> ControlSink::set_read_data_dtbs(const std::vector<Dtb>& dtbs) { return done_or(ctl_->set_read_data_dtbs(dtbs)); }
 Result<void> ControlSink::set_actions(const events::Actions& a) { return done_or(ctl_->set_actions(a)); }
 
 Tracer::Tracer(GuestQueries& guest, FilterSink& filter, TraceConfig cfg, LineSink out)
@@ -121,8 +122,12 @@ Result<void> Tracer::trace_pid(std::uint32_t pid) {
   if (!p) return std::move(p).with_context(fmt::format("looking up pid {}", pid)).error();
   if (!*p) return make_error("no process with pid {} in the guest", pid);
   if (!(*p)->dtb) return make_error("pid {} ({}) is a kernel thread: it makes no system calls to trace", pid, (*p)->comm);
-  procs_[pid] = Traced{pid, *(*p)->dtb, false, false};
+  procs_[pid] = Traced{pid, *(*p)->dtb, false, false, reads_data((*p)->comm)};
   return {};
+}
+
+bool Tracer::reads_data(const std::string& comm) const {
+  return cfg_.read_data_comms.empty() || cfg_.read_data_comms.count(comm) != 0;
 }
 
 Result<void> Tracer::trace_comm(const std::string& comm) {
@@ -226,13 +231,23 @@ Result<void> Tracer::push_dtbs() {
   std::set<std::uint64_t> want;
   for (const auto& [tgid, t] : procs_)
     if (!t.exited && t.dtb != 0) want.insert(t.dtb);
-  if (pushed_dtbs_ && want == *pushed_dtbs_) return {};   // the first set goes out even if empty
   if (want.size() > abi::kMaxDtbs)
     return make_error("{} traced address spaces; the monitor's filter takes at most {}", want.size(), abi::kMaxDtbs);
+  if (!pushed_dtbs_ || want != *pushed_dtbs_) {   // the first set goes out even if empty
+    std::vector<Dtb> v;
+    for (auto d : want) v.push_back(Dtb{d});
+    if (auto r = filter_->set_dtbs(v); !r) return std::move(r).with_context("updating the DTB filter").error();
+    pushed_dtbs_ = std::move(want);
+  }
+  if (cfg_.read_data_comms.empty()) return {};
+  std::set<std::uint64_t> data;
+  for (const auto& [tgid, t] : procs_)
+    if (!t.exited && t.dtb != 0 && t.read_data) data.insert(t.dtb);
+  if (pushed_read_data_ && data == *pushed_read_data_) return {};
   std::vector<Dtb> v;
-  for (auto d : want) v.push_back(Dtb{d});
-  if (auto r = filter_->set_dtbs(v); !r) return std::move(r).with_context("updating the DTB filter").error();
-  pushed_dtbs_ = std::move(want);
+  for (auto d : data) v.push_back(Dtb{d});
+  if (auto r = filter_->set_read_data_dtbs(v); !r) return std::move(r).with_context("updating the read-data set").error();
+  pushed_read_data_ = std::move(data);
   return {};
 }
 
@@ -327,6 +342,10 @@ Result<void> Tracer::on_entry(const events::Event& e) {
   p.entry_ns = e.time_ns;
   p.pid = who.tgid;
   p.comm = comm_of(who);
+  if (t->read_data && !reads_data(p.comm)) {   // it exec'd another program: its reads are not needed
+    t->read_data = false;
+    if (auto r = push_dtbs(); !r) return r;
+  }
   if (is_exit_group(sabi, e.entry.nr) || is_exit(sabi, e.entry.nr)) {
     const bool group = is_exit_group(sabi, e.entry.nr);
     const auto code = static_cast<std::int32_t>(e.entry.args[0] & 0xff);
@@ -366,16 +385,17 @@ Result<void> Tracer::on_exit(const events::Event& e) {
   complete(key, std::move(p), e.exit.ret, e.captures, e.time_ns);
   if (open_line_tid_ == key) open_line_tid_.reset();
   if (cfg_.follow && is_clone_family(a, nr) && e.exit.ret > 0)
-    return add_child(static_cast<std::uint32_t>(e.exit.ret));
+    return add_child(static_cast<std::uint32_t>(e.exit.ret), e.exit.who.tgid);
   return {};
 }
 
 // Runs while the parent's vCPU waits (the clone family's exits are sync): the child's address
 // space joins the filter before the parent runs on. A thread shares its parent's.
-Result<void> Tracer::add_child(std::uint32_t child) {
+Result<void> Tracer::add_child(std::uint32_t child, std::uint32_t parent) {
   auto p = guest_->pid(child);
   if (!p || !*p || !(*p)->dtb) return {};   // a thread (not a group leader) or gone already
-  procs_[child] = Traced{child, *(*p)->dtb, false, false};
+  const Traced* up = traced(parent);
+  procs_[child] = Traced{child, *(*p)->dtb, false, false, up ? up->read_data : reads_data((*p)->comm)};
   return push_dtbs();
 }
 
@@ -388,7 +408,7 @@ Result<void> Tracer::on_breakpoint(const events::Event& e) {
   if (traced(child->tgid) != nullptr) return {};               // a thread of a traced process
   const Traced* parent = traced(child->ppid);
   if (parent == nullptr || parent->waiting_exec) return {};    // not a child of ours (yet)
-  procs_[child->tgid] = Traced{child->tgid, *child->dtb, false, false};
+  procs_[child->tgid] = Traced{child->tgid, *child->dtb, false, false, parent->read_data};
   return push_dtbs();
 }
 

@@ -59,6 +59,12 @@ struct TraceConfig {
   bool json = false;
   bool summary_only = false;                    // -c
   std::vector<std::string> comms;               // --comm: also trace processes that exec a program of this name
+  // Not empty: the monitor copies read data (read, pread64, recvfrom) only for traced processes
+  // running one of these programs (a process keeps its parent's choice until its own comm says
+  // otherwise, so a server's fresh fork is copied from its first call); the others' reads arrive
+  // with their length only. hvtrace session: the SSH server's, whose reads of the terminal are
+  // the session's screen, while a compile's reads of its sources are not needed.
+  std::set<std::string> read_data_comms;
 };
 
 // The comm the kernel gives a task that execs `path` (the basename, at most 15 characters), as
@@ -117,6 +123,7 @@ class FilterSink {
   virtual Result<void> set_sync_syscalls(const std::vector<unsigned>& nrs, abi::SyscallAbi table) = 0;
   virtual Result<void> set_all_dtbs() = 0;
   virtual Result<void> set_dtbs(const std::vector<Dtb>& dtbs) = 0;
+  virtual Result<void> set_read_data_dtbs(const std::vector<Dtb>&) { return {}; }
   virtual Result<void> set_actions(const events::Actions& a) = 0;
   virtual Result<void> add_breakpoint(const events::BreakpointSpec&) { return {}; }
   virtual Result<void> remove_breakpoint(std::uint32_t) { return {}; }
@@ -145,6 +152,7 @@ class ControlSink final : public FilterSink {
   Result<void> set_sync_syscalls(const std::vector<unsigned>& nrs, abi::SyscallAbi table) override;
   Result<void> set_all_dtbs() override;
   Result<void> set_dtbs(const std::vector<Dtb>& dtbs) override;
+  Result<void> set_read_data_dtbs(const std::vector<Dtb>& dtbs) override;
   Result<void> set_actions(const events::Actions& a) override;
   Result<void> add_breakpoint(const events::BreakpointSpec& b) override;
   Result<void> remove_breakpoint(std::uint32_t id) override;
@@ -230,6 +238,7 @@ class Tracer {
     std::uint64_t dtb = 0;
     bool waiting_exec = false;   // `-- CMD`: nothing printed before its execve
     bool exited = false;
+    bool read_data = true;       // its read data is copied (TraceConfig::read_data_comms)
   };
 
   bool wanted(abi::SyscallAbi a, std::uint64_t nr) const;
@@ -243,7 +252,7 @@ class Tracer {
   bool fork_bp_ = false, exec_bp_ = false;
   bool wide_ = false;        // no DTB filter: every process's calls come here (set by apply())
   bool comm_wide_ = false;   // wide only because --comm has no exec breakpoint
-  Result<void> add_child(std::uint32_t child_pid);
+  Result<void> add_child(std::uint32_t child_pid, std::uint32_t parent_tgid);
   void complete(std::uint32_t tid, Pending p, std::optional<std::int64_t> ret, std::vector<events::Capture> exit_caps,
                 std::uint64_t exit_ns);
   void print_unfinished(std::uint32_t tid, Pending& p);
@@ -263,6 +272,8 @@ class Tracer {
   std::map<std::uint64_t, std::pair<std::uint32_t, std::string>> comm_cache_;   // task address -> pid, comm
   std::map<std::string, SyscallCount> counts_;
   std::optional<std::set<std::uint64_t>> pushed_dtbs_;   // nullopt: no DTB set sent yet
+  std::optional<std::set<std::uint64_t>> pushed_read_data_;   // the read-data set sent (read_data_comms)
+  [[nodiscard]] bool reads_data(const std::string& comm) const;
   TraceStats stats_;
   std::int64_t realtime_offset_ns_ = 0;
   bool multi_ = false;                           // more than one task seen: prefix lines with the pid

@@ -187,6 +187,7 @@ class Monitor : public ::testing::Test {
     ASSERT_NE(ctl_, nullptr);
     collector_->start();              // no-op when running
     ASSERT_TRUE(ctl_->set_all_dtbs().ok());
+    ASSERT_TRUE(ctl_->set_read_data_dtbs(std::nullopt).ok());
     for (auto table : {abi::SyscallAbi::kX86_64, abi::SyscallAbi::kI386, abi::SyscallAbi::kX32}) {
       ASSERT_TRUE(ctl_->set_syscalls(std::nullopt, table).ok());
       ASSERT_TRUE(ctl_->set_sync_syscalls({}, table).ok());
@@ -604,6 +605,33 @@ TEST_F(Monitor, WriteArrivesWithItsBytesAndReadAtExit) {
       if (e.type == RecordType::kSyscallExit && e.exit.nr == 0)
         ADD_FAILURE() << "read exit ret " << e.exit.ret << " captures " << e.captures.size()
                       << (e.captures.empty() ? std::string() : " data " + e.captures[0].data.substr(0, 40) + " true_len " + std::to_string(e.captures[0].true_len));
+}
+
+// The read-data set (hvtrace session: only the SSH server's reads): outside it a read still
+// arrives, with its return value and its length, but the monitor copies none of its bytes; the
+// writes of the same processes keep theirs.
+TEST_F(Monitor, ReadDataOutsideTheReadDataSetIsNotCopied) {
+  auto g = ctl_->set_read_data_dtbs(std::vector<Dtb>{Dtb{0x2000}});   // no process of the guest
+  ASSERT_TRUE(g.ok()) << g.error().message;
+  gen_ = *g;
+  run("echo hvtrace-marker-rd; head -n 1 /proc/version >/dev/null");
+  const auto evs = since(gen_);
+  bool marker = false, read_exit = false;
+  for (const auto& e : evs) {
+    if (e.type == RecordType::kSyscallEntry && e.entry.nr == 1 && e.captures.size() == 1 &&
+        e.captures[0].data == "hvtrace-marker-rd\n")
+      marker = true;
+    if (e.type == RecordType::kSyscallExit && e.exit.nr == 0 && e.exit.ret > 100) {
+      ASSERT_EQ(e.captures.size(), 1u);
+      const auto& c = e.captures[0];
+      EXPECT_TRUE(c.data.empty()) << c.data.substr(0, 40);
+      EXPECT_EQ(c.true_len, static_cast<std::uint64_t>(e.exit.ret));
+      EXPECT_NE(c.flags & abi::kCaptureNotCopied, 0u);
+      read_exit = true;
+    }
+  }
+  EXPECT_TRUE(marker) << "a write keeps its bytes";
+  EXPECT_TRUE(read_exit) << "the read of /proc/version arrives, without its bytes";
 }
 
 TEST_F(Monitor, ExecveArrivesWithFilenameArgvAndTheEnvironmentCounted) {

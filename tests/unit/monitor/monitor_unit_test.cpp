@@ -241,6 +241,26 @@ TEST(Control, TheDtbPreFilterForwardsSwitchesNotPtiFlips) {
   EXPECT_TRUE(c.cr3_write_passes(0x7ffe000, 0x7ffe000));
 }
 
+TEST(Control, TheReadDataSetIsSeparateFromTheDtbFilter) {
+  FilterConfig cur, next;
+  EXPECT_TRUE(cur.read_data_passes(0x7ffe000));   // default: every DTB's read data is copied
+  auto d = message<abi::SetDtbsMsg>(abi::CtlType::kSetReadDataDtbs);
+  d.mode = 1;
+  d.count = 1;
+  d.dtbs[0] = 0x10000;
+  ASSERT_EQ(apply(d, cur, &next), abi::CtlStatus::kOk);
+  EXPECT_TRUE(next.read_data_passes(0x10000));
+  EXPECT_FALSE(next.read_data_passes(0x7ffe000));
+  EXPECT_TRUE(next.dtb_passes(0x7ffe000));         // the DTB filter is untouched
+  d.dtbs[0] = 0x10001;                             // validated as SET_DTBS is
+  FilterConfig bad;
+  EXPECT_EQ(apply(d, next, &bad), abi::CtlStatus::kBadValue);
+  d = message<abi::SetDtbsMsg>(abi::CtlType::kSetReadDataDtbs);   // mode all: back to every DTB
+  FilterConfig n2;
+  ASSERT_EQ(apply(d, next, &n2), abi::CtlStatus::kOk);
+  EXPECT_TRUE(n2.read_data_passes(0x7ffe000));
+}
+
 TEST(Control, ValidChangesBumpTheGeneration) {
   FilterConfig cur, next;
   auto d = message<abi::SetDtbsMsg>(abi::CtlType::kSetDtbs);

@@ -475,6 +475,12 @@ class LogSink final : public FilterSink {
     log.push_back(s);
     return {};
   }
+  Result<void> set_read_data_dtbs(const std::vector<Dtb>& dtbs) override {
+    std::string s = "read data";
+    for (const auto& d : dtbs) s += fmt::format(" {:#x}", d.value);
+    log.push_back(s);
+    return {};
+  }
   Result<void> set_actions(const events::Actions& a) override {
     cr3 = a.cr3;
     return {};
@@ -622,6 +628,66 @@ TEST(Tracer, CommWithoutTheExecSymbolFallsBackToEveryProcessDelivered) {
   ASSERT_TRUE(t2.apply().ok());
   EXPECT_FALSE(t2.comm_filtered_here());
   EXPECT_EQ(sink2.log, std::vector<std::string>{"all"});
+}
+
+// hvtrace session: only the SSH server's reads carry the terminal, so the monitor copies read data
+// for the server and its forks, not for what they exec. The fork child is in the read-data set
+// before it runs (pushed with its DTB at the clone's exit); it keeps the server's choice through
+// its exec until a call shows the new program's name, then it leaves the set.
+TEST(Tracer, ReadDataIsCopiedOnlyForTheServersProcesses) {
+  struct Server final : GuestQueries {
+    Result<std::optional<ProcInfo>> pid(std::uint32_t p) override {
+      if (p == kShell) return std::optional<ProcInfo>(ProcInfo{kShell, kOldDtb, "dropbear"});
+      if (p == kChild) return std::optional<ProcInfo>(ProcInfo{kChild, kChildDtb, "dropbear"});
+      return std::optional<ProcInfo>();
+    }
+    Result<std::vector<ProcInfo>> name(const std::string&) override { return std::vector<ProcInfo>{}; }
+    std::optional<TaskInfo> task(std::uint64_t t) override {
+      if (t == kShellTask) return TaskInfo{kOldDtb, "dropbear"};
+      if (t == kChildTask) return TaskInfo{child_dtb, child_comm};
+      return std::nullopt;
+    }
+    IdentityOffsets identity() override { return {}; }
+    std::uint64_t child_dtb = kChildDtb;
+    std::string child_comm = "dropbear";
+  } guest;
+  LogSink sink;
+  auto cfg = config(true);
+  cfg.read_data_comms = {"dropbear"};
+  Tracer t(guest, sink, cfg, [](const std::string&) {});
+  ASSERT_TRUE(t.trace_pid(kShell).ok());
+  ASSERT_TRUE(t.apply().ok());
+  Stream s;
+  s.entry(kShell, kShellTask, kOldDtb, 57, {});
+  s.exit(kShell, kShellTask, kOldDtb, 57, kChild);
+  s.entry(kChild, kChildTask, kChildDtb, 0, {3, 0x1000, 64});
+  s.exit(kChild, kChildTask, kChildDtb, 0, 5);
+  for (const auto& e : s.events) ASSERT_TRUE(t.handle(e).ok());
+  guest.child_dtb = kNewDtb;   // the child execs bash: its new mm is loaded
+  Stream s2;
+  s2.cr3(kChild, kChildTask, kChildDtb, kNewDtb);
+  for (const auto& e : s2.events) ASSERT_TRUE(t.handle(e).ok());
+  guest.child_comm = "bash";   // ... and the kernel names it after the new program
+  Stream s3;
+  s3.entry(kChild, kChildTask, kNewDtb, 0, {0, 0x1000, 64});
+  s3.exit(kChild, kChildTask, kNewDtb, 0, 64);
+  for (const auto& e : s3.events) ASSERT_TRUE(t.handle(e).ok());
+  const std::vector<std::string> want = {
+      fmt::format("dtbs {:#x}", kOldDtb),
+      fmt::format("read data {:#x}", kOldDtb),
+      fmt::format("dtbs {:#x} {:#x}", kOldDtb, kChildDtb),        // the fork child, before it runs
+      fmt::format("read data {:#x} {:#x}", kOldDtb, kChildDtb),   // ... a server process: its reads too
+      fmt::format("dtbs {:#x} {:#x}", kOldDtb, kNewDtb),          // its exec
+      fmt::format("read data {:#x} {:#x}", kOldDtb, kNewDtb),     // still the server's choice
+      fmt::format("read data {:#x}", kOldDtb),                    // bash's first call: not a server
+  };
+  EXPECT_EQ(sink.log, want);
+  // Without read_data_comms (hvtrace trace) the set is never sent: every process's reads are copied.
+  LogSink plain;
+  Tracer t2(guest, plain, config(true), [](const std::string&) {});
+  ASSERT_TRUE(t2.trace_pid(kShell).ok());
+  ASSERT_TRUE(t2.apply().ok());
+  for (const auto& line : plain.log) EXPECT_EQ(line.rfind("read data", 0), std::string::npos) << line;
 }
 
 TEST(Recording, CommStartedLaterReplaysToIdenticalOutput) {

@@ -33,6 +33,10 @@ enum class CtlType : std::uint16_t {
                          // a fork child's address space to the DTB set)
   kAddBreakpoint = 10,     // AddBreakpointMsg: a breakpoint with its own action and scope
   kRemoveBreakpoint = 11,  // RemoveBreakpointMsg
+  kSetReadDataDtbs = 12,   // SetDtbsMsg: the data a call reads (read, pread64, recvfrom: the buffer
+                           // at the exit, as long as the return value) is copied only for these
+                           // DTBs; the others' such captures come with no bytes, flagged
+                           // kCaptureNotCopied. Mode all (the default): every DTB's.
 };
 
 struct CtlHeader {

@@ -159,6 +159,8 @@ enum class CaptureKind : std::uint8_t {
 inline constexpr std::uint16_t kCaptureTruncated = 1u << 0;   // data_len < true_len
 inline constexpr std::uint16_t kCaptureFault = 1u << 1;       // guest memory unreadable at some point
 inline constexpr std::uint16_t kCaptureLenUnknown = 1u << 2;  // string longer than the scan limit
+inline constexpr std::uint16_t kCaptureNotCopied = 1u << 3;   // read data of a DTB outside the read-data set
+                                                              // (CtlType::kSetReadDataDtbs): data_len 0
 
 struct Capture {
   std::uint8_t arg;          // argument index 0-5
