@@ -239,6 +239,27 @@ std::string snap_len_problem(std::uint32_t snap, std::uint32_t max_record) {
          " bytes; these rings take at most " + std::to_string(max_record) + " (use a larger ring)";
 }
 
+// Why a SetArgRulesMsg is refused (empty: accepted).
+std::string arg_rules_problem(const abi::SetArgRulesMsg& m) {
+  if (m.reserved != 0 || m.count > abi::kMaxArgRules)
+    return "argument rules: count must be 0.." + std::to_string(abi::kMaxArgRules) + ", reserved 0";
+  for (std::uint32_t i = 0; i < abi::kMaxArgRules; ++i) {
+    const abi::ArgRule& r = m.rules[i];
+    if (i >= m.count) {
+      if (r.nr != 0 || r.abi != 0 || r.arg != 0 || r.reserved != 0 || r.mask != 0)
+        return "argument rules: rule " + std::to_string(i) + " is past the count and must be all 0";
+      continue;
+    }
+    if (r.nr >= abi::kSyscallBits || r.abi > 1 || r.arg > 5 || r.reserved != 0)
+      return "argument rule " + std::to_string(i) + ": syscall number < " + std::to_string(abi::kSyscallBits) +
+             ", abi 0 (x86-64) or 1 (i386), argument 0-5, reserved 0";
+    for (std::uint32_t j = 0; j < i; ++j)
+      if (m.rules[j].nr == r.nr && m.rules[j].abi == r.abi)
+        return "argument rules " + std::to_string(j) + " and " + std::to_string(i) + " are for the same call";
+  }
+  return {};
+}
+
 abi::CtlStatus apply_control(const void* msg, std::size_t len, const FilterConfig& cur, FilterConfig* next,
                              abi::CtlType* type, std::string* why, std::uint32_t max_record) {
   using abi::CtlStatus;
@@ -271,6 +292,7 @@ abi::CtlStatus apply_control(const void* msg, std::size_t len, const FilterConfi
     case abi::CtlType::kSetSnapLen: want = sizeof(abi::SetSnapLenMsg); break;
     case abi::CtlType::kAddBreakpoint: want = sizeof(abi::AddBreakpointMsg); break;
     case abi::CtlType::kRemoveBreakpoint: want = sizeof(abi::RemoveBreakpointMsg); break;
+    case abi::CtlType::kSetArgRules: want = sizeof(abi::SetArgRulesMsg); break;
     case abi::CtlType::kDetach:
     case abi::CtlType::kGetStats: want = sizeof(abi::CtlHeader); break;
     default:
@@ -410,6 +432,17 @@ abi::CtlStatus apply_control(const void* msg, std::size_t len, const FilterConfi
       }
       for (std::uint32_t i = at; i + 1 < n.n_bps; ++i) n.bps[i] = n.bps[i + 1];
       n.bps[--n.n_bps] = Breakpoint{};
+      break;
+    }
+    case abi::CtlType::kSetArgRules: {
+      abi::SetArgRulesMsg m;
+      std::memcpy(&m, msg, sizeof m);
+      if (const std::string p = arg_rules_problem(m); !p.empty()) {
+        set_why(why, p);
+        return CtlStatus::kBadValue;
+      }
+      n.n_arg_rules = m.count;
+      std::memcpy(n.arg_rules, m.rules, sizeof n.arg_rules);
       break;
     }
     default:

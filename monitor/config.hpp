@@ -61,6 +61,9 @@ struct FilterConfig {
   abi::DtbMode read_data_mode = abi::DtbMode::kAll;
   std::uint32_t n_read_data_dtbs = 0;
   std::uint64_t read_data_dtbs[abi::kMaxDtbs] = {};
+  // Argument rules (kSetArgRules) for the processes outside the read-data set.
+  std::uint32_t n_arg_rules = 0;
+  abi::ArgRule arg_rules[abi::kMaxArgRules] = {};
 
   [[nodiscard]] Action action(EventClass c) const { return actions[static_cast<std::size_t>(c)]; }
   [[nodiscard]] bool dtb_passes(std::uint64_t dtb) const { return in_set(dtb_mode, dtbs, n_dtbs, dtb); }
@@ -94,8 +97,21 @@ struct FilterConfig {
     if (a == abi::SyscallAbi::kX32) nr &= ~kX32Bit;
     return nr < abi::kSyscallBits && (sync_bitmap[table_of(a)][nr / 64] >> (nr % 64) & 1) != 0;
   }
-  // Unpaired exits (entry not seen): pass only when every number of both tables passes.
-  [[nodiscard]] bool all_pass() const { return all_syscalls[0] && all_syscalls[1]; }
+  // The argument rules (abi.h ArgRule): false if a rule for this call holds it back. Only a call
+  // with a rule looks at the read-data set.
+  [[nodiscard]] bool args_pass(abi::SyscallAbi a, std::uint64_t nr, const std::uint64_t* args, std::uint64_t dtb) const {
+    if (n_arg_rules == 0) return true;
+    if (a == abi::SyscallAbi::kX32) nr &= ~kX32Bit;
+    const unsigned t = table_of(a);
+    for (std::uint32_t i = 0; i < n_arg_rules; ++i) {
+      const abi::ArgRule& r = arg_rules[i];
+      if (r.nr == nr && r.abi == t) return (args[r.arg] & r.mask) != 0 || read_data_passes(dtb);
+    }
+    return true;
+  }
+  // Unpaired exits (entry not seen): pass only when every number of both tables passes and no
+  // argument rule may have held an entry back.
+  [[nodiscard]] bool all_pass() const { return all_syscalls[0] && all_syscalls[1] && n_arg_rules == 0; }
   static constexpr std::uint64_t kX32Bit = abi::kX32SyscallBit;
 };
 
@@ -131,6 +147,9 @@ const char* options_usage();
 // does not fit is rejected.
 abi::CtlStatus apply_control(const void* msg, std::size_t len, const FilterConfig& cur, FilterConfig* next,
                              abi::CtlType* type, std::string* why, std::uint32_t max_record = 0xffff'ffffu);
+
+// Why an argument-rules message is refused (empty if it is accepted).
+std::string arg_rules_problem(const abi::SetArgRulesMsg& m);
 
 // Why a snap length does not fit rings of `ring_bytes` (empty if it does).
 std::string snap_len_problem(std::uint32_t snap, std::uint32_t max_record);

@@ -271,7 +271,7 @@ void on_entry_body(Monitor& m, unsigned vcpu, abi::Door door) {
     return;
   }
   const EntryDecode d = decode_entry(door, read_entry_regs(v, door));
-  if (!cfg.syscall_passes(d.abi, d.nr)) {
+  if (!cfg.syscall_passes(d.abi, d.nr) || !cfg.args_pass(d.abi, d.nr, d.args, dtb)) {
     (void)take_open(m, vcpu, dtb, d.user_rsp);   // that thread moved on: its stale entry goes
     release_cfg(v);
     return;

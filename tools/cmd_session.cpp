@@ -469,6 +469,16 @@ syscalls::TraceSet session_syscalls() {
   return set;
 }
 
+// The calls the programs of a session (not the server's processes) need not deliver: the engine's
+// (session::arg_rules) and the library bases' mmap and munmap.
+std::vector<abi::ArgRule> session_arg_rules() {
+  std::vector<abi::ArgRule> rules = session::arg_rules();
+  for (const std::string_view name : {"mmap", "munmap"})
+    if (const auto nr = syscalls::Table::get(abi::SyscallAbi::kX86_64).by_name(name))
+      rules.push_back(abi::ArgRule{static_cast<std::uint16_t>(*nr), 0, 0, 0, 0});
+  return rules;
+}
+
 // The discarding line sink: the session engine, not the trace text, is the output.
 void no_lines(const std::string&) {}
 
@@ -553,6 +563,10 @@ void run_session(const SessionOptions& o) {
   // output over its channel pipes): the monitor does not copy the bytes the session's programs
   // read (a compile's sources: ~11 MB of the jansson workload's 13 MB copied otherwise).
   cfg.read_data_comms = server_names;
+  // ... nor, from the programs a session runs, the reads and read-only opens (the ~16,000 failing
+  // header lookups of a tcc compile), nor the mmaps the credential breakpoints' library bases are
+  // learnt from (only the server's processes get those breakpoints): the monitor drops them.
+  cfg.arg_rules = session_arg_rules();
   trace::LiveGuest live(*g.os);
   trace::ControlSink sink(ctl);
   trace::Tracer tracer(live, sink, cfg, no_lines);

@@ -121,6 +121,15 @@ Result<std::uint32_t> ControlClient::dtb_set(const std::vector<Dtb>& dtbs, abi::
   return request(m, type);
 }
 
+Result<std::uint32_t> ControlClient::set_arg_rules(const std::vector<abi::ArgRule>& rules) {
+  if (rules.size() > abi::kMaxArgRules)
+    return make_error("{} argument rules, the monitor takes at most {}", rules.size(), abi::kMaxArgRules);
+  abi::SetArgRulesMsg m{};
+  m.count = static_cast<std::uint32_t>(rules.size());
+  for (std::size_t i = 0; i < rules.size(); ++i) m.rules[i] = rules[i];
+  return request(m, abi::CtlType::kSetArgRules);
+}
+
 Result<std::uint32_t> ControlClient::set_syscalls(const std::optional<std::vector<unsigned>>& nrs,
                                                   abi::SyscallAbi table) {
   abi::SetSyscallsMsg m{};

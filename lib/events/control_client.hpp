@@ -61,6 +61,9 @@ class ControlClient {
   // Whose read data (read, pread64, recvfrom at exit) the monitor copies; nullopt: every DTB's
   // (the default). The others' reads come with their length only (kCaptureNotCopied).
   Result<std::uint32_t> set_read_data_dtbs(const std::optional<std::vector<Dtb>>& dtbs);
+  // Argument rules for the processes outside the read-data set (abi::ArgRule), replacing those in
+  // force; empty: none. At most abi::kMaxArgRules, one per call.
+  Result<std::uint32_t> set_arg_rules(const std::vector<abi::ArgRule>& rules);
   // The numbers that pass in one table (x86-64, which x32 shares, or i386); nullopt: all.
   Result<std::uint32_t> set_syscalls(const std::optional<std::vector<unsigned>>& nrs,
                                      abi::SyscallAbi table = abi::SyscallAbi::kX86_64);

@@ -1391,4 +1391,22 @@ syscalls::TraceSet syscall_set() {
   return set;
 }
 
+std::vector<abi::ArgRule> arg_rules() {
+  // O_WRONLY | O_RDWR | O_CREAT | O_TRUNC | O_APPEND | O_DIRECTORY | O_PATH (x86-64 and i386 alike).
+  constexpr std::uint64_t kWritesOrNamesADir = 01 | 02 | 0100 | 01000 | 02000 | 0200000 | 010000000;
+  struct Rule {
+    std::string_view name;
+    std::uint8_t arg;
+    std::uint64_t mask;
+  };
+  constexpr Rule kRules[] = {{"read", 0, 0}, {"pread64", 0, 0}, {"open", 1, kWritesOrNamesADir}, {"openat", 2, kWritesOrNamesADir}};
+  std::vector<abi::ArgRule> out;
+  constexpr abi::SyscallAbi kAbis[2] = {abi::SyscallAbi::kX86_64, abi::SyscallAbi::kI386};
+  for (std::uint8_t a = 0; a < 2; ++a)
+    for (const auto& r : kRules)
+      if (const auto nr = syscalls::Table::get(kAbis[a]).by_name(r.name))
+        out.push_back(abi::ArgRule{static_cast<std::uint16_t>(*nr), a, r.arg, 0, r.mask});
+  return out;
+}
+
 }  // namespace hvtrace::session

@@ -9,6 +9,7 @@
 // Every input comes from an attacker-controlled guest: every buffer is bounded by TrackerConfig.
 #pragma once
 
+#include "hvtrace/abi/control.h"
 #include "session/sockaddr.hpp"
 #include "syscalls/syscalls.hpp"
 
@@ -28,6 +29,13 @@ namespace hvtrace::session {
 // of a watched process is ignored, so `hvtrace session` asks the monitor for these only (the
 // Tracer adds what following processes needs; the live side adds what it reads besides).
 [[nodiscard]] syscalls::TraceSet syscall_set();
+
+// Of those, what the engine needs from the programs a session runs, as opposed to the SSH
+// server's own processes (the monitor's read-data set, abi::ArgRule): no reads (the terminal is
+// read by the server) and only the opens that can write a file or name a directory a later
+// openat may start from (O_WRONLY, O_RDWR, O_CREAT, O_TRUNC, O_APPEND, O_DIRECTORY, O_PATH). A
+// compile's read-only opens and reads of its sources then never leave the hypervisor.
+[[nodiscard]] std::vector<abi::ArgRule> arg_rules();
 
 // One completed system call of a watched process. Times: host CLOCK_MONOTONIC, ns.
 struct CallEvent {

@@ -111,7 +111,10 @@ Result<void> ControlSink::set_sync_syscalls(const std::vector<unsigned>& nrs, ab
 }
 Result<void> ControlSink::set_all_dtbs() { return done_or(ctl_->set_all_dtbs()); }
 Result<void> ControlSink::set_dtbs(const std::vector<Dtb>& dtbs) { return done_or(ctl_->set_dtbs(dtbs)); }
-Result<void> ControlSink::set_read_data_dtbs(const std::vector<Dtb>& dtbs) { return done_or(ctl_->set_read_data_dtbs(dtbs)); }
+Result<void> ControlSink::set_read_data_dtbs(const std::optional<std::vector<Dtb>>& dtbs) {
+  return done_or(ctl_->set_read_data_dtbs(dtbs));
+}
+Result<void> ControlSink::set_arg_rules(const std::vector<abi::ArgRule>& rules) { return done_or(ctl_->set_arg_rules(rules)); }
 Result<void> ControlSink::set_actions(const events::Actions& a) { return done_or(ctl_->set_actions(a)); }
 
 Tracer::Tracer(GuestQueries& guest, FilterSink& filter, TraceConfig cfg, LineSink out)
@@ -217,6 +220,10 @@ Result<void> Tracer::apply() {
   a.cr3 = wide ? abi::Action::kDrop : abi::Action::kSync;
   a.cr3_unfiltered = cfg_.method == 3;
   if (cfg_.method == 3) a.cr3 = abi::Action::kSync;
+  // Both replace what a consumer before this one left (a session killed mid-way).
+  if (auto r = filter_->set_arg_rules(cfg_.arg_rules); !r) return std::move(r).with_context("setting the argument rules").error();
+  if (wide || cfg_.read_data_comms.empty())
+    if (auto r = filter_->set_read_data_dtbs(std::nullopt); !r) return std::move(r).with_context("resetting the read-data set").error();
   if (wide) {
     if (auto r = filter_->set_all_dtbs(); !r) return std::move(r).with_context("setting the DTB filter").error();
   } else if (auto r = push_dtbs(); !r) {

@@ -65,6 +65,10 @@ struct TraceConfig {
   // with their length only. hvtrace session: the SSH server's, whose reads of the terminal are
   // the session's screen, while a compile's reads of its sources are not needed.
   std::set<std::string> read_data_comms;
+  // Calls the processes outside that set make pass the monitor only when an argument says so
+  // (abi::ArgRule; inert without read_data_comms, whose set holds every process then). hvtrace
+  // session: the programs' reads and read-only opens are not needed, only the server's.
+  std::vector<abi::ArgRule> arg_rules;
 };
 
 // The comm the kernel gives a task that execs `path` (the basename, at most 15 characters), as
@@ -123,7 +127,9 @@ class FilterSink {
   virtual Result<void> set_sync_syscalls(const std::vector<unsigned>& nrs, abi::SyscallAbi table) = 0;
   virtual Result<void> set_all_dtbs() = 0;
   virtual Result<void> set_dtbs(const std::vector<Dtb>& dtbs) = 0;
-  virtual Result<void> set_read_data_dtbs(const std::vector<Dtb>&) { return {}; }
+  // nullopt: every DTB's read data is copied (the monitor's default).
+  virtual Result<void> set_read_data_dtbs(const std::optional<std::vector<Dtb>>&) { return {}; }
+  virtual Result<void> set_arg_rules(const std::vector<abi::ArgRule>&) { return {}; }
   virtual Result<void> set_actions(const events::Actions& a) = 0;
   virtual Result<void> add_breakpoint(const events::BreakpointSpec&) { return {}; }
   virtual Result<void> remove_breakpoint(std::uint32_t) { return {}; }
@@ -152,7 +158,8 @@ class ControlSink final : public FilterSink {
   Result<void> set_sync_syscalls(const std::vector<unsigned>& nrs, abi::SyscallAbi table) override;
   Result<void> set_all_dtbs() override;
   Result<void> set_dtbs(const std::vector<Dtb>& dtbs) override;
-  Result<void> set_read_data_dtbs(const std::vector<Dtb>& dtbs) override;
+  Result<void> set_read_data_dtbs(const std::optional<std::vector<Dtb>>& dtbs) override;
+  Result<void> set_arg_rules(const std::vector<abi::ArgRule>& rules) override;
   Result<void> set_actions(const events::Actions& a) override;
   Result<void> add_breakpoint(const events::BreakpointSpec& b) override;
   Result<void> remove_breakpoint(std::uint32_t id) override;

@@ -261,6 +261,72 @@ TEST(Control, TheReadDataSetIsSeparateFromTheDtbFilter) {
   EXPECT_TRUE(n2.read_data_passes(0x7ffe000));
 }
 
+// openat (x86-64 257) for writing only, read (i386 3) never, for the processes outside the
+// read-data set; inside it, and for calls without a rule, nothing changes.
+TEST(Control, ArgumentRulesHoldBackCallsOnlyOutsideTheReadDataSet) {
+  FilterConfig cur, with_set, next;
+  auto d = message<abi::SetDtbsMsg>(abi::CtlType::kSetReadDataDtbs);
+  d.mode = 1;
+  d.count = 1;
+  d.dtbs[0] = 0x10000;
+  ASSERT_EQ(apply(d, cur, &with_set), abi::CtlStatus::kOk);
+  auto r = message<abi::SetArgRulesMsg>(abi::CtlType::kSetArgRules);
+  r.count = 2;
+  r.rules[0] = abi::ArgRule{257, 0, 2, 0, 0x643};
+  r.rules[1] = abi::ArgRule{3, 1, 0, 0, 0};
+  ASSERT_EQ(apply(r, with_set, &next), abi::CtlStatus::kOk);
+  const std::uint64_t rdonly[6] = {0xffffff9c, 0x1000, 0x80000, 0, 0, 0};   // O_RDONLY | O_CLOEXEC
+  const std::uint64_t creat[6] = {0xffffff9c, 0x1000, 0x241, 0644, 0, 0};  // O_WRONLY | O_CREAT | O_TRUNC
+  const auto x64 = abi::SyscallAbi::kX86_64;
+  const auto i386 = abi::SyscallAbi::kI386;
+  EXPECT_FALSE(next.args_pass(x64, 257, rdonly, 0x7ffe000));
+  EXPECT_TRUE(next.args_pass(x64, 257, creat, 0x7ffe000));
+  EXPECT_TRUE(next.args_pass(x64, 257, rdonly, 0x10000));                  // the server's: everything
+  EXPECT_FALSE(next.args_pass(abi::SyscallAbi::kX32, 257 | abi::kX32SyscallBit, rdonly, 0x7ffe000));
+  EXPECT_FALSE(next.args_pass(i386, 3, creat, 0x7ffe000));                // mask 0: never
+  EXPECT_TRUE(next.args_pass(x64, 3, rdonly, 0x7ffe000));                  // x86-64 close: no rule
+  EXPECT_TRUE(next.args_pass(i386, 257, rdonly, 0x7ffe000));               // the rule is x86-64's
+  EXPECT_FALSE(next.all_pass());   // an exit whose entry was not seen may be one held back
+  EXPECT_TRUE(cur.args_pass(x64, 257, rdonly, 0x7ffe000));   // no rules: no change
+  FilterConfig all_dtbs;           // the read-data set in mode all holds every process: no rule applies
+  ASSERT_EQ(apply(r, cur, &all_dtbs), abi::CtlStatus::kOk);
+  EXPECT_TRUE(all_dtbs.args_pass(x64, 257, rdonly, 0x7ffe000));
+  FilterConfig cleared;            // count 0 removes them
+  ASSERT_EQ(apply(message<abi::SetArgRulesMsg>(abi::CtlType::kSetArgRules), next, &cleared), abi::CtlStatus::kOk);
+  EXPECT_TRUE(cleared.args_pass(x64, 257, rdonly, 0x7ffe000));
+  EXPECT_TRUE(cleared.all_pass());
+  // Refused, with nothing changed: too many, a number or argument out of range, two rules for
+  // one call, a rule past the count, reserved bits.
+  std::string why;
+  const auto refused = [&](abi::SetArgRulesMsg m) {
+    FilterConfig out;
+    abi::CtlType type{};
+    return apply_control(&m, sizeof m, next, &out, &type, &why) == abi::CtlStatus::kBadValue && !why.empty();
+  };
+  auto bad = r;
+  bad.count = abi::kMaxArgRules + 1;
+  EXPECT_TRUE(refused(bad));
+  bad = r;
+  bad.rules[0].nr = abi::kSyscallBits;
+  EXPECT_TRUE(refused(bad));
+  bad = r;
+  bad.rules[1].arg = 6;
+  EXPECT_TRUE(refused(bad));
+  bad = r;
+  bad.rules[1] = bad.rules[0];
+  EXPECT_TRUE(refused(bad));
+  EXPECT_NE(why.find("same call"), std::string::npos) << why;
+  bad = r;
+  bad.rules[5].mask = 1;
+  EXPECT_TRUE(refused(bad));
+  bad = r;
+  bad.rules[0].abi = 2;
+  EXPECT_TRUE(refused(bad));
+  bad = r;
+  bad.reserved = 1;
+  EXPECT_TRUE(refused(bad));
+}
+
 TEST(Control, ValidChangesBumpTheGeneration) {
   FilterConfig cur, next;
   auto d = message<abi::SetDtbsMsg>(abi::CtlType::kSetDtbs);

@@ -1241,3 +1241,39 @@ TEST(SessionSyscallSet, HoldsWhatTheEngineReadsAndNotWhatItIgnores) {
 
 }  // namespace
 }  // namespace hvtrace::session
+
+// The rules hvtrace session gives the monitor for the programs a session runs: each is for a call
+// the engine reads; no reads; an open passes when it can write a file or names a directory a
+// later openat may start from, in both tables.
+TEST(ArgRules, ProgramsDeliverOnlyOpensThatWriteOrNameADirectory) {
+  const auto rules = hvtrace::session::arg_rules();
+  const auto set = hvtrace::session::syscall_set();
+  ASSERT_FALSE(rules.empty());
+  const auto rule_for = [&](hvtrace::abi::SyscallAbi a, std::string_view name) -> const hvtrace::abi::ArgRule* {
+    const auto nr = hvtrace::syscalls::Table::get(a).by_name(name);
+    if (!nr) return nullptr;
+    for (const auto& r : rules)
+      if (r.nr == *nr && r.abi == (a == hvtrace::abi::SyscallAbi::kI386 ? 1 : 0)) return &r;
+    return nullptr;
+  };
+  for (const auto& r : rules) EXPECT_TRUE(set.nrs[r.abi].test(r.nr)) << r.abi << "/" << r.nr;
+  for (const auto a : {hvtrace::abi::SyscallAbi::kX86_64, hvtrace::abi::SyscallAbi::kI386}) {
+    const auto* read = rule_for(a, "read");
+    ASSERT_NE(read, nullptr);
+    EXPECT_EQ(read->mask, 0u);
+    const auto* openat = rule_for(a, "openat");
+    ASSERT_NE(openat, nullptr);
+    EXPECT_EQ(openat->arg, 2);
+    const auto passes = [&](std::uint64_t flags) { return (flags & openat->mask) != 0; };
+    EXPECT_FALSE(passes(0));                  // O_RDONLY
+    EXPECT_FALSE(passes(02000000 | 0100000)); // O_RDONLY | O_CLOEXEC | O_LARGEFILE
+    EXPECT_TRUE(passes(01));                  // O_WRONLY
+    EXPECT_TRUE(passes(02));                  // O_RDWR
+    EXPECT_TRUE(passes(0100));                // O_CREAT with O_RDONLY still makes a file
+    EXPECT_TRUE(passes(0200000 | 04000));     // O_DIRECTORY | O_NONBLOCK: opendir
+    EXPECT_TRUE(passes(010000000));           // O_PATH: a dirfd too
+    EXPECT_EQ(rule_for(a, "open")->arg, 1);
+    EXPECT_EQ(rule_for(a, "close"), nullptr);   // fds are closed whoever opened them
+    EXPECT_EQ(rule_for(a, "write"), nullptr);
+  }
+}

@@ -475,9 +475,16 @@ class LogSink final : public FilterSink {
     log.push_back(s);
     return {};
   }
-  Result<void> set_read_data_dtbs(const std::vector<Dtb>& dtbs) override {
+  Result<void> set_read_data_dtbs(const std::optional<std::vector<Dtb>>& dtbs) override {
     std::string s = "read data";
-    for (const auto& d : dtbs) s += fmt::format(" {:#x}", d.value);
+    if (!dtbs) s += " all";
+    for (const auto& d : dtbs.value_or(std::vector<Dtb>{})) s += fmt::format(" {:#x}", d.value);
+    log.push_back(s);
+    return {};
+  }
+  Result<void> set_arg_rules(const std::vector<abi::ArgRule>& rules) override {
+    std::string s = "arg rules";
+    for (const auto& r : rules) s += fmt::format(" {}/{}:{}&{:#x}", r.abi, r.nr, r.arg, r.mask);
     log.push_back(s);
     return {};
   }
@@ -561,6 +568,8 @@ TEST(Tracer, CommStartedLaterJoinsTheFilterAtItsExec) {
       "remove 0x74720002",                                   // one left by a tracer that died
       fmt::format("add 0x74720002 {:#x} {} {} 0", kExecVa,   // kernel, sync, every address space
                   static_cast<int>(abi::BreakpointKind::kKernel), static_cast<int>(abi::Action::kSync)),
+      "arg rules",                                           // none, and every DTB's read data: whatever
+      "read data all",                                       // a session that died left goes
       "dtbs",                                                // nothing of that name yet: nothing passes
       fmt::format("dtbs {:#x}", kNewDtb),                    // the exec'ing shell, at the breakpoint
       "dtbs",                                                // calls exited
@@ -608,7 +617,7 @@ TEST(Tracer, CommWithoutTheExecSymbolFallsBackToEveryProcessDelivered) {
   ASSERT_TRUE(t.trace_comm("calls").ok());
   ASSERT_TRUE(t.apply().ok());
   EXPECT_TRUE(t.comm_filtered_here());
-  EXPECT_EQ(sink.log, std::vector<std::string>{"all"});
+  EXPECT_EQ(sink.log, (std::vector<std::string>{"arg rules", "read data all", "all"}));
   EXPECT_EQ(sink.cr3, abi::Action::kDrop);
   Stream s;
   s.entry(kCat, kChildTask, kCatDtb, 0, {0, 0x1000, 10});   // another process's read: not traced
@@ -627,7 +636,7 @@ TEST(Tracer, CommWithoutTheExecSymbolFallsBackToEveryProcessDelivered) {
   Tracer t2(fake, sink2, m2, [](const std::string&) {});
   ASSERT_TRUE(t2.apply().ok());
   EXPECT_FALSE(t2.comm_filtered_here());
-  EXPECT_EQ(sink2.log, std::vector<std::string>{"all"});
+  EXPECT_EQ(sink2.log, (std::vector<std::string>{"arg rules", "read data all", "all"}));
 }
 
 // hvtrace session: only the SSH server's reads carry the terminal, so the monitor copies read data
@@ -673,6 +682,7 @@ TEST(Tracer, ReadDataIsCopiedOnlyForTheServersProcesses) {
   s3.exit(kChild, kChildTask, kNewDtb, 0, 64);
   for (const auto& e : s3.events) ASSERT_TRUE(t.handle(e).ok());
   const std::vector<std::string> want = {
+      "arg rules",
       fmt::format("dtbs {:#x}", kOldDtb),
       fmt::format("read data {:#x}", kOldDtb),
       fmt::format("dtbs {:#x} {:#x}", kOldDtb, kChildDtb),        // the fork child, before it runs
@@ -682,12 +692,33 @@ TEST(Tracer, ReadDataIsCopiedOnlyForTheServersProcesses) {
       fmt::format("read data {:#x}", kOldDtb),                    // bash's first call: not a server
   };
   EXPECT_EQ(sink.log, want);
-  // Without read_data_comms (hvtrace trace) the set is never sent: every process's reads are copied.
+  // Without read_data_comms (hvtrace trace) every process's reads are copied: the set goes back to
+  // all (a session killed mid-way may have left one), and never changes after.
   LogSink plain;
   Tracer t2(guest, plain, config(true), [](const std::string&) {});
   ASSERT_TRUE(t2.trace_pid(kShell).ok());
   ASSERT_TRUE(t2.apply().ok());
-  for (const auto& line : plain.log) EXPECT_EQ(line.rfind("read data", 0), std::string::npos) << line;
+  for (const auto& e : s.events) ASSERT_TRUE(t2.handle(e).ok());
+  const auto read_data_lines = std::count_if(plain.log.begin(), plain.log.end(), [](const std::string& l) { return l.starts_with("read data"); });
+  EXPECT_EQ(read_data_lines, 1);
+  EXPECT_NE(std::find(plain.log.begin(), plain.log.end(), "read data all"), plain.log.end());
+}
+
+// The argument rules of the config reach the monitor as they are, and an empty list clears the
+// rules a consumer before this one left.
+TEST(Tracer, ArgRulesAreSentAtApply) {
+  CommGuest fake;
+  fake.running = {{kShell, kOldDtb, "sh"}};
+  LogSink sink;
+  auto cfg = config(true);
+  cfg.read_data_comms = {"sh"};
+  cfg.arg_rules = {abi::ArgRule{257, 0, 2, 0, 0x643}, abi::ArgRule{3, 1, 0, 0, 0}};
+  Tracer t(fake, sink, cfg, [](const std::string&) {});
+  ASSERT_TRUE(t.trace_pid(kShell).ok());
+  ASSERT_TRUE(t.apply().ok());
+  ASSERT_FALSE(sink.log.empty());
+  EXPECT_NE(std::find(sink.log.begin(), sink.log.end(), "arg rules 0/257:2&0x643 1/3:0&0x0"), sink.log.end())
+      << ::testing::PrintToString(sink.log);
 }
 
 TEST(Recording, CommStartedLaterReplaysToIdenticalOutput) {

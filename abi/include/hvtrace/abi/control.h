@@ -18,6 +18,7 @@ inline constexpr std::uint32_t kMaxDtbs = 64;
 inline constexpr std::uint32_t kSyscallBits = 512;       // syscall numbers 0..511
 inline constexpr std::uint32_t kMaxBreakpoints = 64;    // in force at once (bp= arguments included)
 inline constexpr std::uint32_t kMaxBreakpointDtbs = 4;  // address spaces one breakpoint may be scoped to
+inline constexpr std::uint32_t kMaxArgRules = 16;       // SetArgRulesMsg
 
 enum class CtlType : std::uint16_t {
   kAttach = 1,        // AttachMsg -> Reply (status, generation); the consumer of the rings
@@ -37,6 +38,9 @@ enum class CtlType : std::uint16_t {
                            // at the exit, as long as the return value) is copied only for these
                            // DTBs; the others' such captures come with no bytes, flagged
                            // kCaptureNotCopied. Mode all (the default): every DTB's.
+  kSetArgRules = 13,       // SetArgRulesMsg: calls that a process outside the read-data set makes
+                           // pass only when an argument has one of a mask's bits (e.g. openat only
+                           // for writing); replaces the rules in force, count 0 removes them
 };
 
 struct CtlHeader {
@@ -67,6 +71,28 @@ struct SetDtbsMsg {
   std::uint64_t dtbs[kMaxDtbs];  // masked with kDtbMask by the monitor; entries >= count must be 0
 };
 static_assert(sizeof(SetDtbsMsg) == 24 + 8 * kMaxDtbs);
+
+// One argument rule (SetArgRulesMsg). An entry of call `nr` of table `abi` (0 x86-64, x32 with
+// its bit cleared; 1 i386) by a process whose DTB is outside the read-data set (kSetReadDataDtbs;
+// with that set in mode all, every process is inside and no rule applies) passes only when
+// (args[arg] & mask) != 0; mask 0: never. A call dropped at entry is not paired, so its exit is
+// dropped too. Rules narrow what the syscall set and the DTB set let through, never widen it.
+struct ArgRule {
+  std::uint16_t nr;         // < kSyscallBits
+  std::uint8_t abi;         // 0 or 1, as SetSyscallsMsg::abi
+  std::uint8_t arg;         // 0-5
+  std::uint32_t reserved;   // 0
+  std::uint64_t mask;
+};
+static_assert(sizeof(ArgRule) == 16);
+
+struct SetArgRulesMsg {
+  CtlHeader hdr;
+  std::uint32_t count;      // <= kMaxArgRules; rules >= count must be all 0; at most one rule per (abi, nr)
+  std::uint32_t reserved;   // 0
+  ArgRule rules[kMaxArgRules];
+};
+static_assert(sizeof(SetArgRulesMsg) == 24 + 16 * kMaxArgRules);
 
 struct SetSyscallsMsg {
   CtlHeader hdr;
