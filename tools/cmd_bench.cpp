@@ -1122,6 +1122,7 @@ struct SessionBenchOptions {
   bool quick = false;
   unsigned boot_timeout_s = 180;
   std::string report_from;   // --report FILE: only rewrite session.md from an earlier results.json
+  unsigned neighbour_us = 40;   // the neighbour arm's work per millisecond
 };
 
 // What every run of the session benchmark shares: the attacker, its scripts, the NATS server.
@@ -1133,6 +1134,46 @@ struct SessionBench {
   unsigned iterations = 1;
   std::string typing;
   std::string nats_url;
+  unsigned neighbour_us = 40;
+};
+
+// The neighbour arm: a host thread beside the unwatched guest that does what a watcher does to
+// the host without watching anything — every millisecond it wakes and, for `busy_us`, writes
+// through 8 MiB of memory (the cache lines a watcher's reads of the rings and guest RAM and its
+// output would take), then sleeps. It separates what watching costs QEMU through the monitor
+// from what any busy process beside QEMU costs on a host with few cores.
+class Neighbour {
+ public:
+  explicit Neighbour(unsigned busy_us) : busy_(std::chrono::microseconds(busy_us)), buf_(8u << 20, 1) {
+    th_ = std::jthread([this](const std::stop_token& st) { run(st); });
+  }
+  // Stops the thread; its CPU seconds.
+  double stop() {
+    th_.request_stop();
+    th_.join();
+    return cpu_s_;
+  }
+
+ private:
+  void run(const std::stop_token& st) {
+    std::size_t i = 0;
+    while (!st.stop_requested()) {
+      const auto t0 = std::chrono::steady_clock::now();
+      while (std::chrono::steady_clock::now() - t0 < busy_)
+        for (int k = 0; k < 256; ++k) {
+          buf_[i] = static_cast<unsigned char>(buf_[i] + 1);
+          i = (i + 4160) % buf_.size();
+        }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    timespec ts{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    cpu_s_ = static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) / 1e9;
+  }
+  std::chrono::microseconds busy_;
+  std::vector<unsigned char> buf_;
+  double cpu_s_ = 0;
+  std::jthread th_;
 };
 
 // The measured session: a few ordinary commands around the workload, typed at a prompt.
@@ -1221,7 +1262,10 @@ json run_session_arm(const std::string& arm, Guest& g, const SessionBench& b, un
       return run;
     }
   }
+  std::optional<Neighbour> neighbour;
+  if (arm == "neighbour") neighbour.emplace(b.neighbour_us);
   const double cpu0 = qemu_cpu_seconds(rec.qemu_pid);
+  const double watcher_cpu0 = w ? bench::process_cpu_seconds(w->pid()) : 0;
   const std::uint64_t insns0 = g.reader ? g.reader->guest_insns() : 0;
   // selftime=on: host time inside the monitor's callbacks, and of it the time the vCPU waited for
   // the watcher's ack of synchronous events (the guest paused; QEMU's thread asleep after 20 µs).
@@ -1239,6 +1283,8 @@ json run_session_arm(const std::string& arm, Guest& g, const SessionBench& b, un
   auto a = run_attacker(b, rec, b.script, wdir / "screen.txt", {fmt::format("N={}", b.iterations)}, 600);
   run["wall_s"] = std::chrono::duration<double>(Clock::now() - t0).count();
   run["qemu_cpu_s"] = qemu_cpu_seconds(rec.qemu_pid) - cpu0;
+  if (w) run["watcher_window_cpu_s"] = bench::process_cpu_seconds(w->pid()) - watcher_cpu0;
+  if (neighbour) run["neighbour_cpu_s"] = neighbour->stop();
   if (const std::uint64_t insns1 = g.reader ? g.reader->guest_insns() : 0; insns1 > insns0)
     run["guest_insns"] = static_cast<double>(insns1 - insns0);   // --icount (a count: no host noise)
   if (const auto cb1 = callback_ns(); cb1.first > cb0.first) {
@@ -1327,7 +1373,8 @@ json run_rss_session(Guest& g, const SessionBench& b, double minutes, const vm::
 }
 
 std::vector<std::string> parse_arms(const std::string& list) {
-  return parse_name_list(list, {"none", "idle", "session", "publish"}, "idle", "--arms", "none,idle,session,publish",
+  return parse_name_list(list, {"none", "idle", "neighbour", "session", "publish"}, "idle", "--arms",
+                         "none,idle,neighbour,session,publish",
                          [](const std::string& w) { return w == "session+publish" ? std::string("publish") : w; });
 }
 
@@ -1363,6 +1410,7 @@ void run_session_bench(SessionBenchOptions o) {
   b.passwords = image->dir / "passwords";
   b.iterations = o.iterations;
   b.typing = o.typing;
+  b.neighbour_us = o.neighbour_us;
   const vm::fs::path dir = o.out_dir;
   std::error_code ec;
   vm::fs::create_directories(dir, ec);
@@ -1402,7 +1450,7 @@ void run_session_bench(SessionBenchOptions o) {
   json results = results_header("hvtrace-bench-session/1", image->kernel_release);
   results["config"] = {{"rounds", o.rounds},           {"iterations", o.iterations}, {"arms", arms}, {"icount", o.icount},
                        {"quick", o.quick},             {"minutes", o.minutes},       {"typing", o.typing},
-                       {"commands_typed", b.commands_typed}, {"session_lines", kSessionLines},
+                       {"commands_typed", b.commands_typed}, {"session_lines", kSessionLines}, {"neighbour_us", o.neighbour_us},
                        {"note", "qemu_cpu_s: utime+stime of QEMU from the attacker's start to its exit; guest_s: the workload's own "
                                 "clock; wall_s: the client's session on the host; idle: the monitor loaded, no watcher; "
                                 "follow_*: hvtrace session's own --follow latency (Enter key's write in the guest -> line printed)"}};
@@ -1518,8 +1566,12 @@ void add_bench_command(CLI::App& app) {
   sess->add_option("--rounds", ss->rounds, "interleaved rounds (each arm once per round, order rotated; 0 with --minutes: the RSS run alone)")
       ->capture_default_str();
   sess->add_option("--iterations", ss->iterations, "jansson-workload iterations typed in each session")->capture_default_str();
-  sess->add_option("--arms", ss->arms, "arms: idle (unwatched), session, publish (session + --publish), none (2nd guest, no plugin)")
+  sess->add_option("--arms", ss->arms, "arms: idle (unwatched), session, publish (session + --publish), none (2nd guest, no plugin), "
+                                       "neighbour (unwatched, with a busy host thread beside it: see --neighbour-us)")
       ->capture_default_str();
+  sess->add_option("--neighbour-us", ss->neighbour_us, "the neighbour arm's thread: microseconds of memory writes every "
+                                                       "millisecond (40: about a watcher's CPU during the session)")
+      ->capture_default_str()->check(CLI::Range(1u, 900u));
   sess->add_option("--minutes", ss->minutes, "then one watched session of this many minutes with continuous output: the "
                                              "watcher's RSS every second (0: skip; --quick: 0.5)")->capture_default_str();
   sess->add_option("--typing", ss->typing, "milliseconds per key, MIN-MAX (scripts/attacker --delay)")->capture_default_str()->check(typing_error);

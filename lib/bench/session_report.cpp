@@ -19,13 +19,14 @@ using nlohmann::json;
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
 const std::vector<std::string>& arm_order() {
-  static const std::vector<std::string> order = {"none", "idle", "session", "publish"};
+  static const std::vector<std::string> order = {"none", "idle", "neighbour", "session", "publish"};
   return order;
 }
 
 std::string arm_title(const std::string& a) {
   static const std::map<std::string, std::string> t = {{"none", "no plugin (2nd guest)"},
                                                        {"idle", "unwatched (monitor idle)"},
+                                                       {"neighbour", "unwatched + busy host thread"},
                                                        {"session", "hvtrace session --follow"},
                                                        {"publish", "session --follow --publish"}};
   const auto it = t.find(a);
@@ -92,11 +93,15 @@ std::string make_session_report(const json& results) {
       "pseudo-terminal, password login, keys typed {} ms apart) logs in and types {} command lines, among them "
       "`jansson-workload {}` (unzip + tcc compile of jansson 2.14), then `exit`. Arms, interleaved per round with the order "
       "rotated: **idle** — the unwatched run: the monitor plugin loaded in QEMU but nobody attached (nothing armed, nothing "
-      "delivered); **session** — `hvtrace session --follow` watching the SSH server and everything below it; **publish** — "
+      "delivered); {}**session** — `hvtrace session --follow` watching the SSH server and everything below it; **publish** — "
       "the same plus `--publish` to a local nats-server with JetStream{}. QEMU CPU: utime+stime of the QEMU process from the "
       "client's start to its exit (login, typing, workload, logout); guest clock: the workload's own time in the guest. "
       "Ratios: mean over rounds / mean over rounds, 95% bootstrap interval over rounds (resampled as pairs). {} round(s).\n\n",
       cfg.value("typing", "?"), cfg.value("commands_typed", 0u), cfg.value("iterations", 0u),
+      has("neighbour") ? fmt::format("**neighbour** — unwatched, with a host thread beside QEMU that writes through 8 MiB for "
+                                     "{} µs every millisecond and watches nothing (what any busy process beside QEMU costs it "
+                                     "on this host); ", cfg.value("neighbour_us", 0u))
+                       : std::string(),
       has("none") ? "; **none** — a second guest without the plugin" : "", cfg.value("rounds", 0u));
   md += fmt::format("Command: `{}`\n\n", results.value("command", ""));
 
@@ -151,6 +156,16 @@ std::string make_session_report(const json& results) {
   }
   row("QEMU CPU vs idle", [&](const std::string& a) { return a == "idle" ? "–" : percent_text(ratio(results, a, "idle", "qemu_cpu_s")); });
   row("guest clock vs idle", [&](const std::string& a) { return a == "idle" ? "–" : percent_text(ratio(results, a, "idle", "guest_s")); });
+  if (has("neighbour")) {
+    // What a busy process beside QEMU costs it without any watching, and what watching costs over that.
+    row("host CPU beside QEMU s (watcher / neighbour thread)", [&](const std::string& a) {
+      const auto v = ok_values(series(results, a, a == "neighbour" ? "neighbour_cpu_s" : "watcher_window_cpu_s"));
+      return v.empty() ? std::string("–") : cell(v);
+    });
+    row("QEMU CPU vs neighbour", [&](const std::string& a) {
+      return watched(a) ? percent_text(ratio(results, a, "neighbour", "qemu_cpu_s")) : std::string("–");
+    });
+  }
   row("QEMU CPU vs session", [&](const std::string& a) {
     return a == "publish" ? percent_text(ratio(results, a, "session", "qemu_cpu_s")) : std::string("–");
   });

@@ -327,6 +327,23 @@ TEST(SessionReport, ArmsOverheadsAndTargets) {
   EXPECT_NE(md3.find("| guest instructions vs idle | – | +10.0% [+10.0, +10.0] | +10.0% [+10.0, +10.0] |"), std::string::npos) << md3;
   EXPECT_NE(md3.find("| monitor callbacks s (selftime, waits excluded) | – | 0.050 | 0.050 |"), std::string::npos) << md3;
   EXPECT_NE(md3.find("| monitor callbacks vs idle QEMU CPU | – | 0.50% | 0.50% |"), std::string::npos) << md3;
+  EXPECT_EQ(md.find("neighbour"), std::string::npos) << "no neighbour arm, no neighbour rows";
+  // The neighbour arm (+1.5% over idle with no watching): the watched arms against it, and the host
+  // CPU beside QEMU in each arm (the neighbour thread's, the watcher's during the session).
+  auto n = session_results(3);
+  n["config"]["neighbour_us"] = 40;
+  for (unsigned i = 0; i < 3; ++i) {
+    n["runs"].push_back({{"arm", "neighbour"}, {"round", i}, {"ok", true}, {"qemu_cpu_s", 10.15}, {"guest_s", 5.0}, {"wall_s", 12.0},
+                         {"neighbour_cpu_s", 0.25}});
+  }
+  for (auto& run : n["runs"])
+    if (run["arm"] == "session" || run["arm"] == "publish") run["watcher_window_cpu_s"] = 0.24;
+  const auto md4 = make_session_report(n);
+  EXPECT_NE(md4.find("| | unwatched (monitor idle) | unwatched + busy host thread | hvtrace session --follow |"), std::string::npos) << md4;
+  EXPECT_NE(md4.find("| host CPU beside QEMU s (watcher / neighbour thread) | – | 0.25 | 0.24 | 0.24 |"), std::string::npos) << md4;
+  EXPECT_NE(md4.find("| QEMU CPU vs neighbour | – | – | +0.5% [+0.5, +0.5] | +1.0% [+1.0, +1.0] |"), std::string::npos) << md4;
+  EXPECT_NE(md4.find("| QEMU CPU vs idle | – | +1.5% [+1.5, +1.5] | +2.0% [+2.0, +2.0] |"), std::string::npos) << md4;
+  EXPECT_NE(md4.find("for 40 µs every millisecond"), std::string::npos) << md4;
 }
 
 TEST(SessionReport, ChecksFlagFailuresLossMissedCommandsAndUnackedMessages) {
