@@ -639,6 +639,7 @@ std::uint64_t LineEditor::feed(std::string_view in, const std::function<void(Lin
 void ScreenLines::feed(std::string_view in, const std::function<void(const std::string&)>& line) {
   for (const char ch : in) {
     const auto c = static_cast<unsigned char>(ch);
+    if (c != '\n') ++raw_;
     if (const auto st = esc_.step(c); st != EscParser::Step::kText) {
       if (st == EscParser::Step::kCsi && c == 'K' && col_ < cur_.size()) cur_.resize(col_);   // erase to end of line
       continue;
@@ -649,6 +650,9 @@ void ScreenLines::feed(std::string_view in, const std::function<void(const std::
         while (!l.empty() && l.back() == ' ') l.pop_back();
         l = sanitize_utf8(l);
         if (cut_) l += fmt::format(" [hvtrace: line cut at {} bytes]", max_);
+        std::size_t replaced = 0;
+        for (std::size_t p = l.find("\xEF\xBF\xBD"); p != std::string::npos; p = l.find("\xEF\xBF\xBD", p + 3)) ++replaced;
+        if ((hidden_ + replaced) * 10 > raw_) l = fmt::format("[{} bytes of binary output]", raw_);
         drop_partial();
         line(l);
         break;
@@ -658,8 +662,10 @@ void ScreenLines::feed(std::string_view in, const std::function<void(const std::
         if (col_ > 0) --col_;
         break;
       default:
-        if (c < 0x20 && c != '\t') break;   // BEL and other controls show nothing
-        if (c == 0x7f) break;
+        if ((c < 0x20 && c != '\t') || c == 0x7f) {   // BEL and other controls show nothing
+          ++hidden_;
+          break;
+        }
         if (col_ < cur_.size()) {
           cur_[col_++] = static_cast<char>(c);
         } else if (cur_.size() < max_) {

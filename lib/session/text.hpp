@@ -187,13 +187,18 @@ class ScreenLines {
   void feed(std::string_view in, const std::function<void(const std::string&)>& line);
   // The line being written (no newline yet), e.g. the prompt and the echo of what is being typed.
   [[nodiscard]] const std::string& partial() const { return cur_; }
-  void drop_partial() { cur_.clear(); cut_ = false; col_ = 0; }
+  void drop_partial() { cur_.clear(); cut_ = false; col_ = 0; raw_ = 0; hidden_ = 0; }
 
  private:
   std::size_t max_;
   std::string cur_;
   std::size_t col_ = 0;        // byte position in cur_ where the next byte lands (after \r: 0)
   bool cut_ = false;
+  // Of the line's bytes as written: all of them, and the control bytes a terminal shows nothing
+  // for (NUL, BEL, ...: not \t, \r, backspace or escape sequences). A line that is mostly such
+  // bytes and invalid UTF-8 is a protocol, not text (SFTP on a session without a pty): it is
+  // passed on as "[N bytes of binary output]".
+  std::size_t raw_ = 0, hidden_ = 0;
   EscParser esc_;
 };
 

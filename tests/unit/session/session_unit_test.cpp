@@ -1008,6 +1008,16 @@ TEST(SessionText, TranscriptLinesKeepTextAndSummarizeBinary) {
       "2\xff\xfe";
   const std::string sftp(kSftp, sizeof kSftp - 1);
   EXPECT_EQ(transcript_line(sftp), fmt::format("[{} bytes of binary output]", sftp.size()));
+  // The same bytes as the transcript gets them: through the screen model, which shows nothing for
+  // the control bytes (they must still count), then a line of text and a coloured one.
+  ScreenLines screen(4096);
+  std::vector<std::string> lines;
+  screen.feed(sftp + "\n" + "hello\x07 world\n" + "\x1b[01;34mbin\x1b[0m  \x1b[01;34mboot\x1b[0m\n",
+              [&](const std::string& l) { lines.push_back(transcript_line(l)); });
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_EQ(lines[0], fmt::format("[{} bytes of binary output]", sftp.size()));
+  EXPECT_EQ(lines[1], "hello world");
+  EXPECT_EQ(lines[2], "bin  boot");
 }
 
 TEST(SessionText, LineEditorAppliesEditingKeys) {
