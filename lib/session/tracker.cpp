@@ -181,7 +181,9 @@ struct Command {
   std::uint32_t last_child = 0;     // the last process the shell forked for it (its status is the command's)
   std::optional<int> status;
   bool killed = false;
-  // What last_child was before the latest fork (the fork may turn out to be the next command's).
+  std::uint64_t last_child_ns = 0;  // when the shell forked it
+  // What last_child was before the forks since the last key written (they may turn out to be the
+  // next command's: a pipeline's several forks seen before its Enter key's write returns).
   std::uint32_t prev_child = 0;
   std::optional<int> prev_status;
   bool prev_killed = false;
@@ -853,10 +855,16 @@ struct Tracker::Impl {
       s->early_status.reset();
       s->early_gone = false;
     } else if (s->cmd && parent.pid == s->shell && s->pty) {
-      s->cmd->prev_child = s->cmd->last_child;
-      s->cmd->prev_status = s->cmd->status;
-      s->cmd->prev_killed = s->cmd->killed;
+      // The child this fork replaces is surely the command's if it has exited or a key was written
+      // since it was forked; otherwise both may be forks of the next line (a pipeline seen before
+      // its Enter key's write returns), and what the first of them replaced must be kept.
+      if (s->cmd->last_child == 0 || proc(s->cmd->last_child) == nullptr || s->cmd->last_child_ns < s->key_entry_ns) {
+        s->cmd->prev_child = s->cmd->last_child;
+        s->cmd->prev_status = s->cmd->status;
+        s->cmd->prev_killed = s->cmd->killed;
+      }
       s->cmd->last_child = child;
+      s->cmd->last_child_ns = ns;
       s->cmd->status.reset();
       s->cmd->killed = false;
     }

@@ -648,6 +648,44 @@ TEST(SessionEngine, LinesAtTheSecondaryPromptContinueTheCommand) {
   EXPECT_NE(tr.find("> EOF\n[exit 0]"), std::string::npos) << "the forked cat is the heredoc command's:\n" << tr;
 }
 
+// A pipeline's two forks, both seen before its Enter key's write returns (one vCPU: bash read the
+// key and started both programs first): the previous command keeps the status of its own child,
+// and the pipeline gets its last program's. (Command 1 showed the earlier command as still running.)
+TEST(SessionEngine, APipelineForkedBeforeItsEnterReturnsLeavesThePreviousCommandItsStatus) {
+  Rig r;
+  auto& [dir, t, g] = r;
+  g.accept(kServer, kSock, sockaddr_in(10, 0, 0, 8, 8888));
+  g.fork(kServer, kConn);
+  g.open(kConn, "/dev/ptmx", 2, kMaster);
+  g.fork(kConn, kShell);
+  g.exec(kShell, "/bin/bash", {"-bash"});
+  g.read(kConn, kMaster, "root@lab:~# ");
+  std::uint64_t enter = g.now;
+  g.fork(kShell, 400);
+  g.next_entry_ns = enter;
+  g.type(kConn, kMaster, "sha256sum /tmp/upload.txt\r", "sha256sum /tmp/upload.txt\r\n");
+  g.exec(400, "/usr/bin/sha256sum", {"sha256sum", "/tmp/upload.txt"});
+  g.exit(400, 0);
+  g.read(kConn, kMaster, "root@lab:~# ");
+  enter = g.now;
+  g.fork(kShell, 401);
+  g.fork(kShell, 402);
+  g.next_entry_ns = enter;
+  g.type(kConn, kMaster, "cat /etc/passwd | grep root\r", "cat /etc/passwd | grep root\r\n");
+  g.exec(401, "/bin/cat", {"cat", "/etc/passwd"});
+  g.exec(402, "/bin/grep", {"grep", "root"});
+  g.exit(401, 0);
+  g.exit(402, 1);
+  g.read(kConn, kMaster, "root@lab:~# ");
+  g.type(kConn, kMaster, "exit\r", "exit\r\n");
+  const auto ids = t.session_ids();
+  ASSERT_EQ(ids.size(), 1u);
+  const std::string tr = slurp(dir.path() / ids[0] / "transcript.txt");
+  EXPECT_NE(tr.find("$ sha256sum /tmp/upload.txt\n[exit 0]"), std::string::npos) << tr;
+  EXPECT_NE(tr.find("$ cat /etc/passwd | grep root\n[exit 1]"), std::string::npos) << tr;
+  EXPECT_EQ(tr.find("still running"), std::string::npos) << tr;
+}
+
 // The Enter key's write into the terminal whose return was never delivered (the monitor's table of
 // open calls was full; the tracer completes it, return value unknown, at the thread's next call):
 // the key captured at entry still enters the line. A builtin such as `exit` runs no program, so
