@@ -385,13 +385,14 @@ abi::CtlStatus apply_control(const void* msg, std::size_t len, const FilterConfi
           return CtlStatus::kBadValue;
         }
       }
-      if ((m.flags & ~abi::kActionCr3Unfiltered) != 0) {
+      if ((m.flags & ~(abi::kActionCr3Unfiltered | abi::kActionCr3LeavingOnly)) != 0) {
         set_why(why, "unknown action flags");
         return CtlStatus::kBadValue;
       }
       for (std::size_t i = 0; i < static_cast<std::size_t>(EventClass::kCount); ++i)
         n.actions[i] = static_cast<Action>(m.actions[i]);
       n.cr3_unfiltered = (m.flags & abi::kActionCr3Unfiltered) != 0;
+      n.cr3_leaving_only = (m.flags & abi::kActionCr3LeavingOnly) != 0;
       break;
     }
     case abi::CtlType::kSetSnapLen: {

@@ -54,6 +54,7 @@ struct FilterConfig {
   std::uint64_t current_task_off = 0;
   std::uint32_t pid_off = 0, tgid_off = 0;
   bool cr3_unfiltered = false;   // forward every CR3 write whatever the DTB set (ablation, method 3)
+  bool cr3_leaving_only = false; // with a DTB set, only writes from a DTB of the set (kActionCr3LeavingOnly)
   // Breakpoints in force, in the order they were added (bp= arguments first).
   std::uint32_t n_bps = 0;
   Breakpoint bps[abi::kMaxBreakpoints] = {};
@@ -84,6 +85,9 @@ struct FilterConfig {
   [[nodiscard]] bool cr3_write_passes(std::uint64_t old_dtb, std::uint64_t new_dtb) const {
     if (dtb_mode == abi::DtbMode::kAll || cr3_unfiltered) return true;
     if (old_dtb == new_dtb) return false;
+    // Leaving only: the new DTB may be in the set too (an exec's new mm on a page-table page just
+    // freed by a traced process whose exit is not yet known to the consumer), so it is not asked.
+    if (cr3_leaving_only) return dtb_passes(old_dtb);
     return dtb_passes(old_dtb) || dtb_passes(new_dtb);
   }
   [[nodiscard]] static unsigned table_of(abi::SyscallAbi a) { return a == abi::SyscallAbi::kI386 ? 1 : 0; }

@@ -168,7 +168,7 @@ Result<std::uint32_t> ControlClient::set_actions(const Actions& a) {
   m.actions[1] = static_cast<std::uint8_t>(a.syscall_entry);
   m.actions[2] = static_cast<std::uint8_t>(a.syscall_exit);
   m.actions[3] = static_cast<std::uint8_t>(a.breakpoint);
-  m.flags = a.cr3_unfiltered ? abi::kActionCr3Unfiltered : 0;
+  m.flags = (a.cr3_unfiltered ? abi::kActionCr3Unfiltered : 0) | (a.cr3_leaving_only ? abi::kActionCr3LeavingOnly : 0);
   return request(m, abi::CtlType::kSetActions);
 }
 

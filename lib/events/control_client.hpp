@@ -24,6 +24,7 @@ struct Actions {
   abi::Action syscall_exit = abi::Action::kDrop;
   abi::Action breakpoint = abi::Action::kDrop;
   bool cr3_unfiltered = false;   // every CR3 write, whatever the DTB set (the paper's method 3)
+  bool cr3_leaving_only = false; // with a DTB set: only writes from a DTB of the set (abi::kActionCr3LeavingOnly)
 };
 
 struct MonitorStats {

@@ -219,6 +219,11 @@ Result<void> Tracer::apply() {
   a.syscall_exit = sc;
   a.cr3 = wide ? abi::Action::kDrop : abi::Action::kSync;
   a.cr3_unfiltered = cfg_.method == 3;
+  // on_cr3 acts only on an exec's switch to its new mm (and a vfork child's, from its parent's):
+  // a write whose old DTB is traced. Method 5 asks for those only, so a switch into a traced
+  // process from another costs no synchronous pause; method 4 keeps the paper's pre-filter (every
+  // write touching the set) for Table 1.
+  a.cr3_leaving_only = cfg_.method == 5;
   if (cfg_.method == 3) a.cr3 = abi::Action::kSync;
   // Both replace what a consumer before this one left (a session killed mid-way).
   if (auto r = filter_->set_arg_rules(cfg_.arg_rules); !r) return std::move(r).with_context("setting the argument rules").error();

@@ -241,6 +241,31 @@ TEST(Control, TheDtbPreFilterForwardsSwitchesNotPtiFlips) {
   EXPECT_TRUE(c.cr3_write_passes(0x7ffe000, 0x7ffe000));
 }
 
+// Leaving only (method 5's tracer: it acts on an exec's switch to its new mm): a write from a DTB
+// of the set passes, to anywhere (an exec's new mm may be on a page-table page of the set whose
+// process just exited); a switch into the set from outside does not. Set by SET_ACTIONS' flag.
+TEST(Control, LeavingOnlyForwardsWritesFromTheSetNotIntoIt) {
+  FilterConfig cur, c;
+  cur.dtb_mode = abi::DtbMode::kSet;
+  cur.n_dtbs = 2;
+  cur.dtbs[0] = 0x7ffe000;
+  cur.dtbs[1] = 0x5000;
+  auto a = message<abi::SetActionsMsg>(abi::CtlType::kSetActions);
+  a.actions[0] = 2;
+  a.flags = abi::kActionCr3LeavingOnly;
+  ASSERT_EQ(apply(a, cur, &c), abi::CtlStatus::kOk);
+  EXPECT_TRUE(c.cr3_write_passes(0x7ffe000, 0x10000));   // leaving the set: a switch away or an exec
+  EXPECT_TRUE(c.cr3_write_passes(0x7ffe000, 0x5000));    // from the set to another DTB in it
+  EXPECT_FALSE(c.cr3_write_passes(0x10000, 0x7ffe000));  // entering it from outside
+  EXPECT_FALSE(c.cr3_write_passes(0x10000, 0x20000));
+  EXPECT_FALSE(c.cr3_write_passes(0x7ffe000, 0x7ffe000));
+  c.dtb_mode = abi::DtbMode::kAll;                       // no set: every write, as before
+  EXPECT_TRUE(c.cr3_write_passes(0x10000, 0x7ffe000));
+  a.flags = 1u << 2;                                     // an unknown flag is refused
+  FilterConfig bad;
+  EXPECT_EQ(apply(a, cur, &bad), abi::CtlStatus::kBadValue);
+}
+
 TEST(Control, TheReadDataSetIsSeparateFromTheDtbFilter) {
   FilterConfig cur, next;
   EXPECT_TRUE(cur.read_data_passes(0x7ffe000));   // default: every DTB's read data is copied

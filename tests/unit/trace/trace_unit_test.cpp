@@ -490,6 +490,7 @@ class LogSink final : public FilterSink {
   }
   Result<void> set_actions(const events::Actions& a) override {
     cr3 = a.cr3;
+    cr3_leaving_only = a.cr3_leaving_only;
     return {};
   }
   Result<void> add_breakpoint(const events::BreakpointSpec& b) override {
@@ -502,6 +503,7 @@ class LogSink final : public FilterSink {
   }
   std::vector<std::string> log;
   abi::Action cr3 = abi::Action::kDrop;
+  bool cr3_leaving_only = false;
 };
 
 // `--comm calls` with nothing of that name running: an unrelated exec (cat) hits the breakpoint and
@@ -523,6 +525,7 @@ struct CommRun {
   std::vector<std::string> lines, sink;
   bool filtered_here = false, done = false;
   abi::Action cr3 = abi::Action::kDrop;
+  bool cr3_leaving_only = false;
 };
 
 // Runs comm_program(); before each exec hit the guest's process list becomes what the kernel
@@ -558,6 +561,7 @@ CommRun comm_live(TraceConfig cfg, bool has_symbol, const std::optional<fs::path
   lr.close();
   out.sink = sink.log;
   out.cr3 = sink.cr3;
+  out.cr3_leaving_only = sink.cr3_leaving_only;
   return out;
 }
 
@@ -577,6 +581,7 @@ TEST(Tracer, CommStartedLaterJoinsTheFilterAtItsExec) {
   };
   EXPECT_EQ(r.sink, want_sink);
   EXPECT_EQ(r.cr3, abi::Action::kSync);   // a traced process's later exec is followed
+  EXPECT_TRUE(r.cr3_leaving_only);         // ... by the writes leaving its address space (method 5)
   ASSERT_EQ(r.lines.size(), 4u) << ::testing::PrintToString(r.lines);
   EXPECT_EQ(r.lines[0], "<... execve resumed>) = 0");
   EXPECT_EQ(r.lines[1], R"(openat(AT_FDCWD, "/etc/hostname", O_RDONLY) = 3)");
@@ -706,7 +711,7 @@ TEST(Tracer, ReadDataIsCopiedOnlyForTheServersProcesses) {
 
 // The argument rules of the config reach the monitor as they are, and an empty list clears the
 // rules a consumer before this one left.
-TEST(Tracer, ArgRulesAreSentAtApply) {
+TEST(Tracer, ArgRulesAndTheCr3FilterAreSentAtApply) {
   CommGuest fake;
   fake.running = {{kShell, kOldDtb, "sh"}};
   LogSink sink;
@@ -719,6 +724,17 @@ TEST(Tracer, ArgRulesAreSentAtApply) {
   ASSERT_FALSE(sink.log.empty());
   EXPECT_NE(std::find(sink.log.begin(), sink.log.end(), "arg rules 0/257:2&0x643 1/3:0&0x0"), sink.log.end())
       << ::testing::PrintToString(sink.log);
+  // Method 5 asks only for the CR3 writes leaving a traced address space; method 4 keeps the
+  // paper's pre-filter, every write touching the set.
+  EXPECT_TRUE(sink.cr3_leaving_only);
+  auto m4 = cfg;
+  m4.method = 4;
+  LogSink s4;
+  Tracer t4(fake, s4, m4, [](const std::string&) {});
+  ASSERT_TRUE(t4.trace_pid(kShell).ok());
+  ASSERT_TRUE(t4.apply().ok());
+  EXPECT_EQ(s4.cr3, abi::Action::kSync);
+  EXPECT_FALSE(s4.cr3_leaving_only);
 }
 
 TEST(Recording, CommStartedLaterReplaysToIdenticalOutput) {
