@@ -58,6 +58,13 @@ std::size_t append_valid(std::string_view in, std::string& out, bool keep_tail) 
 
 bool is_cont(char c) { return (static_cast<unsigned char>(c) & 0xC0) == 0x80; }
 
+// How many U+FFFD (what sanitize_utf8 puts for each invalid byte) a text holds.
+std::size_t replacement_chars(std::string_view text) {
+  std::size_t n = 0;
+  for (std::size_t p = text.find("\xEF\xBF\xBD"); p != std::string_view::npos; p = text.find("\xEF\xBF\xBD", p + 3)) ++n;
+  return n;
+}
+
 }  // namespace
 
 std::string sanitize_utf8(std::string_view in) {
@@ -72,9 +79,7 @@ std::string transcript_line(std::string_view line) {
   for (const unsigned char c : line)
     if ((c < 0x20 && c != '\t' && c != 0x1b) || c == 0x7f) ++control;
   const std::string text = sanitize_utf8(line);
-  std::size_t replaced = 0;
-  for (std::size_t p = text.find("\xEF\xBF\xBD"); p != std::string::npos; p = text.find("\xEF\xBF\xBD", p + 3)) ++replaced;
-  if ((control + replaced) * 10 > line.size()) return fmt::format("[{} bytes of binary output]", line.size());
+  if ((control + replacement_chars(text)) * 10 > line.size()) return fmt::format("[{} bytes of binary output]", line.size());
   std::string out;
   out.reserve(text.size());
   for (const unsigned char c : text) {
@@ -650,9 +655,7 @@ void ScreenLines::feed(std::string_view in, const std::function<void(const std::
         while (!l.empty() && l.back() == ' ') l.pop_back();
         l = sanitize_utf8(l);
         if (cut_) l += fmt::format(" [hvtrace: line cut at {} bytes]", max_);
-        std::size_t replaced = 0;
-        for (std::size_t p = l.find("\xEF\xBF\xBD"); p != std::string::npos; p = l.find("\xEF\xBF\xBD", p + 3)) ++replaced;
-        if ((hidden_ + replaced) * 10 > raw_) l = fmt::format("[{} bytes of binary output]", raw_);
+        if ((hidden_ + replacement_chars(l)) * 10 > raw_) l = fmt::format("[{} bytes of binary output]", raw_);
         drop_partial();
         line(l);
         break;

@@ -147,10 +147,10 @@ static_assert(sizeof(RemoveBreakpointMsg) == 24);
 
 // SetActionsMsg::flags
 inline constexpr std::uint32_t kActionCr3Unfiltered = 1u << 0;  // forward every CR3 write, ignoring the DTB set
+                                                                // (the paper's method 3: the application filters)
 inline constexpr std::uint32_t kActionCr3LeavingOnly = 1u << 1;  // with a DTB set: only writes whose old DTB is in
                                                                  // the set (a switch away, an exec loading its new
                                                                  // mm), not those entering it from outside
-                                                                // (the paper's method 3: the application filters)
 struct SetActionsMsg {
   CtlHeader hdr;
   std::uint8_t actions[static_cast<std::size_t>(EventClass::kCount)];   // Action per EventClass
