@@ -74,13 +74,19 @@ std::string breakpoint_problem(const abi::AddBreakpointMsg& m, const FilterConfi
       return who + "kernel breakpoint at lower-half address " + hex(m.va) + " (kernel text is in the upper half)";
     if (m.n_dtbs > abi::kMaxBreakpointDtbs)
       return who + "a kernel breakpoint takes 0 (every address space) to 4 DTBs, not " + std::to_string(m.n_dtbs);
+  } else if (kind == abi::BreakpointKind::kKernelTraced) {
+    if (m.va < kUpper)
+      return who + "kernel breakpoint at lower-half address " + hex(m.va) + " (kernel text is in the upper half)";
+    if (m.n_dtbs != 0)
+      return who + "a breakpoint scoped to the traced address spaces takes no DTBs (it follows the DTB filter), got " +
+             std::to_string(m.n_dtbs);
   } else if (kind == abi::BreakpointKind::kUser) {
     if (m.va >= kUpper) return who + "user breakpoint at upper-half address " + hex(m.va);
     if (m.n_dtbs != 1)
       return who + "a user breakpoint needs exactly one DTB (a user address means nothing outside its address "
                    "space), got " + std::to_string(m.n_dtbs);
   } else {
-    return who + "kind " + std::to_string(m.kind) + " is not 1 (kernel) or 2 (user)";
+    return who + "kind " + std::to_string(m.kind) + " is not 1 (kernel), 2 (user) or 3 (kernel, traced address spaces)";
   }
   for (std::uint32_t i = 0; i < abi::kMaxBreakpointDtbs; ++i) {
     if (i >= m.n_dtbs && m.dtbs[i] != 0) return who + "DTB entries past n_dtbs must be zero";
@@ -97,7 +103,7 @@ std::string breakpoint_problem(const abi::AddBreakpointMsg& m, const FilterConfi
   for (std::uint32_t i = 0; i < cur.n_bps; ++i) {
     const Breakpoint& o = cur.bps[i];
     if (o.id == m.id) return who + "id already in use (at " + hex(o.va) + ")";
-    if (o.va == b.va && o.n_dtbs == b.n_dtbs && std::memcmp(o.dtbs, b.dtbs, sizeof b.dtbs) == 0)
+    if (o.va == b.va && o.kind == b.kind && o.n_dtbs == b.n_dtbs && std::memcmp(o.dtbs, b.dtbs, sizeof b.dtbs) == 0)
       return who + "duplicate of breakpoint " + std::to_string(o.id) + " (same address and scope)";
   }
   if (cur.n_bps >= abi::kMaxBreakpoints)

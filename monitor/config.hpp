@@ -68,6 +68,10 @@ struct FilterConfig {
 
   [[nodiscard]] Action action(EventClass c) const { return actions[static_cast<std::size_t>(c)]; }
   [[nodiscard]] bool dtb_passes(std::uint64_t dtb) const { return in_set(dtb_mode, dtbs, n_dtbs, dtb); }
+  // Whether breakpoint `b` reports a hit while `dtb` is the address space.
+  [[nodiscard]] bool bp_fires_in(const Breakpoint& b, std::uint64_t dtb) const {
+    return b.kind == abi::BreakpointKind::kKernelTraced ? dtb_passes(dtb) : b.fires_in(dtb);
+  }
   [[nodiscard]] bool read_data_passes(std::uint64_t dtb) const {
     return in_set(read_data_mode, read_data_dtbs, n_read_data_dtbs, dtb);
   }

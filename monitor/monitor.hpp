@@ -115,6 +115,7 @@ struct Monitor {
   std::atomic<std::uint32_t> n_bp_sites{0};
   std::atomic<std::uint64_t> bp_serial{0};   // table changes so far
   std::atomic<std::uint64_t> bp_flushed{0};  // table changes a queued flush covers
+  std::atomic<std::uint64_t> flush_covers{0};  // bp_serial when the flush in flight was queued
   std::atomic<std::uint64_t> detect_rejected{0};
   // Translation reads it: door detection at every kernel TB start instead of the entry-text window
   // (doors.hpp detect_at). Set by a miss (on_unseen_entry), cleared when a door is learned unless

@@ -338,8 +338,13 @@ void on_entry(unsigned vcpu, void* udata) {
 // on a vCPU thread (QEMU flushes when current_cpu is set), so the control thread never calls it.
 bool request_reset(Monitor& m) {
   if (m.reset_in_flight.exchange(true)) return false;
+  // Whatever queues this flush, the code is translated again after it with every site stored
+  // before now: the breakpoints of every table change so far take effect.
+  m.flush_covers.store(m.bp_serial.load(std::memory_order_seq_cst), std::memory_order_seq_cst);
   qemu_plugin_reset(m.id, [](qemu_plugin_id_t) {
-    g_mon->reset_in_flight.store(false);
+    Monitor& mon = *g_mon;
+    if (mon.shm_hdr) abi::aref(mon.shm_hdr->bp_in_force).store(mon.flush_covers.load(), std::memory_order_release);
+    mon.reset_in_flight.store(false);
     ::hvtrace_monitor_register_callbacks();
   });
   return true;
@@ -550,7 +555,7 @@ void on_breakpoint(unsigned vcpu, void* udata) {
   bool have_regs = false;
   for (std::uint32_t i = 0; i < cfg.n_bps; ++i) {
     const Breakpoint& b = cfg.bps[i];
-    if (b.va != va || b.action == Action::kDrop || !b.fires_in(dtb)) continue;
+    if (b.va != va || b.action == Action::kDrop || !cfg.bp_fires_in(b, dtb)) continue;
     if (!have_regs) {
       have_regs = true;
       e.va = va;
@@ -724,7 +729,8 @@ void breakpoints_changed(Monitor& m, const FilterConfig& now) {
   if (!update_bp_sites(sites, n, abi::kMaxBreakpoints, want, n_want)) return;
   for (std::uint32_t i = 0; i < n; ++i) m.bp_site[i].store(sites[i], std::memory_order_relaxed);
   m.n_bp_sites.store(n, std::memory_order_release);
-  m.bp_serial.fetch_add(1, std::memory_order_seq_cst);
+  const std::uint64_t serial = m.bp_serial.fetch_add(1, std::memory_order_seq_cst) + 1;
+  if (m.shm_hdr) abi::aref(m.shm_hdr->bp_serial).store(serial, std::memory_order_release);
   for (unsigned v = 0; v < m.max_vcpus; ++v)
     if (m.vcpus[v].ready) board_field(m.f_reset_req, v).store(1, std::memory_order_seq_cst);
 }

@@ -1206,6 +1206,7 @@ void parse_session_summary(const std::string& out, json& run) {
     run["events_delivered"] = std::stoull(m[1]);
     run["sync_pauses"] = std::stoull(m[2]);
   }
+  if (find(R"(([0-9.]+) MiB through the rings)")) run["ring_mib"] = std::stod(m[1]);
   if (find(R"(lost events: (\d+) .*sync waits timed out: (\d+))")) {
     run["lost"] = std::stoull(m[1]);
     run["sync_timeouts"] = std::stoull(m[2]);

@@ -569,6 +569,7 @@ void run_session(const SessionOptions& o) {
   cfg.arg_rules = session_arg_rules();
   trace::LiveGuest live(*g.os);
   trace::ControlSink sink(ctl);
+  sink.watch_breakpoints(*reader);
   trace::Tracer tracer(live, sink, cfg, no_lines);
   tracer.set_realtime_offset(tc.realtime_offset_ns);
   CredentialBreakpoints creds(*g.ram, g.kernel->layout().paging, *g.os, sink, tracker, server_names);
@@ -665,6 +666,7 @@ void run_session(const SessionOptions& o) {
     for (std::size_t d = 0; d < std::size(s.drops); ++d) sum.drops[d] += s.drops[d] - b.drops[d];
     sum.sync_timeouts += s.sync_timeouts - b.sync_timeouts;
     sum.published += s.published - b.published;
+    sum.bytes += s.bytes - b.bytes;
     sum.open_evicted += s.open_evicted - b.open_evicted;
     sum.entries_missed += s.entries_missed - b.entries_missed;
   }
@@ -680,14 +682,15 @@ void run_session(const SessionOptions& o) {
   const std::uint64_t trapped = after ? since(after->user_syscalls, before.user_syscalls) + since(after->user_int80s, before.user_int80s) +
                                             since(after->user_sysenters, before.user_sysenters)
                                       : 0;
-  out += fmt::format("watching cost: {} events delivered ({} syscall entries, {} exits, {} CR3 switches) of {} syscalls in the guest; "
-                     "{} synchronous pauses; {} credential breakpoints set, {} hits\n",
-                     ts.events, ts.entries, ts.exits, ts.cr3, trapped, ts.sync_events, cs.set, cs.hits);
+  out += fmt::format("watching cost: {} events delivered ({} syscall entries, {} exits, {} CR3 switches) of {} syscalls in the guest, "
+                     "{:.2f} MiB through the rings; {} synchronous pauses; {} credential breakpoints set, {} hits\n",
+                     ts.events, ts.entries, ts.exits, ts.cr3, trapped, static_cast<double>(sum.bytes) / (1 << 20), ts.sync_events,
+                     cs.set, cs.hits);
   const std::uint64_t lost = std::max<std::uint64_t>(ts.lost, sum.drops[0] + sum.drops[1] + sum.drops[2] + sum.drops[3]);
   out += fmt::format("lost events: {} (ring full {}, too big {}, no consumer {}, bad tail {}); sync waits timed out: {}; "
-                     "exits lost (open-call table full): {}; entries lost (door not yet learned): {}\n",
+                     "exits lost (open-call table full): {}; entries lost (door not yet learned): {}; execs lost (new mm unreadable): {}\n",
                      lost, sum.drops[0], sum.drops[1], sum.drops[2], sum.drops[3], sum.sync_timeouts, sum.open_evicted,
-                     sum.entries_missed);
+                     sum.entries_missed, ts.execs_unread);
   if (o.follow)
     out += fmt::format("--follow latency (the Enter key's write in the guest -> line printed): {}\n", follow_latency.summary());
   if (cs.unresolved || cs.refused)

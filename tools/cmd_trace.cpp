@@ -203,6 +203,7 @@ void run_trace(const TraceOptions& o) {
   // -w: every answer the guest gives the tracer goes into the recording next to the events.
   trace::LiveGuest live(*g.os);
   trace::ControlSink sink(ctl);
+  sink.watch_breakpoints(*reader);
   std::unique_ptr<trace::RecordingWriter> writer;
   std::optional<trace::RecordingGuest> recording_guest;
   trace::GuestQueries* guest = &live;

@@ -178,6 +178,7 @@ std::string make_session_report(const json& results) {
                        cell(ok_values(series(results, a, "commands")), "{:.0f}"));
   });
   row("events delivered to the watcher", watched_cell("events_delivered", "{:.0f}"));
+  row("MiB copied through the rings", watched_cell("ring_mib", "{:.2f}"));
   row("synchronous pauses", watched_cell("sync_pauses", "{:.0f}"));
   row("events lost", watched_cell("lost", "{:.0f}"));
   row("--follow latency, median ms", watched_cell("follow_median_ms", "{:.1f}"));

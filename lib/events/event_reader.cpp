@@ -172,7 +172,8 @@ Result<Event> decode_record(const std::uint8_t* rec, std::size_t size) {
       if (!r) return r.error();
       e.bp = *r;
       if (e.bp.kind != static_cast<std::uint8_t>(abi::BreakpointKind::kKernel) &&
-          e.bp.kind != static_cast<std::uint8_t>(abi::BreakpointKind::kUser))
+          e.bp.kind != static_cast<std::uint8_t>(abi::BreakpointKind::kUser) &&
+          e.bp.kind != static_cast<std::uint8_t>(abi::BreakpointKind::kKernelTraced))
         return make_error("breakpoint: bad kind {}", e.bp.kind);
       common(e.bp.hdr);
       return e;
@@ -318,6 +319,7 @@ RingStats EventReader::stats(unsigned ring) const {
   auto ld = [](const std::uint64_t& v) { return std::atomic_ref<const std::uint64_t>(v).load(std::memory_order_relaxed); };
   RingStats s;
   s.published = ld(h->published);
+  s.bytes = ld(h->head);
   s.lost_records = ld(h->lost_records);
   s.lost_pending = ld(h->lost_pending);
   for (std::size_t i = 0; i < std::size(s.drops); ++i) s.drops[i] = ld(h->drops[i]);
@@ -330,6 +332,16 @@ RingStats EventReader::stats(unsigned ring) const {
   s.open_evicted = ld(h->open_evicted);
   s.entries_missed = ld(h->entries_missed);
   return s;
+}
+
+std::uint64_t EventReader::bp_serial() const {
+  auto& h = *reinterpret_cast<abi::ShmHeader*>(base_);
+  return std::atomic_ref<std::uint64_t>(h.bp_serial).load(std::memory_order_acquire);
+}
+
+std::uint64_t EventReader::bp_in_force() const {
+  auto& h = *reinterpret_cast<abi::ShmHeader*>(base_);
+  return std::atomic_ref<std::uint64_t>(h.bp_in_force).load(std::memory_order_acquire);
 }
 
 std::uint64_t EventReader::syscall_entry_va() const {

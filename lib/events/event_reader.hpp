@@ -58,6 +58,7 @@ struct Event {
 
 struct RingStats {
   std::uint64_t published = 0, lost_records = 0, lost_pending = 0;
+  std::uint64_t bytes = 0;                 // record bytes the monitor wrote into the ring (PAD and LOST included)
   std::uint64_t drops[static_cast<std::size_t>(abi::DropCause::kCount)] = {};
   std::uint64_t sync_waits = 0, sync_timeouts = 0, sync_degraded = 0;
   std::uint64_t sync_wait_ns = 0;          // time the vCPU spent paused for sync events
@@ -101,6 +102,11 @@ class EventReader {
   [[nodiscard]] std::uint64_t door_entry_va(abi::Door d) const;   // 0 until the monitor learned it
   [[nodiscard]] std::uint64_t detect_rejected() const;           // kernel entries by a fault, not a door
   [[nodiscard]] std::uint32_t generation() const;
+  // Breakpoint table changes that needed a code flush so far, and those whose flush is done
+  // (ShmHeader::bp_serial / bp_in_force): a breakpoint added before reading bp_serial() fires once
+  // bp_in_force() reaches it.
+  [[nodiscard]] std::uint64_t bp_serial() const;
+  [[nodiscard]] std::uint64_t bp_in_force() const;
   // Guest instructions executed so far, all vCPUs, when the monitor runs with icount=on (else 0);
   // refreshed every 50 ms.
   [[nodiscard]] std::uint64_t guest_insns() const;

@@ -68,6 +68,8 @@ const std::vector<FieldSpec>& wanted_fields() {
       {"cred.euid", "cred", {"euid"}},
       {"list_head.next", "list_head", {"next"}},
       {"pcpu_hot.current_task", "pcpu_hot", {"current_task"}, false},
+      // The mm an exec is about to install (trace: following execs at begin_new_exec).
+      {"linux_binprm.mm", "linux_binprm", {"mm"}, false},
       // Not used by the process list; kept for the tracing tools (command lines, threads, files).
       {"task_struct.thread_group", "task_struct", {"thread_group"}, false},
       {"task_struct.signal", "task_struct", {"signal"}, false},

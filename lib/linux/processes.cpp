@@ -55,6 +55,7 @@ Result<TaskLayout> TaskLayout::from(const kernel::Kernel& k) {
   if (auto f = k.profile().field("pcpu_hot.current_task")) l.pcpu_hot_current_task = f->offset;
   if (auto f = k.profile().field("mm_struct.arg_start")) l.mm_arg_start = f->offset;
   if (auto f = k.profile().field("mm_struct.arg_end")) l.mm_arg_end = f->offset;
+  if (auto f = k.profile().field("linux_binprm.mm"); f && f->offset < 4096) l.binprm_mm = f->offset;
   if (l.comm_size == 0 || l.comm_size > 64) l.comm_size = 16;
   const std::uint64_t limit = 1U << 16;  // task_struct is ~10 KiB; anything far beyond is a corrupt profile
   for (std::uint64_t off : {l.tasks, l.pid, l.tgid, l.comm, l.mm, l.real_parent, l.real_cred, l.start_time, l.state,
@@ -115,13 +116,27 @@ Result<Process> Linux::read_task(GVA task) const {
   const GVA mm{field_at<std::uint64_t>(buf, l.mm)};
   p.mm = mm;
   if (mm.value != 0) {
-    auto pgd = kernel_->read_as<std::uint64_t>(GVA{mm.value + l.mm_pgd});
-    if (!pgd) return std::move(pgd).with_context(fmt::format("reading mm_struct.pgd of pid {} at {:#x}", p.pid.value, mm.value)).error();
-    auto pa = kernel_->to_phys(GVA{*pgd});
-    if (!pa) return std::move(pa).with_context(fmt::format("translating pgd {:#x} of pid {}", *pgd, p.pid.value)).error();
-    p.dtb = dtb_of(Cr3{pa->value});  // as the CR3 the monitor sees, PTI bit masked
+    auto dtb = mm_dtb(mm);
+    if (!dtb) return std::move(dtb).with_context(fmt::format("the address space of pid {}", p.pid.value)).error();
+    p.dtb = *dtb;
   }
   return p;
+}
+
+Result<Dtb> Linux::mm_dtb(GVA mm) const {
+  auto pgd = kernel_->read_as<std::uint64_t>(GVA{mm.value + layout_.mm_pgd});
+  if (!pgd) return std::move(pgd).with_context(fmt::format("reading mm_struct.pgd at {:#x}", mm.value)).error();
+  auto pa = kernel_->to_phys(GVA{*pgd});
+  if (!pa) return std::move(pa).with_context(fmt::format("translating pgd {:#x} of mm {:#x}", *pgd, mm.value)).error();
+  return dtb_of(Cr3{pa->value});  // as the CR3 the monitor sees, PTI bit masked
+}
+
+Result<Dtb> Linux::exec_dtb(GVA bprm) const {
+  if (!layout_.binprm_mm) return make_error("the kernel's BTF has no linux_binprm.mm");
+  auto mm = kernel_->read_as<std::uint64_t>(GVA{bprm.value + *layout_.binprm_mm});
+  if (!mm) return std::move(mm).with_context(fmt::format("reading linux_binprm.mm at {:#x}", bprm.value)).error();
+  if ((*mm >> 63) == 0) return make_error("linux_binprm.mm {:#x} is not a kernel address", *mm);
+  return mm_dtb(GVA{*mm});
 }
 
 Result<std::vector<Process>> Linux::processes(const WalkLimits& limits) const {

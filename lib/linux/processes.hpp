@@ -44,6 +44,7 @@ struct TaskLayout {
   std::uint64_t mm_pgd, cred_uid, cred_gid, cred_euid;
   std::optional<std::uint64_t> pcpu_hot_current_task;
   std::optional<std::uint64_t> mm_arg_start, mm_arg_end;  // for command lines
+  std::optional<std::uint64_t> binprm_mm;                  // linux_binprm.mm: the mm an exec installs
   [[nodiscard]] static Result<TaskLayout> from(const kernel::Kernel& k);
 };
 
@@ -66,6 +67,11 @@ class Linux {
   [[nodiscard]] Result<Process> current_task(GVA kernel_gs_base) const;
   // The kernel GS base of cpu `n` from __per_cpu_offset[n] (when registers are not at hand).
   [[nodiscard]] Result<GVA> per_cpu_base(unsigned cpu) const;
+  // The address space of an mm_struct: the physical address of mm->pgd, as the CR3 the monitor sees.
+  [[nodiscard]] Result<Dtb> mm_dtb(GVA mm) const;
+  // The address space an exec will switch to: bprm->mm's (begin_new_exec(bprm) before exec_mmap).
+  // Fails on a kernel whose BTF has no linux_binprm.mm.
+  [[nodiscard]] Result<Dtb> exec_dtb(GVA bprm) const;
 
   [[nodiscard]] const kernel::Kernel& kernel() const { return *kernel_; }
   [[nodiscard]] const TaskLayout& task_layout() const { return layout_; }

@@ -307,6 +307,20 @@ void RecordingWriter::task_answer(std::uint64_t task, const std::optional<TaskIn
   frame(FrameType::kTaskAnswer, o.data());
 }
 
+void RecordingWriter::exec_answer(unsigned cpu, std::uint64_t bprm, const std::optional<ExecInfo>& a) {
+  Out o;
+  o.put(static_cast<std::uint32_t>(cpu));
+  o.put(bprm);
+  o.put<std::uint8_t>(a ? 1 : 0);
+  if (a) {
+    o.put<std::uint32_t>(a->tgid);
+    o.put<std::uint64_t>(a->task);
+    o.put<std::uint64_t>(a->task_dtb);
+    o.put<std::uint64_t>(a->new_dtb);
+  }
+  frame(FrameType::kExecAnswer, o.data());
+}
+
 void RecordingWriter::guest_names(const std::map<std::uint32_t, std::string>& names) {
   Out o;
   const auto n = std::min<std::size_t>(names.size(), kMaxRecordedList);
@@ -470,6 +484,19 @@ Result<std::optional<Frame>> RecordingReader::next() {
       }
       break;
     }
+    case FrameType::kExecAnswer: {
+      f.key32 = in.get<std::uint32_t>();
+      f.key64 = in.get<std::uint64_t>();
+      if (in.get<std::uint8_t>() != 0) {
+        ExecInfo x;
+        x.tgid = in.get<std::uint32_t>();
+        x.task = in.get<std::uint64_t>();
+        x.task_dtb = in.get<std::uint64_t>();
+        x.new_dtb = in.get<std::uint64_t>();
+        f.exec = x;
+      }
+      break;
+    }
     case FrameType::kGuestNames: {
       const auto n = in.count();
       for (std::uint32_t i = 0; i < n && in.ok(); ++i) {
@@ -525,6 +552,12 @@ std::optional<TaskInfo> RecordingGuest::task(std::uint64_t task_addr) {
   return a;
 }
 
+std::optional<ExecInfo> RecordingGuest::exec(unsigned cpu, std::uint64_t bprm) {
+  auto a = inner_->exec(cpu, bprm);
+  w_->exec_answer(cpu, bprm, a);
+  return a;
+}
+
 void ReplayGuest::learn(const Frame& f) {
   switch (f.type) {
     case FrameType::kPidAnswer: pids_[f.key32] = f; break;
@@ -532,6 +565,10 @@ void ReplayGuest::learn(const Frame& f) {
     case FrameType::kTaskAnswer:
       if (tasks_.size() > (1U << 16) && !tasks_.count(f.key64)) tasks_.clear();   // bounded
       tasks_[f.key64] = f.task;
+      break;
+    case FrameType::kExecAnswer:
+      if (execs_.size() > (1U << 16)) execs_.clear();   // bounded
+      execs_[{f.key32, f.key64}] = f.exec;
       break;
     default: break;
   }
@@ -561,6 +598,11 @@ Result<std::vector<ProcInfo>> ReplayGuest::name(const std::string& comm) {
 
 std::optional<TaskInfo> ReplayGuest::task(std::uint64_t task_addr) {
   if (auto it = tasks_.find(task_addr); it != tasks_.end()) return it->second;
+  return std::nullopt;
+}
+
+std::optional<ExecInfo> ReplayGuest::exec(unsigned cpu, std::uint64_t bprm) {
+  if (auto it = execs_.find({cpu, bprm}); it != execs_.end()) return it->second;
   return std::nullopt;
 }
 

@@ -16,6 +16,7 @@
 //     kPidAnswer   u32 pid, u8 status (0 error + string, 1 no such process, 2 found + ProcInfo)
 //     kNameAnswer  string comm, u8 status (0 error + string, 2 u32 count + count x ProcInfo)
 //     kTaskAnswer  u64 task address, u8 found, [u8 has_dtb, u64 dtb, string comm]
+//     kExecAnswer  u32 vCPU, u64 bprm, u8 found, [u32 tgid, u64 task, u64 task dtb, u64 new dtb]
 //     kGuestNames  u32 count, count x (u32 nr, string name)
 //     kTargets     u32 n pids, pids, u32 n comms, strings, u8 has start_at_exec, u32 pid, u8 all,
 //                  u8 follow, u32 method
@@ -45,7 +46,7 @@
 namespace hvtrace::trace {
 
 inline constexpr char kRecordingMagic[12] = "HVTRACE-REC";
-inline constexpr std::uint32_t kRecordingFormatVersion = 4;   // 2: ring counters carry sync_wait_ns; 3: and open_evicted; 4: and entries_missed
+inline constexpr std::uint32_t kRecordingFormatVersion = 5;   // 2: ring counters carry sync_wait_ns; 3: and open_evicted; 4: and entries_missed; 5: exec answers
 inline constexpr std::uint32_t kMaxFramePayload = 1U << 20;   // a ring record is at most ~270 KiB
 inline constexpr std::uint32_t kMaxRecordedString = 64 * 1024;
 inline constexpr std::uint32_t kMaxRecordedList = 1U << 16;
@@ -80,6 +81,7 @@ enum class FrameType : std::uint32_t {
   kGuestNames = 5,
   kTargets = 6,
   kCounters = 7,
+  kExecAnswer = 8,
 };
 
 struct Frame {
@@ -92,6 +94,7 @@ struct Frame {
   std::optional<std::string> error;               // kPidAnswer / kNameAnswer: the lookup failed
   std::vector<ProcInfo> procs;                    // kPidAnswer (0 or 1) / kNameAnswer
   std::optional<TaskInfo> task;                   // kTaskAnswer
+  std::optional<ExecInfo> exec;                   // kExecAnswer (key32: vCPU, key64: bprm)
   std::map<std::uint32_t, std::string> names;     // kGuestNames
   RecordedTargets targets;                        // kTargets
   RecordedCounters counters;                      // kCounters
@@ -112,6 +115,7 @@ class RecordingWriter {
   void pid_answer(std::uint32_t pid, const Result<std::optional<ProcInfo>>& a);
   void name_answer(const std::string& comm, const Result<std::vector<ProcInfo>>& a);
   void task_answer(std::uint64_t task, const std::optional<TaskInfo>& a);
+  void exec_answer(unsigned cpu, std::uint64_t bprm, const std::optional<ExecInfo>& a);
   void guest_names(const std::map<std::uint32_t, std::string>& names);
   void targets(const RecordedTargets& t);
   void counters(const RecordedCounters& c);
@@ -154,6 +158,8 @@ class RecordingGuest final : public GuestQueries {
   Result<std::optional<ProcInfo>> pid(std::uint32_t pid) override;
   Result<std::vector<ProcInfo>> name(const std::string& comm) override;
   std::optional<TaskInfo> task(std::uint64_t task_addr) override;
+  std::optional<ExecInfo> exec(unsigned cpu, std::uint64_t bprm) override;
+  bool can_follow_exec() override { return inner_->can_follow_exec(); }
   IdentityOffsets identity() override { return inner_->identity(); }
   // Not recorded: only breakpoints (the fork and exec ones) are placed by symbol, and a replay
   // places none; their hits are in the event stream.
@@ -172,6 +178,7 @@ class ReplayGuest final : public GuestQueries {
   Result<std::optional<ProcInfo>> pid(std::uint32_t pid) override;
   Result<std::vector<ProcInfo>> name(const std::string& comm) override;
   std::optional<TaskInfo> task(std::uint64_t task_addr) override;
+  std::optional<ExecInfo> exec(unsigned cpu, std::uint64_t bprm) override;
   IdentityOffsets identity() override { return {}; }
 
   void learn(const Frame& f);
@@ -182,6 +189,7 @@ class ReplayGuest final : public GuestQueries {
   std::map<std::uint32_t, Frame> pids_;
   std::map<std::string, Frame> names_;
   std::map<std::uint64_t, std::optional<TaskInfo>> tasks_;
+  std::map<std::pair<unsigned, std::uint64_t>, std::optional<ExecInfo>> execs_;
   struct Seen {
     std::uint64_t dtb = 0;
     std::string comm;

@@ -84,6 +84,18 @@ std::optional<std::uint64_t> LiveGuest::symbol(const std::string& name) {
   return std::nullopt;
 }
 
+std::optional<ExecInfo> LiveGuest::exec(unsigned cpu, std::uint64_t bprm) {
+  auto base = lx_->per_cpu_base(cpu);
+  if (!base) return std::nullopt;
+  auto task = lx_->current_task(*base);
+  if (!task) return std::nullopt;
+  auto dtb = lx_->exec_dtb(GVA{bprm});
+  if (!dtb) return std::nullopt;
+  return ExecInfo{static_cast<std::uint32_t>(task->tgid.value), task->task.value, task->dtb ? task->dtb->value : 0, dtb->value};
+}
+
+bool LiveGuest::can_follow_exec() { return lx_->task_layout().binprm_mm.has_value() && lx_->current_task_offset() != 0; }
+
 IdentityOffsets LiveGuest::identity() {
   const auto& tl = lx_->task_layout();
   return IdentityOffsets{lx_->current_task_offset(), static_cast<std::uint32_t>(tl.pid), static_cast<std::uint32_t>(tl.tgid)};
@@ -96,7 +108,12 @@ Result<void> done_or(Result<std::uint32_t> r) {
 }
 }  // namespace
 
-Result<void> ControlSink::add_breakpoint(const events::BreakpointSpec& b) { return done_or(ctl_->add_breakpoint(b)); }
+Result<void> ControlSink::add_breakpoint(const events::BreakpointSpec& b) {
+  auto r = done_or(ctl_->add_breakpoint(b));
+  if (r && reader_ != nullptr) bp_need_ = reader_->bp_serial();
+  return r;
+}
+bool ControlSink::breakpoints_in_force() { return reader_ == nullptr || reader_->bp_in_force() >= bp_need_; }
 Result<void> ControlSink::remove_breakpoint(std::uint32_t id) { return done_or(ctl_->remove_breakpoint(id)); }
 
 Result<void> ControlSink::set_identity(const IdentityOffsets& id) {
@@ -149,14 +166,15 @@ void Tracer::start_at_exec(std::uint32_t pid) {
 }
 
 namespace {
-// A synchronous kernel breakpoint at `va` in every address space, replacing one with that id left
-// by a tracer that died.
-Result<void> set_sync_breakpoint(FilterSink& filter, std::uint32_t id, std::uint64_t va) {
+// A synchronous kernel breakpoint at `va`, in every address space (kKernel) or only in those of the
+// DTB filter (kKernelTraced), replacing one with that id left by a tracer that died.
+Result<void> set_sync_breakpoint(FilterSink& filter, std::uint32_t id, std::uint64_t va,
+                                 abi::BreakpointKind kind = abi::BreakpointKind::kKernel) {
   (void)filter.remove_breakpoint(id);
   events::BreakpointSpec b;
   b.id = id;
   b.va = va;
-  b.kind = abi::BreakpointKind::kKernel;
+  b.kind = kind;
   b.action = abi::Action::kSync;
   return filter.add_breakpoint(b);
 }
@@ -188,21 +206,30 @@ Result<void> Tracer::apply() {
           nrs->push_back(nr);
     }
     if (auto r = filter_->set_syscalls(nrs, table); !r) return std::move(r).with_context("setting the syscall set").error();
-    std::vector<unsigned> sync;
-    if (cfg_.follow)
-      for (unsigned nr = 0; nr < abi::kSyscallBits; ++nr)
-        if (is_clone_family(table, nr)) sync.push_back(nr);
-    if (auto r = filter_->set_sync_syscalls(sync, table); !r) return std::move(r).with_context("setting the sync set").error();
   }
   // -f: a synchronous kernel breakpoint where a new task becomes runnable (wake_up_new_task(p),
   // in the parent's context, before the child can run a single instruction) adds the child's
-  // address space to the filter. The sync clone exits stay as the fallback for kernels without
-  // the symbol; without this, a child the scheduler runs first (6.12's EEVDF does) was missed.
+  // address space to the filter. It fires only in traced address spaces (the parent's), so the
+  // rest of the guest forks unpaused. Kernels without the symbol fall back to synchronous clone
+  // exits, where a child the scheduler runs first (6.12's EEVDF does) can lose its first calls.
+  fork_bp_ = false;
   if (cfg_.follow && !wide)
     if (const auto va = guest_->symbol("wake_up_new_task")) {
-      if (auto r = set_sync_breakpoint(*filter_, kForkBreakpointId, *va); !r)
+      if (auto r = set_sync_breakpoint(*filter_, kForkBreakpointId, *va, abi::BreakpointKind::kKernelTraced); !r)
         return std::move(r).with_context("setting the fork breakpoint").error();
       fork_bp_ = true;
+    }
+  // Method 5 follows a traced process's exec at begin_new_exec(bprm), in the old address space
+  // before the new mm is installed: the new one (bprm->mm) joins the filter while that vCPU waits.
+  // One pause per exec of a traced process, instead of a synchronous CR3 event at each switch away
+  // from one (an exec's switch looks like any other to the monitor). Methods 3 and 4 keep the
+  // paper's CR3 events; so does a kernel whose BTF lacks linux_binprm.mm.
+  exec_follow_bp_ = false;
+  if (cfg_.method == 5 && !wide && guest_->can_follow_exec())
+    if (const auto va = guest_->symbol(kExecFollowSymbol)) {
+      if (auto r = set_sync_breakpoint(*filter_, kExecFollowBreakpointId, *va, abi::BreakpointKind::kKernelTraced); !r)
+        return std::move(r).with_context("setting the exec breakpoint").error();
+      exec_follow_bp_ = true;
     }
   // --comm: setup_new_exec(bprm) runs in the exec'ing task after begin_new_exec installed the new
   // mm (CR3 is already the new page-table root) and set the comm to the executed file's basename,
@@ -213,18 +240,13 @@ Result<void> Tracer::apply() {
       return std::move(r).with_context("setting the exec breakpoint").error();
     exec_bp_ = true;
   }
-  events::Actions a;
-  const abi::Action sc = cfg_.method == 5 ? abi::Action::kAsync : abi::Action::kSync;
-  a.syscall_entry = sc;
-  a.syscall_exit = sc;
-  a.cr3 = wide ? abi::Action::kDrop : abi::Action::kSync;
-  a.cr3_unfiltered = cfg_.method == 3;
-  // on_cr3 acts only on an exec's switch to its new mm (and a vfork child's, from its parent's):
-  // a write whose old DTB is traced. Method 5 asks for those only, so a switch into a traced
-  // process from another costs no synchronous pause; method 4 keeps the paper's pre-filter (every
-  // write touching the set) for Table 1.
-  a.cr3_leaving_only = cfg_.method == 5;
-  if (cfg_.method == 3) a.cr3 = abi::Action::kSync;
+  // A breakpoint fires once the code at its address is translated again, after a flush the
+  // monitor queues at some vCPU's next syscall or CR3 write: until then the synchronous clone exits
+  // and CR3 events stand in for the fork and exec breakpoints (both act alike on the same exec or
+  // fork), and handle() drops them when the monitor says the breakpoints are in force.
+  bp_fallback_ = (fork_bp_ || exec_follow_bp_) && !filter_->breakpoints_in_force();
+  if (auto r = set_sync_set(); !r) return r;
+  const events::Actions a = actions();
   // Both replace what a consumer before this one left (a session killed mid-way).
   if (auto r = filter_->set_arg_rules(cfg_.arg_rules); !r) return std::move(r).with_context("setting the argument rules").error();
   if (wide || cfg_.read_data_comms.empty())
@@ -235,6 +257,42 @@ Result<void> Tracer::apply() {
     return r;
   }
   if (auto r = filter_->set_actions(a); !r) return std::move(r).with_context("setting the actions").error();
+  return {};
+}
+
+// The clone family's exits pause the guest only where no fork breakpoint (in force) adds children.
+Result<void> Tracer::set_sync_set() {
+  for (const auto table : {SyscallAbi::kX86_64, SyscallAbi::kI386}) {
+    std::vector<unsigned> sync;
+    if (cfg_.follow && (!fork_bp_ || bp_fallback_))
+      for (unsigned nr = 0; nr < abi::kSyscallBits; ++nr)
+        if (is_clone_family(table, nr)) sync.push_back(nr);
+    if (auto r = filter_->set_sync_syscalls(sync, table); !r) return std::move(r).with_context("setting the sync set").error();
+  }
+  return {};
+}
+
+events::Actions Tracer::actions() const {
+  events::Actions a;
+  const abi::Action sc = cfg_.method == 5 ? abi::Action::kAsync : abi::Action::kSync;
+  a.syscall_entry = sc;
+  a.syscall_exit = sc;
+  a.cr3 = wide_ || (exec_follow_bp_ && !bp_fallback_) ? abi::Action::kDrop : abi::Action::kSync;
+  a.cr3_unfiltered = cfg_.method == 3;
+  // on_cr3 acts only on an exec's switch to its new mm (and a vfork child's, from its parent's):
+  // a write whose old DTB is traced. Method 5 asks for those only, so a switch into a traced
+  // process from another costs no synchronous pause; method 4 keeps the paper's pre-filter (every
+  // write touching the set) for Table 1.
+  a.cr3_leaving_only = cfg_.method == 5;
+  if (cfg_.method == 3) a.cr3 = abi::Action::kSync;
+  return a;
+}
+
+// The fork and exec breakpoints now fire: their stand-ins stop pausing the guest.
+Result<void> Tracer::leave_bp_fallback() {
+  bp_fallback_ = false;
+  if (auto r = set_sync_set(); !r) return r;
+  if (auto r = filter_->set_actions(actions()); !r) return std::move(r).with_context("setting the actions").error();
   return {};
 }
 
@@ -282,6 +340,8 @@ std::string Tracer::comm_of(const abi::TaskIdentity& who) {
 }
 
 Result<void> Tracer::handle(const events::Event& e) {
+  if (bp_fallback_ && filter_->breakpoints_in_force())
+    if (auto r = leave_bp_fallback(); !r) return r;
   ++stats_.events;
   if (e.sync()) ++stats_.sync_events;
   switch (e.type) {
@@ -414,6 +474,7 @@ Result<void> Tracer::add_child(std::uint32_t child, std::uint32_t parent) {
 // wake_up_new_task(struct task_struct *p): p is the new task (rdi), its mm already its own.
 Result<void> Tracer::on_breakpoint(const events::Event& e) {
   if (e.bp.id == kExecBreakpointId) return on_exec_breakpoint(e);
+  if (e.bp.id == kExecFollowBreakpointId) return on_exec_follow(e);
   if (e.bp.id != kForkBreakpointId || !cfg_.follow) return {};
   const auto child = guest_->task(e.bp.regs[0]);
   if (!child || !child->dtb || child->tgid == 0) return {};
@@ -471,7 +532,38 @@ Result<void> Tracer::detach() {
     exec_bp_ = false;
     if (auto r = filter_->remove_breakpoint(kExecBreakpointId); !r && out) out = r;
   }
+  if (exec_follow_bp_) {
+    exec_follow_bp_ = false;
+    if (auto r = filter_->remove_breakpoint(kExecFollowBreakpointId); !r && out) out = r;
+  }
   return out;
+}
+
+// begin_new_exec(bprm) in a traced address space (the monitor reports it nowhere else), while the
+// vCPU waits: the exec'ing process moves to bprm->mm's address space before its new program runs.
+// The task is the one running on that vCPU, checked against the CR3; a vfork child (sharing a
+// traced parent's address space, not traced itself when the fork breakpoint is missing) joins.
+Result<void> Tracer::on_exec_follow(const events::Event& e) {
+  const std::uint64_t old_dtb = abi::dtb_of_cr3(e.bp.cr3);
+  const auto x = guest_->exec(e.bp.hdr.vcpu, e.bp.regs[0]);
+  if (!x || (x->task_dtb == old_dtb && (x->new_dtb == 0 || x->new_dtb == old_dtb))) {
+    ++stats_.execs_unread;   // its new program's calls are not delivered: said in the summary
+    return {};
+  }
+  // A kernel thread's exec (a usermode helper running on a borrowed address space), or a task
+  // that is not the one running in this CR3 (a guest that lies): not a traced process's exec.
+  if (x->task_dtb != old_dtb || x->tgid == 0) return {};
+  Traced* t = traced(x->tgid);
+  if (t == nullptr) {
+    if (!cfg_.follow) return {};
+    const auto owner = std::find_if(procs_.begin(), procs_.end(), [&](const auto& kv) { return !kv.second.exited && kv.second.dtb == old_dtb; });
+    if (owner == procs_.end()) return {};
+    t = &(procs_[x->tgid] = Traced{x->tgid, x->new_dtb, false, false, owner->second.read_data});
+  }
+  comm_cache_.erase(x->task);
+  ++stats_.execs_followed;
+  t->dtb = x->new_dtb;
+  return push_dtbs();
 }
 
 // A CR3 write touching a traced address space, delivered sync. During exec the kernel switches to
@@ -677,6 +769,7 @@ void Tracer::finish(const std::vector<events::RingStats>& rings, const events::M
   out_(fmt::format("  {:<34} {:>10}", "syscall entries delivered", stats_.entries));
   out_(fmt::format("  {:<34} {:>10}", "filtered out in the hypervisor", trapped > stats_.entries ? trapped - stats_.entries : 0));
   out_(fmt::format("  {:<34} {:>10}", "CR3 events delivered", stats_.cr3));
+  out_(fmt::format("  {:<34} {:>10}", "execs followed at a breakpoint", stats_.execs_followed));
   out_(fmt::format("  {:<34} {:>10}", "events delivered, not traced", stats_.foreign));
   out_(fmt::format("  {:<34} {:>10}", "synchronous pauses", stats_.sync_events));
   out_(fmt::format("  {:<34} {:>10.3f}", "time paused for them (ms)", static_cast<double>(sum.sync_wait_ns) / 1e6));
@@ -687,6 +780,7 @@ void Tracer::finish(const std::vector<events::RingStats>& rings, const events::M
   out_(fmt::format("  {:<34} {:>10}", "sync waits timed out", sum.sync_timeouts));
   out_(fmt::format("  {:<34} {:>10}", "exits lost: open-call table full", sum.open_evicted));
   out_(fmt::format("  {:<34} {:>10}", "entries lost: door not yet learned", sum.entries_missed));
+  out_(fmt::format("  {:<34} {:>10}", "execs lost: new mm unreadable", stats_.execs_unread));
 }
 
 }  // namespace hvtrace::trace

@@ -101,6 +101,13 @@ struct TaskInfo {
   std::uint32_t tgid = 0;             // its process
   std::uint32_t ppid = 0;             // its parent's process (real_parent)
 };
+// An exec seen at begin_new_exec(bprm), before the new mm is installed.
+struct ExecInfo {
+  std::uint32_t tgid = 0;        // the exec'ing task's process (the task running on that vCPU)
+  std::uint64_t task = 0;        // that task's task_struct
+  std::uint64_t task_dtb = 0;    // that task's address space now (the old program's; 0: a kernel thread)
+  std::uint64_t new_dtb = 0;     // the address space it switches to (bprm->mm)
+};
 struct IdentityOffsets {
   std::uint64_t current_task = 0;     // 0: unknown (the monitor is not told)
   std::uint32_t pid = 0, tgid = 0;
@@ -115,6 +122,11 @@ class GuestQueries {
   virtual IdentityOffsets identity() = 0;
   // A kernel symbol's address (from the guest's kallsyms); nullopt when unknown or replaying.
   virtual std::optional<std::uint64_t> symbol(const std::string&) { return std::nullopt; }
+  // begin_new_exec(bprm) on vCPU `cpu`, asked while that vCPU waits; nullopt: unreadable, or the
+  // kernel's BTF has no linux_binprm.mm.
+  virtual std::optional<ExecInfo> exec(unsigned /*cpu*/, std::uint64_t /*bprm*/) { return std::nullopt; }
+  // Whether exec() can answer on this guest (the Tracer then follows execs with a breakpoint).
+  virtual bool can_follow_exec() { return false; }
 };
 
 // Where the in-hypervisor filter goes: the monitor's control channel, or nowhere (replay).
@@ -133,6 +145,10 @@ class FilterSink {
   virtual Result<void> set_actions(const events::Actions& a) = 0;
   virtual Result<void> add_breakpoint(const events::BreakpointSpec&) { return {}; }
   virtual Result<void> remove_breakpoint(std::uint32_t) { return {}; }
+  // Whether every breakpoint added so far fires: the monitor's breakpoints take effect once the
+  // code at their address is translated again (a flush some vCPU queues at its next syscall or CR3
+  // write), so a caller relying on one keeps its fallback until then.
+  virtual bool breakpoints_in_force() { return true; }
 };
 
 class LiveGuest final : public GuestQueries {
@@ -143,6 +159,8 @@ class LiveGuest final : public GuestQueries {
   std::optional<TaskInfo> task(std::uint64_t task_addr) override;
   IdentityOffsets identity() override;
   std::optional<std::uint64_t> symbol(const std::string& name) override;
+  std::optional<ExecInfo> exec(unsigned cpu, std::uint64_t bprm) override;
+  bool can_follow_exec() override;
 
  private:
   const linux_os::Linux* lx_;
@@ -163,9 +181,14 @@ class ControlSink final : public FilterSink {
   Result<void> set_actions(const events::Actions& a) override;
   Result<void> add_breakpoint(const events::BreakpointSpec& b) override;
   Result<void> remove_breakpoint(std::uint32_t id) override;
+  bool breakpoints_in_force() override;
+  // The rings whose header says when the monitor's breakpoints take effect (without: always).
+  void watch_breakpoints(const events::EventReader& r) { reader_ = &r; }
 
  private:
   events::ControlClient* ctl_;
+  const events::EventReader* reader_ = nullptr;
+  std::uint64_t bp_need_ = 0;   // the monitor's bp_serial after our last add
 };
 
 class NullSink final : public FilterSink {
@@ -187,6 +210,8 @@ struct TraceStats {
   std::uint64_t events = 0, entries = 0, exits = 0, cr3 = 0, sync_events = 0, lost = 0;
   std::uint64_t foreign = 0;      // delivered but not of a traced task (dropped here)
   std::uint64_t no_identity = 0;  // events whose task could not be read
+  std::uint64_t execs_followed = 0;  // execs of traced processes followed at the exec breakpoint (method 5)
+  std::uint64_t execs_unread = 0;    // ... whose new address space could not be read: its calls are not delivered
 };
 
 class Tracer {
@@ -256,7 +281,12 @@ class Tracer {
   Result<void> on_cr3(const events::Event& e);
   Result<void> on_breakpoint(const events::Event& e);
   Result<void> on_exec_breakpoint(const events::Event& e);
-  bool fork_bp_ = false, exec_bp_ = false;
+  Result<void> on_exec_follow(const events::Event& e);
+  bool fork_bp_ = false, exec_bp_ = false, exec_follow_bp_ = false;
+  bool bp_fallback_ = false;   // fork/exec breakpoints set but not yet in force: clone exits and CR3 events stand in
+  Result<void> set_sync_set();
+  events::Actions actions() const;
+  Result<void> leave_bp_fallback();
   bool wide_ = false;        // no DTB filter: every process's calls come here (set by apply())
   bool comm_wide_ = false;   // wide only because --comm has no exec breakpoint
   Result<void> add_child(std::uint32_t child_pid, std::uint32_t parent_tgid);
@@ -296,6 +326,10 @@ inline constexpr std::uint32_t kForkBreakpointId = 0x7472'0001;
 // space, synchronous.
 inline constexpr std::uint32_t kExecBreakpointId = 0x7472'0002;
 inline constexpr const char* kExecBreakpointSymbol = "setup_new_exec";
+// The id of the breakpoint method 5 sets to follow a traced process's exec (begin_new_exec(bprm),
+// before the new mm is installed); only in traced address spaces, synchronous.
+inline constexpr std::uint32_t kExecFollowBreakpointId = 0x7472'0003;
+inline constexpr const char* kExecFollowSymbol = "begin_new_exec";
 
 // The x86-64 and i386 numbers of the clone family (fork, vfork, clone, clone3).
 [[nodiscard]] bool is_clone_family(abi::SyscallAbi a, std::uint64_t nr);

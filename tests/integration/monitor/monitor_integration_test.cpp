@@ -260,6 +260,15 @@ class Monitor : public ::testing::Test {
       if (s.name == name && (s.type == 'T' || s.type == 't')) return s.addr.value;
     return 0;
   }
+  // A shell reading /etc/hostname in a loop (no fork), started in the background once it runs the
+  // loop (`marker` exists): its pid. Its DTB is read after that: before its exec it still has the
+  // forked copy of the parent's address space, which the exec replaces.
+  static int start_read_loop(const std::string& marker) {
+    return std::stoi(run(fmt::format(
+        "rm -f {0}; sh -c ': >{0}; while :; do read x </etc/hostname; done' >/dev/null 2>&1 "
+        "</dev/null & p=$!; while [ ! -e {0} ]; do sleep 0.05; done; echo $p",
+        marker)));
+  }
   static Dtb dtb_of_pid(int pid) {
     auto p = introspect().find_pid(Pid{pid});
     EXPECT_TRUE(p.ok() && p->has_value() && (*p)->dtb) << "pid " << pid << " or its DTB not found";
@@ -744,13 +753,9 @@ TEST_F(Monitor, KernelBreakpointAddedAtRunTimeFiresInItsScopeUntilRemoved) {
   EXPECT_TRUE(at_fdcwd) << "no open relative to AT_FDCWD (cat's open of /etc/hostname)";
   EXPECT_GE(dtbs.size(), 2u) << "an unscoped kernel breakpoint fires in every process that opens files";
 
-  // Scoped to one process (a shell opening a file in a loop, no fork), and sync. Its DTB is read
-  // once the marker shows it runs the loop: before its exec it still has the forked copy of the
-  // parent's address space, which the exec replaces (with -smp 2 the DTB was read in that window).
-  const std::string pid_line = run(
-      "rm -f /tmp/bploop.on; sh -c ': >/tmp/bploop.on; while :; do read x </etc/hostname; done' >/dev/null 2>&1 "
-      "</dev/null & p=$!; while [ ! -e /tmp/bploop.on ]; do sleep 0.05; done; echo $p");
-  const int pid = std::stoi(pid_line);
+  // Scoped to one process (a shell opening a file in a loop, no fork), and sync (with -smp 2 a DTB
+  // read before the loop's exec was the forked copy's: start_read_loop waits for it).
+  const int pid = start_read_loop("/tmp/bploop.on");
   const Dtb target = dtb_of_pid(pid);
   ASSERT_NE(target.value, 0u);
   ASSERT_TRUE(ctl_->remove_breakpoint(101).ok());
@@ -780,6 +785,46 @@ TEST_F(Monitor, KernelBreakpointAddedAtRunTimeFiresInItsScopeUntilRemoved) {
   std::size_t after = 0;
   for (const auto& e : since(*g)) after += e.type == RecordType::kBreakpoint;
   EXPECT_EQ(after, 0u) << "breakpoint events after the last removal";
+  run(fmt::format("kill {}", pid));
+}
+
+// A breakpoint scoped to the traced address spaces (kKernelTraced, what `trace` sets at fork and
+// exec) fires only in the DTB filter's, follows the filter as it changes, and the rings' header
+// says when it is in force: its address is new, so the serial moves, and the flush some vCPU
+// queues at its next syscall brings bp_in_force up to it.
+TEST_F(Monitor, TracedScopeBreakpointFollowsTheDtbFilterAndSaysWhenItIsInForce) {
+  const std::uint64_t va = kernel_function("vfs_read");
+  ASSERT_NE(va, 0u) << "vfs_read not in the guest's kallsyms";
+  ASSERT_TRUE(ctl_->set_actions({}).ok());
+  RemoveBreakpoints guard{ctl_, {401}};
+  const int pid = start_read_loop("/tmp/tsloop.on");
+  const Dtb target = dtb_of_pid(pid);
+  ASSERT_NE(target.value, 0u);
+  ASSERT_TRUE(ctl_->set_dtbs({target}).ok());
+
+  const std::uint64_t serial_before = reader_->bp_serial();
+  auto g = ctl_->add_breakpoint({401, va, abi::BreakpointKind::kKernelTraced, abi::Action::kAsync, {}});
+  ASSERT_TRUE(g.ok()) << g.error().message;
+  const std::uint64_t need = reader_->bp_serial();
+  EXPECT_GT(need, serial_before) << "a new breakpoint address needs a flush";
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (reader_->bp_in_force() < need && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_GE(reader_->bp_in_force(), need) << "the flush after the change never completed";
+
+  run("cat /etc/hostname >/dev/null");
+  auto evs = since(*g);
+  auto hits = bp_events(evs, 401);
+  EXPECT_GE(hits.size(), 5u) << "the loop reads in the traced address space";
+  for (const Event* e : hits) {
+    EXPECT_EQ(e->dtb().value, target.value) << "fired outside the DTB filter";
+    EXPECT_EQ(e->bp.kind, static_cast<std::uint8_t>(abi::BreakpointKind::kKernelTraced));
+  }
+  // The filter moves to an address space nobody runs: the breakpoint follows it, nothing fires.
+  g = ctl_->set_dtbs({Dtb{0x2000}});
+  ASSERT_TRUE(g.ok()) << g.error().message;
+  run("cat /etc/hostname >/dev/null");
+  EXPECT_TRUE(bp_events(since(*g), 401).empty()) << "fired after its address space left the filter";
   run(fmt::format("kill {}", pid));
 }
 

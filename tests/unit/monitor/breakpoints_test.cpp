@@ -86,6 +86,35 @@ TEST(Breakpoints, KernelAndUserBreakpointsGoIntoTheTableWithTheirScope) {
   EXPECT_EQ(c.bps[3].id, 10u);
 }
 
+TEST(Breakpoints, ATracedScopeBreakpointFollowsTheDtbFilterAsItChanges) {
+  FilterConfig c;
+  ASSERT_EQ(apply_to(&c, add(5, kKernelVa, abi::BreakpointKind::kKernelTraced, 0, 0, abi::Action::kSync)), "");
+  ASSERT_EQ(c.n_bps, 1u);
+  EXPECT_TRUE(c.bp_fires_in(c.bps[0], 0x9999000)) << "no DTB filter yet: every address space is traced";
+  abi::SetDtbsMsg d{};
+  d.hdr = abi::CtlHeader{abi::kCtlMagic, static_cast<std::uint16_t>(abi::kAbiVersion),
+                         static_cast<std::uint16_t>(abi::CtlType::kSetDtbs), sizeof d, 2};
+  d.mode = static_cast<std::uint32_t>(abi::DtbMode::kSet);
+  d.count = 1;
+  d.dtbs[0] = 0x6000;
+  ASSERT_EQ(apply_to(&c, d), "");
+  ASSERT_EQ(c.n_bps, 1u) << "changing the DTB filter keeps the breakpoint";
+  EXPECT_TRUE(c.bp_fires_in(c.bps[0], 0x6000));
+  EXPECT_FALSE(c.bp_fires_in(c.bps[0], 0x8000)) << "an address space outside the filter";
+  d.dtbs[0] = 0x8000;
+  ASSERT_EQ(apply_to(&c, d), "");
+  EXPECT_FALSE(c.bp_fires_in(c.bps[0], 0x6000)) << "the scope follows the filter, it is not copied when added";
+  EXPECT_TRUE(c.bp_fires_in(c.bps[0], 0x8000));
+  // The other kinds keep their own scope whatever the filter.
+  ASSERT_EQ(apply_to(&c, add(6, kKernelVa, abi::BreakpointKind::kKernel)), "") << "another scope at the same address";
+  EXPECT_TRUE(c.bp_fires_in(c.bps[1], 0x6000));
+  const auto why = apply_to(&c, add(7, kKernelVa + 1, abi::BreakpointKind::kKernelTraced, 1));
+  EXPECT_NE(why.find("takes no DTBs"), std::string::npos) << why;
+  EXPECT_NE(apply_to(&c, add(7, kUserVa, abi::BreakpointKind::kKernelTraced)).find("lower-half"), std::string::npos);
+  EXPECT_NE(apply_to(&c, add(7, kKernelVa, abi::BreakpointKind::kKernelTraced)).find("duplicate of breakpoint 5"),
+            std::string::npos);
+}
+
 TEST(Breakpoints, RemoveTakesOutOnlyThatIdAndKeepsTheOrder) {
   FilterConfig c;
   for (std::uint32_t id = 1; id <= 4; ++id)

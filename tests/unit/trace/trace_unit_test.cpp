@@ -83,12 +83,14 @@ class Stream {
     e.who = abi::TaskIdentity{task, tid, tid};
     push(decode(e, abi::RecordType::kCr3Write));
   }
-  void bp(std::uint32_t id, std::uint64_t va, std::uint64_t cr3) {
+  void bp(std::uint32_t id, std::uint64_t va, std::uint64_t cr3, std::uint64_t rdi = 0,
+          abi::BreakpointKind kind = abi::BreakpointKind::kKernel) {
     abi::BreakpointEvent e{};
     e.id = id;
     e.va = va;
     e.cr3 = cr3;
-    e.kind = static_cast<std::uint8_t>(abi::BreakpointKind::kKernel);
+    e.regs[0] = rdi;
+    e.kind = static_cast<std::uint8_t>(kind);
     push(decode(e, abi::RecordType::kBreakpoint));
   }
   std::vector<events::Event> events;
@@ -464,7 +466,10 @@ class LogSink final : public FilterSink {
   Result<void> set_identity(const IdentityOffsets&) override { return {}; }
   Result<void> set_snap_len(std::uint32_t) override { return {}; }
   Result<void> set_syscalls(const std::optional<std::vector<unsigned>>&, abi::SyscallAbi) override { return {}; }
-  Result<void> set_sync_syscalls(const std::vector<unsigned>&, abi::SyscallAbi) override { return {}; }
+  Result<void> set_sync_syscalls(const std::vector<unsigned>& nrs, abi::SyscallAbi) override {
+    sync_nrs += nrs.size();
+    return {};
+  }
   Result<void> set_all_dtbs() override {
     log.push_back("all");
     return {};
@@ -501,9 +506,12 @@ class LogSink final : public FilterSink {
     log.push_back(fmt::format("remove {:#x}", id));
     return {};
   }
+  bool breakpoints_in_force() override { return in_force; }
   std::vector<std::string> log;
   abi::Action cr3 = abi::Action::kDrop;
   bool cr3_leaving_only = false;
+  std::size_t sync_nrs = 0;   // clone-family numbers sent as synchronous, all calls together
+  bool in_force = true;
 };
 
 // `--comm calls` with nothing of that name running: an unrelated exec (cat) hits the breakpoint and
@@ -735,6 +743,146 @@ TEST(Tracer, ArgRulesAndTheCr3FilterAreSentAtApply) {
   ASSERT_TRUE(t4.apply().ok());
   EXPECT_EQ(s4.cr3, abi::Action::kSync);
   EXPECT_FALSE(s4.cr3_leaving_only);
+}
+
+// Method 5 on a guest whose exec can be read at begin_new_exec: the shell's exec is followed at
+// that breakpoint (its new address space, from bprm->mm, joins the filter before the new program
+// runs), so no CR3 event is asked for; forks are followed at wake_up_new_task, both only in traced
+// address spaces, and the clone family's exits are no longer synchronous.
+constexpr std::uint64_t kFollowVa = 0xffffffff81402000, kForkVa = 0xffffffff81100000;
+constexpr std::uint64_t kBprm = 0xffff888001c00000, kBadBprm = 0xffff888001d00000, kHelperBprm = 0xffff888001e00000;
+
+class ExecGuest final : public GuestQueries {
+ public:
+  Result<std::optional<ProcInfo>> pid(std::uint32_t pid) override {
+    if (pid == kShell) return std::optional<ProcInfo>(ProcInfo{kShell, kOldDtb, "sh"});
+    return std::optional<ProcInfo>();
+  }
+  Result<std::vector<ProcInfo>> name(const std::string&) override { return std::vector<ProcInfo>{}; }
+  std::optional<TaskInfo> task(std::uint64_t t) override {
+    if (t == kShellTask) return TaskInfo{kNewDtb, "calls", kShell, 1};
+    return std::nullopt;
+  }
+  IdentityOffsets identity() override { return {}; }
+  std::optional<std::uint64_t> symbol(const std::string& n) override {
+    if (n == kExecFollowSymbol) return kFollowVa;
+    if (n == "wake_up_new_task") return kForkVa;
+    return std::nullopt;
+  }
+  bool can_follow_exec() override { return true; }
+  std::optional<ExecInfo> exec(unsigned cpu, std::uint64_t bprm) override {
+    asked.emplace_back(cpu, bprm);
+    if (bprm == kBprm) return ExecInfo{kShell, kShellTask, kOldDtb, kNewDtb};
+    if (bprm == kHelperBprm) return ExecInfo{2, 0xffff888000c00000, 0, kChildDtb};   // a kernel thread's usermode helper
+    return std::nullopt;                                                              // unreadable
+  }
+  std::vector<std::pair<unsigned, std::uint64_t>> asked;
+};
+
+
+Stream exec_follow_program() {
+  Stream s;
+  s.entry(kShell, kShellTask, kOldDtb, 59, {0x1000, 0x2000, 0x3000}, {{0, abi::CaptureKind::kString, "/tmp/calls"}});
+  s.bp(kExecFollowBreakpointId, kFollowVa, kOldDtb | 0x3, kHelperBprm, abi::BreakpointKind::kKernelTraced);
+  s.bp(kExecFollowBreakpointId, kFollowVa, kOldDtb | 0x3, kBadBprm, abi::BreakpointKind::kKernelTraced);
+  s.bp(kExecFollowBreakpointId, kFollowVa, kOldDtb | 0x3, kBprm, abi::BreakpointKind::kKernelTraced);
+  s.exit(kShell, kShellTask, kNewDtb, 59, 0);
+  s.entry(kShell, kShellTask, kNewDtb, 257, {static_cast<std::uint64_t>(-100), 0x4000, 0},
+          {{1, abi::CaptureKind::kString, "/etc/hostname"}});
+  s.exit(kShell, kShellTask, kNewDtb, 257, 3);
+  s.entry(kShell, kShellTask, kNewDtb, 231, {3});
+  return s;
+}
+
+TEST(Tracer, Method5FollowsExecsAtABreakpointInTracedAddressSpacesInsteadOfCr3Events) {
+  const auto rec = temp("exec-follow.rec");
+  ExecGuest guest;
+  LogSink sink;
+  std::vector<std::string> lines;
+  std::optional<TraceStats> stats;
+  {
+    LiveRecording lr(guest, rec);
+    Tracer t(*lr.q, sink, config(true), [&](const std::string& l) { lines.push_back(l); });
+    t.set_realtime_offset(0);
+    RecordedTargets targets;
+    targets.pids = {kShell};
+    targets.follow = true;
+    ASSERT_TRUE(apply_targets(t, targets).ok());
+    lr.start(targets);
+    ASSERT_TRUE(t.apply().ok());
+    for (const auto& e : exec_follow_program().events) {
+      if (lr.w) lr.w->event(e);
+      ASSERT_TRUE(t.handle(e).ok());
+    }
+    stats = t.stats();
+    EXPECT_TRUE(t.detach().ok());
+    t.finish({}, {}, {});
+    lr.close();
+  }
+  const int traced = static_cast<int>(abi::BreakpointKind::kKernelTraced), sync = static_cast<int>(abi::Action::kSync);
+  const std::vector<std::string> want = {
+      "remove 0x74720001",
+      fmt::format("add 0x74720001 {:#x} {} {} 0", kForkVa, traced, sync),     // forks: only in traced address spaces
+      "remove 0x74720003",
+      fmt::format("add 0x74720003 {:#x} {} {} 0", kFollowVa, traced, sync),   // execs: likewise
+      "arg rules",
+      "read data all",
+      fmt::format("dtbs {:#x}", kOldDtb),
+      fmt::format("dtbs {:#x}", kNewDtb),                                     // at the readable exec
+      "dtbs",                                                                 // exited
+      "remove 0x74720001",
+      "remove 0x74720003",
+  };
+  EXPECT_EQ(sink.log, want);
+  EXPECT_EQ(sink.cr3, abi::Action::kDrop) << "no CR3 event is needed to follow an exec";
+  EXPECT_EQ(sink.sync_nrs, 0u) << "with the fork breakpoint, clone exits need not pause the guest";
+  ASSERT_EQ(guest.asked.size(), 3u);
+  EXPECT_EQ(guest.asked[2], (std::pair<unsigned, std::uint64_t>{0, kBprm})) << "the vCPU and bprm (rdi) of the hit";
+  EXPECT_EQ(stats->execs_followed, 1u);
+  EXPECT_EQ(stats->execs_unread, 1u) << "the unreadable one is counted; the kernel thread's is not the shell's";
+  const std::vector<std::string> want_lines = {
+      R"([pid   100] execve("/tmp/calls", 0x2000, 0x3000) = 0)",
+      R"([pid   100] openat(AT_FDCWD, "/etc/hostname", O_RDONLY) = 3)",
+      "[pid   100] exit_group(3)               = ?",
+      "[pid   100] +++ exited with 3 +++",
+  };
+  EXPECT_EQ(lines, want_lines);
+  // The recording answers the exec questions as the live guest did: the replay prints the same.
+  const auto got = replay(rec, config(true));
+  EXPECT_FALSE(got.error) << *got.error;
+  EXPECT_EQ(got.lines, lines);
+  fs::remove(rec);
+
+  // Method 4 keeps the paper's CR3 events; a guest that cannot read bprm->mm keeps them too.
+  auto m4 = config(true);
+  m4.method = 4;
+  LogSink s4;
+  Tracer t4(guest, s4, m4, [](const std::string&) {});
+  ASSERT_TRUE(t4.trace_pid(kShell).ok());
+  ASSERT_TRUE(t4.apply().ok());
+  EXPECT_EQ(s4.cr3, abi::Action::kSync);
+  EXPECT_EQ(std::count_if(s4.log.begin(), s4.log.end(), [](const std::string& l) { return l.starts_with("add 0x74720003"); }), 0);
+}
+
+// Until the monitor has retranslated the code at the breakpoints (a flush some vCPU queues later),
+// they do not fire: the clone exits and CR3 events stand in, and are dropped once they do.
+TEST(Tracer, CloneExitsAndCr3EventsStandInUntilTheBreakpointsAreInForce) {
+  ExecGuest guest;
+  LogSink sink;
+  sink.in_force = false;
+  Tracer t(guest, sink, config(true), [](const std::string&) {});
+  ASSERT_TRUE(t.trace_pid(kShell).ok());
+  ASSERT_TRUE(t.apply().ok());
+  EXPECT_EQ(sink.cr3, abi::Action::kSync);
+  EXPECT_GT(sink.sync_nrs, 0u) << "the clone family's exits pause the guest meanwhile";
+  auto evs = exec_follow_program().events;
+  ASSERT_TRUE(t.handle(evs[0]).ok());
+  EXPECT_EQ(sink.cr3, abi::Action::kSync) << "still not in force";
+  const std::size_t before = sink.sync_nrs;
+  sink.in_force = true;
+  ASSERT_TRUE(t.handle(evs[1]).ok());
+  EXPECT_EQ(sink.cr3, abi::Action::kDrop) << "in force: the exec breakpoint follows execs alone";
+  EXPECT_EQ(sink.sync_nrs, before) << "and the clone exits are sent with no sync set";
 }
 
 TEST(Recording, CommStartedLaterReplaysToIdenticalOutput) {

@@ -125,6 +125,8 @@ enum class EventClass : std::uint8_t { kCr3 = 0, kSyscallEntry = 1, kSyscallExit
 enum class BreakpointKind : std::uint8_t {
   kKernel = 1,   // upper-half address; scope: every address space (n_dtbs 0) or 1..kMaxBreakpointDtbs DTBs
   kUser = 2,     // lower-half address; scope: exactly one DTB (the address means nothing elsewhere)
+  kKernelTraced = 3,   // upper-half address; scope: the DTB filter in force (SET_DTBS; every address
+                       // space under SET_ALL_DTBS), followed as it changes; n_dtbs 0
 };
 
 struct AddBreakpointMsg {

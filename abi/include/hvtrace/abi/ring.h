@@ -151,7 +151,12 @@ struct alignas(kPageSize) ShmHeader {
   // check at every kernel block start would cost). store(release)
   std::uint64_t cond_checks;
   std::uint64_t kernel_blocks;
-  std::uint64_t reserved[2];
+  // Breakpoints take effect when the code at their address is translated again: a change of the
+  // breakpoint table that adds an address bumps bp_serial (store(release) before the control reply),
+  // and a code flush queued after it sets bp_in_force to that serial once it is done (store(release)).
+  // bp_in_force >= the bp_serial read after ADD_BREAKPOINT's reply: that breakpoint fires.
+  std::uint64_t bp_serial;
+  std::uint64_t bp_in_force;
 };
 static_assert(sizeof(ShmHeader) == kPageSize);
 static_assert(offsetof(ShmHeader, syscall_entry_va) == 40);
