@@ -108,14 +108,21 @@ struct FilterConfig {
   // The argument rules (abi.h ArgRule): false if a rule for this call holds it back. Only a call
   // with a rule looks at the read-data set.
   [[nodiscard]] bool args_pass(abi::SyscallAbi a, std::uint64_t nr, const std::uint64_t* args, std::uint64_t dtb) const {
-    if (n_arg_rules == 0) return true;
+    const abi::ArgRule* r = rule_for(a, nr);
+    return r == nullptr || (args[r->arg] & r->mask) != 0 || read_data_passes(dtb);
+  }
+  // Whether a rule holds this call back whatever its arguments (mask 0, outside the read-data
+  // set): decided before the arguments are read.
+  [[nodiscard]] bool never_passes(abi::SyscallAbi a, std::uint64_t nr, std::uint64_t dtb) const {
+    const abi::ArgRule* r = rule_for(a, nr);
+    return r != nullptr && r->mask == 0 && !read_data_passes(dtb);
+  }
+  [[nodiscard]] const abi::ArgRule* rule_for(abi::SyscallAbi a, std::uint64_t nr) const {
     if (a == abi::SyscallAbi::kX32) nr &= ~kX32Bit;
     const unsigned t = table_of(a);
-    for (std::uint32_t i = 0; i < n_arg_rules; ++i) {
-      const abi::ArgRule& r = arg_rules[i];
-      if (r.nr == nr && r.abi == t) return (args[r.arg] & r.mask) != 0 || read_data_passes(dtb);
-    }
-    return true;
+    for (std::uint32_t i = 0; i < n_arg_rules; ++i)
+      if (arg_rules[i].nr == nr && arg_rules[i].abi == t) return &arg_rules[i];
+    return nullptr;
   }
   // Unpaired exits (entry not seen): pass only when every number of both tables passes and no
   // argument rule may have held an entry back.

@@ -106,13 +106,18 @@ constexpr std::uint64_t user_word_address(abi::Door d, const EntryRegs& r) {
                                         : 0;
 }
 
+// The table a 64-bit `syscall` indexes, from rax alone: x32 calls set kX32SyscallBit.
+constexpr abi::SyscallAbi syscall64_abi(std::uint64_t rax) {
+  return (rax & kX32SyscallBit) != 0 && (rax >> 32) == 0 ? abi::SyscallAbi::kX32 : abi::SyscallAbi::kX86_64;
+}
+
 constexpr EntryDecode decode_entry(abi::Door d, const EntryRegs& r) {
   constexpr std::uint64_t m32 = 0xffff'ffffULL;
   EntryDecode e;
   switch (d) {
     case abi::Door::kSyscall64: {
       e.nr = r.rax;
-      e.abi = (r.rax & kX32SyscallBit) != 0 && (r.rax >> 32) == 0 ? abi::SyscallAbi::kX32 : abi::SyscallAbi::kX86_64;
+      e.abi = syscall64_abi(r.rax);
       const std::uint64_t a[6] = {r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9};
       for (int i = 0; i < 6; ++i) e.args[i] = a[i];
       e.user_rip = r.rcx;

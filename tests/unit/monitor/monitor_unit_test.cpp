@@ -309,6 +309,11 @@ TEST(Control, ArgumentRulesHoldBackCallsOnlyOutsideTheReadDataSet) {
   EXPECT_TRUE(next.args_pass(x64, 257, rdonly, 0x10000));                  // the server's: everything
   EXPECT_FALSE(next.args_pass(abi::SyscallAbi::kX32, 257 | abi::kX32SyscallBit, rdonly, 0x7ffe000));
   EXPECT_FALSE(next.args_pass(i386, 3, creat, 0x7ffe000));                // mask 0: never
+  // ... which the monitor decides before reading the arguments; a rule with a mask needs them.
+  EXPECT_TRUE(next.never_passes(i386, 3, 0x7ffe000));
+  EXPECT_FALSE(next.never_passes(i386, 3, 0x10000));                       // inside the read-data set
+  EXPECT_FALSE(next.never_passes(x64, 257, 0x7ffe000));
+  EXPECT_FALSE(next.never_passes(x64, 3, 0x7ffe000));                      // no rule
   EXPECT_TRUE(next.args_pass(x64, 3, rdonly, 0x7ffe000));                  // x86-64 close: no rule
   EXPECT_TRUE(next.args_pass(i386, 257, rdonly, 0x7ffe000));               // the rule is x86-64's
   EXPECT_FALSE(next.all_pass());   // an exit whose entry was not seen may be one held back
