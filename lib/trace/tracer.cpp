@@ -321,6 +321,13 @@ Result<void> Tracer::push_dtbs() {
   return {};
 }
 
+// A live traced process whose address space is `dtb` (a vfork child shares its parent's).
+const Tracer::Traced* Tracer::owner_of(std::uint64_t dtb) const {
+  for (const auto& [tgid, p] : procs_)
+    if (!p.exited && p.dtb == dtb) return &p;
+  return nullptr;
+}
+
 Tracer::Traced* Tracer::traced(std::uint32_t tgid) {
   auto it = procs_.find(tgid);
   if (it != procs_.end() && !it->second.exited) return &it->second;
@@ -556,9 +563,9 @@ Result<void> Tracer::on_exec_follow(const events::Event& e) {
   Traced* t = traced(x->tgid);
   if (t == nullptr) {
     if (!cfg_.follow) return {};
-    const auto owner = std::find_if(procs_.begin(), procs_.end(), [&](const auto& kv) { return !kv.second.exited && kv.second.dtb == old_dtb; });
-    if (owner == procs_.end()) return {};
-    t = &(procs_[x->tgid] = Traced{x->tgid, x->new_dtb, false, false, owner->second.read_data});
+    const Traced* owner = owner_of(old_dtb);
+    if (owner == nullptr) return {};
+    t = &(procs_[x->tgid] = Traced{x->tgid, x->new_dtb, false, false, owner->read_data});
   }
   comm_cache_.erase(x->task);
   ++stats_.execs_followed;
@@ -575,10 +582,7 @@ Result<void> Tracer::on_cr3(const events::Event& e) {
   const std::uint64_t old_dtb = abi::dtb_of_cr3(e.cr3.old_cr3), new_dtb = abi::dtb_of_cr3(e.cr3.new_cr3);
   if (old_dtb == new_dtb) return {};
   Traced* t = traced(who.tgid);
-  bool vfork_child = false;
-  if (t == nullptr && cfg_.follow)
-    for (const auto& [tgid, p] : procs_)
-      if (!p.exited && p.dtb == old_dtb) vfork_child = true;
+  const bool vfork_child = t == nullptr && cfg_.follow && owner_of(old_dtb) != nullptr;
   if (t == nullptr && !vfork_child) return {};
   auto task = guest_->task(who.task);
   if (!task || !task->dtb || *task->dtb != new_dtb) return {};   // a context switch

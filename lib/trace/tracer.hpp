@@ -276,6 +276,7 @@ class Tracer {
   bool wanted(abi::SyscallAbi a, std::uint64_t nr) const;
   std::string comm_of(const abi::TaskIdentity& who);
   Traced* traced(std::uint32_t tgid);
+  const Traced* owner_of(std::uint64_t dtb) const;
   Result<void> on_entry(const events::Event& e);
   Result<void> on_exit(const events::Event& e);
   Result<void> on_cr3(const events::Event& e);
