@@ -13,8 +13,21 @@
 // All five accesses are seq_cst. If L read the old config, then N < L < publish < W in the single
 // total order, so W's 1 comes last; if L read the new one, the vCPU widened itself. Either way, after
 // a change every flag is >= what the new config needs until the vCPU narrows again with it.
-// Nobody else writes these fields (the generated code only reads them). Tested under TSan in
-// tests/unit/monitor/arming_test.cpp.
+// Besides the vCPU itself, only two writers touch these fields, and only upwards: the control
+// thread (W) and, for the exit flag, a vCPU that has just recorded an entry (E below). The
+// generated code only reads them. Tested under TSan in tests/unit/monitor/arming_test.cpp.
+//
+// Exits wait for entries. With a syscall filter an exit without an open entry is not delivered, so
+// where CR3 writes are watched (a switch into an address space is seen) a vCPU arms its exit traps
+// only while some vCPU's table of open calls holds an entry of the address space it runs: the
+// filtered majority of a traced process's calls then cost one callback (the entry), not two. The
+// rule, all accesses seq_cst:
+//   - a vCPU narrowing (at a CR3 write, or after an exit) publishes the DTB it runs (R), stores its
+//     flags with exit 0 (N), scans every vCPU's table for that DTB (S) and stores exit 1 if found;
+//   - a vCPU recording an entry puts it in its table (P), then stores exit 1 on itself and on every
+//     vCPU whose published DTB is the entry's (E).
+// If S misses P, then R < N < S < P < E's read, so E sees the DTB (or a later one) and its 1 comes
+// after N. A thread that blocked on one vCPU and returns on another is covered either way.
 #pragma once
 
 #include "config.hpp"
@@ -41,11 +54,26 @@ inline ArmFlags arm_for(const FilterConfig& cfg, std::uint64_t dtb) {
   return f;
 }
 
-// The vCPU side (N, L): `store` writes the three flags with seq_cst stores.
-template <typename Store>
+// Whether `cfg` lets exit traps wait for entries (see above): exits are wanted, unpaired ones are
+// not delivered, and CR3 writes are watched on every vCPU.
+inline bool exits_wait_for_entries(const FilterConfig& cfg) {
+  return cfg.action(EventClass::kSyscallExit) != Action::kDrop && !cfg.all_pass() && arm_for(cfg, 0).cr3 != 0;
+}
+
+// The vCPU side (N, S, L): `store` writes the three flags with seq_cst stores; `open_here()` scans
+// the tables of open calls for `dtb` with seq_cst loads (called only when exits wait for entries;
+// the caller has published `dtb` as the one it runs before calling this).
+template <typename Store, typename OpenHere>
 void narrow_flags(const FilterConfig& cfg, const std::atomic<const FilterConfig*>& current, std::uint64_t dtb,
-                  Store&& store) {
-  store(arm_for(cfg, dtb));
+                  Store&& store, OpenHere&& open_here) {
+  ArmFlags f = arm_for(cfg, dtb);
+  const bool wait = f.exit != 0 && exits_wait_for_entries(cfg);
+  if (wait) f.exit = 0;
+  store(f);
+  if (wait && open_here()) {
+    f.exit = 1;
+    store(f);
+  }
   if (current.load(std::memory_order_seq_cst) != &cfg) store(kArmAll);
 }
 

@@ -240,8 +240,16 @@ class OpenEntries {
     s->used = true;
     s->exec.store(leaves_address_space(c.abi, c.nr), std::memory_order_relaxed);
     s->tag.store(t, std::memory_order_relaxed);
+    s->dtb.store(c.dtb, std::memory_order_seq_cst);   // P of arming.hpp
     unlock(*s);
     return true;
+  }
+  // Whether an entry of address space `dtb` is open here (S of arming.hpp: a hint read without the
+  // slots' locks; a slot being filled or emptied may be seen either way).
+  [[nodiscard]] bool holds(std::uint64_t dtb) const {
+    for (const auto& x : slot_)
+      if (x.dtb.load(std::memory_order_seq_cst) == dtb) return true;
+    return false;
   }
   // Remove and return the entry of the thread (dtb, rsp), if this table holds it.
   std::optional<OpenCall> take(std::uint64_t dtb, std::uint64_t rsp) {
@@ -253,6 +261,7 @@ class OpenEntries {
           x.used = false;
           x.exec.store(false, std::memory_order_relaxed);
           x.tag.store(0, std::memory_order_relaxed);
+          x.dtb.store(0, std::memory_order_relaxed);
           unlock(x);
           return c;
         }
@@ -267,6 +276,7 @@ class OpenEntries {
     bool used = false;
     std::atomic<std::uint64_t> tag{0};
     std::atomic<bool> exec{false};   // hint like tag: the call is an exec (checked again under the lock)
+    std::atomic<std::uint64_t> dtb{0};   // hint: the call's address space, 0 when free (holds())
     std::atomic<bool> held{false};
   };
   static bool lock(Slot& x) {

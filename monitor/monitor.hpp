@@ -80,6 +80,9 @@ struct Vcpu {
   GByteArray* membuf = nullptr;
   std::uint8_t* scratch = nullptr;
   OpenEntries<kOpenEntries> open;
+  // The DTB this vCPU last narrowed its flags for (R of arming.hpp): the one it runs while CR3
+  // writes are watched. Read by other vCPUs recording an entry of the same address space.
+  std::atomic<std::uint64_t> running_dtb{~0ULL};
   bool last_sync_timed_out = false;
   unsigned sync_timeouts_in_row = 0;   // kSyncDegradeAfter in a row: sync events go async
   std::uint32_t attach_epoch = 0;      // Monitor::attach_epoch when the count was last reset

@@ -194,9 +194,32 @@ void emit(Monitor& m, unsigned vcpu, Vcpu& v, const FilterConfig& cfg, Action ac
   }
 }
 
-// Narrow this vCPU's armed flags to what `cfg` needs for `dtb` (arming.hpp).
+std::atomic_ref<std::uint64_t> board_field(qemu_plugin_u64 field, unsigned vcpu) {
+  auto* p = static_cast<char*>(qemu_plugin_scoreboard_find(field.score, vcpu)) + field.offset;
+  return std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(p));
+}
+
+// Whether any vCPU's table holds an open entry of address space `dtb` (S of arming.hpp).
+bool open_anywhere(const Monitor& m, std::uint64_t dtb) {
+  for (unsigned w = 0; w < m.max_vcpus; ++w)
+    if (m.vcpus[w].open.holds(dtb)) return true;
+  return false;
+}
+
+// Narrow this vCPU's armed flags to what `cfg` needs for `dtb`, the address space it runs, exits
+// included only while an entry there waits for one (arming.hpp).
 void narrow(Monitor& m, unsigned vcpu, const FilterConfig& cfg, std::uint64_t dtb) {
-  narrow_flags(cfg, m.current, dtb, [&](const ArmFlags& f) { store_flags(m, vcpu, f); });
+  m.vcpus[vcpu].running_dtb.store(dtb, std::memory_order_seq_cst);   // R
+  narrow_flags(cfg, m.current, dtb, [&](const ArmFlags& f) { store_flags(m, vcpu, f); },
+               [&] { return open_anywhere(m, dtb); });
+}
+
+// An entry of `dtb` was just recorded on `vcpu` (P): arm exits on it and on every vCPU running the
+// same address space (E of arming.hpp), where the call may return.
+void arm_exits_for(Monitor& m, unsigned vcpu, std::uint64_t dtb) {
+  for (unsigned w = 0; w < m.max_vcpus; ++w)
+    if (w == vcpu || (m.vcpus[w].ready && m.vcpus[w].running_dtb.load(std::memory_order_seq_cst) == dtb))
+      board_field(m.f_exit_armed, w).store(1, std::memory_order_seq_cst);
 }
 
 // The current task and its ids from the kernel per-CPU base (zero when off or unreadable: a read
@@ -328,7 +351,8 @@ void on_entry_body(Monitor& m, unsigned vcpu, abi::Door door) {
       (void)v.open.take(dtb, d.user_rsp);   // exit/exit_group: nothing to pair, and its stale entry goes too
     } else {
       bool evicted = false;
-      (void)v.open.put(call, &evicted);   // false: every slot held by other vCPUs that instant; its exit comes unpaired
+      // false: every slot held by other vCPUs that instant; its exit comes unpaired
+      if (v.open.put(call, &evicted) && exits_wait_for_entries(cfg)) arm_exits_for(m, vcpu, dtb);
       if (evicted && v.has_ring) {
         auto* h = v.prod.header();
         abi::aref(h->open_evicted).store(h->open_evicted + 1, std::memory_order_relaxed);
@@ -360,11 +384,6 @@ bool request_reset(Monitor& m) {
     ::hvtrace_monitor_register_callbacks();
   });
   return true;
-}
-
-std::atomic_ref<std::uint64_t> board_field(qemu_plugin_u64 field, unsigned vcpu) {
-  auto* p = static_cast<char*>(qemu_plugin_scoreboard_find(field.score, vcpu)) + field.offset;
-  return std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(p));
 }
 
 // Fires at a user door instruction (syscall, int $0x80, sysenter) or a mov to CR3 while this
@@ -453,18 +472,21 @@ void on_return_to_user(Monitor& m, unsigned vcpu, Vcpu& v, abi::ExitVia via, std
   const std::uint64_t cr3 = read_reg(v, v.cr3);
   const std::uint64_t dtb = abi::dtb_of_cr3(cr3);
   const std::optional<OpenCall> o = take_open(m, vcpu, dtb, user_rsp);
-  if (!o && via == abi::ExitVia::kIret) return;  // an interrupt or exception returning
   const FilterConfig& cfg = *acquire_cfg(m, v);
   const Action act = cfg.action(EventClass::kSyscallExit);
+  // Exits armed where no entry waits any more (a filter change widened them, or this was the last
+  // one): disarm them until the next entry of this address space (arming.hpp).
+  const auto done = [&] {
+    if (exits_wait_for_entries(cfg)) narrow(m, vcpu, cfg, dtb);
+    release_cfg(v);
+  };
+  if (!o && via == abi::ExitVia::kIret) return done();  // an interrupt or exception returning
   if (act == Action::kDrop || !cfg.dtb_passes(dtb)) {
     narrow(m, vcpu, cfg, dtb);
     release_cfg(v);
     return;
   }
-  if (o ? !cfg.syscall_passes(o->abi, o->nr) : !cfg.all_pass()) {
-    release_cfg(v);
-    return;
-  }
+  if (o ? !cfg.syscall_passes(o->abi, o->nr) : !cfg.all_pass()) return done();
   abi::SyscallExitEvent e{};
   const std::uint64_t rax = read_reg(v, v.gpr[RAX]);
   const bool i386 = o && o->abi == abi::SyscallAbi::kI386;
@@ -493,7 +515,7 @@ void on_return_to_user(Monitor& m, unsigned vcpu, Vcpu& v, abi::ExitVia via, std
   }
   const Action exit_act = o && act == Action::kAsync && cfg.exit_forced_sync(o->abi, o->nr) ? Action::kSync : act;
   emit(m, vcpu, v, cfg, exit_act, abi::RecordType::kSyscallExit, &e.hdr, sizeof e, v.scratch, extra);
-  release_cfg(v);
+  done();
 }
 
 void on_sysret(unsigned vcpu, void* udata) {

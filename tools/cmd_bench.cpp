@@ -1270,14 +1270,18 @@ json run_session_arm(const std::string& arm, Guest& g, const SessionBench& b, un
   const std::uint64_t insns0 = g.reader ? g.reader->guest_insns() : 0;
   // selftime=on: host time inside the monitor's callbacks, and of it the time the vCPU waited for
   // the watcher's ack of synchronous events (the guest paused; QEMU's thread asleep after 20 µs).
+  struct CallbackTotals {
+    std::uint64_t ns = 0, wait_ns = 0, calls = 0;
+  };
   const auto callback_ns = [&g] {
-    std::pair<std::uint64_t, std::uint64_t> ns{0, 0};
+    CallbackTotals t;
     for (unsigned i = 0; g.reader && i < g.reader->rings(); ++i) {
       const auto st = g.reader->stats(i);
-      ns.first += st.cb_ns;
-      ns.second += st.sync_wait_ns;
+      t.ns += st.cb_ns;
+      t.wait_ns += st.sync_wait_ns;
+      t.calls += st.cb_calls;
     }
-    return ns;
+    return t;
   };
   const auto cb0 = callback_ns();
   const auto t0 = Clock::now();
@@ -1288,10 +1292,11 @@ json run_session_arm(const std::string& arm, Guest& g, const SessionBench& b, un
   if (neighbour) run["neighbour_cpu_s"] = neighbour->stop();
   if (const std::uint64_t insns1 = g.reader ? g.reader->guest_insns() : 0; insns1 > insns0)
     run["guest_insns"] = static_cast<double>(insns1 - insns0);   // --icount (a count: no host noise)
-  if (const auto cb1 = callback_ns(); cb1.first > cb0.first) {
-    const double wait_s = static_cast<double>(cb1.second - cb0.second) / 1e9;
+  if (const auto cb1 = callback_ns(); cb1.ns > cb0.ns) {
+    const double wait_s = static_cast<double>(cb1.wait_ns - cb0.wait_ns) / 1e9;
     run["sync_wait_s"] = wait_s;
-    run["monitor_callback_s"] = std::max(0.0, static_cast<double>(cb1.first - cb0.first) / 1e9 - wait_s);
+    run["monitor_callback_s"] = std::max(0.0, static_cast<double>(cb1.ns - cb0.ns) / 1e9 - wait_s);
+    run["monitor_callbacks"] = static_cast<double>(cb1.calls - cb0.calls);   // a count: no host noise
   }
   std::string failure;
   if (!a) failure = fmt::format("the attacker did not finish: {}", a.error().message);

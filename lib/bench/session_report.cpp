@@ -143,6 +143,10 @@ std::string make_session_report(const json& results) {
       const auto v = ok_values(series(results, a, "sync_wait_s"));
       return v.empty() || a == "idle" ? std::string("–") : cell(v, "{:.3f}");
     });
+    row("monitor callbacks run", [&](const std::string& a) {
+      const auto v = ok_values(series(results, a, "monitor_callbacks"));
+      return v.empty() ? std::string("–") : cell(v, "{:.0f}");
+    });
     row("monitor callbacks s (selftime, waits excluded)", [&](const std::string& a) {
       const auto v = ok_values(series(results, a, "monitor_callback_s"));
       return v.empty() ? std::string("–") : cell(v, "{:.3f}");
