@@ -121,6 +121,7 @@ constexpr std::uint64_t kCloneThread = 0x10000;
 constexpr int kAtFdcwd = -100;
 constexpr std::uint64_t kOCloexec = 0x80000;   // O_CLOEXEC, SOCK_CLOEXEC
 constexpr std::uint64_t kTiocswinsz = 0x5414;
+constexpr std::size_t kMaxHeldLines = 256;   // transcript lines waiting for a line's Enter key
 
 enum class FdKind : std::uint8_t { kFile, kPtmx, kPipeRead, kPipeWrite, kSocket };
 
@@ -244,6 +245,12 @@ struct Session {
   // of the terminal write being replayed; a fork after it belongs to the line it completes.
   ShellFork last_fork;
   std::uint64_t key_entry_ns = 0;
+  // An Enter key's write into the terminal seen at its entry and the line it ends not yet opened:
+  // on one vCPU the shell reads the line and acts on it (bash writes ~/.bash_history at `exit`)
+  // before that write returns and before the server reads the echo. The transcript lines of those
+  // actions wait in `held` (bounded) until the line is opened, the echo is read or the session closes.
+  bool enter_pending = false;
+  std::vector<std::string> held;
   // files
   std::uint64_t file_bytes_kept = 0, part_seq = 0;
   std::uint64_t pipe_seq = 0;
@@ -520,6 +527,7 @@ struct Tracker::Impl {
     s.w->transcript(fmt::format("\n[{}] {}@{} $ {}{}\n", s.w->iso(ns), user_text(s), client_text(s), text,
                                 truncated ? fmt::format(" [hvtrace: line cut at {} bytes]", cfg.max_line_bytes) : ""));
     follow(s, text, ns);
+    release_held(s);
     Command c;
     c.line = text.size() > 4096 ? text.substr(0, 4096) : text;
     c.ns = ns;
@@ -542,6 +550,7 @@ struct Tracker::Impl {
          {{"input", text}, {"message", fmt::format("CMD (continued): {}", shorten(line, 1000))}});
     s.w->transcript(fmt::format("[{}] {}@{} > {}\n", s.w->iso(ns), user_text(s), client_text(s), text));
     follow(s, line, ns, '>');
+    release_held(s);
   }
 
   void command_line(Session& s, LineEditor::Line l, std::uint64_t ns) {
@@ -667,8 +676,38 @@ struct Tracker::Impl {
       j["program"] = sanitize_utf8(f.prog);
       emit(s, "hvtrace.file.write", ns, std::move(j));
     }
-    s.w->transcript(fmt::format("[{}] {} {} ({} bytes, {})\n", s.w->iso(ns),
-                                upload ? "uploaded" : download ? "downloaded" : "wrote", what, f.size, hash_text));
+    held_transcript(s, fmt::format("[{}] {} {} ({} bytes, {})\n", s.w->iso(ns),
+                                   upload ? "uploaded" : download ? "downloaded" : "wrote", what, f.size, hash_text));
+  }
+
+  // A transcript line of what the session's processes did: it waits while an Enter key is on its way.
+  void held_transcript(Session& s, std::string line) {
+    if (s.enter_pending && s.held.size() < kMaxHeldLines) {
+      s.held.push_back(std::move(line));
+      return;
+    }
+    release_held(s);
+    s.w->transcript(line);
+  }
+
+  void release_held(Session& s) {
+    s.enter_pending = false;
+    for (auto& l : s.held) s.w->transcript(l);
+    s.held.clear();
+  }
+
+  // The entry of a call, before it completes: the connection process writing a key that ends a
+  // line (CR or LF) into the terminal.
+  void entry(const CallEvent& e) {
+    Process* pp = proc(e.pid);
+    if (pp == nullptr || pp->s == nullptr || e.pid != pp->s->conn || !pp->s->pty) return;
+    const Sys sys = classify(e.call);
+    if (sys != Sys::kWrite && sys != Sys::kWritev) return;
+    const auto it = pp->fds.find(arg_int(e.call, 0));
+    if (it == pp->fds.end() || it->second.kind != FdKind::kPtmx) return;
+    const auto* cap = find_cap(e.call.entry_caps, 1, CaptureKind::kBuffer);
+    if (cap == nullptr || (cap->flags & abi::kCaptureFault) != 0 || cap->data.find_first_of("\r\n") == std::string::npos) return;
+    pp->s->enter_pending = true;
   }
 
   void release(Process& p, Fd& fd, std::uint64_t ns) {
@@ -751,6 +790,7 @@ struct Tracker::Impl {
 
   void close_session(Session& s, std::uint64_t ns, const std::string& why) {
     ensure_connect(s);
+    release_held(s);
     attempt_failed(s, ns);
     if (s.success_deferred) emit_success(s, ns);
     // Whatever is still half-written goes out: a partial UTF-8 sequence, the unfinished line.
@@ -1124,6 +1164,7 @@ struct Tracker::Impl {
           stats.truncated_bytes += static_cast<std::uint64_t>(ret) - data.size();
         }
         terminal_output(s, data, ns);
+        release_held(s);   // the echo of a line that opened no command (empty, or not echoed)
         return;
       }
       case Sys::kSendfile:
@@ -1371,6 +1412,7 @@ void Tracker::add_existing(std::uint32_t pid, std::uint32_t ppid, const std::str
 }
 
 void Tracker::on_call(const CallEvent& e) { impl_->handle(e); }
+void Tracker::on_entry(const CallEvent& e) { impl_->entry(e); }
 
 void Tracker::on_credential(std::uint32_t pid, Credential kind, std::string value, std::uint64_t ns) {
   impl_->credential(pid, kind, std::move(value), ns);

@@ -440,6 +440,16 @@ Result<void> Tracer::on_entry(const events::Event& e) {
     open_line_tid_.reset();
     return {};
   }
+  if (entry_hook_) {
+    CallRecord r;
+    r.pid = p.pid;
+    r.tid = who.pid;
+    r.comm = p.comm;
+    r.abi = p.call.abi;
+    r.nr = p.call.nr;
+    r.entry_ns = p.entry_ns;
+    entry_hook_(r, p.call);
+  }
   const bool shown = wanted(p.call.abi, p.call.nr);
   pending_[who.pid] = std::move(p);
   if (shown) open_line_tid_ = who.pid;

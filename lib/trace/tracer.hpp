@@ -237,6 +237,10 @@ class Tracer {
   // call's line is printed; not for calls still open at finish().
   using CallHook = std::function<void(const CallRecord&, const syscalls::Call&)>;
   void set_call_hook(CallHook hook) { call_hook_ = std::move(hook); }
+  // The same view of a call at its entry, before it completes (args and entry captures; no return
+  // value, no formatted text): what a task is about to do while other tasks' calls are still seen
+  // first (hvtrace session: a key being written to a terminal). Not for exit and exit_group.
+  void set_entry_hook(CallHook hook) { entry_hook_ = std::move(hook); }
 
   // Push the filter that the method and the targets need to the monitor.
   // Take back what apply() added to the monitor that outlives the filter (the fork and exec breakpoints).
@@ -318,6 +322,7 @@ class Tracer {
   std::set<std::uint32_t> tids_seen_;
   std::map<std::uint32_t, std::string> guest_names_;
   CallHook call_hook_;
+  CallHook entry_hook_;
 };
 
 // The id of the breakpoint `-f` sets at the kernel's wake_up_new_task (a new task made runnable).

@@ -78,6 +78,17 @@ class Guest {
     e.exit_ns = now;
     t_->on_call(e);
   }
+  // A call seen at its entry only (the Tracer's entry hook); it completes later through call().
+  void entry(std::uint32_t pid, std::string_view name, std::vector<std::uint64_t> args, std::vector<events::Capture> caps) {
+    CallEvent e;
+    e.pid = e.tid = pid;
+    e.comm = "proc";
+    e.call.nr = syscalls::Table::get(abi::SyscallAbi::kX86_64).by_name(name).value_or(0);
+    for (std::size_t i = 0; i < args.size() && i < 6; ++i) e.call.args[i] = args[i];
+    e.call.entry_caps = std::move(caps);
+    e.entry_ns = now;
+    t_->on_entry(e);
+  }
   void accept(std::uint32_t server, int fd, std::string addr) {
     call(server, "accept4", {3, 0x1000, 0x2000, 0x80000}, fd, {}, {cap(1, CaptureKind::kBuffer, std::move(addr))});
   }
@@ -685,6 +696,44 @@ TEST(SessionEngine, APipelineForkedBeforeItsEnterReturnsLeavesThePreviousCommand
   EXPECT_NE(tr.find("$ sha256sum /tmp/upload.txt\n[exit 0]"), std::string::npos) << tr;
   EXPECT_NE(tr.find("$ cat /etc/passwd | grep root\n[exit 1]"), std::string::npos) << tr;
   EXPECT_EQ(tr.find("still running"), std::string::npos) << tr;
+}
+
+// `exit` typed to bash: on one vCPU bash reads the line and writes ~/.bash_history before the
+// server's write of the Enter key returns and before the server reads the echo. The file belongs
+// under `exit` in the transcript, not under the command before it; a key that ends no line holds
+// nothing back.
+TEST(SessionEngine, WhatTheShellDoesBeforeItsEnterKeyReturnsIsWrittenUnderThatLine) {
+  Rig r;
+  auto& [dir, t, g] = r;
+  bash_at_prompt(g, 9, 9999);
+  g.run(kConn, kMaster, kShell, 500, "id", {"id"}, "uid=0(root)\r\n", 0);
+  // A key in the middle of a line: a file the shell writes meanwhile is not held.
+  g.entry(kConn, "write", {kMaster, 0x4000, 1}, {cap(1, CaptureKind::kBuffer, "e")});
+  g.open(kShell, "/tmp/early", kCreateFlags, 5);
+  g.write(kShell, 5, "x");
+  g.close(kShell, 5);
+  g.type(kConn, kMaster, "exi", "exi");
+  g.type(kConn, kMaster, "t", "t");
+  g.entry(kConn, "write", {kMaster, 0x4000, 1}, {cap(1, CaptureKind::kBuffer, "\r")});
+  g.open(kShell, "/root/.bash_history", kCreateFlags, 5);
+  g.write(kShell, 5, "id\nexit\n");
+  g.close(kShell, 5);
+  g.write(kConn, kMaster, "\r");
+  g.read(kConn, kMaster, "\r\nlogout\r\n");
+  g.exit(kShell, 0);
+  g.exit(kConn, 0);
+  const auto ids = t.session_ids();
+  ASSERT_EQ(ids.size(), 1u);
+  const std::string tr = slurp(dir.path() / ids[0] / "transcript.txt");
+  const auto id_at = tr.find("$ id\n"), early = tr.find("wrote /tmp/early"), exit_at = tr.find("$ exit\n"),
+             hist = tr.find("wrote /root/.bash_history");
+  ASSERT_NE(id_at, std::string::npos) << tr;
+  ASSERT_NE(early, std::string::npos) << tr;
+  ASSERT_NE(exit_at, std::string::npos) << tr;
+  ASSERT_NE(hist, std::string::npos) << tr;
+  EXPECT_LT(id_at, early) << tr;
+  EXPECT_LT(early, exit_at) << tr;
+  EXPECT_LT(exit_at, hist) << tr;
 }
 
 // The Enter key's write into the terminal whose return was never delivered (the monitor's table of

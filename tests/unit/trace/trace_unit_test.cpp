@@ -330,6 +330,8 @@ TEST(Tracer, CallHookSeesEveryCallWhateverTheOutputShows) {
   std::vector<std::pair<CallRecord, syscalls::Call>> seen;
   Tracer t(fake, sink, config(true, "openat", true), [&](const std::string& l) { lines.push_back(l); });
   t.set_call_hook([&](const CallRecord& r, const syscalls::Call& c) { seen.emplace_back(r, c); });
+  std::vector<std::pair<CallRecord, syscalls::Call>> entered;
+  t.set_entry_hook([&](const CallRecord& r, const syscalls::Call& c) { entered.emplace_back(r, c); });
   RecordedTargets targets;
   targets.start_at_exec = kShell;
   targets.follow = true;
@@ -342,6 +344,20 @@ TEST(Tracer, CallHookSeesEveryCallWhateverTheOutputShows) {
   for (const auto& [r, c] : seen) names.push_back(r.f.name);
   const std::vector<std::string> want = {"execve", "openat", "openat", "fork", "write", "exit_group", "wait4", "exit_group"};
   EXPECT_EQ(names, want);
+  // The entry hook: every call but the exits, at its entry, with its arguments and entry captures
+  // and no return value yet.
+  std::vector<std::string> entry_names;
+  for (const auto& [r, c] : entered) {
+    entry_names.push_back(syscalls::format_call(c, {}).name);
+    EXPECT_FALSE(c.ret.has_value());
+    EXPECT_EQ(r.exit_ns, 0u);
+  }
+  std::vector<std::string> want_entered;
+  for (const auto& n : want)
+    if (n != "exit_group") want_entered.push_back(n);
+  std::sort(entry_names.begin(), entry_names.end());
+  std::sort(want_entered.begin(), want_entered.end());
+  EXPECT_EQ(entry_names, want_entered);
   const auto& [wr, wc] = seen.at(4);
   EXPECT_EQ(wr.pid, kChild);
   EXPECT_EQ(wr.tid, kChild);
