@@ -42,7 +42,7 @@ struct EventsOptions {
   std::uint32_t snaplen = abi::kDefaultSnapLen;
   std::uint64_t count = 0;       // 0: until interrupted
   double duration = 0;           // seconds, 0: until interrupted
-  std::vector<std::string> breaks;   // --break: SYMBOL, 0xVA (kernel) or PID:0xVA (user)
+  std::vector<std::string> breaks;   // --break: SYMBOL, 0xVA (kernel; @dtbs: only in --dtb's) or PID:0xVA (user)
   std::string bp_action = "async";
 };
 
@@ -53,6 +53,7 @@ struct BreakTarget {
   std::optional<std::uint32_t> pid;   // user breakpoint in this process
   std::optional<std::uint64_t> va;
   std::string symbol;                 // kernel symbol (kallsyms)
+  bool in_dtbs = false;               // kernel, only in the address spaces of the DTB filter (--dtb)
 };
 
 std::optional<std::uint64_t> parse_hex(std::string_view s) {
@@ -63,11 +64,19 @@ std::optional<std::uint64_t> parse_hex(std::string_view s) {
   return v;
 }
 
-BreakTarget parse_break(const std::string& w) {
+BreakTarget parse_break(const std::string& arg) {
   BreakTarget t;
-  t.where = w;
+  t.where = arg;
+  constexpr std::string_view kInDtbs = "@dtbs";
+  std::string w = arg;
+  if (w.size() > kInDtbs.size() && w.ends_with(kInDtbs)) {
+    w.resize(w.size() - kInDtbs.size());
+    t.in_dtbs = true;
+  }
   const auto colon = w.find(':');
   if (colon != std::string::npos) {
+    if (t.in_dtbs)
+      throw UserError(fmt::format("--break '{}': @dtbs scopes a kernel breakpoint; PID:0xADDRESS is already only that process's", arg));
     std::uint32_t pid = 0;
     const auto r = std::from_chars(w.data(), w.data() + colon, pid);
     t.va = parse_hex(std::string_view(w).substr(colon + 1));
@@ -79,7 +88,9 @@ BreakTarget parse_break(const std::string& w) {
   t.va = parse_hex(w);
   if (!t.va) {
     if (w.empty() || w.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.") != std::string::npos)
-      throw UserError(fmt::format("--break '{}': give a kernel symbol (e.g. do_sys_openat2), 0xADDRESS, or PID:0xADDRESS", w));
+      throw UserError(fmt::format("--break '{}': give a kernel symbol (e.g. do_sys_openat2), 0xADDRESS, either with @dtbs "
+                                  "(only in the --dtb address spaces), or PID:0xADDRESS",
+                                  arg));
     t.symbol = w;
   }
   return t;
@@ -228,6 +239,7 @@ void run_events(const EventsOptions& o) {
         }
       }
       spec.va = *b.va;
+      if (b.in_dtbs) spec.kind = abi::BreakpointKind::kKernelTraced;   // follows the filter set below
       if (b.pid) {
         auto p = value_or_throw(guest->os->find_pid(Pid{static_cast<std::int32_t>(*b.pid)}));
         if (!p || !p->dtb) throw UserError(fmt::format("--break {}: no process with pid {} in the guest", b.where, *b.pid));
@@ -329,7 +341,8 @@ void add_events_command(CLI::App& app) {
   cmd->add_option("-c,--count", o->count, "stop after N events");
   cmd->add_option("--duration", o->duration, "stop after S seconds");
   cmd->add_option("--break", o->breaks,
-                  "a run-time breakpoint (repeatable, up to 64): a kernel SYMBOL or 0xADDRESS (every process), or "
+                  "a run-time breakpoint (repeatable, up to 64): a kernel SYMBOL or 0xADDRESS (every process; "
+                  "with a @dtbs suffix only in the address spaces --dtb gives), or "
                   "PID:0xADDRESS (user code of that process); its hits print as {\"type\":\"bp\",\"break\":...}");
   cmd->add_option("--bp-action", o->bp_action, "breakpoint delivery: async, or sync (the vCPU waits for hvtrace)")
       ->capture_default_str();

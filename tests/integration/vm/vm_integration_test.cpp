@@ -18,6 +18,7 @@
 #include <fmt/core.h>
 
 #include <fstream>
+#include <sstream>
 #include <random>
 #include <thread>
 
@@ -444,6 +445,50 @@ TEST(GuestLabCli, MonitorFlagLoadsTheMonitorAndEventsSeeTheGuestsWrites) {
     EXPECT_TRUE(wait_until([&] { return brk.has_exited(); }, 30s));
     EXPECT_TRUE(WIFEXITED(brk.status) && WEXITSTATUS(brk.status) == 0) << brk.err;
   }
+  // `--break SYMBOL@dtbs`: the same breakpoint only in the address spaces --dtb names. A shell
+  // reading a file in a loop (its own open: `read x < file`) is the one chosen; the cat programs run
+  // meanwhile open the same file in other address spaces, and none of their hits may appear.
+  {
+    ASSERT_EQ(cli({"vm", "exec", "--name", name, "--", "sh", "-c",
+                   "cp /bin/bash /tmp/hvloop && (/tmp/hvloop -c 'while :; do read x < /etc/hostname; sleep 0.2; done' "
+                   "</dev/null >/dev/null 2>&1 &)"},
+                  30s)
+                  .exit_code,
+              0);
+    std::string dtb;
+    ASSERT_TRUE(wait_until(
+        [&] {
+          auto ps = cli({"ps", "--vm", name, "-C", "hvloop", "--json"}, 60s);
+          const auto at = ps.out.find("\"dtb\":\"");
+          if (at == std::string::npos) return false;
+          dtb = ps.out.substr(at + 7, ps.out.find('"', at + 7) - (at + 7));
+          return true;
+        },
+        60s));
+    Background brk({"events", "--vm", name, "--dtb", dtb, "--entry", "drop", "--exit", "drop", "--break", "do_sys_openat2@dtbs",
+                    "--duration", "60"});
+    std::size_t hits = 0;
+    const bool enough = wait_until(
+        [&] {
+          (void)cli({"vm", "exec", "--name", name, "--", "cat", "/etc/hostname"}, 30s);
+          brk.read_available();
+          hits = 0;
+          for (std::size_t at = 0; (at = brk.out.find("\"type\":\"bp\"", at)) != std::string::npos; ++at) ++hits;
+          return hits >= 5 || brk.has_exited();
+        },
+        60s);
+    EXPECT_TRUE(enough) << brk.out.substr(0, 2000) << brk.err;
+    std::istringstream lines(brk.out);
+    for (std::string l; std::getline(lines, l);) {
+      if (l.find("\"type\":\"bp\"") == std::string::npos) continue;
+      EXPECT_NE(l.find(fmt::format("\"dtb\":\"{}\"", dtb)), std::string::npos) << "a hit outside --dtb " << dtb << ": " << l;
+      EXPECT_NE(l.find("\"break\":\"do_sys_openat2@dtbs\""), std::string::npos) << l;
+    }
+    kill(brk.pid, SIGINT);
+    EXPECT_TRUE(wait_until([&] { return brk.has_exited(); }, 30s));
+    EXPECT_TRUE(WIFEXITED(brk.status) && WEXITSTATUS(brk.status) == 0) << brk.err;
+    (void)cli({"vm", "exec", "--name", name, "--", "sh", "-c", "kill $(pidof hvloop)"}, 30s);
+  }
   {
     Background after({"events", "--vm", name, "--entry", "drop", "--exit", "drop", "--duration", "8"});
     (void)cli({"vm", "exec", "--name", name, "--", "cat", "/etc/hostname"}, 30s);
@@ -453,7 +498,8 @@ TEST(GuestLabCli, MonitorFlagLoadsTheMonitorAndEventsSeeTheGuestsWrites) {
   }
   for (const auto& [arg, want] : {std::pair<std::string, std::string>{"no_such_function_here", "no such symbol"},
                                   {"99999:0x401000", "no process with pid 99999"},
-                                  {"12:zz", "PID:0xADDRESS"}}) {
+                                  {"12:zz", "PID:0xADDRESS"},
+                                  {"12:0x401000@dtbs", "@dtbs scopes a kernel breakpoint"}}) {
     auto r = cli({"events", "--vm", name, "--break", arg, "--duration", "1"});
     EXPECT_EQ(r.exit_code, 2) << arg << r.err;
     EXPECT_NE(r.err.find(want), std::string::npos) << r.err;
