@@ -87,7 +87,7 @@ void run_lab_job(Opts& o) {
   std::size_t kernel_threads = 0;
   for (const auto& p : procs) {
     if (p.kernel_thread) ++kernel_threads;
-    else rows.push_back({&p, std::nullopt});
+    else rows.emplace_back().p = &p;
   }
   fmt::print("--- user processes, read from guest memory (+{} kernel threads) ---\n", kernel_threads);
   print_process_table(rows, true);

@@ -662,8 +662,12 @@ TEST_F(Monitor, ArgumentRulesHoldBackReadOnlyOpensAndReadsOutsideTheReadDataSet)
       EXPECT_NE(e.captures[0].data, "/etc/hostname") << "a read-only openat was delivered";
       if (e.captures[0].data == "/tmp/hvtrace-argrule-out") write_open = (e.entry.args[2] & 01) != 0;
     }
-    if (e.type == RecordType::kSyscallEntry) EXPECT_NE(e.entry.nr, 0u) << "a read entry was delivered";
-    if (e.type == RecordType::kSyscallExit) EXPECT_NE(e.exit.nr, 0) << "a read exit was delivered";
+    if (e.type == RecordType::kSyscallEntry) {
+      EXPECT_NE(e.entry.nr, 0u) << "a read entry was delivered";
+    }
+    if (e.type == RecordType::kSyscallExit) {
+      EXPECT_NE(e.exit.nr, 0) << "a read exit was delivered";
+    }
   }
   EXPECT_TRUE(marker) << "a call without a rule (the write) passes";
   EXPECT_TRUE(write_open) << "the shell's openat of the redirect target (O_WRONLY|O_CREAT|O_TRUNC) passes";

@@ -58,7 +58,7 @@ TEST(Arming, FilterChangesRacingAddressSpaceSwitchesNeverLeaveAFlagTooLow) {
     auto& c = cfgs[i];
     c.generation = i;
     c.dtb_mode = rng() % 3 == 0 ? abi::DtbMode::kAll : abi::DtbMode::kSet;
-    c.n_dtbs = rng() % 3;
+    c.n_dtbs = static_cast<std::uint32_t>(rng() % 3);
     for (unsigned k = 0; k < c.n_dtbs; ++k) c.dtbs[k] = (1 + rng() % 4) * 0x1000 * 2;
     for (auto& a : c.actions) a = static_cast<Action>(rng() % 3);
   }
