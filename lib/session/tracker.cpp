@@ -248,7 +248,8 @@ struct Session {
   // An Enter key's write into the terminal seen at its entry and the line it ends not yet opened:
   // on one vCPU the shell reads the line and acts on it (bash writes ~/.bash_history at `exit`)
   // before that write returns and before the server reads the echo. The transcript lines of those
-  // actions wait in `held` (bounded) until the line is opened, the echo is read or the session closes.
+  // actions wait in `held` (bounded) until the server has read the terminal's next output (the line's
+  // echo) or the session closes.
   bool enter_pending = false;
   std::vector<std::string> held;
   // files
@@ -527,7 +528,6 @@ struct Tracker::Impl {
     s.w->transcript(fmt::format("\n[{}] {}@{} $ {}{}\n", s.w->iso(ns), user_text(s), client_text(s), text,
                                 truncated ? fmt::format(" [hvtrace: line cut at {} bytes]", cfg.max_line_bytes) : ""));
     follow(s, text, ns);
-    release_held(s);
     Command c;
     c.line = text.size() > 4096 ? text.substr(0, 4096) : text;
     c.ns = ns;
@@ -550,7 +550,6 @@ struct Tracker::Impl {
          {{"input", text}, {"message", fmt::format("CMD (continued): {}", shorten(line, 1000))}});
     s.w->transcript(fmt::format("[{}] {}@{} > {}\n", s.w->iso(ns), user_text(s), client_text(s), text));
     follow(s, line, ns, '>');
-    release_held(s);
   }
 
   void command_line(Session& s, LineEditor::Line l, std::uint64_t ns) {
@@ -1164,7 +1163,9 @@ struct Tracker::Impl {
           stats.truncated_bytes += static_cast<std::uint64_t>(ret) - data.size();
         }
         terminal_output(s, data, ns);
-        release_held(s);   // the echo of a line that opened no command (empty, or not echoed)
+        // The echo that opened the line (what the shell printed before acting on it, such as
+        // bash's "logout", comes with it), or of a line that opened no command.
+        release_held(s);
         return;
       }
       case Sys::kSendfile:

@@ -734,6 +734,7 @@ TEST(SessionEngine, WhatTheShellDoesBeforeItsEnterKeyReturnsIsWrittenUnderThatLi
   EXPECT_LT(id_at, early) << tr;
   EXPECT_LT(early, exit_at) << tr;
   EXPECT_LT(exit_at, hist) << tr;
+  EXPECT_LT(tr.find("logout"), hist) << "bash printed logout before it saved its history\n" << tr;
 }
 
 // The Enter key's write into the terminal whose return was never delivered (the monitor's table of
