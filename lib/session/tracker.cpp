@@ -552,6 +552,12 @@ struct Tracker::Impl {
     follow(s, line, ns, '>');
   }
 
+  // A line is timed by its Enter key's write into the terminal as it began (the shell may act on
+  // the line before that write returns; the echo's newline comes later still).
+  static std::uint64_t line_time(const LineEditor::Line& l, std::uint64_t ns) {
+    return l.at_entry != 0 ? l.at_entry : l.at != 0 ? l.at : ns;
+  }
+
   void command_line(Session& s, LineEditor::Line l, std::uint64_t ns) {
     // The line being typed is on the screen as prompt + echo: not part of any command's output.
     s.skip_echo_line = true;
@@ -573,11 +579,10 @@ struct Tracker::Impl {
     if (continuation(s, l)) {
       // A fork seen before this line's Enter returned (the shell runs the completed command at
       // once: the heredoc's end word) is the command's.
-      continue_command(s, l.text, l.at != 0 ? l.at : ns);
+      continue_command(s, l.text, line_time(l, ns));
     } else {
       if (l.text.find_first_not_of(" \t") == std::string::npos) return;
-      // A line taken from the echo is timed by its Enter key (the echo's newline comes later).
-      open_command(s, l.text, l.truncated, l.at != 0 ? l.at : ns);
+      open_command(s, l.text, l.truncated, line_time(l, ns));
     }
     if (early != 0) {
       s.cmd->last_child = early;

@@ -714,10 +714,12 @@ TEST(SessionEngine, WhatTheShellDoesBeforeItsEnterKeyReturnsIsWrittenUnderThatLi
   g.close(kShell, 5);
   g.type(kConn, kMaster, "exi", "exi");
   g.type(kConn, kMaster, "t", "t");
+  const std::uint64_t enter = g.now;
   g.entry(kConn, "write", {kMaster, 0x4000, 1}, {cap(1, CaptureKind::kBuffer, "\r")});
   g.open(kShell, "/root/.bash_history", kCreateFlags, 5);
   g.write(kShell, 5, "id\nexit\n");
   g.close(kShell, 5);
+  g.next_entry_ns = enter;   // the same call, completed
   g.write(kConn, kMaster, "\r");
   g.read(kConn, kMaster, "\r\nlogout\r\n");
   g.exit(kShell, 0);
@@ -735,6 +737,16 @@ TEST(SessionEngine, WhatTheShellDoesBeforeItsEnterKeyReturnsIsWrittenUnderThatLi
   EXPECT_LT(early, exit_at) << tr;
   EXPECT_LT(exit_at, hist) << tr;
   EXPECT_LT(tr.find("logout"), hist) << "bash printed logout before it saved its history\n" << tr;
+  // The line is timed by its Enter key as it was written, before what the shell did with it.
+  const auto ev = jsonl(dir.path() / ids[0] / "events.jsonl");
+  const auto in = by_id(ev, "cowrie.command.input");
+  ASSERT_EQ(in.size(), 2u);
+  EXPECT_EQ(in[1]["input"], "exit");
+  for (const auto& w : by_id(ev, "hvtrace.file.write")) {
+    if (w["path"] == "/root/.bash_history") {
+      EXPECT_LT(in[1]["timestamp"].get<std::string>(), w["timestamp"].get<std::string>());
+    }
+  }
 }
 
 // The Enter key's write into the terminal whose return was never delivered (the monitor's table of
