@@ -584,14 +584,9 @@ void run_session(const SessionOptions& o) {
     tracker.on_call(ev);
     creds.on_call(r.pid, r.comm, c);
   });
-  tracer.set_entry_hook([&](const trace::CallRecord& r, const syscalls::Call& c) {
-    session::CallEvent ev;
-    ev.pid = r.pid;
-    ev.tid = r.tid;
-    ev.call = as_write(c);
-    ev.entry_ns = r.entry_ns;
-    tracker.on_entry(ev);
-  });
+  // Every entry of the session's processes: only the engine's check, no copy of the call (the
+  // engine reads writev's gathered capture as it is).
+  tracer.set_entry_hook([&](const trace::CallRecord& r, const syscalls::Call& c) { tracker.on_entry(r.pid, c); });
 
   const std::uint64_t start_ns = now_ns();
   std::size_t picked_up = 0;

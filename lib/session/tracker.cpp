@@ -702,14 +702,14 @@ struct Tracker::Impl {
 
   // The entry of a call, before it completes: the connection process writing a key that ends a
   // line (CR or LF) into the terminal.
-  void entry(const CallEvent& e) {
-    Process* pp = proc(e.pid);
-    if (pp == nullptr || pp->s == nullptr || e.pid != pp->s->conn || !pp->s->pty) return;
-    const Sys sys = classify(e.call);
+  void entry(std::uint32_t pid, const syscalls::Call& call) {
+    Process* pp = proc(pid);
+    if (pp == nullptr || pp->s == nullptr || pid != pp->s->conn || !pp->s->pty) return;
+    const Sys sys = classify(call);
     if (sys != Sys::kWrite && sys != Sys::kWritev) return;
-    const auto it = pp->fds.find(arg_int(e.call, 0));
+    const auto it = pp->fds.find(arg_int(call, 0));
     if (it == pp->fds.end() || it->second.kind != FdKind::kPtmx) return;
-    const auto* cap = find_cap(e.call.entry_caps, 1, CaptureKind::kBuffer);
+    const auto* cap = find_cap(call.entry_caps, 1, CaptureKind::kBuffer);
     if (cap == nullptr || (cap->flags & abi::kCaptureFault) != 0 || cap->data.find_first_of("\r\n") == std::string::npos) return;
     pp->s->enter_pending = true;
   }
@@ -1418,7 +1418,7 @@ void Tracker::add_existing(std::uint32_t pid, std::uint32_t ppid, const std::str
 }
 
 void Tracker::on_call(const CallEvent& e) { impl_->handle(e); }
-void Tracker::on_entry(const CallEvent& e) { impl_->entry(e); }
+void Tracker::on_entry(std::uint32_t pid, const syscalls::Call& call) { impl_->entry(pid, call); }
 
 void Tracker::on_credential(std::uint32_t pid, Credential kind, std::string value, std::uint64_t ns) {
   impl_->credential(pid, kind, std::move(value), ns);

@@ -98,10 +98,10 @@ class Tracker {
   void add_existing(std::uint32_t pid, std::uint32_t ppid, const std::string& comm, std::uint64_t now_ns,
                     const std::vector<ExistingFd>& fds = {}, std::optional<std::uint32_t> uid = std::nullopt);
   void on_call(const CallEvent& e);
-  // A call at its entry (no return value, no exit captures; exit_ns 0), seen before the calls of
+  // A call of process `pid` at its entry (no return value, no exit captures), seen before the calls of
   // other tasks that complete first: it tells that a key ending a line is on its way to the shell,
   // so what the shell does with the line is written under it in the transcript.
-  void on_entry(const CallEvent& e);
+  void on_entry(std::uint32_t pid, const syscalls::Call& call);
   // A login credential read at a breakpoint in a server process (user name at getpwnam, password
   // at crypt); the outcome is decided by what the process does next.
   void on_credential(std::uint32_t pid, Credential kind, std::string value, std::uint64_t ns);

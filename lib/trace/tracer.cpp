@@ -440,16 +440,7 @@ Result<void> Tracer::on_entry(const events::Event& e) {
     open_line_tid_.reset();
     return {};
   }
-  if (entry_hook_) {
-    CallRecord r;
-    r.pid = p.pid;
-    r.tid = who.pid;
-    r.comm = p.comm;
-    r.abi = p.call.abi;
-    r.nr = p.call.nr;
-    r.entry_ns = p.entry_ns;
-    entry_hook_(r, p.call);
-  }
+  if (entry_hook_) entry_hook_(entry_record(who.pid, p), p.call);
   const bool shown = wanted(p.call.abi, p.call.nr);
   pending_[who.pid] = std::move(p);
   if (shown) open_line_tid_ = who.pid;
@@ -633,6 +624,17 @@ void Tracer::print_unfinished(std::uint32_t tid, Pending& p) {
                    syscalls::format_args(p.call, {cfg_.string_limit})));
 }
 
+CallRecord Tracer::entry_record(std::uint32_t tid, const Pending& p) {
+  CallRecord r;
+  r.pid = p.pid;
+  r.tid = tid;
+  r.comm = p.comm;
+  r.abi = p.call.abi;
+  r.nr = p.call.nr;
+  r.entry_ns = p.entry_ns;
+  return r;
+}
+
 void Tracer::complete(std::uint32_t tid, Pending p, std::optional<std::int64_t> ret,
                       std::vector<events::Capture> exit_caps, std::uint64_t exit_ns) {
   const bool shown = wanted(p.call.abi, p.call.nr);
@@ -651,17 +653,11 @@ void Tracer::complete(std::uint32_t tid, Pending p, std::optional<std::int64_t> 
     it = used ? exit_caps.erase(it) : it + 1;
   }
   p.call.exit_caps = std::move(exit_caps);
-  CallRecord r;
-  r.pid = p.pid;
-  r.tid = tid;
-  r.comm = p.comm;
-  r.abi = p.call.abi;
-  r.nr = p.call.nr;
+  CallRecord r = entry_record(tid, p);
   r.f = syscalls::format_call(p.call, {cfg_.string_limit});
   if (p.call.abi == SyscallAbi::kX86_64 && syscalls::Table::get(SyscallAbi::kX86_64).by_nr(p.call.nr) == nullptr)
     if (auto it = guest_names_.find(static_cast<std::uint32_t>(p.call.nr)); it != guest_names_.end()) r.f.name = it->second;
   r.ret = ret;
-  r.entry_ns = p.entry_ns;
   r.exit_ns = exit_ns;
   r.resumed = p.printed_unfinished;
   if (p.entry_unseen) r.f.args.clear();   // not zeros: unknown

@@ -269,6 +269,8 @@ class Tracer {
     std::string comm;
     bool entry_unseen = false;   // an execve that began before its process was traced: args unknown
   };
+  // What a call's record says from its entry alone (the rest is filled in when it completes).
+  static CallRecord entry_record(std::uint32_t tid, const Pending& p);
   struct Traced {
     std::uint32_t tgid = 0;
     std::uint64_t dtb = 0;

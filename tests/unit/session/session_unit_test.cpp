@@ -80,14 +80,11 @@ class Guest {
   }
   // A call seen at its entry only (the Tracer's entry hook); it completes later through call().
   void entry(std::uint32_t pid, std::string_view name, std::vector<std::uint64_t> args, std::vector<events::Capture> caps) {
-    CallEvent e;
-    e.pid = e.tid = pid;
-    e.comm = "proc";
-    e.call.nr = syscalls::Table::get(abi::SyscallAbi::kX86_64).by_name(name).value_or(0);
-    for (std::size_t i = 0; i < args.size() && i < 6; ++i) e.call.args[i] = args[i];
-    e.call.entry_caps = std::move(caps);
-    e.entry_ns = now;
-    t_->on_entry(e);
+    syscalls::Call c;
+    c.nr = syscalls::Table::get(abi::SyscallAbi::kX86_64).by_name(name).value_or(0);
+    for (std::size_t i = 0; i < args.size() && i < 6; ++i) c.args[i] = args[i];
+    c.entry_caps = std::move(caps);
+    t_->on_entry(pid, c);
   }
   void accept(std::uint32_t server, int fd, std::string addr) {
     call(server, "accept4", {3, 0x1000, 0x2000, 0x80000}, fd, {}, {cap(1, CaptureKind::kBuffer, std::move(addr))});
