@@ -95,6 +95,7 @@ bool serve_message(Monitor& m, int fd) {
       return true;
     default:
       publish_config(m, next);
+      if (type == abi::CtlType::kSetDtbs) drop_open_calls_filtered(m, next);
       if (type == abi::CtlType::kAddBreakpoint || type == abi::CtlType::kRemoveBreakpoint) breakpoints_changed(m, next);
       reply(fd, req, st, "applied", m, false);
       return true;
@@ -221,6 +222,13 @@ void publish_config(Monitor& m, const FilterConfig& next) {
   if (m.shm_hdr) abi::aref(m.shm_hdr->generation).store(next.generation, std::memory_order_release);
   for (unsigned v = 0; v < m.max_vcpus; ++v)
     if (m.vcpus[v].ready) widen_flags([&](const ArmFlags& f) { store_flags(m, v, f); });
+}
+
+// After the DTB set changed: the open entries of address spaces it no longer passes (a process
+// gone, its calls never to return, or no longer traced) leave the vCPUs' tables (doors.hpp).
+void drop_open_calls_filtered(Monitor& m, const FilterConfig& now) {
+  for (unsigned v = 0; v < m.max_vcpus; ++v)
+    (void)m.vcpus[v].open.drop_unless([&](std::uint64_t dtb) { return now.dtb_passes(dtb); });
 }
 
 bool start_control(Monitor& m, std::string* why) {

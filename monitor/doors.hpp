@@ -167,7 +167,12 @@ struct OpenCall {
   // Strings that could not be read at entry (their page not yet faulted in: the kernel brings it in
   // while it reads the argument), as argument bits: copied again at the exit.
   std::uint8_t refetch = 0;
+  std::uint64_t rip = 0;   // where it returns (after the door instruction; 0: not known, sysenter)
 };
+
+// Every door instruction (syscall, int $0x80, sysenter) is 2 bytes: a call the kernel restarts
+// resumes at its door instruction again.
+constexpr bool resumes_at_door(const OpenCall& c, std::uint64_t ip) { return c.rip != 0 && ip + 2 == c.rip; }
 
 // exit and exit_group never return to user mode: their entries are not kept (each would hold a
 // slot until evicted, and a full table evicts the entries of calls still in progress).
@@ -178,6 +183,51 @@ constexpr bool never_returns(abi::SyscallAbi a, std::uint64_t nr) {
 // execve and execveat return, when they succeed, into another address space on another stack, so
 // their entries never pair: a full table evicts these first.
 constexpr bool leaves_address_space(abi::SyscallAbi a, std::uint64_t nr) { return abi::is_exec_call(a, nr); }
+
+// rt_sigreturn (and i386 sigreturn) return to the context the signal interrupted, on the stack it
+// was using: not to the handler's stack they were called on. That stack pointer is saved in the
+// signal frame the kernel reads (regs->sp is the user stack pointer at entry, pretcode popped):
+//   x86-64 rt_sigreturn: rt_sigframe at sp-8, uc at +8, uc_mcontext at +40, sigcontext.sp at +120;
+//   i386 rt_sigreturn: rt_sigframe_ia32 at sp-4, uc at +144, uc_mcontext at +20, sigcontext_32.sp
+//   at +28; i386 sigreturn: sigframe_ia32 at sp-8, sc at +8, sp at +28.
+// The entry is kept under that saved pointer, so the return pairs with it (and replaces the
+// interrupted call's stale entry of the same thread). x32's frame is not decoded (nullopt: its
+// entry is kept as any other). The guest controls the frame: a lie only mispairs its own call.
+struct SavedStack {
+  std::uint32_t offset = 0, size = 0;   // from the user stack pointer at entry; bytes
+};
+constexpr std::optional<SavedStack> sigreturn_saved_stack(abi::SyscallAbi a, std::uint64_t nr) {
+  if (a == abi::SyscallAbi::kX86_64 && nr == 15) return SavedStack{160, 8};
+  if (a == abi::SyscallAbi::kI386 && nr == 173) return SavedStack{188, 4};
+  if (a == abi::SyscallAbi::kI386 && nr == 119) return SavedStack{28, 4};
+  return std::nullopt;
+}
+
+// A return to user mode into a signal handler: the kernel built a signal frame at the user stack
+// pointer and set the handler's registers to point into it (x86-64 rt frame: rdi = signal, rax = 0,
+// rdx = &frame->uc = sp + 8; i386 rt frame: eax = signal, edx = &frame->info = sp + 16, ecx =
+// &frame->uc = sp + 144; i386 old frame: eax = signal, edx = ecx = 0). The context the thread
+// resumes after the handler is saved in the frame (layouts as for sigreturn_saved_stack, from the
+// frame's start): its stack pointer, instruction pointer and rax, each `size` bytes. nullopt when
+// the registers are not a handler's (an interrupt or exception returning, x32). The registers and
+// frame are the guest's: a lie at most pairs one of that address space's own open calls wrongly.
+struct SignalFrame {
+  std::uint32_t signo = 0, sp = 0, ip = 0, ax = 0, size = 0;
+};
+inline constexpr std::uint32_t kSignalFrameSpan = 32;   // the three fields lie within this many bytes
+constexpr std::optional<SignalFrame> signal_frame(bool compat, std::uint64_t sp, std::uint64_t rax, std::uint64_t rcx,
+                                                  std::uint64_t rdx, std::uint64_t rdi) {
+  constexpr std::uint64_t kMaxSignal = 64, m32 = 0xffff'ffffULL;
+  if (!compat) {
+    if (rdi == 0 || rdi > kMaxSignal || rax != 0 || rdx != sp + 8) return std::nullopt;
+    return SignalFrame{static_cast<std::uint32_t>(rdi), 168, 176, 152, 8};
+  }
+  const std::uint64_t sig = rax & m32, ecx = rcx & m32, edx = rdx & m32;
+  if (sig == 0 || sig > kMaxSignal) return std::nullopt;
+  if (ecx == ((sp + 144) & m32) && edx == ((sp + 16) & m32)) return SignalFrame{static_cast<std::uint32_t>(sig), 192, 220, 208, 4};
+  if (ecx == 0 && edx == 0) return SignalFrame{static_cast<std::uint32_t>(sig), 36, 64, 52, 4};
+  return std::nullopt;
+}
 
 // The key a slot can be scanned by without its lock: never 0 for a used slot.
 constexpr std::uint64_t open_tag(std::uint64_t dtb, std::uint64_t rsp) {
@@ -258,10 +308,7 @@ class OpenEntries {
       if (x.tag.load(std::memory_order_relaxed) == t && lock(x)) {
         if (x.used && x.call.dtb == dtb && x.call.rsp == rsp) {
           const OpenCall c = x.call;
-          x.used = false;
-          x.exec.store(false, std::memory_order_relaxed);
-          x.tag.store(0, std::memory_order_relaxed);
-          x.dtb.store(0, std::memory_order_relaxed);
+          clear(x);
           unlock(x);
           return c;
         }
@@ -270,6 +317,25 @@ class OpenEntries {
     return std::nullopt;
   }
 
+  // Drop the entries of the address spaces `keep` rejects: the control thread, after the filter
+  // stopped passing them (a process gone or no longer traced), so the entries its calls never
+  // returned from do not fill the table. Only slots whose hint already says so are locked: a vCPU
+  // that finds one held while it takes that entry returns a call whose exit the filter drops anyway.
+  // A slot held at that instant is skipped (the next change drops it). Returns how many it dropped.
+  template <typename Keep>
+  unsigned drop_unless(Keep&& keep) {
+    unsigned n = 0;
+    for (auto& x : slot_) {
+      const std::uint64_t d = x.dtb.load(std::memory_order_seq_cst);
+      if (d == 0 || keep(d) || !lock(x)) continue;
+      if (x.used && !keep(x.call.dtb)) {
+        clear(x);
+        ++n;
+      }
+      unlock(x);
+    }
+    return n;
+  }
  private:
   struct Slot {
     OpenCall call;
@@ -283,6 +349,12 @@ class OpenEntries {
     return !x.held.load(std::memory_order_relaxed) && !x.held.exchange(true, std::memory_order_acquire);
   }
   static void unlock(Slot& x) { x.held.store(false, std::memory_order_release); }
+  static void clear(Slot& x) {   // under the slot's lock
+    x.used = false;
+    x.exec.store(false, std::memory_order_relaxed);
+    x.tag.store(0, std::memory_order_relaxed);
+    x.dtb.store(0, std::memory_order_relaxed);
+  }
 
   Slot slot_[N];
   unsigned next_ = 0;   // owner only

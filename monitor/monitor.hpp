@@ -143,6 +143,7 @@ bool create_rings(Monitor& m, std::string* why);
 bool start_control(Monitor& m, std::string* why);
 void stop_control(Monitor& m);
 void publish_config(Monitor& m, const FilterConfig& next);   // control thread / install only
+void drop_open_calls_filtered(Monitor& m, const FilterConfig& now);   // control thread, after publish_config
 // plugin.cpp
 void store_flags(Monitor& m, unsigned vcpu, const ArmFlags& f);   // seq_cst, see arming.hpp
 void breakpoints_changed(Monitor& m, const FilterConfig& now);    // control thread, after publish_config

@@ -312,7 +312,7 @@ void on_entry_body(Monitor& m, unsigned vcpu, abi::Door door) {
     return;
   }
   const bool pair = cfg.action(EventClass::kSyscallExit) != Action::kDrop;
-  OpenCall call{dtb, d.user_rsp, d.nr, 0, {}, d.abi, door, 0};
+  OpenCall call{dtb, d.user_rsp, d.nr, 0, {}, d.abi, door, 0, d.user_rip};
   std::memcpy(call.args, d.args, sizeof d.args);
   abi::SyscallEntryEvent e{};
   e.nr = d.nr;
@@ -345,10 +345,18 @@ void on_entry_body(Monitor& m, unsigned vcpu, abi::Door door) {
     // Recorded after the event is out: the thread cannot return before this callback ends. A
     // stale entry of the same thread in another vCPU's table (an exit never seen there) goes
     // first, so a later return cannot pair with it.
-    while (take_elsewhere(m, vcpu, dtb, d.user_rsp)) {   // bounded: each pass empties a slot
+    bool keep = !never_returns(d.abi, d.nr);
+    if (const auto saved = sigreturn_saved_stack(d.abi, d.nr); saved && keep) {
+      std::uint64_t sp = 0;   // little-endian: a 4-byte read fills the low half
+      keep = read_mem(v, d.user_rsp + saved->offset, &sp, saved->size);
+      if (keep) call.rsp = sp;   // it returns there (doors.hpp)
     }
-    if (never_returns(d.abi, d.nr)) {
-      (void)v.open.take(dtb, d.user_rsp);   // exit/exit_group: nothing to pair, and its stale entry goes too
+    while (take_elsewhere(m, vcpu, dtb, call.rsp)) {   // bounded: each pass empties a slot
+    }
+    if (!keep) {
+      // exit/exit_group: nothing to pair, and its stale entry goes too; a sigreturn whose frame
+      // could not be read: its return (elsewhere) comes unpaired.
+      (void)v.open.take(dtb, d.user_rsp);
     } else {
       bool evicted = false;
       // false: every slot held by other vCPUs that instant; its exit comes unpaired
@@ -467,11 +475,48 @@ void on_unseen_entry(unsigned vcpu, void*) {
   if (!m.detect_everywhere.exchange(true, std::memory_order_seq_cst)) (void)request_reset(m);
 }
 
-void on_return_to_user(Monitor& m, unsigned vcpu, Vcpu& v, abi::ExitVia via, std::uint64_t user_rip,
+// A return to user mode into a signal handler (doors.hpp signal_frame) from a call open at the
+// stack pointer saved in the frame: that call, its result and where it resumes, from the frame.
+struct IntoHandler {
+  OpenCall call;
+  std::int64_t ret = 0;
+  std::uint64_t rip = 0, rsp = 0;
+  std::uint32_t signo = 0;
+};
+std::optional<IntoHandler> take_into_handler(Monitor& m, unsigned vcpu, Vcpu& v, std::uint64_t dtb, bool compat,
+                                             std::uint64_t user_rsp) {
+  const auto f = signal_frame(compat, user_rsp, read_reg(v, v.gpr[RAX]), read_reg(v, v.gpr[RCX]),
+                              read_reg(v, v.gpr[RDX]), read_reg(v, v.gpr[RDI]));
+  if (!f) return std::nullopt;
+  // The three saved fields lie within 32 bytes of each other in every layout: one read.
+  const std::uint32_t lo = std::min({f->sp, f->ip, f->ax});
+  std::uint8_t span[kSignalFrameSpan];
+  if (!read_mem(v, user_rsp + lo, span, sizeof span)) return std::nullopt;
+  const auto field = [&](std::uint32_t off) {
+    std::uint64_t x = 0;   // little-endian: a 4-byte field fills the low half
+    std::memcpy(&x, span + (off - lo), f->size);
+    return x;
+  };
+  const std::uint64_t sp = field(f->sp), ip = field(f->ip), ax = field(f->ax);
+  auto o = take_open(m, vcpu, dtb, sp);
+  if (!o) return std::nullopt;
+  IntoHandler h{*o, f->size == 4 ? static_cast<std::int32_t>(ax) : static_cast<std::int64_t>(ax), ip, sp, f->signo};
+  if (resumes_at_door(*o, ip)) h.ret = -512;   // restarted after the handler (ERESTARTSYS, events.h)
+  return h;
+}
+
+void on_return_to_user(Monitor& m, unsigned vcpu, Vcpu& v, abi::ExitVia via, bool compat, std::uint64_t user_rip,
                        std::uint64_t user_rsp) {
   const std::uint64_t cr3 = read_reg(v, v.cr3);
   const std::uint64_t dtb = abi::dtb_of_cr3(cr3);
-  const std::optional<OpenCall> o = take_open(m, vcpu, dtb, user_rsp);
+  std::optional<OpenCall> o = take_open(m, vcpu, dtb, user_rsp);
+  std::optional<IntoHandler> handler;
+  if (!o && (handler = take_into_handler(m, vcpu, v, dtb, compat, user_rsp))) {
+    o = handler->call;
+    via = abi::ExitVia::kSignal;
+    user_rip = handler->rip;
+    user_rsp = handler->rsp;
+  }
   const FilterConfig& cfg = *acquire_cfg(m, v);
   const Action act = cfg.action(EventClass::kSyscallExit);
   // Exits armed where no entry waits any more (a filter change widened them, or this was the last
@@ -491,6 +536,10 @@ void on_return_to_user(Monitor& m, unsigned vcpu, Vcpu& v, abi::ExitVia via, std
   const std::uint64_t rax = read_reg(v, v.gpr[RAX]);
   const bool i386 = o && o->abi == abi::SyscallAbi::kI386;
   e.ret = i386 ? static_cast<std::int64_t>(static_cast<std::int32_t>(rax & 0xffff'ffffU)) : static_cast<std::int64_t>(rax);
+  if (handler) {
+    e.ret = handler->ret;
+    e.signo = handler->signo;
+  }
   e.nr = o ? static_cast<std::int64_t>(o->nr) : -1;
   e.cr3 = cr3;
   e.user_rip = user_rip;
@@ -530,7 +579,7 @@ void on_sysret(unsigned vcpu, void* udata) {
     rip &= 0xffff'ffffULL;
     rsp &= 0xffff'ffffULL;
   }
-  on_return_to_user(m, vcpu, v, via, rip, rsp);
+  on_return_to_user(m, vcpu, v, via, via == abi::ExitVia::kSysretl, rip, rsp);
 }
 
 void on_iret(unsigned vcpu, void*) {
@@ -541,7 +590,8 @@ void on_iret(unsigned vcpu, void*) {
   std::uint64_t frame[4];  // RIP, CS, RFLAGS, RSP
   if (!read_mem(v, read_reg(v, v.gpr[RSP]), frame, sizeof frame)) return;
   if ((frame[1] & 3) != 3) return;  // back to kernel mode: not the end of a syscall
-  on_return_to_user(m, vcpu, v, abi::ExitVia::kIret, frame[0], frame[3]);
+  constexpr std::uint64_t kUser32Cs = 0x23;   // __USER32_CS: the iret resumes 32-bit code
+  on_return_to_user(m, vcpu, v, abi::ExitVia::kIret, (frame[1] & 0xffff) == kUser32Cs, frame[0], frame[3]);
 }
 
 constexpr std::uint64_t encode_site(std::uint64_t va, unsigned low4) {

@@ -163,7 +163,9 @@ nlohmann::json to_json(const events::Event& e) {
       j["entry_seq"] = e.exit.entry_seq;
       j["via"] = e.exit.via == static_cast<std::uint16_t>(abi::ExitVia::kIret)      ? "iret"
                  : e.exit.via == static_cast<std::uint16_t>(abi::ExitVia::kSysretl) ? "sysretl"
+                 : e.exit.via == static_cast<std::uint16_t>(abi::ExitVia::kSignal)  ? "signal"
                                                                                    : "sysret";
+      if (e.exit.via == static_cast<std::uint16_t>(abi::ExitVia::kSignal)) j["signo"] = e.exit.signo;
       j["abi"] = events::abi_name(e.syscall_abi());
       j["door"] = events::door_name(e.door());
       if (e.exit.who.task) {

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cstring>
 #include <cstdlib>
 #include <chrono>
 #include <ctime>
@@ -16,6 +17,7 @@ using abi::SyscallAbi;
 constexpr std::uint64_t kX64Clone = 56, kX64Fork = 57, kX64Vfork = 58, kX64Clone3 = 435, kX64Execve = 59,
                         kX64Execveat = 322;
 constexpr std::uint64_t kI386Fork = 2, kI386Clone = 120, kI386Vfork = 190, kI386Clone3 = 435;
+constexpr std::uint64_t kX64Wait4 = 61, kI386Waitpid = 7, kI386Wait4 = 114;
 
 std::uint64_t base_nr(SyscallAbi a, std::uint64_t nr) { return a == SyscallAbi::kX32 ? nr & ~abi::kX32SyscallBit : nr; }
 
@@ -40,6 +42,11 @@ bool is_clone_family(SyscallAbi a, std::uint64_t nr) {
   return nr == kX64Clone || nr == kX64Fork || nr == kX64Vfork || nr == kX64Clone3;
 }
 bool is_execve(SyscallAbi a, std::uint64_t nr) { return abi::is_exec_call(a, nr); }
+// The calls that reap a child and return its pid and wait status (waitid returns 0, not the pid).
+bool is_reap(SyscallAbi a, std::uint64_t nr) {
+  nr = base_nr(a, nr);
+  return a == SyscallAbi::kI386 ? nr == kI386Waitpid || nr == kI386Wait4 : nr == kX64Wait4;
+}
 bool is_exit_group(SyscallAbi a, std::uint64_t nr) { return abi::is_exit_group_call(a, nr); }
 bool is_exit(SyscallAbi a, std::uint64_t nr) { return abi::is_exit_call(a, nr); }
 
@@ -202,7 +209,7 @@ Result<void> Tracer::apply() {
       const unsigned t = table == SyscallAbi::kI386 ? 1 : 0;
       for (unsigned nr = 0; nr < syscalls::Table::kMaxNr && nr < abi::kSyscallBits; ++nr)
         if (cfg_.trace_set->nrs[t].test(nr) || is_clone_family(table, nr) || is_execve(table, nr) ||
-            is_exit_group(table, nr) || is_exit(table, nr))
+            is_exit_group(table, nr) || is_exit(table, nr) || is_reap(table, nr))
           nrs->push_back(nr);
     }
     if (auto r = filter_->set_syscalls(nrs, table); !r) return std::move(r).with_context("setting the syscall set").error();
@@ -462,16 +469,75 @@ Result<void> Tracer::on_exit(const events::Event& e) {
   pending_.erase(it);
   const SyscallAbi a = p.call.abi;
   const std::uint64_t nr = p.call.nr;
-  complete(key, std::move(p), e.exit.ret, e.captures, e.time_ns);
+  const std::uint32_t caller = p.pid;
+  const std::uint64_t wait_options = p.call.args[2];
+  const std::uint32_t signo = e.exit.via == static_cast<std::uint16_t>(abi::ExitVia::kSignal) ? e.exit.signo : 0;
+  complete(key, std::move(p), e.exit.ret, e.captures, e.time_ns, signo);
   if (open_line_tid_ == key) open_line_tid_.reset();
   if (cfg_.follow && is_clone_family(a, nr) && e.exit.ret > 0)
     return add_child(static_cast<std::uint32_t>(e.exit.ret), e.exit.who.tgid);
+  if (is_reap(a, nr) && e.exit.ret > 0 && e.exit.ret <= 0x7fff'ffff) {
+    std::optional<std::int32_t> status;
+    for (const auto& c : e.captures)
+      if (c.arg == 1 && c.kind == abi::CaptureKind::kBuffer && c.data.size() == 4 && (c.flags & abi::kCaptureFault) == 0) {
+        std::int32_t v = 0;
+        std::memcpy(&v, c.data.data(), sizeof v);
+        status = v;
+      }
+    // A stopped or continued child (WUNTRACED, WCONTINUED) is reaped alive.
+    constexpr std::uint64_t kWuntraced = 2, kWcontinued = 8;
+    const bool dead = status ? (*status & 0x7f) != 0x7f : (wait_options & (kWuntraced | kWcontinued)) == 0;
+    if (dead) return reaped(static_cast<std::uint32_t>(e.exit.ret), caller, status, e.time_ns);
+  }
   return {};
+}
+
+namespace {
+std::string signal_text(std::uint32_t sig) {
+  const auto name = syscalls::signal_name(static_cast<int>(sig));
+  return name ? std::string(*name) : fmt::format("signal {}", sig);
+}
+}  // namespace
+
+// A traced child reaped by its parent while it still counts as running: it died without an
+// exit_group the monitor delivered (killed by a signal). It leaves the filter now: the page of its
+// freed page-table root is soon another process's, whose calls must not pass as its. Its calls
+// still open end as strace ends them (`= ?`), then its end, as strace prints it, where the wait
+// status says (a status not copied: the end is not printed, only the calls).
+Result<void> Tracer::reaped(std::uint32_t child, std::uint32_t parent, std::optional<std::int32_t> status,
+                            std::uint64_t ns) {
+  Traced* t = traced(child);
+  if (t == nullptr || child == parent) return {};
+  t->exited = true;
+  std::vector<std::uint32_t> open;
+  for (const auto& [tid, p] : pending_)
+    if (p.pid == child) open.push_back(tid);
+  for (const auto tid : open) {
+    auto it = pending_.find(tid);
+    Pending p = std::move(it->second);
+    pending_.erase(it);
+    complete(tid, std::move(p), std::nullopt, {}, ns);
+    if (open_line_tid_ == tid) open_line_tid_.reset();
+  }
+  if (status && !cfg_.summary_only && !cfg_.json) {
+    const int sig = *status & 0x7f;
+    const std::string end =
+        sig == 0 ? fmt::format("exited with {}", (*status >> 8) & 0xff)
+                 : fmt::format("killed by {}{}", signal_text(static_cast<std::uint32_t>(sig)),
+                               (*status & 0x80) != 0 ? " (core dumped)" : "");
+    before_line(child);
+    out_(fmt::format("{}+++ {} +++", prefix(child, ns), end));
+  }
+  return push_dtbs();
 }
 
 // Runs while the parent's vCPU waits (the clone family's exits are sync): the child's address
 // space joins the filter before the parent runs on. A thread shares its parent's.
 Result<void> Tracer::add_child(std::uint32_t child, std::uint32_t parent) {
+  // Traced already: the fork breakpoint added it before it first ran, and it may have exec'd since.
+  // The exec breakpoint (begin_new_exec) gave it its new address space, which a child still inside
+  // its exec (before exec_mmap) does not show yet: read here, the old one would replace it.
+  if (traced(child) != nullptr) return {};
   auto p = guest_->pid(child);
   if (!p || !*p || !(*p)->dtb) return {};   // a thread (not a group leader) or gone already
   const Traced* up = traced(parent);
@@ -636,7 +702,7 @@ CallRecord Tracer::entry_record(std::uint32_t tid, const Pending& p) {
 }
 
 void Tracer::complete(std::uint32_t tid, Pending p, std::optional<std::int64_t> ret,
-                      std::vector<events::Capture> exit_caps, std::uint64_t exit_ns) {
+                      std::vector<events::Capture> exit_caps, std::uint64_t exit_ns, std::uint32_t signo) {
   const bool shown = wanted(p.call.abi, p.call.nr);
   if (!shown && !call_hook_) return;
   p.call.ret = ret;
@@ -660,6 +726,7 @@ void Tracer::complete(std::uint32_t tid, Pending p, std::optional<std::int64_t> 
   r.ret = ret;
   r.exit_ns = exit_ns;
   r.resumed = p.printed_unfinished;
+  r.signo = signo;
   if (p.entry_unseen) r.f.args.clear();   // not zeros: unknown
   if (call_hook_) call_hook_(r, p.call);   // every call, whatever -e trace= and status= show
   if (!shown) return;
@@ -711,6 +778,7 @@ void Tracer::emit(const CallRecord& r) {
     if (r.f.failed && r.ret)
       if (auto n = syscalls::errno_name(static_cast<int>(-*r.ret))) j["errno"] = std::string(*n);
     if (r.exit_ns > r.entry_ns) j["duration_ns"] = r.exit_ns - r.entry_ns;
+    if (r.signo != 0) j["signal"] = signal_text(r.signo);
     out_(j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
     return;
   }
@@ -725,6 +793,8 @@ void Tracer::emit(const CallRecord& r) {
   if (cfg_.show_duration && r.exit_ns > r.entry_ns)
     line += fmt::format(" <{}.{:06}>", (r.exit_ns - r.entry_ns) / 1'000'000'000, ((r.exit_ns - r.entry_ns) / 1000) % 1'000'000);
   out_(line);
+  // As strace shows a signal delivered (without its siginfo): here, into a handler as the call returned.
+  if (r.signo != 0) out_(fmt::format("{}--- {} ---", prefix(r.tid, r.exit_ns), signal_text(r.signo)));
 }
 
 bool Tracer::done() const {

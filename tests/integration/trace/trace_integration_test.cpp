@@ -272,6 +272,44 @@ TEST_F(Trace, FollowsAPipelinesChildren) {
   EXPECT_EQ(mine_calls, true_calls) << difference(mine_calls, true_calls);
 }
 
+// A signal pending as a call returns (kill to itself) is delivered into its handler at that return:
+// the call's result (from the signal frame) and then the signal, as the guest's strace prints them;
+// a child killed by a signal (no exit_group) is said killed once its parent reaps it.
+TEST_F(Trace, ASignalAtACallsReturnAndAChildKilledBySignalShowAsTheGuestsStraceShows) {
+  const std::string cmd = R"(trap "true" USR1; kill -USR1 $$; sleep 30 & kill -TERM $!; wait $!; true)";
+  const std::string set = "trace=kill,wait4,rt_sigreturn";
+  const std::string out = ::testing::TempDir() + "hvtrace-signals.txt";
+  const auto r = hvtrace({"trace", "--vm", kVm, "-f", "-e", set, "-o", out, "--", "sh", "-c", cmd});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  guest("strace -f -e " + set + " -o /tmp/strace-signals.txt sh -c " + vm::shell_quote(cmd) + " 2>&1 | cat >/dev/null; true");
+  // Lines without the pid prefix, and strace's siginfo and sigreturn mask dropped.
+  const auto lines = [](const std::string& text) {
+    static const std::regex pfx(R"(^(?:\[pid\s+\d+\] |\d+ +))"), info(R"( \{si_signo=.*\} ---$)"), mask(R"(rt_sigreturn\(\{mask=[^)]*\}\))");
+    std::vector<std::string> v;
+    std::istringstream in(text);
+    for (std::string l; std::getline(in, l);) {
+      l = std::regex_replace(l, pfx, "");
+      l = std::regex_replace(l, info, " ---");
+      v.push_back(std::regex_replace(l, mask, "rt_sigreturn()"));
+    }
+    return v;
+  };
+  for (const auto& [who, v] : {std::pair{"hvtrace", lines(slurp(out))}, std::pair{"strace", lines(guest("cat /tmp/strace-signals.txt"))}}) {
+    std::string all;
+    for (const auto& l : v) all += l + "\n";
+    const auto kill = std::find_if(v.begin(), v.end(), [](const std::string& l) { return l.starts_with("kill(") && l.find("SIGUSR1") != std::string::npos; });
+    ASSERT_NE(kill, v.end()) << who << "\n" << all;
+    EXPECT_TRUE(kill->ends_with("= 0")) << who << ": the call's own result\n" << all;
+    ASSERT_NE(kill + 1, v.end()) << who;
+    EXPECT_EQ(*(kill + 1), "--- SIGUSR1 ---") << who << "\n" << all;
+    ASSERT_NE(kill + 2, v.end()) << who;
+    EXPECT_TRUE((kill + 2)->starts_with("rt_sigreturn()") && (kill + 2)->ends_with("= 0")) << who << "\n" << all;
+    EXPECT_EQ(std::count(v.begin(), v.end(), "+++ killed by SIGTERM +++"), 1) << who << "\n" << all;
+    EXPECT_EQ(std::count_if(v.begin(), v.end(), [](const std::string& l) { return l.ends_with("= ?"); }), 0)
+        << who << ": every call's result is known\n" << all;
+  }
+}
+
 TEST_F(Trace, FollowsAMultiThreadedProgramsThreads) {
   const std::string out = ::testing::TempDir() + "hvtrace-threads.json";
   const auto r = hvtrace({"trace", "--vm", kVm, "-f", "--json", "-e", "trace=write,clone,clone3", "-o", out, "--", "/tmp/threads"});

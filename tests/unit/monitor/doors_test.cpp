@@ -5,7 +5,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <thread>
 
 namespace hvtrace::monitor {
@@ -190,6 +192,91 @@ TEST(Doors, AFullTableEvictsExecEntriesFirstAndReportsOtherEvictions) {
   EXPECT_FALSE(evicted);
   ASSERT_TRUE(open.put(call(0x7000, 0x7600, 1, 9), &evicted));      // full, no exec: a call in progress goes
   EXPECT_TRUE(evicted);
+}
+
+// A signal frame laid out as the kernel writes it (x86-64 rt_sigframe; i386 rt_sigframe_ia32 and
+// sigframe_ia32), at `frame`, with the interrupted context's sp, ip and ax saved.
+struct FakeFrame {
+  std::uint8_t bytes[512] = {};
+  template <typename T>
+  void put(std::size_t off, T v) { std::memcpy(bytes + off, &v, sizeof v); }
+};
+
+TEST(Doors, ASigreturnPairsWhereItReturnsTheStackSavedInItsFrame) {
+  // x86-64: rt_sigreturn enters with sp = frame + 8 (the handler's ret popped pretcode).
+  FakeFrame f64;
+  f64.put<std::uint64_t>(8 + 40 + 120, 0x7ffd'0000'1230);   // uc.uc_mcontext.sp
+  const auto s64 = sigreturn_saved_stack(abi::SyscallAbi::kX86_64, 15);
+  ASSERT_TRUE(s64);
+  std::uint64_t got = 0;
+  std::memcpy(&got, f64.bytes + 8 + s64->offset, s64->size);
+  EXPECT_EQ(got, 0x7ffd'0000'1230u);
+  // i386 rt_sigreturn: sp = frame + 4; sigreturn: sp = frame + 8.
+  FakeFrame rt32, old32;
+  rt32.put<std::uint32_t>(144 + 20 + 28, 0xffd0'1230);
+  old32.put<std::uint32_t>(8 + 28, 0xffd0'4560);
+  const auto srt = sigreturn_saved_stack(abi::SyscallAbi::kI386, 173), sold = sigreturn_saved_stack(abi::SyscallAbi::kI386, 119);
+  ASSERT_TRUE(srt && sold);
+  std::uint32_t g32 = 0;
+  std::memcpy(&g32, rt32.bytes + 4 + srt->offset, srt->size);
+  EXPECT_EQ(g32, 0xffd0'1230u);
+  std::memcpy(&g32, old32.bytes + 8 + sold->offset, sold->size);
+  EXPECT_EQ(g32, 0xffd0'4560u);
+  EXPECT_FALSE(sigreturn_saved_stack(abi::SyscallAbi::kI386, 15)) << "i386 15 is chmod";
+  EXPECT_FALSE(sigreturn_saved_stack(abi::SyscallAbi::kX86_64, 173));
+}
+
+// The frame fields of a handler's return: the signal, and the saved sp, ip and ax where the kernel
+// lays them out, within the one read the monitor makes.
+void expect_frame(const std::optional<SignalFrame>& f, std::uint32_t signo, std::uint32_t context, std::uint32_t size,
+                  std::uint32_t sp, std::uint32_t ip, std::uint32_t ax) {
+  ASSERT_TRUE(f);
+  EXPECT_EQ(f->signo, signo);
+  EXPECT_EQ(f->sp, context + sp);
+  EXPECT_EQ(f->ip, context + ip);
+  EXPECT_EQ(f->ax, context + ax);
+  EXPECT_EQ(f->size, size);
+  EXPECT_LE(std::max({f->sp, f->ip, f->ax}) + f->size - std::min({f->sp, f->ip, f->ax}), kSignalFrameSpan);
+}
+
+TEST(Doors, AReturnIntoASignalHandlerIsKnownByTheRegistersTheKernelSetForIt) {
+  const std::uint64_t sp = 0x7ffd'0000'1000;
+  // x86-64: rdi = signal, rax = 0, rdx = &frame->uc; sigcontext at frame + 8 + 40.
+  expect_frame(signal_frame(false, sp, 0, 0x1234, sp + 8, 17), 17, 8 + 40, 8, 120, 128, 104);
+  // An interrupt or a plain syscall return: the registers are the program's own.
+  EXPECT_FALSE(signal_frame(false, sp, 0, 0, sp + 16, 17));
+  EXPECT_FALSE(signal_frame(false, sp, 3, 0, sp + 8, 17)) << "rax is 0 in a handler";
+  EXPECT_FALSE(signal_frame(false, sp, 0, 0, sp + 8, 0));
+  EXPECT_FALSE(signal_frame(false, sp, 0, 0, sp + 8, 65));
+  // i386 rt frame: eax = signal, edx = &frame->info, ecx = &frame->uc; sigcontext_32 at + 144 + 20.
+  const std::uint64_t sp32 = 0xffd0'1000;
+  expect_frame(signal_frame(true, sp32, 2, sp32 + 144, sp32 + 16, 0), 2, 144 + 20, 4, 28, 56, 44);
+  // i386 old frame: eax = signal, edx = ecx = 0; sigcontext_32 at + 8.
+  expect_frame(signal_frame(true, sp32, 10, 0, 0, 0), 10, 8, 4, 28, 56, 44);
+  EXPECT_FALSE(signal_frame(true, sp32, 10, 5, 0, 0));
+  // A call restarted after the handler resumes at its door instruction.
+  OpenCall c = call(0x1000, 0x7000, 61, 1);
+  c.rip = 0x401002;
+  EXPECT_TRUE(resumes_at_door(c, 0x401000));
+  EXPECT_FALSE(resumes_at_door(c, 0x401002));
+  c.rip = 0;   // sysenter: not known
+  EXPECT_FALSE(resumes_at_door(c, 0x401000 - 2));
+}
+
+// Entries of address spaces the filter stopped passing (a process killed in a blocking call, one
+// no longer traced) leave the table at the filter change; the rest stay.
+TEST(Doors, EntriesOfAddressSpacesNoLongerPassingAreDropped) {
+  OpenEntries<4> open;
+  ASSERT_TRUE(open.put(call(0x1000, 0x7000, 0, 1)));
+  ASSERT_TRUE(open.put(call(0x2000, 0x7000, 61, 2)));
+  ASSERT_TRUE(open.put(call(0x2000, 0x7100, 7, 3)));
+  EXPECT_EQ(open.drop_unless([](std::uint64_t dtb) { return dtb == 0x1000; }), 2u);
+  EXPECT_FALSE(open.holds(0x2000));
+  EXPECT_TRUE(open.holds(0x1000));
+  bool evicted = false;
+  for (std::uint64_t t = 0; t < 3; ++t) ASSERT_TRUE(open.put(call(0x3000, 0x7000 + 0x100 * t, 0, 4 + t), &evicted));
+  EXPECT_FALSE(evicted) << "the dropped slots are free again";
+  EXPECT_TRUE(open.take(0x1000, 0x7000));
 }
 
 TEST(Doors, ExitAndExecCallsAreKnownInEveryAbi) {

@@ -67,10 +67,14 @@ class Stream {
     push(decode(e, abi::RecordType::kSyscallEntry, caps));
   }
   void exit(std::uint32_t tid, std::uint64_t task, std::uint64_t dtb, std::int64_t nr, std::int64_t ret,
-            const std::vector<Cap>& caps = {}) {
+            const std::vector<Cap>& caps = {}, std::uint32_t into_handler_of = 0) {
     abi::SyscallExitEvent e{};
     e.nr = nr;
     e.ret = ret;
+    if (into_handler_of != 0) {
+      e.via = static_cast<std::uint16_t>(abi::ExitVia::kSignal);
+      e.signo = into_handler_of;
+    }
     e.cr3 = dtb;
     e.who = abi::TaskIdentity{task, tid, tid};
     e.n_captures = static_cast<std::uint32_t>(caps.size());
@@ -768,17 +772,10 @@ TEST(Tracer, ArgRulesAndTheCr3FilterAreSentAtApply) {
 constexpr std::uint64_t kFollowVa = 0xffffffff81402000, kForkVa = 0xffffffff81100000;
 constexpr std::uint64_t kBprm = 0xffff888001c00000, kBadBprm = 0xffff888001d00000, kHelperBprm = 0xffff888001e00000;
 
-class ExecGuest final : public GuestQueries {
+// A guest with the fork (wake_up_new_task) and exec (begin_new_exec) breakpoint symbols.
+class BreakpointGuest : public GuestQueries {
  public:
-  Result<std::optional<ProcInfo>> pid(std::uint32_t pid) override {
-    if (pid == kShell) return std::optional<ProcInfo>(ProcInfo{kShell, kOldDtb, "sh"});
-    return std::optional<ProcInfo>();
-  }
   Result<std::vector<ProcInfo>> name(const std::string&) override { return std::vector<ProcInfo>{}; }
-  std::optional<TaskInfo> task(std::uint64_t t) override {
-    if (t == kShellTask) return TaskInfo{kNewDtb, "calls", kShell, 1};
-    return std::nullopt;
-  }
   IdentityOffsets identity() override { return {}; }
   std::optional<std::uint64_t> symbol(const std::string& n) override {
     if (n == kExecFollowSymbol) return kFollowVa;
@@ -786,6 +783,18 @@ class ExecGuest final : public GuestQueries {
     return std::nullopt;
   }
   bool can_follow_exec() override { return true; }
+};
+
+class ExecGuest final : public BreakpointGuest {
+ public:
+  Result<std::optional<ProcInfo>> pid(std::uint32_t pid) override {
+    if (pid == kShell) return std::optional<ProcInfo>(ProcInfo{kShell, kOldDtb, "sh"});
+    return std::optional<ProcInfo>();
+  }
+  std::optional<TaskInfo> task(std::uint64_t t) override {
+    if (t == kShellTask) return TaskInfo{kNewDtb, "calls", kShell, 1};
+    return std::nullopt;
+  }
   std::optional<ExecInfo> exec(unsigned cpu, std::uint64_t bprm) override {
     asked.emplace_back(cpu, bprm);
     if (bprm == kBprm) return ExecInfo{kShell, kShellTask, kOldDtb, kNewDtb};
@@ -878,6 +887,131 @@ TEST(Tracer, Method5FollowsExecsAtABreakpointInTracedAddressSpacesInsteadOfCr3Ev
   ASSERT_TRUE(t4.apply().ok());
   EXPECT_EQ(s4.cr3, abi::Action::kSync);
   EXPECT_EQ(std::count_if(s4.log.begin(), s4.log.end(), [](const std::string& l) { return l.starts_with("add 0x74720003"); }), 0);
+}
+
+// A pipeline's child may run into its exec before its parent's clone returns (the parent preempted
+// on a loaded guest). The child's exec is followed at begin_new_exec; the parent's clone exit then
+// finds the child still inside that exec, its mm not yet switched: the child keeps the address
+// space the exec breakpoint gave it, or its new program's calls would never be delivered.
+constexpr std::uint64_t kChildBprm = 0xffff888001f00000, kChildNewDtb = 0x4000000;
+
+class PipelineGuest final : public BreakpointGuest {
+ public:
+  Result<std::optional<ProcInfo>> pid(std::uint32_t pid) override {
+    if (pid == kShell) return std::optional<ProcInfo>(ProcInfo{kShell, kOldDtb, "sh"});
+    if (pid == kChild) return std::optional<ProcInfo>(ProcInfo{kChild, kChildDtb, "sh"});   // mid-exec: the old mm
+    return std::optional<ProcInfo>();
+  }
+  std::optional<TaskInfo> task(std::uint64_t t) override {
+    if (t == kChildTask) return TaskInfo{kChildDtb, "sh", kChild, kShell};   // at wake_up_new_task
+    return std::nullopt;
+  }
+  std::optional<ExecInfo> exec(unsigned, std::uint64_t bprm) override {
+    if (bprm == kChildBprm) return ExecInfo{kChild, kChildTask, kChildDtb, kChildNewDtb};
+    return std::nullopt;
+  }
+};
+
+// The shell traced on PipelineGuest: its lines and the DTB sets sent to the monitor.
+struct ShellRun {
+  PipelineGuest guest;
+  LogSink sink;
+  std::vector<std::string> lines;
+  Tracer t;
+  explicit ShellRun(const TraceConfig& cfg) : t(guest, sink, cfg, [this](const std::string& l) { lines.push_back(l); }) {
+    EXPECT_TRUE(t.trace_pid(kShell).ok());
+    EXPECT_TRUE(t.apply().ok());
+  }
+  void run(const Stream& s) {
+    for (const auto& e : s.events) ASSERT_TRUE(t.handle(e).ok());
+  }
+  [[nodiscard]] std::vector<std::string> dtbs() const {
+    std::vector<std::string> v;
+    std::copy_if(sink.log.begin(), sink.log.end(), std::back_inserter(v), [](const std::string& l) { return l.starts_with("dtbs"); });
+    return v;
+  }
+};
+
+TEST(Tracer, AChildThatExecsBeforeItsParentsCloneReturnsKeepsItsNewAddressSpace) {
+  ShellRun r(config(true));
+  Stream s;
+  s.entry(kShell, kShellTask, kOldDtb, 56, {0x1200011, 0, 0, 0});
+  s.bp(kForkBreakpointId, kForkVa, kOldDtb | 0x3, kChildTask, abi::BreakpointKind::kKernelTraced);
+  s.entry(kChild, kChildTask, kChildDtb, 59, {0x1000, 0x2000, 0x3000}, {{0, abi::CaptureKind::kString, "/usr/bin/wc"}});
+  s.bp(kExecFollowBreakpointId, kFollowVa, kChildDtb | 0x3, kChildBprm, abi::BreakpointKind::kKernelTraced);
+  s.exit(kShell, kShellTask, kOldDtb, 56, kChild);   // the parent's clone returns only now
+  s.exit(kChild, kChildTask, kChildNewDtb, 59, 0);
+  s.entry(kChild, kChildTask, kChildNewDtb, 0, {0, 0x5000, 16});
+  s.exit(kChild, kChildTask, kChildNewDtb, 0, 0);
+  r.run(s);
+  const std::vector<std::string> want = {
+      fmt::format("dtbs {:#x}", kOldDtb),
+      fmt::format("dtbs {:#x} {:#x}", kOldDtb, kChildDtb),      // at the fork breakpoint
+      fmt::format("dtbs {:#x} {:#x}", kOldDtb, kChildNewDtb),   // at the child's exec; and no change at the clone exit
+  };
+  EXPECT_EQ(r.dtbs(), want);
+  EXPECT_EQ(r.t.stats().execs_followed, 1u);
+}
+
+// A child killed by a signal never calls exit_group: its parent reaping it (wait4's status) is when
+// it is known gone. Its open call ends as strace ends it, its death is printed, and its address
+// space leaves the filter (that page-table root is soon another process's). A child reaped
+// stopped (WUNTRACED) is alive and stays.
+std::string status_bytes(std::int32_t st) {
+  std::string b(4, '\0');
+  std::memcpy(b.data(), &st, 4);
+  return b;
+}
+
+TEST(Tracer, AChildKilledBySignalIsPrintedAndLeavesTheFilterWhenItsParentReapsIt) {
+  ShellRun r(config(true));
+  Stream s;
+  s.bp(kForkBreakpointId, kForkVa, kOldDtb | 0x3, kChildTask, abi::BreakpointKind::kKernelTraced);
+  s.entry(kChild, kChildTask, kChildDtb, 0, {0, 0x5000, 16});   // read(0, ...): blocked, then SIGINT
+  s.entry(kShell, kShellTask, kOldDtb, 61, {~0ULL, 0x7000, 2, 0});   // wait4(-1, &st, WUNTRACED, NULL)
+  s.exit(kShell, kShellTask, kOldDtb, 61, kChild, {{1, abi::CaptureKind::kBuffer, status_bytes(0x137f)}});   // stopped
+  s.entry(kShell, kShellTask, kOldDtb, 61, {~0ULL, 0x7000, 0, 0});
+  s.exit(kShell, kShellTask, kOldDtb, 61, kChild, {{1, abi::CaptureKind::kBuffer, status_bytes(2)}});   // SIGINT
+  r.run(s);
+  const auto& lines = r.lines;
+  const std::vector<std::string> want_dtbs = {
+      fmt::format("dtbs {:#x}", kOldDtb),
+      fmt::format("dtbs {:#x} {:#x}", kOldDtb, kChildDtb),
+      fmt::format("dtbs {:#x}", kOldDtb),   // reaped dead, not when reaped stopped
+  };
+  EXPECT_EQ(r.dtbs(), want_dtbs);
+  ASSERT_GE(lines.size(), 3u);
+  EXPECT_EQ(lines[lines.size() - 3], "[pid   100] wait4(-1, [{WIFSIGNALED(s) && WTERMSIG(s) == SIGINT}], 0, NULL) = 200");
+  EXPECT_EQ(lines[lines.size() - 2], "[pid   200] read(0, 0x5000, 16)         = ?");
+  EXPECT_EQ(lines.back(), "[pid   200] +++ killed by SIGINT +++");
+}
+
+// A call that returned into a signal handler (the monitor read its result from the signal frame):
+// the call with that result, then the signal, as strace shows a delivered signal.
+TEST(Tracer, ACallReturningIntoASignalHandlerIsFollowedByTheSignal) {
+  for (const bool json : {false, true}) {
+    ShellRun r(config(false, "", json));
+    const auto& lines = r.lines;
+    Stream s;
+    s.entry(kShell, kShellTask, kOldDtb, 56, {0x1200011, 0, 0, 0});
+    s.exit(kShell, kShellTask, kOldDtb, 56, kChild, {}, 17);
+    s.entry(kShell, kShellTask, kOldDtb, 15, {});
+    s.exit(kShell, kShellTask, kOldDtb, 15, kChild);
+    r.run(s);
+    if (!json) {
+      ASSERT_EQ(lines.size(), 3u);
+      EXPECT_TRUE(lines[0].starts_with("clone(")) << lines[0];
+      EXPECT_TRUE(lines[0].ends_with("= 200")) << lines[0];
+      EXPECT_EQ(lines[1], "--- SIGCHLD ---");
+      EXPECT_EQ(lines[2], "rt_sigreturn()                          = 200");
+    } else {
+      ASSERT_EQ(lines.size(), 2u);
+      const auto j = nlohmann::json::parse(lines[0]);
+      EXPECT_EQ(j["ret"], 200);
+      EXPECT_EQ(j["signal"], "SIGCHLD");
+      EXPECT_FALSE(nlohmann::json::parse(lines[1]).contains("signal"));
+    }
+  }
 }
 
 // Until the monitor has retranslated the code at the breakpoints (a flush some vCPU queues later),

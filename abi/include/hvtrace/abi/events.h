@@ -111,14 +111,18 @@ struct SyscallEntryEvent {
 };
 static_assert(sizeof(SyscallEntryEvent) == 160);
 
-enum class ExitVia : std::uint16_t { kSysret = 1, kIret = 2, kSysretl = 3 };
+// kSignal: the call returned into a signal handler the kernel had just set up (a signal pending
+// as the call ended). Its result, and where the thread resumes after the handler, are those the
+// kernel saved in the signal frame; a call the kernel will restart (the saved instruction pointer
+// is its door instruction again) has ret -512 (ERESTARTSYS: the frame does not keep which restart).
+enum class ExitVia : std::uint16_t { kSysret = 1, kIret = 2, kSysretl = 3, kSignal = 4 };
 
 struct SyscallExitEvent {
   EventHeader hdr;
-  std::int64_t ret;                // rax (sign-extended eax for i386)
+  std::int64_t ret;                // rax (sign-extended eax for i386); kSignal: as saved in the frame
   std::int64_t nr;                 // of the paired entry, -1 if the monitor did not see it
   std::uint64_t cr3;
-  std::uint64_t user_rip;          // where user mode resumes
+  std::uint64_t user_rip;          // where user mode resumes (kSignal: after the handler)
   std::uint64_t user_rsp;
   std::uint64_t entry_seq;         // seq of the paired entry (same ring), 0 if unpaired
   std::uint64_t kernel_gs_base;    // the vCPU's kernel per-CPU base (IA32_KERNEL_GS_BASE after swapgs)
@@ -127,8 +131,10 @@ struct SyscallExitEvent {
   std::uint8_t abi;                // SyscallAbi of the paired entry (kX86_64 if unpaired)
   std::uint8_t door;               // Door of the paired entry
   std::uint32_t n_captures;
+  std::uint32_t signo;             // kSignal: the handler's signal; else 0
+  std::uint32_t reserved;
 };
-static_assert(sizeof(SyscallExitEvent) == 120);
+static_assert(sizeof(SyscallExitEvent) == 128);
 
 // One per breakpoint in force at `va` whose scope holds the DTB (several breakpoints at one
 // address: one event each, in table order). Registers as the instruction at `va` is about to run:

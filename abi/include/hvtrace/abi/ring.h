@@ -20,9 +20,10 @@
 
 namespace hvtrace::abi {
 
-inline constexpr std::uint32_t kAbiVersion = 3;  // 2: EventHeader::insns; 3: doors (int $0x80, sysenter,
+inline constexpr std::uint32_t kAbiVersion = 4;  // 2: EventHeader::insns; 3: doors (int $0x80, sysenter,
                                                  // compat syscall), ABI/door/kernel GS base in syscall events,
-                                                 // per-ABI syscall sets, consumer-violation and degraded-sync counts
+                                                 // per-ABI syscall sets, consumer-violation and degraded-sync counts;
+                                                 // 4: exits into signal handlers (ExitVia::kSignal, signo)
 inline constexpr std::uint64_t kShmMagic = 0x314d48534543'5448ULL;  // "HTCESHM1" little-endian-ish tag
 inline constexpr std::uint32_t kPageSize = 4096;
 inline constexpr std::uint32_t kCacheLine = 64;
