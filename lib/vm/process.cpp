@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -24,12 +25,15 @@ Result<ProcessResult> run_process(const std::vector<std::string>& argv, std::chr
                                   std::size_t max_output, const ProcessIo& io) {
   if (argv.empty()) return make_error("run_process: empty command");
   int out_pipe[2];
-  int err_pipe[2];
+  int err_pipe[2] = {-1, -1};
+  int in_pipe[2] = {-1, -1};   // a socket pair (below)
   if (pipe2(out_pipe, O_CLOEXEC) != 0) return make_error("pipe: {}", strerror(errno));
-  if (pipe2(err_pipe, O_CLOEXEC) != 0) {
-    close(out_pipe[0]);
-    close(out_pipe[1]);
-    return make_error("pipe: {}", strerror(errno));
+  // The input through a socket pair, not a pipe: send(MSG_NOSIGNAL) to a child that closed its end
+  // fails with EPIPE instead of raising SIGPIPE here.
+  if (pipe2(err_pipe, O_CLOEXEC) != 0 || (io.input && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, in_pipe) != 0)) {
+    const int e = errno;
+    for (int fd : {out_pipe[0], out_pipe[1], err_pipe[0], err_pipe[1]}) close(fd);
+    return make_error("pipe: {}", strerror(e));
   }
   std::vector<char*> cargv;
   cargv.reserve(argv.size() + 1);
@@ -39,7 +43,9 @@ Result<ProcessResult> run_process(const std::vector<std::string>& argv, std::chr
   const pid_t pid = fork();
   if (pid < 0) return make_error("fork: {}", strerror(errno));
   if (pid == 0) {
-    if (!io.pass_stdin) {
+    if (io.input) {
+      dup2(in_pipe[0], 0);
+    } else if (!io.pass_stdin) {
       const int devnull = open("/dev/null", O_RDONLY);
       if (devnull >= 0) dup2(devnull, 0);
     }
@@ -51,10 +57,22 @@ Result<ProcessResult> run_process(const std::vector<std::string>& argv, std::chr
   }
   close(out_pipe[1]);
   close(err_pipe[1]);
+  // The input goes in as the child reads it, between reads of its output (no deadlock on a child
+  // that writes before it has read everything).
+  std::string_view input = io.input.value_or(std::string_view{});
+  int in_fd = -1;
+  if (io.input) {
+    close(in_pipe[0]);
+    in_fd = in_pipe[1];
+    if (input.empty()) {
+      close(in_fd);
+      in_fd = -1;
+    }
+  }
 
   ProcessResult r;
   const auto deadline = std::chrono::steady_clock::now() + timeout;
-  pollfd fds[2] = {{out_pipe[0], POLLIN, 0}, {err_pipe[0], POLLIN, 0}};
+  pollfd fds[3] = {{out_pipe[0], POLLIN, 0}, {err_pipe[0], POLLIN, 0}, {in_fd, POLLOUT, 0}};
   std::string* sinks[2] = {&r.out, &r.err};
   int open_fds = 2;
   bool timed_out = false;
@@ -71,8 +89,16 @@ Result<ProcessResult> run_process(const std::vector<std::string>& argv, std::chr
       timed_out = true;
       break;
     }
-    const int n = poll(fds, 2, static_cast<int>(std::min<long long>(left.count(), 1000)));
+    const int n = poll(fds, 3, static_cast<int>(std::min<long long>(left.count(), 1000)));
     if (n < 0 && errno != EINTR) break;
+    if (fds[2].fd >= 0 && (fds[2].revents & (POLLOUT | POLLERR | POLLHUP))) {
+      const ssize_t put = send(fds[2].fd, input.data(), input.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (put > 0) input.remove_prefix(static_cast<std::size_t>(put));
+      if (input.empty() || (put < 0 && errno != EAGAIN && errno != EINTR)) {   // all in, or the child closed its end
+        close(fds[2].fd);
+        fds[2].fd = -1;
+      }
+    }
     for (int i = 0; i < 2; ++i) {
       if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
       const ssize_t got = read(fds[i].fd, buf, sizeof buf);
@@ -96,7 +122,7 @@ Result<ProcessResult> run_process(const std::vector<std::string>& argv, std::chr
     if (too_big) break;
   }
   for (auto& f : fds)
-    if (f.fd >= 0) close(f.fd);
+    if (f.fd >= 0) close(f.fd);   // an input not yet all written included
   if (timed_out || too_big || interrupted) kill(pid, SIGKILL);
   int status = 0;
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {

@@ -7,7 +7,9 @@
 
 #include <chrono>
 #include <cstddef>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace hvtrace::vm {
@@ -29,6 +31,9 @@ struct ProcessIo {
   // Run to the end even after a termination signal (a cleanup that must happen because of the
   // Ctrl-C, e.g. telling a waiting guest shell to give up); the timeout still bounds it.
   bool survive_termination = false;
+  // The child's stdin: these bytes, then end of file (instead of /dev/null; not with pass_stdin).
+  // A child that exits before reading them all is not an error here (its status says).
+  std::optional<std::string_view> input;
   static constexpr std::size_t kTeeKeep = 64u << 10;
 };
 

@@ -608,6 +608,15 @@ Result<ExecResult> ssh_exec_with(const VmRecord& vm, std::string_view command, s
 }
 }  // namespace
 
+Result<void> Vm::put_file(std::string_view path, std::string_view bytes) const {
+  ProcessIo io;
+  io.input = bytes;
+  auto r = ssh_exec_with(record_, "cat > " + shell_quote(std::string(path)), std::chrono::seconds{120}, "root", io);
+  if (!r) return r.error();
+  if (r->exit_status != 0) return make_error("writing {} in VM '{}': {}", path, record_.name, trim(r->err));
+  return {};
+}
+
 Result<ExecResult> ssh_exec(const VmRecord& vm, std::string_view command, std::chrono::seconds timeout,
                             std::string_view user) {
   return ssh_exec_with(vm, command, timeout, user, {});

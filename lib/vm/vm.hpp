@@ -110,6 +110,9 @@ class Vm {
   [[nodiscard]] const VmRecord& record() const { return record_; }
   [[nodiscard]] Result<ExecResult> exec(std::string_view command,
                                         std::chrono::seconds timeout = std::chrono::seconds{60}) const;
+  // Write `bytes` to `path` in the guest, through the SSH session's stdin (a command line, and so
+  // a here-document in one, is cut off at about 8.9 KB by the guest's SSH server).
+  [[nodiscard]] Result<void> put_file(std::string_view path, std::string_view bytes) const;
   // Is the QEMU process still alive? Reaps it if it exited.
   [[nodiscard]] bool running();
   // Block until QEMU exits or `deadline` passes (or a termination signal arrives); true if it exited.

@@ -216,7 +216,9 @@ class Monitor : public ::testing::Test {
     std::stringstream src;
     src << f.rdbuf();
     EXPECT_FALSE(src.str().empty()) << source;
-    run("cat > " + binary + ".c <<'HVTRACE_EOF'\n" + src.str() + "HVTRACE_EOF\ntcc -o " + binary + " " + binary + ".c");
+    const auto put = vm_->put_file(binary + ".c", src.str());
+    EXPECT_TRUE(put.ok()) << put.error().message;
+    run("tcc -o " + binary + " " + binary + ".c");
     return !src.str().empty();
   }
   // Events of the current generation or later, collected after `settle`.

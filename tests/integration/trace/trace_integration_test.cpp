@@ -109,18 +109,23 @@ class Trace : public ::testing::Test {
     auto v = vm::Vm::start(c);
     ASSERT_TRUE(v.ok()) << v.error().message;
     vm_ = std::move(v).value().release();
-    std::ifstream f(HVTRACE_CALLS_SOURCE);
-    std::stringstream src;
-    src << f.rdbuf();
-    guest("cat > /tmp/calls.c <<'HVTRACE_EOF'\n" + src.str() + "HVTRACE_EOF\ntcc -o /tmp/calls /tmp/calls.c");
-    std::ifstream tf(HVTRACE_THREADS_SOURCE);
-    std::stringstream tsrc;
-    tsrc << tf.rdbuf();
-    guest("cat > /tmp/threads.c <<'HVTRACE_EOF'\n" + tsrc.str() + "HVTRACE_EOF\ntcc -o /tmp/threads /tmp/threads.c -lpthread");
+    compile_in_guest(HVTRACE_CALLS_SOURCE, "/tmp/calls");
+    compile_in_guest(HVTRACE_THREADS_SOURCE, "/tmp/threads", " -lpthread");
+    compile_in_guest(HVTRACE_ELF32_SOURCE, "/tmp/elf32gen");
   }
   static void TearDownTestSuite() {
     if (vm_) (void)vm_->shutdown();
     delete vm_;
+  }
+  // A C source of this repository compiled in the guest with tcc, as `binary`.
+  static void compile_in_guest(const char* source, const std::string& binary, const std::string& flags = "") {
+    std::ifstream f(source);
+    std::stringstream src;
+    src << f.rdbuf();
+    ASSERT_FALSE(src.str().empty()) << source;
+    const auto put = vm_->put_file(binary + ".c", src.str());
+    ASSERT_TRUE(put.ok()) << put.error().message;
+    guest("tcc -o " + binary + " " + binary + ".c" + flags);
   }
   static std::string guest(const std::string& cmd, int want_status = 0) {
     auto r = vm_->exec(cmd, 300s);
@@ -210,11 +215,7 @@ TEST_F(Trace, TenThousandCallsMatchTheGuestsStrace) {
 // child, a direct `sysenter`: trace -f prints every call with its i386 name and decoded arguments,
 // marked [i386], and sees what the guest's strace sees (which reports "runs in 32 bit mode").
 TEST_F(Trace, A32BitProgramsCallsHaveTheirI386NamesLikeTheGuestsStrace) {
-  std::ifstream f(HVTRACE_ELF32_SOURCE);
-  std::stringstream src;
-  src << f.rdbuf();
-  ASSERT_FALSE(src.str().empty()) << HVTRACE_ELF32_SOURCE;
-  guest("cat > /tmp/elf32gen.c <<'HVTRACE_EOF'\n" + src.str() + "HVTRACE_EOF\ntcc -o /tmp/elf32gen /tmp/elf32gen.c && /tmp/elf32gen /tmp/elf32");
+  guest("/tmp/elf32gen /tmp/elf32");
   auto [mine, truth] = both({"/tmp/elf32"}, true);
   const std::string text = slurp(::testing::TempDir() + "hvtrace-trace.txt");
   // Lines as strace prints them, with trace's [i386] mark (the padding to column 40 aside).
@@ -272,6 +273,23 @@ TEST_F(Trace, FollowsAPipelinesChildren) {
   EXPECT_EQ(mine_calls, true_calls) << difference(mine_calls, true_calls);
 }
 
+// Trace lines reduced to what hvtrace and strace both print of signals: no pid prefix, no [i386]
+// mark, no alignment padding, strace's siginfo and sigreturn mask dropped.
+std::vector<std::string> signal_lines(const std::string& text) {
+  static const std::regex pfx(R"(^(?:\[pid\s+\d+\] |\d+ +))"), info(R"( \{si_signo=.*\} ---$)"),
+      mask(R"(sigreturn\(\{mask=[^)]*\}\))"), pad(R"(\) +=)"), i386(R"( \[i386\]$)");
+  std::vector<std::string> v;
+  std::istringstream in(text);
+  for (std::string l; std::getline(in, l);) {
+    l = std::regex_replace(l, pfx, "");
+    l = std::regex_replace(l, info, " ---");
+    l = std::regex_replace(l, mask, "sigreturn()");
+    l = std::regex_replace(l, pad, ") =");
+    v.push_back(std::regex_replace(l, i386, ""));
+  }
+  return v;
+}
+
 // A signal pending as a call returns (kill to itself) is delivered into its handler at that return:
 // the call's result (from the signal frame) and then the signal, as the guest's strace prints them;
 // a child killed by a signal (no exit_group) is said killed once its parent reaps it.
@@ -282,19 +300,7 @@ TEST_F(Trace, ASignalAtACallsReturnAndAChildKilledBySignalShowAsTheGuestsStraceS
   const auto r = hvtrace({"trace", "--vm", kVm, "-f", "-e", set, "-o", out, "--", "sh", "-c", cmd});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   guest("strace -f -e " + set + " -o /tmp/strace-signals.txt sh -c " + vm::shell_quote(cmd) + " 2>&1 | cat >/dev/null; true");
-  // Lines without the pid prefix, and strace's siginfo and sigreturn mask dropped.
-  const auto lines = [](const std::string& text) {
-    static const std::regex pfx(R"(^(?:\[pid\s+\d+\] |\d+ +))"), info(R"( \{si_signo=.*\} ---$)"), mask(R"(rt_sigreturn\(\{mask=[^)]*\}\))");
-    std::vector<std::string> v;
-    std::istringstream in(text);
-    for (std::string l; std::getline(in, l);) {
-      l = std::regex_replace(l, pfx, "");
-      l = std::regex_replace(l, info, " ---");
-      v.push_back(std::regex_replace(l, mask, "rt_sigreturn()"));
-    }
-    return v;
-  };
-  for (const auto& [who, v] : {std::pair{"hvtrace", lines(slurp(out))}, std::pair{"strace", lines(guest("cat /tmp/strace-signals.txt"))}}) {
+  for (const auto& [who, v] : {std::pair{"hvtrace", signal_lines(slurp(out))}, std::pair{"strace", signal_lines(guest("cat /tmp/strace-signals.txt"))}}) {
     std::string all;
     for (const auto& l : v) all += l + "\n";
     const auto kill = std::find_if(v.begin(), v.end(), [](const std::string& l) { return l.starts_with("kill(") && l.find("SIGUSR1") != std::string::npos; });
@@ -303,11 +309,34 @@ TEST_F(Trace, ASignalAtACallsReturnAndAChildKilledBySignalShowAsTheGuestsStraceS
     ASSERT_NE(kill + 1, v.end()) << who;
     EXPECT_EQ(*(kill + 1), "--- SIGUSR1 ---") << who << "\n" << all;
     ASSERT_NE(kill + 2, v.end()) << who;
-    EXPECT_TRUE((kill + 2)->starts_with("rt_sigreturn()") && (kill + 2)->ends_with("= 0")) << who << "\n" << all;
+    EXPECT_EQ(*(kill + 2), "rt_sigreturn() = 0") << who << "\n" << all;
     EXPECT_EQ(std::count(v.begin(), v.end(), "+++ killed by SIGTERM +++"), 1) << who << "\n" << all;
     EXPECT_EQ(std::count_if(v.begin(), v.end(), [](const std::string& l) { return l.ends_with("= ?"); }), 0)
         << who << ": every call's result is known\n" << all;
   }
+}
+
+// The same in 32-bit mode, through both i386 signal frames (rt with SA_SIGINFO, the old one
+// without): a real ELF32 program (elf32.c's `signals` program) kills itself with each signal.
+TEST_F(Trace, A32BitProgramsSignalsThroughBothFramesShowAsTheGuestsStraceShows) {
+  guest("/tmp/elf32gen /tmp/elf32sig signals");
+  const std::string set = "trace=kill,rt_sigreturn,sigreturn";
+  const std::string out = ::testing::TempDir() + "hvtrace-signals32.txt";
+  const auto r = hvtrace({"trace", "--vm", kVm, "-e", set, "-o", out, "--", "/tmp/elf32sig"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  guest("strace -e " + set + " -o /tmp/strace-signals32.txt /tmp/elf32sig; true");
+  const auto mine = signal_lines(slurp(out)), truth = signal_lines(guest("cat /tmp/strace-signals32.txt"));
+  const auto calls = [](const std::vector<std::string>& v) {
+    std::vector<std::string> c;
+    static const std::regex kill_pid(R"(^kill\(\d+, )");
+    for (const auto& l : v)
+      if (!l.starts_with("+++")) c.push_back(std::regex_replace(l, kill_pid, "kill(PID, "));
+    return c;
+  };
+  const std::vector<std::string> want = {"kill(PID, SIGUSR1) = 0", "--- SIGUSR1 ---", "rt_sigreturn() = 0",
+                                         "kill(PID, SIGUSR2) = 0", "--- SIGUSR2 ---", "sigreturn() = 0"};
+  EXPECT_EQ(calls(truth), want) << "the guest's strace";
+  EXPECT_EQ(calls(mine), want) << slurp(out);
 }
 
 TEST_F(Trace, FollowsAMultiThreadedProgramsThreads) {

@@ -152,6 +152,26 @@ TEST(RunProcess, BoundsCapturedOutput) {
   EXPECT_NE(r.error().message.find("more than 1000 bytes"), std::string::npos);
 }
 
+// The child reads the input as its stdin while its output is read: 1 MiB through `cat` (more than
+// a socket buffer each way), and a child that reads none of it and exits is not a hang or a crash.
+TEST(RunProcess, FeedsItsInputAsTheChildsStdin) {
+  std::string big(1u << 20, 'x');
+  for (std::size_t i = 0; i < big.size(); i += 4096) big[i] = static_cast<char>('a' + (i / 4096) % 26);
+  ProcessIo io;
+  io.input = big;
+  auto r = run_process({"cat"}, 30s, 64u << 20, io);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->exit_code, 0);
+  EXPECT_TRUE(r->out == big) << r->out.size() << " bytes back";
+  auto early = run_process({"sh", "-c", "exit 4"}, 30s, 64u << 20, io);
+  ASSERT_TRUE(early.ok()) << early.error().message;
+  EXPECT_EQ(early->exit_code, 4);
+  io.input = std::string_view{};
+  auto none = run_process({"wc", "-c"}, 30s, 64u << 20, io);
+  ASSERT_TRUE(none.ok());
+  EXPECT_EQ(none->out, "0\n");
+}
+
 TEST(RunProcess, MissingProgramIsStatus127) {
   auto r = run_process({"/nonexistent/program"}, 10s);
   ASSERT_TRUE(r.ok());

@@ -18,7 +18,15 @@
  *   6. close(fd)                                                int $0x80
  *   7. exit(42) via int $0x80 (43 when the auxiliary vector has no AT_SYSINFO; the vDSO write is
  *      then skipped)
- * Every int $0x80 call is one user int $0x80 instruction; the program makes no other call. */
+ * Every int $0x80 call is one user int $0x80 instruction; the program makes no other call.
+ *
+ * `elf32gen OUT signals` writes another program instead, which takes two signals in 32-bit mode,
+ * one through each i386 signal frame the kernel builds, each pending as a call returns:
+ *   1. rt_sigaction(SIGUSR1, {handler, SA_SIGINFO|SA_RESTORER, restorer: rt_sigreturn}, NULL, 8)
+ *   2. rt_sigaction(SIGUSR2, {handler, SA_RESTORER, restorer: pop eax; sigreturn}, NULL, 8)
+ *   3. getpid(); kill(pid, SIGUSR1): the handler (a bare `ret`) runs on an rt frame, rt_sigreturn
+ *   4. kill(pid, SIGUSR2): the handler runs on an old-style frame, sigreturn
+ *   5. exit(0) */
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -35,7 +43,7 @@ static struct { unsigned at, label; } fix[16];
 static int nfix;
 
 enum { EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI };
-enum { L_ENV, L_AUX, L_FOUND, L_NEXT, L_PARENT, L_CLOSE, L_STUB };
+enum { L_ENV, L_AUX, L_FOUND, L_NEXT, L_PARENT, L_CLOSE, L_STUB, L_HANDLER, L_RT, L_OLD };
 
 static void put32(unsigned off, unsigned v) { memcpy(img + off, &v, 4); }
 static void byte(unsigned v) { img[n++] = (unsigned char)v; }
@@ -55,8 +63,37 @@ static unsigned str(unsigned off, const char *s) {
   return BASE + off;
 }
 
+static int write_elf(const char *out);
+
+/* The `signals` program (see the top). */
+static void signals_program(void) {
+  enum { SIGUSR1 = 10, SIGUSR2 = 12, SA_SIGINFO = 4, SA_RESTORER = 0x04000000 };
+  const unsigned act_rt = DATA + 0x20, act_old = DATA + 0x40;   /* struct sigaction (i386): handler, flags, restorer, mask[2] */
+  mov(EAX, 174); mov(EBX, SIGUSR1); mov(ECX, BASE + act_rt); mov(EDX, 0); mov(ESI, 8); int80();
+  mov(EAX, 174); mov(EBX, SIGUSR2); mov(ECX, BASE + act_old); mov(EDX, 0); mov(ESI, 8); int80();
+  mov(EAX, 20); int80();                                     /* getpid */
+  byte(0x89); byte(0xc7);                                    /* mov edi, eax */
+  mov(EAX, 37); byte(0x89); byte(0xfb); mov(ECX, SIGUSR1); int80();   /* kill(pid, SIGUSR1): mov ebx, edi */
+  mov(EAX, 37); byte(0x89); byte(0xfb); mov(ECX, SIGUSR2); int80();   /* kill(pid, SIGUSR2) */
+  mov(EAX, 1); mov(EBX, 0); int80();                         /* exit(0) */
+  byte(0xeb); byte(0xfe);                                    /* jmp . */
+  here(L_HANDLER);
+  byte(0xc3);                                                /* ret: to the restorer */
+  here(L_RT);
+  mov(EAX, 173); int80();                                    /* rt_sigreturn */
+  here(L_OLD);
+  byte(0x58);                                                /* pop eax (the signal number) */
+  mov(EAX, 119); int80();                                    /* sigreturn */
+  put32(act_rt, BASE + label[L_HANDLER]); put32(act_rt + 4, SA_SIGINFO | SA_RESTORER); put32(act_rt + 8, BASE + label[L_RT]);
+  put32(act_old, BASE + label[L_HANDLER]); put32(act_old + 4, SA_RESTORER); put32(act_old + 8, BASE + label[L_OLD]);
+}
+
 int main(int argc, char **argv) {
   const char *out = argc > 1 ? argv[1] : "/tmp/elf32";
+  if (argc > 2 && strcmp(argv[2], "signals") == 0) {
+    signals_program();
+    return write_elf(out);
+  }
   const unsigned path = str(DATA, "/tmp/elf32-out");
   const unsigned m_int80 = str(DATA + 0x20, "elf32-int80\n");
   const unsigned m_vdso = str(DATA + 0x40, "elf32-vdso\n");
@@ -115,6 +152,11 @@ int main(int argc, char **argv) {
   /* 7. exit(status in ebp) */
   mov(EAX, 1); byte(0x89); byte(0xeb); int80();              /* mov ebx, ebp */
   byte(0xeb); byte(0xfe);                                    /* jmp . */
+  return write_elf(out);
+}
+
+/* Resolves the jumps, adds the ELF header and writes the image to `out`, executable. */
+static int write_elf(const char *out) {
   if (n > DATA) {
     fprintf(stderr, "elf32: code overlaps the strings (%u bytes)\n", n);
     return 1;
