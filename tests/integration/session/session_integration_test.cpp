@@ -373,7 +373,7 @@ TEST_F(Session, AnInteractiveLoginIsRecordedFromOutside) {
   const auto failed = of(ev, "cowrie.login.failed");
   ASSERT_EQ(failed.size(), 1u) << w.out;
   EXPECT_EQ(failed[0].value("password", ""), "Wr0ng-guess!");
-  EXPECT_EQ(failed[0].value("username", ""), "alice");
+  EXPECT_EQ(failed[0].value("username", ""), "alice") << w.out << tail(w.err, 6000);
   EXPECT_EQ(ok[0].value("password", ""), right);
   EXPECT_EQ(ok[0].value("username", ""), "alice");
 }
