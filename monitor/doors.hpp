@@ -234,13 +234,16 @@ constexpr std::uint64_t open_tag(std::uint64_t dtb, std::uint64_t rsp) {
   return (dtb ^ (rsp * 0x9e37'79b9'7f4a'7c15ULL)) | 1;
 }
 
-// One vCPU's open entries. Only the owning vCPU adds (put); any vCPU removes (take): a thread that
+// One vCPU's open entries. Only the owning vCPU adds (put); any vCPU removes (take), and the control
+// thread drops entries of address spaces the filter stopped passing (drop_unless): a thread that
 // blocked in a call on one vCPU may return to user mode on another, which then looks in every
 // vCPU's table after its own. Ordering: every access to a slot's call and `used` holds the slot's
 // try-lock (acquire on taking it, release on letting go). A vCPU that finds a slot held moves on
 // and never waits; that loses nothing, since the holder is either the owner recording an entry
 // of the thread running on it, or a vCPU taking the entry of the thread running on *it*, and a
-// thread runs on one vCPU at a time, so the slot held is never the one the other vCPU wants.
+// thread runs on one vCPU at a time, so the slot held is never the one the other vCPU wants (or
+// the control thread, holding only slots of address spaces the filter no longer passes, whose
+// exits it drops anyway).
 // `tag` (open_tag of the call, 0 when free) is written under the lock and read relaxed by scans,
 // only as a hint: a match is always checked again under the lock.
 template <unsigned N>

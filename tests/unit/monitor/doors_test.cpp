@@ -298,10 +298,11 @@ TEST(Doors, ExitAndExecCallsAreKnownInEveryAbi) {
 
 // Two vCPU threads, each recording its guest threads' entries in its own table while the other
 // vCPU takes them (two calls in three blocked here and resumed there), so an owner's put runs
-// beside the other vCPU's take in the same table. Under ThreadSanitizer this checks the slots'
+// beside the other vCPU's take in the same table, and a control thread drops the entries of an
+// address space that is gone, beside both. Under ThreadSanitizer this checks the slots'
 // ordering; everywhere, that every entry is taken exactly once and whole.
 TEST(Doors, AnEntryIsTakenWholeAndOnceFromAnotherVcpusTable) {
-  constexpr std::uint64_t kThreadsPerVcpu = 8, kRounds = 3000;
+  constexpr std::uint64_t kThreadsPerVcpu = 8, kRounds = 3000, kDead = 0x9000'0000;
   OpenEntries<32> table[2];
   std::atomic<std::uint64_t> put_rounds[2] = {0, 0};
   std::atomic<std::uint64_t> taken{0}, migrated{0}, torn{0}, missing{0}, full{0};
@@ -322,6 +323,9 @@ TEST(Doors, AnEntryIsTakenWholeAndOnceFromAnotherVcpusTable) {
     for (std::uint64_t r = 0; r < kRounds; ++r) {
       const auto [dtb, rsp] = key(me, r);
       if (!table[me].put(call(dtb, rsp, r, r))) full.fetch_add(1);
+      // Now and then an entry of a process that dies in its call (never taken): the control
+      // thread drops it beside the owner's puts and the other vCPU's takes.
+      if (r % 150 == 0 && !table[me].put(call(kDead, 0x9000 + r, 0, r))) full.fetch_add(1);
       put_rounds[me].store(r + 1, std::memory_order_release);
       if (r % 3 == 0) check(table[me].take(dtb, rsp), me, r);   // returned where it entered
       // The other vCPU's call of this round that blocked there and resumes here.
@@ -333,9 +337,21 @@ TEST(Doors, AnEntryIsTakenWholeAndOnceFromAnotherVcpusTable) {
       }
     }
   };
+  std::atomic<bool> done{false};
+  std::atomic<std::uint64_t> dropped{0};
+  const auto alive = [](std::uint64_t dtb) { return dtb != kDead; };
+  std::thread control([&] {
+    while (!done.load(std::memory_order_acquire))
+      for (auto& t : table) dropped.fetch_add(t.drop_unless(alive));
+  });
   std::thread a(vcpu, 0u), b(vcpu, 1u);
   a.join();
   b.join();
+  done.store(true, std::memory_order_release);
+  control.join();
+  for (auto& t : table) dropped.fetch_add(t.drop_unless(alive));
+  EXPECT_EQ(dropped.load(), 2 * ((kRounds + 149) / 150)) << "every dead entry dropped once";
+  for (auto& t : table) EXPECT_FALSE(t.holds(kDead));
   EXPECT_EQ(full.load(), 0u);
   EXPECT_EQ(torn.load(), 0u);
   EXPECT_EQ(missing.load(), 0u);
