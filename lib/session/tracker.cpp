@@ -86,9 +86,7 @@ Sys classify(const syscalls::Call& c) {
 }
 
 const events::Capture* find_cap(const std::vector<events::Capture>& caps, unsigned arg, CaptureKind kind) {
-  for (const auto& c : caps)
-    if (c.arg == arg && c.kind == kind) return &c;
-  return nullptr;
+  return syscalls::find_capture(caps, arg, kind);
 }
 
 int arg_int(const syscalls::Call& c, int i) { return static_cast<std::int32_t>(c.args[i] & 0xffffffffu); }

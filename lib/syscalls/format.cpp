@@ -280,16 +280,11 @@ class Decoding {
     else fmt::format_to(std::back_inserter(next()), "{}", v);
   }
   void signal(unsigned i) { append_signal(next(), i32(i)); }
-  static void append_signal(std::string& out, std::int32_t sig) {
-    if (auto n = signal_name(sig)) out += *n;
-    else fmt::format_to(std::back_inserter(out), "{}", sig);
-  }
+  static void append_signal(std::string& out, std::int32_t sig) { out += signal_text(sig); }
 
   // The first capture of the wanted kind for argument i (entry or exit list).
   [[nodiscard]] const events::Capture* cap(unsigned i, abi::CaptureKind kind, bool at_exit) const {
-    for (const auto& cp : at_exit ? c_.exit_caps : c_.entry_caps)
-      if (cp.arg == i && cp.kind == kind) return &cp;
-    return nullptr;
+    return find_capture(at_exit ? c_.exit_caps : c_.entry_caps, i, kind);
   }
 
   // A NUL-terminated string argument (a path: strace prints it whole, not cut at -s).
@@ -464,21 +459,22 @@ class Decoding {
     }
     std::uint32_t s = 0;
     std::memcpy(&s, cp->data.data(), sizeof s);
+    const WaitStatus w = decode_wait_status(s);
     std::string& out = next();
     out += "[{";
-    const std::uint32_t low = s & 0x7f;
-    if (s == 0xffff) {
-      out += "WIFCONTINUED(s)";
-    } else if ((s & 0xff) == 0x7f) {
-      out += "WIFSTOPPED(s) && WSTOPSIG(s) == ";
-      append_signal(out, static_cast<std::int32_t>((s >> 8) & 0xff));
-      if (s >> 16 != 0) fmt::format_to(std::back_inserter(out), " && s >> 16 == {}", s >> 16);
-    } else if (low == 0) {
-      fmt::format_to(std::back_inserter(out), "WIFEXITED(s) && WEXITSTATUS(s) == {}", (s >> 8) & 0xff);
-    } else {
-      out += "WIFSIGNALED(s) && WTERMSIG(s) == ";
-      append_signal(out, static_cast<std::int32_t>(low));
-      if ((s & 0x80) != 0) out += " && WCOREDUMP(s)";
+    switch (w.kind) {
+      case WaitStatus::Kind::kContinued: out += "WIFCONTINUED(s)"; break;
+      case WaitStatus::Kind::kStopped:
+        out += "WIFSTOPPED(s) && WSTOPSIG(s) == ";
+        append_signal(out, w.value);
+        if (w.high != 0) fmt::format_to(std::back_inserter(out), " && s >> 16 == {}", w.high);
+        break;
+      case WaitStatus::Kind::kExited: fmt::format_to(std::back_inserter(out), "WIFEXITED(s) && WEXITSTATUS(s) == {}", w.value); break;
+      case WaitStatus::Kind::kSignaled:
+        out += "WIFSIGNALED(s) && WTERMSIG(s) == ";
+        append_signal(out, w.value);
+        if (w.core) out += " && WCOREDUMP(s)";
+        break;
     }
     out += "}]";
   }

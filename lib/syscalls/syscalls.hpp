@@ -141,5 +141,20 @@ struct Formatted {
 [[nodiscard]] std::optional<std::string_view> errno_name(int err);
 [[nodiscard]] std::optional<std::string_view> errno_message(int err);   // C library's strerror text
 [[nodiscard]] std::optional<std::string_view> signal_name(int sig);    // "SIGINT", "SIGRT_3"
+[[nodiscard]] std::string signal_text(int sig);                        // its name, or the number as strace prints it
+
+// The first capture of argument `arg` of that kind, or null.
+[[nodiscard]] const events::Capture* find_capture(const std::vector<events::Capture>& caps, unsigned arg,
+                                                  abi::CaptureKind kind);
+
+// A wait status (wait4's *wstatus) as the W* macros read it.
+struct WaitStatus {
+  enum class Kind { kExited, kSignaled, kStopped, kContinued } kind = Kind::kExited;
+  int value = 0;       // exit code, terminating or stopping signal
+  bool core = false;   // kSignaled: WCOREDUMP
+  std::uint32_t high = 0;   // kStopped: s >> 16 (the ptrace event)
+  [[nodiscard]] bool dead() const { return kind == Kind::kExited || kind == Kind::kSignaled; }
+};
+[[nodiscard]] WaitStatus decode_wait_status(std::uint32_t s);
 
 }  // namespace hvtrace::syscalls

@@ -204,6 +204,36 @@ std::optional<std::string_view> signal_name(int sig) {
   return rt[static_cast<std::size_t>(sig - kSigRtMin)];
 }
 
+std::string signal_text(int sig) {
+  if (auto n = signal_name(sig)) return std::string(*n);
+  return std::to_string(sig);
+}
+
+const events::Capture* find_capture(const std::vector<events::Capture>& caps, unsigned arg, abi::CaptureKind kind) {
+  for (const auto& c : caps)
+    if (c.arg == arg && c.kind == kind) return &c;
+  return nullptr;
+}
+
+WaitStatus decode_wait_status(std::uint32_t s) {
+  WaitStatus w;
+  if (s == 0xffff) {
+    w.kind = WaitStatus::Kind::kContinued;
+  } else if ((s & 0xff) == 0x7f) {
+    w.kind = WaitStatus::Kind::kStopped;
+    w.value = static_cast<int>((s >> 8) & 0xff);
+    w.high = s >> 16;
+  } else if ((s & 0x7f) == 0) {
+    w.kind = WaitStatus::Kind::kExited;
+    w.value = static_cast<int>((s >> 8) & 0xff);
+  } else {
+    w.kind = WaitStatus::Kind::kSignaled;
+    w.value = static_cast<int>(s & 0x7f);
+    w.core = (s & 0x80) != 0;
+  }
+  return w;
+}
+
 std::string_view kernel_entry_name(abi::SyscallAbi abi, std::uint64_t nr, std::string_view strace_name) {
   (void)nr;
   if (abi == abi::SyscallAbi::kI386) {

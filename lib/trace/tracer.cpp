@@ -477,54 +477,47 @@ Result<void> Tracer::on_exit(const events::Event& e) {
   if (cfg_.follow && is_clone_family(a, nr) && e.exit.ret > 0)
     return add_child(static_cast<std::uint32_t>(e.exit.ret), e.exit.who.tgid);
   if (is_reap(a, nr) && e.exit.ret > 0 && e.exit.ret <= 0x7fff'ffff) {
-    std::optional<std::int32_t> status;
-    for (const auto& c : e.captures)
-      if (c.arg == 1 && c.kind == abi::CaptureKind::kBuffer && c.data.size() == 4 && (c.flags & abi::kCaptureFault) == 0) {
-        std::int32_t v = 0;
-        std::memcpy(&v, c.data.data(), sizeof v);
-        status = v;
-      }
+    std::optional<syscalls::WaitStatus> status;
+    if (const auto* c = syscalls::find_capture(e.captures, 1, abi::CaptureKind::kBuffer);
+        c != nullptr && c->data.size() == 4 && (c->flags & abi::kCaptureFault) == 0) {
+      std::uint32_t v = 0;
+      std::memcpy(&v, c->data.data(), sizeof v);
+      status = syscalls::decode_wait_status(v);
+    }
     // A stopped or continued child (WUNTRACED, WCONTINUED) is reaped alive.
     constexpr std::uint64_t kWuntraced = 2, kWcontinued = 8;
-    const bool dead = status ? (*status & 0x7f) != 0x7f : (wait_options & (kWuntraced | kWcontinued)) == 0;
+    const bool dead = status ? status->dead() : (wait_options & (kWuntraced | kWcontinued)) == 0;
     if (dead) return reaped(static_cast<std::uint32_t>(e.exit.ret), caller, status, e.time_ns);
   }
   return {};
 }
-
-namespace {
-std::string signal_text(std::uint32_t sig) {
-  const auto name = syscalls::signal_name(static_cast<int>(sig));
-  return name ? std::string(*name) : fmt::format("signal {}", sig);
-}
-}  // namespace
 
 // A traced child reaped by its parent while it still counts as running: it died without an
 // exit_group the monitor delivered (killed by a signal). It leaves the filter now: the page of its
 // freed page-table root is soon another process's, whose calls must not pass as its. Its calls
 // still open end as strace ends them (`= ?`), then its end, as strace prints it, where the wait
 // status says (a status not copied: the end is not printed, only the calls).
-Result<void> Tracer::reaped(std::uint32_t child, std::uint32_t parent, std::optional<std::int32_t> status,
+Result<void> Tracer::reaped(std::uint32_t child, std::uint32_t parent, const std::optional<syscalls::WaitStatus>& status,
                             std::uint64_t ns) {
   Traced* t = traced(child);
   if (t == nullptr || child == parent) return {};
   t->exited = true;
-  std::vector<std::uint32_t> open;
-  for (const auto& [tid, p] : pending_)
-    if (p.pid == child) open.push_back(tid);
-  for (const auto tid : open) {
-    auto it = pending_.find(tid);
+  for (auto it = pending_.begin(); it != pending_.end();) {   // completing a call adds none
+    if (it->second.pid != child) {
+      ++it;
+      continue;
+    }
+    const std::uint32_t tid = it->first;
     Pending p = std::move(it->second);
-    pending_.erase(it);
+    it = pending_.erase(it);
     complete(tid, std::move(p), std::nullopt, {}, ns);
     if (open_line_tid_ == tid) open_line_tid_.reset();
   }
   if (status && !cfg_.summary_only && !cfg_.json) {
-    const int sig = *status & 0x7f;
     const std::string end =
-        sig == 0 ? fmt::format("exited with {}", (*status >> 8) & 0xff)
-                 : fmt::format("killed by {}{}", signal_text(static_cast<std::uint32_t>(sig)),
-                               (*status & 0x80) != 0 ? " (core dumped)" : "");
+        status->kind == syscalls::WaitStatus::Kind::kExited
+            ? fmt::format("exited with {}", status->value)
+            : fmt::format("killed by {}{}", syscalls::signal_text(status->value), status->core ? " (core dumped)" : "");
     before_line(child);
     out_(fmt::format("{}+++ {} +++", prefix(child, ns), end));
   }
@@ -778,7 +771,7 @@ void Tracer::emit(const CallRecord& r) {
     if (r.f.failed && r.ret)
       if (auto n = syscalls::errno_name(static_cast<int>(-*r.ret))) j["errno"] = std::string(*n);
     if (r.exit_ns > r.entry_ns) j["duration_ns"] = r.exit_ns - r.entry_ns;
-    if (r.signo != 0) j["signal"] = signal_text(r.signo);
+    if (r.signo != 0) j["signal"] = syscalls::signal_text(static_cast<int>(r.signo));
     out_(j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
     return;
   }
@@ -794,7 +787,7 @@ void Tracer::emit(const CallRecord& r) {
     line += fmt::format(" <{}.{:06}>", (r.exit_ns - r.entry_ns) / 1'000'000'000, ((r.exit_ns - r.entry_ns) / 1000) % 1'000'000);
   out_(line);
   // As strace shows a signal delivered (without its siginfo): here, into a handler as the call returned.
-  if (r.signo != 0) out_(fmt::format("{}--- {} ---", prefix(r.tid, r.exit_ns), signal_text(r.signo)));
+  if (r.signo != 0) out_(fmt::format("{}--- {} ---", prefix(r.tid, r.exit_ns), syscalls::signal_text(static_cast<int>(r.signo))));
 }
 
 bool Tracer::done() const {

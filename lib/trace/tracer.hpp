@@ -298,7 +298,8 @@ class Tracer {
   bool wide_ = false;        // no DTB filter: every process's calls come here (set by apply())
   bool comm_wide_ = false;   // wide only because --comm has no exec breakpoint
   Result<void> add_child(std::uint32_t child_pid, std::uint32_t parent_tgid);
-  Result<void> reaped(std::uint32_t child, std::uint32_t parent, std::optional<std::int32_t> status, std::uint64_t ns);
+  Result<void> reaped(std::uint32_t child, std::uint32_t parent, const std::optional<syscalls::WaitStatus>& status,
+                      std::uint64_t ns);
   void complete(std::uint32_t tid, Pending p, std::optional<std::int64_t> ret, std::vector<events::Capture> exit_caps,
                 std::uint64_t exit_ns, std::uint32_t signo = 0);
   void print_unfinished(std::uint32_t tid, Pending& p);
