@@ -10,20 +10,30 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <span>
 #include <string>
+#include <vector>
 
 using namespace hvtrace;
 
 namespace {
 
 constexpr std::uint32_t kData = 4096;   // smallest ring EventReader accepts
+constexpr bool file_size_ok(std::uint64_t n) { return n % abi::kPageSize == 0; }
 
 // A rings file of one ring laid out as monitor/channel.cpp create_rings does, then the input
 // copied over it from the ring header on: header fields first, the data area after.
 bool poll_file(const std::uint8_t* data, std::size_t size) {
   static const std::string path = "/tmp/hvtrace-event-decode-fuzz-" + std::to_string(getpid()) + ".rings";
   const std::uint64_t file_size = abi::shm_file_size(1, kData);
-  std::vector<std::uint8_t> img(file_size, 0);
+  // Page-aligned, as the mapped file is: the headers are alignas(kPageSize) (a byte vector's
+  // buffer is not, and UBSan's alignment check then fails the harness, not the reader).
+  struct alignas(abi::kPageSize) Page {
+    std::uint8_t b[abi::kPageSize];
+  };
+  static_assert(file_size_ok(abi::shm_file_size(1, kData)));
+  std::vector<Page> pages(file_size / abi::kPageSize, Page{});
+  const std::span<std::uint8_t> img(reinterpret_cast<std::uint8_t*>(pages.data()), file_size);
   auto* sh = reinterpret_cast<abi::ShmHeader*>(img.data());
   sh->magic = abi::kShmMagic;
   sh->abi_version = abi::kAbiVersion;
