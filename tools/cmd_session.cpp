@@ -8,7 +8,8 @@
 // with no symbols and no change to the guest: the load bases of libc.so.6 and libcrypt.so.1 are
 // learnt from the process's own openat/mmap calls (trace::LibraryBases) or, for a process that
 // loaded them before we watched, from their ELF headers found near where it makes system calls
-// (linux_os::scan_loaded_objects; fork children inherit them), the functions' addresses
+// (linux_os::scan_loaded_objects; fork children inherit them, and get their breakpoints at the
+// fork breakpoint, before they run: Tracer::set_fork_hook), the functions' addresses
 // from the libraries' dynamic symbol tables in guest memory (linux_os::find_dynamic_symbols), and
 // at a hit the C string at rdi is read while the vCPU waits: getpwnam's user name, crypt's
 // passphrase (also crypt_r, crypt_rn, crypt_ra when exported).
@@ -148,23 +149,16 @@ class CredentialBreakpoints {
     std::set<std::uint32_t> forked;   // children of a server that inherited its libraries just now
     for (const auto& ch : bases_.on_call(pid, c)) {
       if (ch.kind == trace::LibraryBases::Change::Kind::kLoaded) {
-        Pending p;
-        p.base = ch.base;
-        p.ready = ch.pid != pid;   // inherited by a fork child: mapped long ago
-        for (const auto& f : kCredentialFunctions)
-          if (ch.lib == f.lib) p.names.insert(f.name);
-        pending_[{ch.pid, ch.lib}] = std::move(p);
+        pending_[{ch.pid, ch.lib}] = pending_for(ch, ch.pid != pid);   // a fork child's: mapped long ago
         if (ch.pid != pid && servers_.count(comm) != 0) forked.insert(ch.pid);
       } else {
         pending_.erase({ch.pid, ch.lib});
         remove(ch.pid, ch.lib);
       }
     }
-    // A connection process gets its breakpoints as its parent's fork returns, not at its own first
-    // call. That return is delivered asynchronously too (the fork breakpoint made the clone
-    // family's exits async), so a child that looks the user up (getpwnam) before the watcher has
-    // handled it is missed: one suspect for the user name the session test lost twice under load
-    // (setting them at the fork breakpoint, where the parent waits, would close that window).
+    // Without the fork breakpoint (on_fork), a connection process gets its breakpoints as its
+    // parent's fork returns. That return is delivered asynchronously, so a child that looks the
+    // user up (getpwnam) before the watcher has handled it is missed.
     for (const std::uint32_t child : forked)
       for (auto it = pending_.lower_bound({child, std::string()}); it != pending_.end() && it->first.first == child;)
         it = resolve(child, it->first.second, it->second) ? pending_.erase(it) : std::next(it);
@@ -178,6 +172,22 @@ class CredentialBreakpoints {
       } else {
         ++it;
       }
+    }
+  }
+
+  // A server's child at the fork breakpoint, before it runs (Tracer::set_fork_hook): it has its
+  // parent's libraries at the same addresses, so its credential breakpoints go in now, while the
+  // parent waits. Through the asynchronous clone return instead, a connection process could call
+  // getpwnam before the watcher got there, and the session would have no user name.
+  void on_fork(std::uint32_t child, std::uint32_t parent, std::uint64_t child_dtb, const std::string& comm) {
+    if (servers_.count(comm) == 0) return;
+    if (dtbs_.size() > 4096) dtbs_.clear();
+    dtbs_[child] = child_dtb;
+    for (const auto& ch : bases_.fork(parent, child)) {
+      if (ch.kind != trace::LibraryBases::Change::Kind::kLoaded) continue;
+      Pending p = pending_for(ch, true);   // mapped long ago, by the parent
+      if (p.names.empty()) continue;
+      if (!resolve(child, ch.lib, p, parent)) pending_[{child, ch.lib}] = std::move(p);   // again at its calls
     }
   }
 
@@ -211,15 +221,8 @@ class CredentialBreakpoints {
       ++stats_.scanned_objects;
       if (debug_) fmt::print(stderr, "hvtrace: debug: pid {}: object {} at {:#x} (scan from rip {:#x})\n", pid, obj.soname, obj.base, e.entry.user_rip);
       for (const auto& ch : bases_.set_loaded(pid, obj.soname, obj.base)) {
-        if (std::none_of(std::begin(kCredentialFunctions), std::end(kCredentialFunctions),
-                         [&](const CredentialFunction& f) { return ch.lib == f.lib; }))
-          continue;
-        Pending p;
-        p.base = ch.base;
-        p.ready = true;   // loaded long ago
-        for (const auto& f : kCredentialFunctions)
-          if (ch.lib == f.lib) p.names.insert(f.name);
-        pending_[{pid, ch.lib}] = std::move(p);
+        Pending p = pending_for(ch, true);   // loaded long ago
+        if (!p.names.empty()) pending_[{pid, ch.lib}] = std::move(p);
       }
     }
   }
@@ -258,6 +261,14 @@ class CredentialBreakpoints {
     bool ready = false;               // the loader has closed the fd: mapping complete
     std::set<std::string> names;      // functions still to find
   };
+  static Pending pending_for(const trace::LibraryBases::Change& loaded, bool ready) {
+    Pending p;
+    p.base = loaded.base;
+    p.ready = ready;
+    for (const auto& f : kCredentialFunctions)
+      if (loaded.lib == f.lib) p.names.insert(f.name);
+    return p;
+  }
   struct Bp {
     std::uint32_t pid = 0;
     std::string lib, func;
@@ -278,7 +289,7 @@ class CredentialBreakpoints {
   // true when done with this library (every function placed, not exported, or given up). Each
   // function is looked up on its own: a page of one hash chain not yet present (a function the
   // program never imported) must not hold back the others.
-  bool resolve(std::uint32_t pid, const std::string& lib, Pending& p) {
+  bool resolve(std::uint32_t pid, const std::string& lib, Pending& p, std::optional<std::uint32_t> parent = std::nullopt) {
     const auto d = dtb(pid);
     if (d && !p.names.empty()) {
       arch::AddressSpace as(*ram_, Dtb{*d}, paging_);
@@ -290,10 +301,10 @@ class CredentialBreakpoints {
         auto r = linux_os::find_dynamic_symbols(read, p.base, one);
         // A fork child maps none of a read-only file's pages until it touches them (Linux copies
         // no such page-table entry at fork), so its library's symbol tables are often absent; the
-        // listener it was forked from loaded the library itself and still maps them, at the same
-        // addresses.
+        // listener it was forked from (or the parent, at a fork) loaded the library itself and
+        // still maps them, at the same addresses.
         if (r.status == linux_os::ElfSymbolLookup::Status::kUnreadable)
-          if (auto lr = lookup_in_listener(lib, p.base, one)) r = std::move(*lr);
+          if (auto lr = lookup_elsewhere(lib, p.base, one, parent)) r = std::move(*lr);
         if (debug_)
           fmt::print(stderr, "hvtrace: debug: pid {}: {} in {} at {:#x}: status {} {} {}\n", pid, *n, lib, p.base, static_cast<int>(r.status),
                      r.found.empty() ? 0 : r.found.begin()->second, r.why);
@@ -314,10 +325,13 @@ class CredentialBreakpoints {
     return false;
   }
 
-  // The same library at the same base in a listener's address space.
-  std::optional<linux_os::ElfSymbolLookup> lookup_in_listener(const std::string& lib, std::uint64_t base,
-                                                               const std::vector<std::string>& names) {
-    for (const std::uint32_t l : listeners_) {
+  // The same library at the same base in a listener's (or `parent`'s) address space.
+  std::optional<linux_os::ElfSymbolLookup> lookup_elsewhere(const std::string& lib, std::uint64_t base,
+                                                             const std::vector<std::string>& names,
+                                                             std::optional<std::uint32_t> parent) {
+    std::vector<std::uint32_t> where(listeners_.begin(), listeners_.end());
+    if (parent && listeners_.count(*parent) == 0) where.insert(where.begin(), *parent);
+    for (const std::uint32_t l : where) {
       const auto* b = bases_.bases(l);
       if (b == nullptr) continue;
       auto it = b->find(lib);
@@ -586,9 +600,12 @@ void run_session(const SessionOptions& o) {
     tracker.on_call(ev);
     creds.on_call(r.pid, r.comm, c);
   });
+  tracer.set_fork_hook([&](std::uint32_t child, std::uint32_t parent, std::uint64_t dtb, const std::string& comm) {
+    creds.on_fork(child, parent, dtb, comm);
+  });
   // Every entry of the session's processes: only the engine's check, no copy of the call (the
   // engine reads writev's gathered capture as it is).
-  tracer.set_entry_hook([&](const trace::CallRecord& r, const syscalls::Call& c) { tracker.on_entry(r.pid, c); });
+  tracer.set_entry_hook([&](const trace::CallRecord& r, const syscalls::Call& c) { tracker.on_entry(r.pid, c, r.entry_ns); });
 
   const std::uint64_t start_ns = now_ns();
   std::size_t picked_up = 0;
@@ -678,8 +695,8 @@ void run_session(const SessionOptions& o) {
   const auto st = tracker.stats();
   const auto& ts = tracer.stats();
   const auto& cs = creds.stats();
-  std::string out = fmt::format("sessions: {} ({} commands, {} login attempts) in {}\n", st.sessions, st.commands, st.login_attempts,
-                                vm::fs::absolute(o.dir).string());
+  std::string out = fmt::format("sessions: {} ({} commands, {} lines typed into programs, {} login attempts) in {}\n", st.sessions,
+                                st.commands, st.program_inputs, st.login_attempts, vm::fs::absolute(o.dir).string());
   for (const auto& id : tracker.session_ids())
     out += fmt::format("  {}/  transcript.txt session.cast events.jsonl\n", (vm::fs::absolute(o.dir) / id).string());
   if (st.truncated_bytes) out += fmt::format("  {} bytes not kept (per-session caps)\n", st.truncated_bytes);
@@ -725,7 +742,9 @@ void add_session_command(CLI::App& app) {
   cmd->footer(kHelpFooter);
   cmd->add_option("--vm", o->vm_name, "VM to watch (started with `hvtrace vm up --monitor`)")->capture_default_str();
   cmd->add_option("-o,--output-dir", o->dir, "write one folder per session under DIR")->capture_default_str();
-  cmd->add_flag("--follow", o->follow, "print each command line to stdout as it is entered");
+  cmd->add_flag("--follow", o->follow,
+                "print each command line to stdout as it is entered: `[session] user@client $ line`; `>` marks a\n"
+                "continuation line, `<` a line typed into a running program");
   cmd->add_option("--duration", o->duration, "stop after this many seconds (default: until Ctrl-C or the server exits)");
   cmd->add_option("--sensor", o->sensor, "the `sensor` field of the JSON events (default: the VM's name)");
   cmd->add_option("--server", o->servers, "SSH server program name to watch (repeatable)")->capture_default_str();

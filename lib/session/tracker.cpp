@@ -28,6 +28,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <random>
 #include <set>
@@ -231,7 +232,7 @@ struct Session {
   bool proc_events_cut = false, proc_limit_marked = false;
   std::uint64_t procs_not_kept = 0;
   std::optional<Command> cmd;
-  std::string first_prompt;        // the prompt of the first line entered ("?" if the echo did not show it)
+  std::string first_prompt;        // the prompt of the first line entered whose echo showed one ("?": none yet)
   std::uint64_t commands = 0;
   // A child the shell forked while the line it runs still waited for its echo (a completed line):
   // it belongs to that line's command, opened when the echo's newline arrives.
@@ -242,6 +243,14 @@ struct Session {
   // key and fork the command before then, so the fork is seen first. key_entry_ns: the entry time
   // of the terminal write being replayed; a fork after it belongs to the line it completes.
   ShellFork last_fork;
+  // The login shell is in a blocking wait (wait4/waitpid without WNOHANG) for a foreground job:
+  // a line typed now goes to whatever program reads the terminal, not to this shell.
+  bool fg_wait = false;
+  std::uint64_t fg_wait_ns = 0;   // when that wait began (0: not known)
+  // Lines typed while it waited, in order (bounded): the program read them, or it did not and the
+  // shell reads them as commands once it prompts again (type-ahead), redrawing each after its prompt.
+  std::deque<std::string> unread;
+  std::map<std::uint32_t, int> signals;   // recent processes killed by a signal the wait status named (bounded)
   std::uint64_t key_entry_ns = 0;
   // An Enter key's write into the terminal seen at its entry and the line it ends not yet opened:
   // on one vCPU the shell reads the line and acts on it (bash writes ~/.bash_history at `exit`)
@@ -472,6 +481,7 @@ struct Tracker::Impl {
         s.skip_echo_line = false;
         return;
       }
+      if (typed_ahead(s, line, ns)) return;   // a prompt and a line typed during the last job: a command
       s.w->transcript(transcript_line(line) + "\n");
     });
   }
@@ -492,6 +502,11 @@ struct Tracker::Impl {
     if (!text.empty()) s.w->cast_event(ns, "i", text);
   }
 
+  static std::string killed_text(const Session& s, std::uint32_t pid) {
+    const auto it = s.signals.find(pid);
+    return it == s.signals.end() ? "killed by a signal" : fmt::format("killed by {}", syscalls::signal_text(it->second));
+  }
+
   void close_command(Session& s) {
     if (!s.cmd) return;
     const Command& c = *s.cmd;
@@ -501,7 +516,7 @@ struct Tracker::Impl {
     }
     std::string st;
     if (c.status) st = fmt::format("exit {}", *c.status);
-    else if (c.killed) st = "killed by a signal";
+    else if (c.killed) st = killed_text(s, c.last_child);
     else if (c.last_child != 0) st = "exit ? (still running)";
     else st = "no process (shell builtin)";
     // The prompt and the echo of the next line stay out of this command's output.
@@ -532,6 +547,50 @@ struct Tracker::Impl {
     s.cmd = std::move(c);
   }
 
+  // Whether the row left of a line's first key looks like a shell's prompt: PS1 ends in `#`, `$`
+  // or `%` (bash, dash, busybox sh, zsh), PS2 is `>`. While the login shell waits for a foreground
+  // job, a line typed after such a prompt is a nested shell's command (bash, su, sh); after any
+  // other row (empty: cat, or a program's own question: passwd) it is that program's input. With
+  // no job running, a line typed after a question (not a prompt, in a session whose first prompt
+  // was one) is the shell's `read` builtin's input.
+  static bool shell_prompt(std::string_view prompt) {
+    while (!prompt.empty() && prompt.back() == ' ') prompt.remove_suffix(1);
+    return !prompt.empty() && std::string_view("#$%>").find(prompt.back()) != std::string_view::npos;
+  }
+
+  // A line the foreground program read (or will: a shell reads what its job left unread when it
+  // prompts again). Not a command: its echo is already in the running command's output.
+  void program_input(Session& s, const LineEditor::Line& l, std::uint64_t ns) {
+    const std::string text = sanitize_utf8(l.text);
+    if (s.unread.size() >= 16) s.unread.pop_front();
+    s.unread.push_back(text);
+    json f = {{"input", text}, {"message", fmt::format("input to the running program: {}", shorten(text, 1000))}};
+    if (s.cmd && s.cmd->last_child != 0) f["pid"] = s.cmd->last_child;
+    if (l.truncated) f["truncated"] = true;
+    emit(s, "hvtrace.command.stdin", ns, std::move(f));
+    ++stats.program_inputs;
+    follow(s, l.text, ns, '<');
+  }
+
+  // A screen row, once the job has ended, that is a shell prompt followed by the oldest line typed
+  // during the job: the program left that line unread and the shell took it (readline redraws it
+  // after the prompt). It becomes the command it is; the row is its echo, not output.
+  bool typed_ahead(Session& s, const std::string& row, std::uint64_t ns) {
+    if (s.unread.empty() || s.fg_wait || !s.pty) return false;
+    std::string want = s.unread.front();
+    while (!want.empty() && want.back() == ' ') want.pop_back();
+    if (want.empty() || row.size() <= want.size() || !row.ends_with(want)) return false;
+    const std::string prompt = row.substr(0, row.size() - want.size());
+    if (!shell_prompt(prompt)) return false;
+    s.unread.pop_front();
+    LineEditor::Line l;
+    l.text = std::move(want);
+    l.prompt = prompt;
+    command_line(s, std::move(l), ns, true);
+    s.skip_echo_line = false;   // this row was the echo
+    return true;
+  }
+
   // A line typed at the shell's secondary prompt ("> ": PS2 of bash, dash and busybox sh) while the
   // shell has started nothing since the command's first line: the shell reads it as the rest of
   // that command (a here-document's body and its end word, an open quote, a `for ... do` block),
@@ -556,7 +615,8 @@ struct Tracker::Impl {
     return l.at_entry != 0 ? l.at_entry : l.at != 0 ? l.at : ns;
   }
 
-  void command_line(Session& s, LineEditor::Line l, std::uint64_t ns) {
+  // `typed_ahead`: a line typed during the last job, entered now (the rest of s.unread may follow).
+  void command_line(Session& s, LineEditor::Line l, std::uint64_t ns, bool typed_ahead = false) {
     // The line being typed is on the screen as prompt + echo: not part of any command's output.
     s.skip_echo_line = true;
     // The shell's latest fork came after this line's Enter reached the terminal but was seen before
@@ -573,7 +633,20 @@ struct Tracker::Impl {
       s.early_gone = s.last_fork.gone;
     }
     const std::uint32_t early = std::exchange(s.early_child, 0);
-    if (s.first_prompt.empty()) s.first_prompt = l.prompt.empty() ? std::string("?") : l.prompt;
+    // Typed into the foreground program (cat, passwd), or into the shell's own `read` builtin: a
+    // row that is not a prompt where the shell's prompts have been.
+    const bool question = !l.prompt.empty() && !shell_prompt(l.prompt) && shell_prompt(s.first_prompt);
+    // The shell may read a line, fork its command and wait for it before the Enter key's write
+    // returns: a wait that began after that write began is this line's own command's.
+    const bool job_running = s.fg_wait && (l.at_entry == 0 || s.fg_wait_ns == 0 || s.fg_wait_ns < l.at_entry);
+    if ((job_running && !shell_prompt(l.prompt)) || (!typed_ahead && s.cmd && question)) {
+      program_input(s, l, line_time(l, ns));
+      return;
+    }
+    if (!typed_ahead) s.unread.clear();   // the shell reads its terminal again: nothing typed before is pending
+    // The first prompt seen (a session picked up, or a line typed before any echo: known later).
+    if (s.first_prompt.empty() || (s.first_prompt == "?" && !l.prompt.empty()))
+      s.first_prompt = l.prompt.empty() ? std::string("?") : l.prompt;
     if (continuation(s, l)) {
       // A fork seen before this line's Enter returned (the shell runs the completed command at
       // once: the heredoc's end word) is the command's.
@@ -700,10 +773,16 @@ struct Tracker::Impl {
 
   // The entry of a call, before it completes: the connection process writing a key that ends a
   // line (CR or LF) into the terminal.
-  void entry(std::uint32_t pid, const syscalls::Call& call) {
+  void entry(std::uint32_t pid, const syscalls::Call& call, std::uint64_t ns) {
     Process* pp = proc(pid);
-    if (pp == nullptr || pp->s == nullptr || pid != pp->s->conn || !pp->s->pty) return;
+    if (pp == nullptr || pp->s == nullptr || !pp->s->pty) return;
     const Sys sys = classify(call);
+    constexpr std::uint64_t kWnohang = 1;
+    if (pid == pp->s->shell && sys == Sys::kWait && (call.args[2] & kWnohang) == 0) {
+      pp->s->fg_wait = true;
+      pp->s->fg_wait_ns = ns;
+    }
+    if (pid != pp->s->conn) return;
     if (sys != Sys::kWrite && sys != Sys::kWritev) return;
     const auto it = pp->fds.find(arg_int(call, 0));
     if (it == pp->fds.end() || it->second.kind != FdKind::kPtmx) return;
@@ -741,8 +820,9 @@ struct Tracker::Impl {
     return j;
   }
 
-  // A process is gone: exit_group (status), or reaped with no exit seen (killed by a signal).
-  void process_gone(std::uint32_t pid, std::optional<int> status, std::uint64_t ns) {
+  // A process is gone: exit_group (status), or reaped with no exit seen (killed by a signal:
+  // `signo` when the wait status was copied, else 0).
+  void process_gone(std::uint32_t pid, std::optional<int> status, std::uint64_t ns, int signo = 0) {
     Process* p = proc(pid);
     if (p == nullptr) return;
     Session* s = p->s;
@@ -755,8 +835,16 @@ struct Tracker::Impl {
     for (auto& [n, fd] : p->fds) release(*p, fd, ns);
     p->fds.clear();
     json f = {{"pid", pid}};
-    if (status) f["status"] = *status;
-    else f["signaled"] = true;
+    if (status) {
+      f["status"] = *status;
+    } else {
+      f["signaled"] = true;
+      if (signo > 0) {
+        f["signal"] = syscalls::signal_text(signo);
+        if (s->signals.size() >= 64) s->signals.erase(s->signals.begin());
+        s->signals[pid] = signo;
+      }
+    }
     emit_bounded(*s, "hvtrace.process.exit", ns, std::move(f));
     if (s->cmd && s->cmd->last_child == pid) {
       s->cmd->status = status;
@@ -829,7 +917,7 @@ struct Tracker::Impl {
     f["message"] = fmt::format("Connection lost after {:.1f} seconds ({})", duration, why);
     s.w->event("cowrie.session.closed", ns, std::move(f));
     s.w->transcript(fmt::format("\n[{}] session closed ({}) after {:.1f} s{}\n", s.w->iso(ns), why, duration,
-                                running.empty() ? "" : fmt::format(", {} processes still running", running.size())));
+                                running.empty() ? "" : fmt::format(", {} process{} still running", running.size(), running.size() == 1 ? "" : "es")));
     for (const auto& r : running)
       s.w->transcript(fmt::format("  still running: pid {} {}\n", r.value("pid", 0u), r.value("comm", "")));
     write_errors_closed += s.w->errors();
@@ -1009,9 +1097,15 @@ struct Tracker::Impl {
         if (e.tid == e.pid) process_gone(e.pid, static_cast<int>(c.args[0] & 0xff), ns);
         return;
       case Sys::kWait:
+        if (pp->s != nullptr && e.pid == pp->s->shell) pp->s->fg_wait = false;   // the job ended or stopped (or a signal came)
         if (ret > 0 && ret <= 0x7fffffff) {
           const auto child = static_cast<std::uint32_t>(ret);
-          if (Process* ch = proc(child); ch != nullptr && ch->ppid == e.pid) process_gone(child, std::nullopt, ns);
+          const auto r = syscalls::reaped_child(c.exit_caps, c.args[2]);   // a stopped child is alive
+          Process* ch = proc(child);
+          if (ch == nullptr || ch->ppid != e.pid || !r.dead) return;
+          // Reaped with no exit_group seen: killed (the status names the signal) or an exit missed.
+          if (r.status && r.status->kind == syscalls::WaitStatus::Kind::kExited) process_gone(child, r.status->value, ns);
+          else process_gone(child, std::nullopt, ns, r.status ? r.status->value : 0);
         }
         return;
       case Sys::kAccept:
@@ -1321,7 +1415,10 @@ struct Tracker::Impl {
       value.resize(cfg.max_line_bytes);
     }
     value = sanitize_utf8(value);
-    if (s.logged_in) {   // a password typed inside the session (su, sudo) in a watched process
+    if (s.logged_in) {
+      // The server looking up the logged-in user again (setting up the terminal, logging the
+      // logout) says nothing new; another name or a password after login is kept.
+      if (kind == Credential::kUser && value == user_text(s)) return;
       emit(s, "hvtrace.credential", ns,
            {{"kind", kind == Credential::kUser ? "user" : "password"}, {"value", value}, {"pid", pid}});
       return;
@@ -1416,7 +1513,7 @@ void Tracker::add_existing(std::uint32_t pid, std::uint32_t ppid, const std::str
 }
 
 void Tracker::on_call(const CallEvent& e) { impl_->handle(e); }
-void Tracker::on_entry(std::uint32_t pid, const syscalls::Call& call) { impl_->entry(pid, call); }
+void Tracker::on_entry(std::uint32_t pid, const syscalls::Call& call, std::uint64_t entry_ns) { impl_->entry(pid, call, entry_ns); }
 
 void Tracker::on_credential(std::uint32_t pid, Credential kind, std::string value, std::uint64_t ns) {
   impl_->credential(pid, kind, std::move(value), ns);

@@ -101,7 +101,7 @@ class Tracker {
   // A call of process `pid` at its entry (no return value, no exit captures), seen before the calls of
   // other tasks that complete first: it tells that a key ending a line is on its way to the shell,
   // so what the shell does with the line is written under it in the transcript.
-  void on_entry(std::uint32_t pid, const syscalls::Call& call);
+  void on_entry(std::uint32_t pid, const syscalls::Call& call, std::uint64_t entry_ns = 0);
   // A login credential read at a breakpoint in a server process (user name at getpwnam, password
   // at crypt); the outcome is decided by what the process does next.
   void on_credential(std::uint32_t pid, Credential kind, std::string value, std::uint64_t ns);
@@ -110,6 +110,7 @@ class Tracker {
 
   struct Stats {
     std::uint64_t sessions = 0, open = 0, commands = 0, login_attempts = 0;
+    std::uint64_t program_inputs = 0;    // lines typed into a foreground program (hvtrace.command.stdin)
     std::uint64_t truncated_bytes = 0;   // input/output/file bytes not kept because of a cap
     // Added by the engine:
     std::uint64_t sessions_not_kept = 0;    // connections beyond max_open_sessions

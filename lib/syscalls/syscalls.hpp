@@ -157,4 +157,15 @@ struct WaitStatus {
 };
 [[nodiscard]] WaitStatus decode_wait_status(std::uint32_t s);
 
+// What a completed wait4/waitpid that returned a child's pid says about that child, from its
+// status capture (argument 1, copied at exit) and its options (wait4's argument 2, waitpid's 2):
+// whether the child is gone (reaped dead: exited or killed), and how, when the status was copied.
+// A child reaped stopped or continued (WUNTRACED, WCONTINUED) is alive. Without a copied status,
+// a wait that could not report a stop or a continue reaped a dead child.
+struct Reaped {
+  bool dead = false;
+  std::optional<WaitStatus> status;
+};
+[[nodiscard]] Reaped reaped_child(const std::vector<events::Capture>& exit_caps, std::uint64_t options);
+
 }  // namespace hvtrace::syscalls

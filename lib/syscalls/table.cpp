@@ -3,6 +3,7 @@
 #include "syscalls/syscalls.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <mutex>
 
 namespace hvtrace::syscalls {
@@ -232,6 +233,19 @@ WaitStatus decode_wait_status(std::uint32_t s) {
     w.core = (s & 0x80) != 0;
   }
   return w;
+}
+
+Reaped reaped_child(const std::vector<events::Capture>& exit_caps, std::uint64_t options) {
+  Reaped r;
+  if (const auto* c = find_capture(exit_caps, 1, abi::CaptureKind::kBuffer);
+      c != nullptr && c->data.size() == 4 && (c->flags & abi::kCaptureFault) == 0) {
+    std::uint32_t v = 0;
+    std::memcpy(&v, c->data.data(), sizeof v);
+    r.status = decode_wait_status(v);
+  }
+  constexpr std::uint64_t kWuntraced = 2, kWcontinued = 8;
+  r.dead = r.status ? r.status->dead() : (options & (kWuntraced | kWcontinued)) == 0;
+  return r;
 }
 
 std::string_view kernel_entry_name(abi::SyscallAbi abi, std::uint64_t nr, std::string_view strace_name) {

@@ -40,14 +40,9 @@ std::vector<LibraryBases::Change> LibraryBases::on_call(std::uint32_t pid, const
   if (is_execve(c.abi, c.nr) && ret == 0) return forget(pid);
   if (is_clone_family(c.abi, c.nr) && ret > 0 && ok) {
     if (c.nr == kClone && (c.args[0] & kCloneThread) != 0) return out;   // a thread: same process
-    auto it = procs_.find(pid);
-    if (it == procs_.end() || it->second.loaded.empty() || procs_.size() >= max_procs_) return out;
-    Proc child;
-    child.loaded = it->second.loaded;   // fork: the same mappings, in a new address space
     const auto cpid = static_cast<std::uint32_t>(ret);
-    for (const auto& [lib, b] : child.loaded) out.push_back({Change::Kind::kLoaded, cpid, lib, b});
-    procs_[cpid] = std::move(child);
-    return out;
+    if (forked_.erase(cpid) != 0) return out;   // announced at the fork already
+    return inherit(pid, cpid);
   }
   switch (c.nr) {
     case kOpen:
@@ -112,6 +107,24 @@ std::vector<LibraryBases::Change> LibraryBases::set_loaded(std::uint32_t pid, co
   if (!added && l->second == base) return {};
   l->second = base;
   return {Change{Change::Kind::kLoaded, pid, lib, base}};
+}
+
+std::vector<LibraryBases::Change> LibraryBases::fork(std::uint32_t parent, std::uint32_t child) {
+  if (forked_.size() >= max_procs_) forked_.clear();   // returns never seen (lost events): forget them
+  forked_.insert(child);
+  return inherit(parent, child);
+}
+
+std::vector<LibraryBases::Change> LibraryBases::inherit(std::uint32_t parent, std::uint32_t child) {
+  std::vector<Change> out;
+  auto it = procs_.find(parent);
+  if (it == procs_.end() || it->second.loaded.empty() || parent == child) return out;
+  if (procs_.count(child) == 0 && procs_.size() >= max_procs_) return out;
+  Proc p;
+  p.loaded = it->second.loaded;   // fork: the same mappings, in a new address space
+  for (const auto& [lib, b] : p.loaded) out.push_back({Change::Kind::kLoaded, child, lib, b});
+  procs_[child] = std::move(p);
+  return out;
 }
 
 std::vector<LibraryBases::Change> LibraryBases::forget(std::uint32_t pid) {

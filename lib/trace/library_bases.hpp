@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,10 @@ class LibraryBases {
   // The calls on_call reads (x86-64: open, openat, close, mmap, munmap, execve, the clone family;
   // exit_group of both ABIs): what a caller that asks the monitor for a narrow set adds to it.
   [[nodiscard]] static syscalls::TraceSet syscall_set();
+  // A fork seen before its return (the fork breakpoint, while the parent waits): the child has its
+  // parent's libraries at the same bases. The parent's clone return, seen later, then changes
+  // nothing (by then the child may have exec'd). Empty when the parent has none.
+  std::vector<Change> fork(std::uint32_t parent, std::uint32_t child);
   // The process is gone: every library of it is unloaded.
   std::vector<Change> forget(std::uint32_t pid);
 
@@ -48,9 +53,11 @@ class LibraryBases {
     std::map<std::string, std::uint64_t> loaded;   // library -> base
   };
   [[nodiscard]] std::optional<std::string> watched(const std::string& path) const;
+  std::vector<Change> inherit(std::uint32_t parent, std::uint32_t child);
   std::vector<std::string> names_;
   std::size_t max_procs_;
   std::map<std::uint32_t, Proc> procs_;
+  std::set<std::uint32_t> forked_;   // children fork() announced whose parent's clone return is still to come
 };
 
 }  // namespace hvtrace::trace

@@ -477,17 +477,8 @@ Result<void> Tracer::on_exit(const events::Event& e) {
   if (cfg_.follow && is_clone_family(a, nr) && e.exit.ret > 0)
     return add_child(static_cast<std::uint32_t>(e.exit.ret), e.exit.who.tgid);
   if (is_reap(a, nr) && e.exit.ret > 0 && e.exit.ret <= 0x7fff'ffff) {
-    std::optional<syscalls::WaitStatus> status;
-    if (const auto* c = syscalls::find_capture(e.captures, 1, abi::CaptureKind::kBuffer);
-        c != nullptr && c->data.size() == 4 && (c->flags & abi::kCaptureFault) == 0) {
-      std::uint32_t v = 0;
-      std::memcpy(&v, c->data.data(), sizeof v);
-      status = syscalls::decode_wait_status(v);
-    }
-    // A stopped or continued child (WUNTRACED, WCONTINUED) is reaped alive.
-    constexpr std::uint64_t kWuntraced = 2, kWcontinued = 8;
-    const bool dead = status ? status->dead() : (wait_options & (kWuntraced | kWcontinued)) == 0;
-    if (dead) return reaped(static_cast<std::uint32_t>(e.exit.ret), caller, status, e.time_ns);
+    const auto r = syscalls::reaped_child(e.captures, wait_options);   // a stopped or continued child is alive
+    if (r.dead) return reaped(static_cast<std::uint32_t>(e.exit.ret), caller, r.status, e.time_ns);
   }
   return {};
 }
@@ -549,7 +540,9 @@ Result<void> Tracer::on_breakpoint(const events::Event& e) {
   const Traced* parent = traced(child->ppid);
   if (parent == nullptr || parent->waiting_exec) return {};    // not a child of ours (yet)
   procs_[child->tgid] = Traced{child->tgid, *child->dtb, false, false, parent->read_data};
-  return push_dtbs();
+  auto pushed = push_dtbs();
+  if (fork_hook_) fork_hook_(child->tgid, child->ppid, *child->dtb, child->comm);
+  return pushed;
 }
 
 // setup_new_exec(bprm) in the exec'ing task, any process (the breakpoint is not DTB-scoped): CR3

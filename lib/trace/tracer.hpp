@@ -242,6 +242,15 @@ class Tracer {
   // value, no formatted text): what a task is about to do while other tasks' calls are still seen
   // first (hvtrace session: a key being written to a terminal). Not for exit and exit_group.
   void set_entry_hook(CallHook hook) { entry_hook_ = std::move(hook); }
+  // A traced process's child, seen at the fork breakpoint (wake_up_new_task) while the parent's
+  // vCPU waits and before the child has run an instruction: what a caller sets up for the child
+  // there (hvtrace session: the credential breakpoints of an SSH server's connection process) is
+  // in place before the child could need it. Not called when the fork breakpoint does not fire
+  // (a kernel without the symbol, or before the breakpoint is in force): the parent's clone
+  // return, seen by the call hook, is then the first sign of the child.
+  using ForkHook = std::function<void(std::uint32_t child, std::uint32_t parent, std::uint64_t child_dtb,
+                                      const std::string& comm)>;
+  void set_fork_hook(ForkHook hook) { fork_hook_ = std::move(hook); }
 
   // Push the filter that the method and the targets need to the monitor.
   // Take back what apply() added to the monitor that outlives the filter (the fork and exec breakpoints).
@@ -328,6 +337,7 @@ class Tracer {
   std::map<std::uint32_t, std::string> guest_names_;
   CallHook call_hook_;
   CallHook entry_hook_;
+  ForkHook fork_hook_;
 };
 
 // The id of the breakpoint `-f` sets at the kernel's wake_up_new_task (a new task made runnable).

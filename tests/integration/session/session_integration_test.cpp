@@ -459,7 +459,7 @@ TEST_F(Session, ASessionStartedBeforeTheWatchIsPickedUp) {
   EXPECT_EQ((*exec)["argv"], nlohmann::json::array({"/bin/echo", "picked-42"})) << exec->dump();
   std::vector<std::string> inputs;
   for (const auto& e : of(ev, "cowrie.command.input")) inputs.push_back(e.value("input", ""));
-  EXPECT_NE(std::find(inputs.begin(), inputs.end(), "/bin/echo picked-$((6*7))"), inputs.end()) << fmt::format("{}", fmt::join(inputs, " | "));
+  EXPECT_NE(std::find(inputs.begin(), inputs.end(), "/bin/echo picked-$((6*7))"), inputs.end()) << fmt::format("{}", fmt::join(inputs, " | ")) << slurp(dirs[0] / "events.jsonl");
   const auto closed = of(ev, "cowrie.session.closed");
   ASSERT_EQ(closed.size(), 1u);
   EXPECT_NE(closed[0].value("ended", ""), "watch_ended") << "alice logged out while watched: " << closed[0].dump();

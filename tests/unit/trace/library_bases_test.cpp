@@ -92,6 +92,24 @@ TEST(LibraryBases, ABaseFoundInMemoryIsInheritedLikeALearntOne) {
   EXPECT_EQ(lb.base(11, "libc.so.6"), 0x7f0000000000u);
 }
 
+// A fork seen at the fork breakpoint, before the parent's clone returns: the child inherits then,
+// and the clone's return, seen later, changes nothing, not even for a child that has exec'd
+// (and so forgotten its parent's libraries) in between.
+TEST(LibraryBases, AForkAnnouncedBeforeItsReturnIsNotInheritedTwice) {
+  LibraryBases lb({"libc.so.6"});
+  (void)lb.set_loaded(10, "libc.so.6", 0x7f0000000000);
+  const auto forked = lb.fork(10, 11);
+  ASSERT_EQ(forked.size(), 1u);
+  EXPECT_EQ(forked[0].kind, LibraryBases::Change::Kind::kLoaded);
+  EXPECT_EQ(forked[0].pid, 11u);
+  EXPECT_EQ(lb.base(11, "libc.so.6"), 0x7f0000000000u);
+  EXPECT_EQ(lb.on_call(11, call(59, {0x1000, 0x2000, 0x3000}, 0)).size(), 1u);   // the child execs
+  EXPECT_TRUE(lb.on_call(10, call(57, {}, 11)).empty());                           // then the fork returns
+  EXPECT_FALSE(lb.base(11, "libc.so.6").has_value());
+  // The next fork with no breakpoint seen inherits at its return, as before.
+  EXPECT_EQ(lb.on_call(10, call(57, {}, 12)).size(), 1u);
+  EXPECT_TRUE(lb.fork(99, 13).empty());   // a parent with no known library
+}
 
 // The calls on_call reads, for a caller that narrows the monitor's syscall set.
 TEST(LibraryBases, SyscallSetHoldsEveryCallItReads) {

@@ -953,6 +953,27 @@ TEST(Tracer, AChildThatExecsBeforeItsParentsCloneReturnsKeepsItsNewAddressSpace)
   EXPECT_EQ(r.t.stats().execs_followed, 1u);
 }
 
+// The fork hook runs at the fork breakpoint, before the child's first instruction and before the
+// parent's clone returns, with the child's address space already in the filter.
+TEST(Tracer, TheForkHookSeesTheChildAtTheForkBreakpointBeforeTheCloneReturns) {
+  ShellRun r(config(true));
+  std::vector<std::string> seen;
+  r.t.set_fork_hook([&](std::uint32_t child, std::uint32_t parent, std::uint64_t dtb, const std::string& comm) {
+    seen.push_back(fmt::format("fork {} {} {:#x} {} (dtb sets so far: {})", child, parent, dtb, comm, r.dtbs().size()));
+  });
+  r.t.set_call_hook([&](const CallRecord& rec, const syscalls::Call&) { seen.push_back(fmt::format("call {} {}", rec.pid, rec.f.name)); });
+  Stream s;
+  s.entry(kShell, kShellTask, kOldDtb, 56, {0x1200011, 0, 0, 0});
+  s.bp(kForkBreakpointId, kForkVa, kOldDtb | 0x3, kChildTask, abi::BreakpointKind::kKernelTraced);
+  s.exit(kShell, kShellTask, kOldDtb, 56, kChild);
+  r.run(s);
+  const std::vector<std::string> want = {
+      fmt::format("fork {} {} {:#x} sh (dtb sets so far: 2)", kChild, kShell, kChildDtb),
+      fmt::format("call {} clone", kShell),
+  };
+  EXPECT_EQ(seen, want);
+}
+
 // A child killed by a signal never calls exit_group: its parent reaping it (wait4's status) is when
 // it is known gone. Its open call ends as strace ends it, its death is printed, and its address
 // space leaves the filter (that page-table root is soon another process's). A child reaped
