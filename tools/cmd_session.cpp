@@ -602,6 +602,7 @@ void run_session(const SessionOptions& o) {
   });
   tracer.set_fork_hook([&](std::uint32_t child, std::uint32_t parent, std::uint64_t dtb, const std::string& comm) {
     creds.on_fork(child, parent, dtb, comm);
+    tracker.on_fork(child, parent);
   });
   // Every entry of the session's processes: only the engine's check, no copy of the call (the
   // engine reads writev's gathered capture as it is).
@@ -700,6 +701,9 @@ void run_session(const SessionOptions& o) {
   for (const auto& id : tracker.session_ids())
     out += fmt::format("  {}/  transcript.txt session.cast events.jsonl\n", (vm::fs::absolute(o.dir) / id).string());
   if (st.truncated_bytes) out += fmt::format("  {} bytes not kept (per-session caps)\n", st.truncated_bytes);
+  if (st.early_calls_dropped)
+    out += fmt::format("  {} calls of new processes not recorded (their parent's fork return never came, or over the bound)\n",
+                       st.early_calls_dropped);
   const auto since = [](std::uint64_t now, std::uint64_t then) { return now >= then ? now - then : 0; };
   const std::uint64_t trapped = after ? since(after->user_syscalls, before.user_syscalls) + since(after->user_int80s, before.user_int80s) +
                                             since(after->user_sysenters, before.user_sysenters)

@@ -35,6 +35,7 @@
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
+#include <variant>
 
 namespace hvtrace::session {
 namespace {
@@ -295,6 +296,20 @@ struct Tracker::Impl {
   std::unordered_set<std::string> id_set;
   Stats stats;
   std::uint64_t write_errors_closed = 0;
+  // Children announced at the fork breakpoint whose parent's fork return is still to come, with
+  // what arrived for them meanwhile (in order). Bounded: a fork storm or lost returns evict the oldest.
+  struct EarlyCredential {
+    Credential kind;
+    std::string value;
+    std::uint64_t ns;
+  };
+  struct Early {
+    std::uint64_t seq = 0;
+    std::vector<std::variant<CallEvent, EarlyCredential>> held;   // in the order they came
+  };
+  std::map<std::uint32_t, Early> early;
+  std::uint64_t early_seq = 0;
+  static constexpr std::size_t kMaxEarlyChildren = 256, kMaxEarlyCalls = 256;
 
   explicit Impl(TrackerConfig c) : cfg(std::move(c)) {
     std::random_device rd;
@@ -1063,9 +1078,50 @@ struct Tracker::Impl {
 
   // ---- calls ----
 
+  void forked(std::uint32_t child, std::uint32_t parent) {
+    if (proc(parent) == nullptr || proc(child) != nullptr || child == 0) return;
+    if (early.size() >= kMaxEarlyChildren) {   // the oldest announcement whose return never came
+      auto oldest = std::min_element(early.begin(), early.end(), [](const auto& a, const auto& b) { return a.second.seq < b.second.seq; });
+      stats.early_calls_dropped += oldest->second.held.size();
+      early.erase(oldest);
+    }
+    early[child] = Early{++early_seq, {}};
+  }
+
+  // A call of a process not (yet) known: held when its fork was announced, else ignored.
+  template <typename T>
+  void hold(std::uint32_t pid, T&& item) {
+    const auto it = early.find(pid);
+    if (it == early.end()) return;
+    if (it->second.held.size() >= kMaxEarlyCalls) {
+      ++stats.early_calls_dropped;
+      return;
+    }
+    it->second.held.emplace_back(std::forward<T>(item));
+  }
+
+  // The parent's fork returned: what the child did meanwhile is applied now that it is known.
+  void release_early(std::uint32_t child) {
+    const auto it = early.find(child);
+    if (it == early.end()) return;
+    auto held = std::move(it->second.held);
+    early.erase(it);
+    if (proc(child) == nullptr) {   // not kept (process cap)
+      stats.early_calls_dropped += held.size();
+      return;
+    }
+    for (auto& h : held) {
+      if (auto* c = std::get_if<CallEvent>(&h)) handle(*c);
+      else if (auto* cr = std::get_if<EarlyCredential>(&h)) credential(child, cr->kind, std::move(cr->value), cr->ns);
+    }
+  }
+
   void handle(const CallEvent& e) {
     Process* pp = proc(e.pid);
-    if (pp == nullptr) return;
+    if (pp == nullptr) {
+      hold(e.pid, e);
+      return;
+    }
     // A "child" that turns out to be a thread of this process (clone3 without visible flags).
     if (e.tid != e.pid) {
       if (Process* t = proc(e.tid); t != nullptr && t->ppid == e.pid && !t->had_call && !t->exec_seen) {
@@ -1088,7 +1144,10 @@ struct Tracker::Impl {
       case Sys::kFork:
       case Sys::kClone:
         if (sys == Sys::kClone && (c.args[0] & kCloneThread) != 0) return;
-        if (ret > 0 && ret <= 0x7fffffff) add_child(*pp, static_cast<std::uint32_t>(ret), ns);
+        if (ret > 0 && ret <= 0x7fffffff) {
+          add_child(*pp, static_cast<std::uint32_t>(ret), ns);
+          release_early(static_cast<std::uint32_t>(ret));
+        }
         return;
       case Sys::kExitGroup:
         process_gone(e.pid, static_cast<int>(c.args[0] & 0xff), ns);
@@ -1408,7 +1467,11 @@ struct Tracker::Impl {
 
   void credential(std::uint32_t pid, Credential kind, std::string value, std::uint64_t ns) {
     Process* p = proc(pid);
-    if (p == nullptr || p->s == nullptr) return;
+    if (p == nullptr) {   // a connection process whose server's fork has not returned yet
+      hold(pid, EarlyCredential{kind, std::move(value), ns});
+      return;
+    }
+    if (p->s == nullptr) return;
     Session& s = *p->s;
     if (value.size() > cfg.max_line_bytes) {
       stats.truncated_bytes += value.size() - cfg.max_line_bytes;
@@ -1515,11 +1578,15 @@ void Tracker::add_existing(std::uint32_t pid, std::uint32_t ppid, const std::str
 void Tracker::on_call(const CallEvent& e) { impl_->handle(e); }
 void Tracker::on_entry(std::uint32_t pid, const syscalls::Call& call, std::uint64_t entry_ns) { impl_->entry(pid, call, entry_ns); }
 
+void Tracker::on_fork(std::uint32_t child, std::uint32_t parent) { impl_->forked(child, parent); }
+
 void Tracker::on_credential(std::uint32_t pid, Credential kind, std::string value, std::uint64_t ns) {
   impl_->credential(pid, kind, std::move(value), ns);
 }
 
 void Tracker::finish(std::uint64_t now_ns) {
+  for (const auto& [pid, e] : impl_->early) impl_->stats.early_calls_dropped += e.held.size();   // returns never seen
+  impl_->early.clear();
   while (!impl_->open.empty()) impl_->close_session(*impl_->open.begin()->second, now_ns, "watch_ended");
 }
 

@@ -102,6 +102,11 @@ class Tracker {
   // other tasks that complete first: it tells that a key ending a line is on its way to the shell,
   // so what the shell does with the line is written under it in the transcript.
   void on_entry(std::uint32_t pid, const syscalls::Call& call, std::uint64_t entry_ns = 0);
+  // A watched process forked `child`, seen at the fork itself (the fork breakpoint), before the
+  // parent's fork call returns. The child's calls and credentials that arrive before that return
+  // (events of different vCPUs are not read in time order: a background job can exec first) are
+  // held, bounded, and applied once the return has made the child known.
+  void on_fork(std::uint32_t child, std::uint32_t parent);
   // A login credential read at a breakpoint in a server process (user name at getpwnam, password
   // at crypt); the outcome is decided by what the process does next.
   void on_credential(std::uint32_t pid, Credential kind, std::string value, std::uint64_t ns);
@@ -115,6 +120,7 @@ class Tracker {
     // Added by the engine:
     std::uint64_t sessions_not_kept = 0;    // connections beyond max_open_sessions
     std::uint64_t processes_not_kept = 0;   // processes beyond max_processes (fork storms)
+    std::uint64_t early_calls_dropped = 0;  // a child's calls before its parent's fork returned, beyond the bound
     std::uint64_t write_errors = 0;         // failed writes to DIR (disk full, permissions)
   };
   [[nodiscard]] Stats stats() const;

@@ -623,7 +623,20 @@ Result<void> Tracer::on_exec_follow(const events::Event& e) {
   comm_cache_.erase(x->task);
   ++stats_.execs_followed;
   t->dtb = x->new_dtb;
-  return push_dtbs();
+  auto pushed = push_dtbs();
+  // Past begin_new_exec an exec no longer fails (a later error kills the process), and its return
+  // into the new program pairs with no entry: its execve is complete now, not at the process's
+  // next call in the set, which a program like `sleep` may not make before it ends.
+  for (auto it = pending_.begin(); it != pending_.end(); ++it) {
+    if (it->second.pid != x->tgid || !is_execve(it->second.call.abi, it->second.call.nr)) continue;
+    Pending p = std::move(it->second);
+    const std::uint32_t tid = it->first;
+    pending_.erase(it);
+    complete(tid, std::move(p), std::optional<std::int64_t>(0), {}, e.time_ns);
+    if (open_line_tid_ == tid) open_line_tid_.reset();
+    break;
+  }
+  return pushed;
 }
 
 // A CR3 write touching a traced address space, delivered sync. During exec the kernel switches to

@@ -475,13 +475,16 @@ TEST_F(SessionLab, LinesTypedIntoProgramsAreTheirInputAndCtrlCIsNamed) {
       "echo \"hi $WHO\"\n"
       "!keys sleep 2<CR>echo typed-ahead-42<CR>\n"
       "!expect typed-ahead-42\\r?\\n.*[#$] $\n"
+      "!delay 400 400\n"   // the Ctrl-C comes once sleep runs, not while bash still reads the line
       "!keys sleep 30<CR><C-c>\n"
       "!expect [#$] $\n"
+      "!delay 5 30\n"
       "!keys sh<CR>\n"
       "!expect [#$] $\n"
       "echo nested-$((6*7))\n"
       "!keys exit<CR>\n"
       "!expect [#$] $\n"
+      "sleep 60 &\n"
       "exit\n";
   const auto dir = one_session(w, out, "stdin", script);
   ASSERT_TRUE(dir.has_value());
@@ -491,7 +494,7 @@ TEST_F(SessionLab, LinesTypedIntoProgramsAreTheirInputAndCtrlCIsNamed) {
   const auto typed = inputs_of(ev, "hvtrace.command.stdin");
   const std::vector<std::string> want_commands = {
       "cat > /tmp/typed.txt", "cat /tmp/typed.txt", "read -p 'Name? ' WHO", "echo \"hi $WHO\"", "sleep 2",
-      "echo typed-ahead-42", "sleep 30", "sh", "echo nested-$((6*7))", "exit", "exit"};
+      "echo typed-ahead-42", "sleep 30", "sh", "echo nested-$((6*7))", "exit", "sleep 60 &", "exit"};
   EXPECT_EQ(commands, want_commands) << t;
   const std::vector<std::string> want_typed = {"first typed line", "second typed line", "Mallory", "echo typed-ahead-42"};
   EXPECT_EQ(typed, want_typed) << t;
@@ -499,6 +502,15 @@ TEST_F(SessionLab, LinesTypedIntoProgramsAreTheirInputAndCtrlCIsNamed) {
   EXPECT_NE(t.find("$ echo typed-ahead-42\ntyped-ahead-42\n"), std::string::npos) << t;
   EXPECT_NE(t.find("[killed by SIGINT]"), std::string::npos) << t;
   EXPECT_NE(t.find("nested-42"), std::string::npos) << t;
+  // A background job: its exec (which it makes while the shell is already back at its prompt, and
+  // after which `sleep` makes no call the session asks for) and, at logout, still running.
+  const nlohmann::json* bg = nullptr;
+  for (const auto& e : with_id(ev, "hvtrace.process.exec"))
+    if (e.value("argv", json::array()) == json::array({"sleep", "60"})) bg = &e;
+  ASSERT_NE(bg, nullptr) << "the background job's exec";
+  const auto running = with_id(ev, "hvtrace.session.still_running");
+  ASSERT_EQ(running.size(), 1u);
+  EXPECT_EQ(running[0]["processes"][0].value("comm", ""), "sleep") << running[0].dump();
 }
 
 TEST_F(SessionLab, TwoConcurrentLoginsGiveTwoSessionsWithNoCrossedLines) {

@@ -605,6 +605,39 @@ TEST(SessionEngine, LinesTypedIntoARunningProgramAreItsInputNotCommands) {
   EXPECT_NE(tr.find("$ echo ahead\nahead\n"), std::string::npos) << tr;
 }
 
+// Events of different vCPUs are not read in time order: a child's calls (a background job's
+// exec) or a connection process's credentials can come before its parent's fork return. A fork
+// announced at the fork breakpoint (on_fork) holds them until that return makes the child known;
+// an unannounced unknown process's calls are ignored, as before.
+TEST(SessionEngine, AChildsCallsBeforeItsParentsForkReturnAreKeptWhenTheForkWasAnnounced) {
+  Rig r;
+  auto& [dir, t, g] = r;
+  t.on_fork(kConn, kServer);
+  t.on_credential(kConn, Credential::kUser, "root", g.now);
+  g.accept(kServer, kSock, sockaddr_in(10, 0, 0, 8, 40300));
+  g.fork(kServer, kConn);
+  t.on_credential(kConn, Credential::kPassword, "toor", g.now);
+  g.open(kConn, "/dev/ptmx", 0x80002, kMaster);
+  g.fork(kConn, kShell);
+  g.exec(kShell, "/bin/bash", {"-bash"});
+  g.read(kConn, kMaster, "root@lab:~# ");
+  g.type(kConn, kMaster, "sleep 100 &\r", "sleep 100 &\r\n");
+  t.on_fork(230, kShell);
+  g.exec(230, "/bin/sleep", {"sleep", "100"});   // the child's exec, read before the shell's fork return
+  g.fork(kShell, 230);
+  g.exec(231, "/bin/true", {"true"});            // a process nobody announced: ignored
+  g.read(kConn, kMaster, "[1] 230\r\nroot@lab:~# ");
+  t.finish(g.now);
+  ASSERT_EQ(t.session_ids().size(), 1u);
+  const auto ev = jsonl(dir.path() / t.session_ids()[0] / "events.jsonl");
+  expect_login(ev, "cowrie.login.success", "root", "toor");
+  const auto execs = by_id(ev, "hvtrace.process.exec");
+  std::vector<json> argvs;
+  for (const auto& e : execs) argvs.push_back(e["argv"]);
+  EXPECT_EQ(argvs, (std::vector<json>{json::array({"-bash"}), json::array({"sleep", "100"})}));
+  EXPECT_EQ(t.stats().early_calls_dropped, 0u);
+}
+
 TEST(SessionEngine, CommandWithoutPtyAndSftpUpload) {
   Rig r;
   auto& [dir, t, g] = r;

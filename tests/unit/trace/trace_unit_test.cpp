@@ -953,6 +953,28 @@ TEST(Tracer, AChildThatExecsBeforeItsParentsCloneReturnsKeepsItsNewAddressSpace)
   EXPECT_EQ(r.t.stats().execs_followed, 1u);
 }
 
+// An exec followed at begin_new_exec is complete there: a program that makes no further call in
+// the set before it ends (`sleep 100 &`) still shows its execve, with the breakpoint's time.
+TEST(Tracer, AnExecFollowedAtTheBreakpointIsCompleteThere) {
+  ShellRun r(config(true));
+  std::vector<std::string> execs;
+  r.t.set_call_hook([&](const CallRecord& rec, const syscalls::Call& c) {
+    if (rec.f.name == "execve") execs.push_back(fmt::format("{} {} {}", rec.pid, c.ret.value_or(-1), rec.exit_ns));
+  });
+  Stream s;
+  s.entry(kShell, kShellTask, kOldDtb, 56, {0x1200011, 0, 0, 0});
+  s.bp(kForkBreakpointId, kForkVa, kOldDtb | 0x3, kChildTask, abi::BreakpointKind::kKernelTraced);
+  s.exit(kShell, kShellTask, kOldDtb, 56, kChild);
+  s.entry(kChild, kChildTask, kChildDtb, 59, {0x1000, 0x2000, 0x3000}, {{0, abi::CaptureKind::kString, "/usr/bin/wc"}});
+  s.bp(kExecFollowBreakpointId, kFollowVa, kChildDtb | 0x3, kChildBprm, abi::BreakpointKind::kKernelTraced);
+  r.run(s);
+  ASSERT_EQ(execs.size(), 1u) << "completed at the breakpoint, with no later call of the child";
+  EXPECT_EQ(execs[0], fmt::format("{} 0 {}", kChild, s.events.back().time_ns));
+  EXPECT_TRUE(std::any_of(r.lines.begin(), r.lines.end(), [](const std::string& l) {
+    return l.find("execve(\"/usr/bin/wc\"") != std::string::npos && l.ends_with("= 0");
+  })) << fmt::format("{}", fmt::join(r.lines, "\n"));
+}
+
 // The fork hook runs at the fork breakpoint, before the child's first instruction and before the
 // parent's clone returns, with the child's address space already in the filter.
 TEST(Tracer, TheForkHookSeesTheChildAtTheForkBreakpointBeforeTheCloneReturns) {
