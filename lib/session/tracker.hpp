@@ -104,7 +104,8 @@ class Tracker {
   void on_entry(std::uint32_t pid, const syscalls::Call& call, std::uint64_t entry_ns = 0);
   // A watched process forked `child`, seen at the fork itself (the fork breakpoint), before the
   // parent's fork call returns. The child's calls and credentials that arrive before that return
-  // (events of different vCPUs are not read in time order: a background job can exec first) are
+  // (the return is recorded when the parent next runs, and the child may run first: a background
+  // job execs while the shell is still preempted; on another vCPU its events can be read first) are
   // held, bounded, and applied once the return has made the child known.
   void on_fork(std::uint32_t child, std::uint32_t parent);
   // A login credential read at a breakpoint in a server process (user name at getpwnam, password

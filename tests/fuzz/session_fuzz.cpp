@@ -75,6 +75,23 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         t.on_credential(pid, kind, in.bytes(80), now);
         continue;
       }
+      if (op == 0xf6) {   // a fork announced at the fork breakpoint, before (or without) its return
+        t.on_fork(200 + in.byte() % 8, (in.byte() & 1) != 0 ? 100 : 200 + in.byte() % 8);
+        continue;
+      }
+      if (op == 0xf5) {   // an entry seen before its call completes (a shell's wait, a key's write)
+        syscalls::Call c;
+        c.nr = syscalls::Table::get(abi::SyscallAbi::kX86_64).by_name((in.byte() & 1) != 0 ? "wait4" : "write").value_or(0);
+        for (auto& a : c.args) a = in.byte();
+        events::Capture cp;
+        cp.arg = 1;
+        cp.kind = abi::CaptureKind::kBuffer;
+        cp.data = in.bytes(40);
+        cp.true_len = cp.data.size();
+        c.entry_caps.push_back(std::move(cp));
+        t.on_entry(pid, c, now);
+        continue;
+      }
       if (op == 0xf7) {
         // A process picked up with open files as its fd table could say (any fd, kind, pipe, address).
         std::vector<session::ExistingFd> fds(in.byte() % 12);

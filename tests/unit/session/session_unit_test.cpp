@@ -605,10 +605,10 @@ TEST(SessionEngine, LinesTypedIntoARunningProgramAreItsInputNotCommands) {
   EXPECT_NE(tr.find("$ echo ahead\nahead\n"), std::string::npos) << tr;
 }
 
-// Events of different vCPUs are not read in time order: a child's calls (a background job's
-// exec) or a connection process's credentials can come before its parent's fork return. A fork
-// announced at the fork breakpoint (on_fork) holds them until that return makes the child known;
-// an unannounced unknown process's calls are ignored, as before.
+// A fork's return is recorded when the parent next runs, and the child may run first: a child's
+// calls (a background job's exec) or a connection process's credentials can come before its
+// parent's fork return. A fork announced at the fork breakpoint (on_fork) holds them until that
+// return makes the child known; an unannounced unknown process's calls are ignored, as before.
 TEST(SessionEngine, AChildsCallsBeforeItsParentsForkReturnAreKeptWhenTheForkWasAnnounced) {
   Rig r;
   auto& [dir, t, g] = r;
