@@ -633,6 +633,9 @@ std::uint64_t LineEditor::feed(std::string_view in, const std::function<void(Lin
         break;
       default:
         if (c >= 0x20) insert(static_cast<char>(c), dropped);
+        // A byte of a non-ASCII character: a shell without a UTF-8 locale (or readline's
+        // convert-meta) takes it for a Meta key and edits the line otherwise; the echo tells.
+        if (c >= 0x80) from_echo_ = true;
         break;   // other control bytes (Ctrl-L, Ctrl-Z ...) edit nothing
     }
   }

@@ -112,7 +112,8 @@ class EchoLine {
 // Home/End/arrows move, Delete erases under the cursor, Up/Down recall history, Ctrl-C drops the
 // line, Enter (\r or \n; \r\n counts once) ends it. Other escape sequences are skipped whole.
 // What the keys alone cannot tell — TAB (completion), Up/Down/Ctrl-P/Ctrl-N (the shell's history
-// holds lines from before this session) and Ctrl-R (history search) — is taken from the echo
+// holds lines from before this session), Ctrl-R (history search) and non-ASCII characters (a
+// shell without a UTF-8 locale takes their bytes for Meta keys) — is taken from the echo
 // (output(): the bytes the terminal shows, modelled by an EchoLine): from such a key on, the line
 // follows what the terminal shows after the prompt, and its Enter completes the line only when
 // the echo reaches the newline (the completion's text may arrive after the Enter key). With no

@@ -1411,6 +1411,26 @@ TEST(SessionText, TabCompletionIsTakenFromTheEcho) {
   EXPECT_EQ(r.texts().back(), "echo /etc/hosts");
 }
 
+// Non-ASCII keys: a shell in a UTF-8 locale echoes them as typed; one without (the lab guest's
+// static bash) takes their bytes for Meta keys and rings the bell. The line is what the echo
+// shows, which is what the shell runs.
+TEST(SessionText, NonAsciiKeysAreReadFromTheEcho) {
+  EchoRig r;
+  r.out(kBashPrompt);
+  for (const char c : std::string_view("echo caf")) r.typed(std::string(1, c), std::string(1, c));
+  r.typed("\xC3\xA9", "\x07");   // no UTF-8 locale: nothing inserted, a bell
+  r.key("\r");
+  r.out(kBashEnterEcho);
+  ASSERT_EQ(r.texts(), (std::vector<std::string>{"echo caf"}));
+  EXPECT_TRUE(r.lines[0].from_echo);
+  r.out(kBashPrompt);
+  for (const char c : std::string_view("echo caf")) r.typed(std::string(1, c), std::string(1, c));
+  r.typed("\xC3\xA9", "\xC3\xA9");   // a UTF-8 locale: the character as typed
+  r.key("\r");
+  r.out(kBashEnterEcho);
+  EXPECT_EQ(r.texts().back(), "echo caf\xC3\xA9");
+}
+
 TEST(SessionText, DoubleTabListsThenTheLineContinues) {
   EchoRig r;
   r.out(kBashPrompt);
