@@ -624,9 +624,19 @@ std::uint64_t LineEditor::feed(std::string_view in, const std::function<void(Lin
         from_echo_ = true;
         break;
       case 0x04: erase_at(); break;         // Ctrl-D (on an empty line: EOF, nothing to record)
-      case 0x03:                            // Ctrl-C: the line is abandoned
+      case 0x03: {                          // Ctrl-C: the line is abandoned
+        if (waiting_) finish_waiting(done);   // a line entered before it stands
+        Line l{buf_, truncated_, false, at, at_entry, own_prompt_ ? echo_.prompt_text() : std::string()};
+        if (from_echo_ && own_prompt_)
+          if (auto t = echo_.line(max_)) {   // what the row showed (a completion, a recalled line)
+            l.text = std::move(t->text);
+            l.from_echo = true;
+          }
+        l.abandoned = true;
         reset_line();
+        done(std::move(l));
         break;
+      }
       case '\t':                            // completion: the echo tells what it inserted
         insert('\t', dropped);
         from_echo_ = true;

@@ -110,7 +110,8 @@ class EchoLine {
 // the typed bytes: printable bytes insert at the cursor, backspace (0x7f, 0x08) erases a
 // character, Ctrl-U kills to the start of the line, Ctrl-W a word, Ctrl-K to the end, Ctrl-A/E and
 // Home/End/arrows move, Delete erases under the cursor, Up/Down recall history, Ctrl-C drops the
-// line, Enter (\r or \n; \r\n counts once) ends it. Other escape sequences are skipped whole.
+// line (passed on marked `abandoned`, empty when nothing was typed), Enter (\r or \n; \r\n counts
+// once) ends it. Other escape sequences are skipped whole.
 // What the keys alone cannot tell — TAB (completion), Up/Down/Ctrl-P/Ctrl-N (the shell's history
 // holds lines from before this session), Ctrl-R (history search) and non-ASCII characters (a
 // shell without a UTF-8 locale takes their bytes for Meta keys) — is taken from the echo
@@ -127,6 +128,7 @@ class LineEditor {
     std::uint64_t at = 0;       // the `at` of the feed() that carried its Enter
     std::uint64_t at_entry = 0; // and its `at_entry`
     std::string prompt;         // the row left of its first key, when the echo showed it (else empty)
+    bool abandoned = false;     // Ctrl-C dropped it (text: what it held then; not run, not in history)
   };
   explicit LineEditor(std::size_t max_bytes, std::size_t max_history = 256)
       : max_(max_bytes), max_history_(max_history), echo_(std::min<std::size_t>(max_bytes, kMaxEchoCells)) {}

@@ -631,7 +631,37 @@ struct Tracker::Impl {
   }
 
   // `typed_ahead`: a line typed during the last job, entered now (the rest of s.unread may follow).
+  // A line dropped with Ctrl-C. After a shell's prompt: not run, but typed, so kept
+  // (hvtrace.command.abandoned, and in the transcript in place of its prompt row); the command
+  // before it is over. Anywhere else (a running program's input, a row the echo did not show)
+  // the ^C is the program's, and its echo its output.
+  void abandoned_line(Session& s, const LineEditor::Line& l, std::uint64_t ns) {
+    if (!shell_prompt(l.prompt)) return;
+    close_command(s);
+    s.skip_echo_line = true;   // the prompt row with the dropped text and ^C
+    if (l.text.find_first_not_of(" \t") == std::string::npos) return;
+    const std::string text = sanitize_utf8(l.text);
+    emit(s, "hvtrace.command.abandoned", line_time(l, ns),
+         {{"input", text}, {"message", fmt::format("typed, then dropped with Ctrl-C: {}", shorten(text, 1000))}});
+    s.w->transcript(fmt::format("\n[{}] {}@{} $ {}  [dropped with Ctrl-C]\n", s.w->iso(line_time(l, ns)), user_text(s),
+                                client_text(s), text));
+  }
+
   void command_line(Session& s, LineEditor::Line l, std::uint64_t ns, bool typed_ahead = false) {
+    if (l.abandoned) {
+      abandoned_line(s, l, ns);
+      return;
+    }
+    // Typed into the foreground program (cat, passwd), or into the shell's own `read` builtin: a
+    // row that is not a prompt where the shell's prompts have been.
+    const bool question = !l.prompt.empty() && !shell_prompt(l.prompt) && shell_prompt(s.first_prompt);
+    // The shell may read a line, fork its command and wait for it before the Enter key's write
+    // returns: a wait that began after that write began is this line's own command's.
+    const bool job_running = s.fg_wait && (l.at_entry == 0 || s.fg_wait_ns == 0 || s.fg_wait_ns < l.at_entry);
+    if ((job_running && !shell_prompt(l.prompt)) || (!typed_ahead && s.cmd && question)) {
+      program_input(s, l, line_time(l, ns));
+      return;   // its echo is the program's output, as on the client's screen
+    }
     // The line being typed is on the screen as prompt + echo: not part of any command's output.
     s.skip_echo_line = true;
     // The shell's latest fork came after this line's Enter reached the terminal but was seen before
@@ -648,16 +678,6 @@ struct Tracker::Impl {
       s.early_gone = s.last_fork.gone;
     }
     const std::uint32_t early = std::exchange(s.early_child, 0);
-    // Typed into the foreground program (cat, passwd), or into the shell's own `read` builtin: a
-    // row that is not a prompt where the shell's prompts have been.
-    const bool question = !l.prompt.empty() && !shell_prompt(l.prompt) && shell_prompt(s.first_prompt);
-    // The shell may read a line, fork its command and wait for it before the Enter key's write
-    // returns: a wait that began after that write began is this line's own command's.
-    const bool job_running = s.fg_wait && (l.at_entry == 0 || s.fg_wait_ns == 0 || s.fg_wait_ns < l.at_entry);
-    if ((job_running && !shell_prompt(l.prompt)) || (!typed_ahead && s.cmd && question)) {
-      program_input(s, l, line_time(l, ns));
-      return;
-    }
     if (!typed_ahead) s.unread.clear();   // the shell reads its terminal again: nothing typed before is pending
     // The first prompt seen (a session picked up, or a line typed before any echo: known later).
     if (s.first_prompt.empty() || (s.first_prompt == "?" && !l.prompt.empty()))

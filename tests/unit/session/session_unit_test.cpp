@@ -603,6 +603,8 @@ TEST(SessionEngine, LinesTypedIntoARunningProgramAreItsInputNotCommands) {
   EXPECT_EQ(t.stats().program_inputs, 5u);
   const std::string tr = slurp(dir.path() / t.session_ids()[0] / "transcript.txt");
   EXPECT_NE(tr.find("$ echo ahead\nahead\n"), std::string::npos) << tr;
+  EXPECT_NE(tr.find("$ cat > notes.txt\nfirst line\nsecond line\n"), std::string::npos)
+      << "the echo of a program's input is on the screen, so in its command's output\n" << tr;
 }
 
 // A fork's return is recorded when the parent next runs, and the child may run first: a child's
@@ -636,6 +638,35 @@ TEST(SessionEngine, AChildsCallsBeforeItsParentsForkReturnAreKeptWhenTheForkWasA
   for (const auto& e : execs) argvs.push_back(e["argv"]);
   EXPECT_EQ(argvs, (std::vector<json>{json::array({"-bash"}), json::array({"sleep", "100"})}));
   EXPECT_EQ(t.stats().early_calls_dropped, 0u);
+}
+
+// A line typed at the prompt and dropped with Ctrl-C is not a command and not the output of the
+// command before: it is kept as hvtrace.command.abandoned and in the transcript in its place.
+TEST(SessionEngine, ALineDroppedWithCtrlCIsKeptApart) {
+  Rig r;
+  auto& [dir, t, g] = r;
+  bash_at_prompt(g, 9, 40400);
+  g.run(kConn, kMaster, kShell, 240, "ls", {"ls"}, "f.txt\r\n", 0);
+  g.read(kConn, kMaster, "root@lab:~# ");
+  for (const char c : std::string_view("rm -rf /")) g.type(kConn, kMaster, std::string(1, c), std::string(1, c));
+  g.type(kConn, kMaster, "\x03", "^C\r\n");
+  g.read(kConn, kMaster, "root@lab:~# ");
+  g.type(kConn, kMaster, "\x03", "^C\r\n");   // on an empty line: nothing to keep
+  g.read(kConn, kMaster, "root@lab:~# ");
+  g.type(kConn, kMaster, "id\r", "id\r\n");
+  g.exit(kShell, 0);
+  g.exit(kConn, 0);
+  const auto ev = jsonl(dir.path() / t.session_ids()[0] / "events.jsonl");
+  const auto dropped = by_id(ev, "hvtrace.command.abandoned");
+  ASSERT_EQ(dropped.size(), 1u);
+  EXPECT_EQ(dropped[0]["input"], "rm -rf /");
+  std::vector<std::string> commands;
+  for (const auto& e : by_id(ev, "cowrie.command.input")) commands.push_back(e["input"]);
+  EXPECT_EQ(commands, (std::vector<std::string>{"ls", "id"}));
+  const std::string tr = slurp(dir.path() / t.session_ids()[0] / "transcript.txt");
+  EXPECT_NE(tr.find("$ ls\nf.txt\n[exit 0]\n\n"), std::string::npos) << tr;
+  EXPECT_NE(tr.find("$ rm -rf /  [dropped with Ctrl-C]\n"), std::string::npos) << tr;
+  EXPECT_EQ(tr.find("^C"), std::string::npos) << "the prompt rows with ^C are not output\n" << tr;
 }
 
 TEST(SessionEngine, CommandWithoutPtyAndSftpUpload) {
@@ -1306,9 +1337,11 @@ TEST(SessionText, TranscriptLinesKeepTextAndSummarizeBinary) {
 }
 
 TEST(SessionText, LineEditorAppliesEditingKeys) {
-  std::vector<std::string> lines;
+  std::vector<std::string> lines, dropped;
   LineEditor ed(100);
-  auto feed = [&](std::string_view s) { ed.feed(s, [&](LineEditor::Line l) { lines.push_back(l.text); }); };
+  auto feed = [&](std::string_view s) {
+    ed.feed(s, [&](LineEditor::Line l) { (l.abandoned ? dropped : lines).push_back(l.text); });
+  };
   feed("lss\x7f -l\r\n");                 // backspace; \r\n is one Enter
   feed("rm -rf /tmp/x\x17y\r");            // Ctrl-W erases back to the blank, as bash does
   feed("garbage\x15uname -a\r");           // Ctrl-U kills the line
@@ -1317,6 +1350,9 @@ TEST(SessionText, LineEditorAppliesEditingKeys) {
   feed("abc\x03" "pwd\n");                 // Ctrl-C abandons a line
   feed("caf\xC3\xA9\x7f" "e\r");           // backspace erases a whole UTF-8 character
   EXPECT_EQ(lines, (std::vector<std::string>{"ls -l", "rm -rf y", "uname -a", "eoch", "eoch", "pwd", "cafe"}));
+  EXPECT_EQ(dropped, (std::vector<std::string>{"abc"})) << "passed on as abandoned, not entered";
+  feed("\x1b[A\x1b[A\r");   // and not in the history: two Ups reach "pwd", not "abc"
+  EXPECT_EQ(lines.back(), "pwd");
 }
 
 // The editor with the terminal's echo, as bash (readline) draws it: what the keys alone cannot
