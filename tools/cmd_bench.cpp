@@ -1197,10 +1197,11 @@ Result<vm::ProcessResult> run_attacker(const SessionBench& b, const vm::VmRecord
 void parse_session_summary(const std::string& out, json& run) {
   std::smatch m;
   const auto find = [&](const char* re) { return std::regex_search(out, m, std::regex(re)); };
-  if (find(R"(sessions: (\d+) \((\d+) commands, (\d+) login attempts\))")) {
+  if (find(R"(sessions: (\d+) \((\d+) commands, (\d+) lines typed into programs, (\d+) login attempts\))")) {
     run["sessions"] = std::stoull(m[1]);
     run["commands"] = std::stoull(m[2]);
-    run["login_attempts"] = std::stoull(m[3]);
+    run["program_inputs"] = std::stoull(m[3]);
+    run["login_attempts"] = std::stoull(m[4]);
   }
   if (find(R"(watching cost: (\d+) events delivered .*?; (\d+) synchronous pauses)")) {
     run["events_delivered"] = std::stoull(m[1]);

@@ -696,6 +696,7 @@ void run_session(const SessionOptions& o) {
   const auto st = tracker.stats();
   const auto& ts = tracer.stats();
   const auto& cs = creds.stats();
+  // `hvtrace bench session` reads this line (parse_session_summary in cmd_bench.cpp): keep them together.
   std::string out = fmt::format("sessions: {} ({} commands, {} lines typed into programs, {} login attempts) in {}\n", st.sessions,
                                 st.commands, st.program_inputs, st.login_attempts, vm::fs::absolute(o.dir).string());
   for (const auto& id : tracker.session_ids())
