@@ -306,10 +306,19 @@ struct Tracker::Impl {
   struct Early {
     std::uint64_t seq = 0;
     std::vector<std::variant<CallEvent, EarlyCredential>> held;   // in the order they came
+    std::size_t bytes = 0;                                         // of captured data held
   };
   std::map<std::uint32_t, Early> early;
   std::uint64_t early_seq = 0;
-  static constexpr std::size_t kMaxEarlyChildren = 256, kMaxEarlyCalls = 256;
+  std::size_t early_bytes = 0;   // all children's (a child stopped between fork and return can write a lot)
+  static constexpr std::size_t kMaxEarlyChildren = 256, kMaxEarlyCalls = 256, kMaxEarlyBytes = 16u << 20;
+  static std::size_t held_size(const CallEvent& e) {
+    std::size_t n = sizeof e;
+    for (const auto* caps : {&e.call.entry_caps, &e.call.exit_caps})
+      for (const auto& c : *caps) n += c.data.size();
+    return n;
+  }
+  static std::size_t held_size(const EarlyCredential& c) { return sizeof c + c.value.size(); }
 
   explicit Impl(TrackerConfig c) : cfg(std::move(c)) {
     std::random_device rd;
@@ -630,7 +639,6 @@ struct Tracker::Impl {
     return l.at_entry != 0 ? l.at_entry : l.at != 0 ? l.at : ns;
   }
 
-  // `typed_ahead`: a line typed during the last job, entered now (the rest of s.unread may follow).
   // A line dropped with Ctrl-C. After a shell's prompt: not run, but typed, so kept
   // (hvtrace.command.abandoned, and in the transcript in place of its prompt row); the command
   // before it is over. Anywhere else (a running program's input, a row the echo did not show)
@@ -647,6 +655,7 @@ struct Tracker::Impl {
                                 client_text(s), text));
   }
 
+  // `typed_ahead`: a line typed during the last job, entered now (the rest of s.unread may follow).
   void command_line(Session& s, LineEditor::Line l, std::uint64_t ns, bool typed_ahead = false) {
     if (l.abandoned) {
       abandoned_line(s, l, ns);
@@ -1103,6 +1112,7 @@ struct Tracker::Impl {
     if (early.size() >= kMaxEarlyChildren) {   // the oldest announcement whose return never came
       auto oldest = std::min_element(early.begin(), early.end(), [](const auto& a, const auto& b) { return a.second.seq < b.second.seq; });
       stats.early_calls_dropped += oldest->second.held.size();
+      early_bytes -= oldest->second.bytes;
       early.erase(oldest);
     }
     early[child] = Early{++early_seq, {}};
@@ -1113,10 +1123,13 @@ struct Tracker::Impl {
   void hold(std::uint32_t pid, T&& item) {
     const auto it = early.find(pid);
     if (it == early.end()) return;
-    if (it->second.held.size() >= kMaxEarlyCalls) {
+    const std::size_t size = held_size(item);
+    if (it->second.held.size() >= kMaxEarlyCalls || early_bytes + size > kMaxEarlyBytes) {
       ++stats.early_calls_dropped;
       return;
     }
+    it->second.bytes += size;
+    early_bytes += size;
     it->second.held.emplace_back(std::forward<T>(item));
   }
 
@@ -1125,6 +1138,7 @@ struct Tracker::Impl {
     const auto it = early.find(child);
     if (it == early.end()) return;
     auto held = std::move(it->second.held);
+    early_bytes -= it->second.bytes;
     early.erase(it);
     if (proc(child) == nullptr) {   // not kept (process cap)
       stats.early_calls_dropped += held.size();
@@ -1607,6 +1621,7 @@ void Tracker::on_credential(std::uint32_t pid, Credential kind, std::string valu
 void Tracker::finish(std::uint64_t now_ns) {
   for (const auto& [pid, e] : impl_->early) impl_->stats.early_calls_dropped += e.held.size();   // returns never seen
   impl_->early.clear();
+  impl_->early_bytes = 0;
   while (!impl_->open.empty()) impl_->close_session(*impl_->open.begin()->second, now_ns, "watch_ended");
 }
 

@@ -669,6 +669,26 @@ TEST(SessionEngine, ALineDroppedWithCtrlCIsKeptApart) {
   EXPECT_EQ(tr.find("^C"), std::string::npos) << "the prompt rows with ^C are not output\n" << tr;
 }
 
+// What is held for announced children is bounded: calls per child and bytes overall (a child
+// stopped between its fork and its parent's return can write without end); the rest is counted.
+TEST(SessionEngine, CallsHeldForAnnouncedChildrenAreBounded) {
+  Rig r;
+  auto& [dir, t, g] = r;
+  bash_at_prompt(g, 10, 40500);
+  t.on_fork(250, kShell);
+  for (int i = 0; i < 300; ++i) g.write(250, 1, "x");
+  EXPECT_EQ(t.stats().early_calls_dropped, 300u - 256u);
+  const std::string mib(1u << 20, 'y');
+  t.on_fork(251, kShell);
+  for (int i = 0; i < 20; ++i) g.write(251, 1, mib);
+  EXPECT_GE(t.stats().early_calls_dropped, 300u - 256u + 4u) << "at most 16 MiB held";
+  EXPECT_LE(t.stats().early_calls_dropped, 300u - 256u + 5u);
+  g.fork(kShell, 251);   // its return: what was held is applied, and frees the budget
+  t.on_fork(252, kShell);
+  g.write(252, 1, mib);
+  EXPECT_LE(t.stats().early_calls_dropped, 300u - 256u + 5u);
+}
+
 TEST(SessionEngine, CommandWithoutPtyAndSftpUpload) {
   Rig r;
   auto& [dir, t, g] = r;
