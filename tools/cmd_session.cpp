@@ -181,8 +181,7 @@ class CredentialBreakpoints {
   // getpwnam before the watcher got there, and the session would have no user name.
   void on_fork(std::uint32_t child, std::uint32_t parent, std::uint64_t child_dtb, const std::string& comm) {
     if (servers_.count(comm) == 0) return;
-    if (dtbs_.size() > 4096) dtbs_.clear();
-    dtbs_[child] = child_dtb;
+    remember_dtb(child, child_dtb);
     for (const auto& ch : bases_.fork(parent, child)) {
       if (ch.kind != trace::LibraryBases::Change::Kind::kLoaded) continue;
       Pending p = pending_for(ch, true);   // mapped long ago, by the parent
@@ -282,8 +281,11 @@ class CredentialBreakpoints {
     if (auto it = dtbs_.find(pid); it != dtbs_.end()) return it->second;
     auto p = os_->find_pid(Pid{static_cast<std::int32_t>(pid)});
     if (!p || !*p || !(*p)->dtb) return std::nullopt;
-    if (dtbs_.size() > 4096) dtbs_.clear();
-    return dtbs_[pid] = (*p)->dtb->value;
+    return remember_dtb(pid, (*p)->dtb->value);
+  }
+  std::uint64_t remember_dtb(std::uint32_t pid, std::uint64_t dtb) {
+    if (dtbs_.size() > 4096) dtbs_.clear();   // bounded: a fork storm
+    return dtbs_[pid] = dtb;
   }
 
   // true when done with this library (every function placed, not exported, or given up). Each

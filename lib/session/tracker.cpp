@@ -308,7 +308,7 @@ struct Tracker::Impl {
     std::vector<std::variant<CallEvent, EarlyCredential>> held;   // in the order they came
     std::size_t bytes = 0;                                         // of captured data held
   };
-  std::map<std::uint32_t, Early> early;
+  std::map<std::uint32_t, Early> announced;
   std::uint64_t early_seq = 0;
   std::size_t early_bytes = 0;   // all children's (a child stopped between fork and return can write a lot)
   static constexpr std::size_t kMaxEarlyChildren = 256, kMaxEarlyCalls = 256, kMaxEarlyBytes = 16u << 20;
@@ -655,8 +655,8 @@ struct Tracker::Impl {
                                 client_text(s), text));
   }
 
-  // `typed_ahead`: a line typed during the last job, entered now (the rest of s.unread may follow).
-  void command_line(Session& s, LineEditor::Line l, std::uint64_t ns, bool typed_ahead = false) {
+  // `redrawn`: a line typed during the last job, entered now (typed_ahead(); the rest of s.unread may follow).
+  void command_line(Session& s, LineEditor::Line l, std::uint64_t ns, bool redrawn = false) {
     if (l.abandoned) {
       abandoned_line(s, l, ns);
       return;
@@ -667,7 +667,7 @@ struct Tracker::Impl {
     // The shell may read a line, fork its command and wait for it before the Enter key's write
     // returns: a wait that began after that write began is this line's own command's.
     const bool job_running = s.fg_wait && (l.at_entry == 0 || s.fg_wait_ns == 0 || s.fg_wait_ns < l.at_entry);
-    if ((job_running && !shell_prompt(l.prompt)) || (!typed_ahead && s.cmd && question)) {
+    if ((job_running && !shell_prompt(l.prompt)) || (!redrawn && s.cmd && question)) {
       program_input(s, l, line_time(l, ns));
       return;   // its echo is the program's output, as on the client's screen
     }
@@ -687,7 +687,7 @@ struct Tracker::Impl {
       s.early_gone = s.last_fork.gone;
     }
     const std::uint32_t early = std::exchange(s.early_child, 0);
-    if (!typed_ahead) s.unread.clear();   // the shell reads its terminal again: nothing typed before is pending
+    if (!redrawn) s.unread.clear();   // the shell reads its terminal again: nothing typed before is pending
     // The first prompt seen (a session picked up, or a line typed before any echo: known later).
     if (s.first_prompt.empty() || (s.first_prompt == "?" && !l.prompt.empty()))
       s.first_prompt = l.prompt.empty() ? std::string("?") : l.prompt;
@@ -1109,20 +1109,20 @@ struct Tracker::Impl {
 
   void forked(std::uint32_t child, std::uint32_t parent) {
     if (proc(parent) == nullptr || proc(child) != nullptr || child == 0) return;
-    if (early.size() >= kMaxEarlyChildren) {   // the oldest announcement whose return never came
-      auto oldest = std::min_element(early.begin(), early.end(), [](const auto& a, const auto& b) { return a.second.seq < b.second.seq; });
+    if (announced.size() >= kMaxEarlyChildren) {   // the oldest announcement whose return never came
+      auto oldest = std::min_element(announced.begin(), announced.end(), [](const auto& a, const auto& b) { return a.second.seq < b.second.seq; });
       stats.early_calls_dropped += oldest->second.held.size();
       early_bytes -= oldest->second.bytes;
-      early.erase(oldest);
+      announced.erase(oldest);
     }
-    early[child] = Early{++early_seq, {}};
+    announced[child] = Early{++early_seq, {}};
   }
 
   // A call of a process not (yet) known: held when its fork was announced, else ignored.
   template <typename T>
   void hold(std::uint32_t pid, T&& item) {
-    const auto it = early.find(pid);
-    if (it == early.end()) return;
+    const auto it = announced.find(pid);
+    if (it == announced.end()) return;
     const std::size_t size = held_size(item);
     if (it->second.held.size() >= kMaxEarlyCalls || early_bytes + size > kMaxEarlyBytes) {
       ++stats.early_calls_dropped;
@@ -1135,11 +1135,11 @@ struct Tracker::Impl {
 
   // The parent's fork returned: what the child did meanwhile is applied now that it is known.
   void release_early(std::uint32_t child) {
-    const auto it = early.find(child);
-    if (it == early.end()) return;
+    const auto it = announced.find(child);
+    if (it == announced.end()) return;
     auto held = std::move(it->second.held);
     early_bytes -= it->second.bytes;
-    early.erase(it);
+    announced.erase(it);
     if (proc(child) == nullptr) {   // not kept (process cap)
       stats.early_calls_dropped += held.size();
       return;
@@ -1619,8 +1619,8 @@ void Tracker::on_credential(std::uint32_t pid, Credential kind, std::string valu
 }
 
 void Tracker::finish(std::uint64_t now_ns) {
-  for (const auto& [pid, e] : impl_->early) impl_->stats.early_calls_dropped += e.held.size();   // returns never seen
-  impl_->early.clear();
+  for (const auto& [pid, e] : impl_->announced) impl_->stats.early_calls_dropped += e.held.size();   // returns never seen
+  impl_->announced.clear();
   impl_->early_bytes = 0;
   while (!impl_->open.empty()) impl_->close_session(*impl_->open.begin()->second, now_ns, "watch_ended");
 }

@@ -493,17 +493,8 @@ Result<void> Tracer::reaped(std::uint32_t child, std::uint32_t parent, const std
   Traced* t = traced(child);
   if (t == nullptr || child == parent) return {};
   t->exited = true;
-  for (auto it = pending_.begin(); it != pending_.end();) {   // completing a call adds none
-    if (it->second.pid != child) {
-      ++it;
-      continue;
-    }
-    const std::uint32_t tid = it->first;
-    Pending p = std::move(it->second);
-    it = pending_.erase(it);
-    complete(tid, std::move(p), std::nullopt, {}, ns);
-    if (open_line_tid_ == tid) open_line_tid_.reset();
-  }
+  for (auto it = pending_.begin(); it != pending_.end();)   // completing a call adds none
+    it = it->second.pid == child ? complete_open(it, std::nullopt, ns) : std::next(it);
   if (status && !cfg_.summary_only && !cfg_.json) {
     const std::string end =
         status->kind == syscalls::WaitStatus::Kind::kExited
@@ -513,6 +504,17 @@ Result<void> Tracer::reaped(std::uint32_t child, std::uint32_t parent, const std
     out_(fmt::format("{}+++ {} +++", prefix(child, ns), end));
   }
   return push_dtbs();
+}
+
+// A call still open whose exit will not come (or is not needed): it completes now with `ret`.
+std::map<std::uint32_t, Tracer::Pending>::iterator Tracer::complete_open(std::map<std::uint32_t, Pending>::iterator it,
+                                                                          std::optional<std::int64_t> ret, std::uint64_t ns) {
+  const std::uint32_t tid = it->first;
+  Pending p = std::move(it->second);
+  it = pending_.erase(it);
+  complete(tid, std::move(p), ret, {}, ns);
+  if (open_line_tid_ == tid) open_line_tid_.reset();
+  return it;
 }
 
 // Runs while the parent's vCPU waits (the clone family's exits are sync): the child's address
@@ -627,15 +629,11 @@ Result<void> Tracer::on_exec_follow(const events::Event& e) {
   // Past begin_new_exec an exec no longer fails (a later error kills the process), and its return
   // into the new program pairs with no entry: its execve is complete now, not at the process's
   // next call in the set, which a program like `sleep` may not make before it ends.
-  for (auto it = pending_.begin(); it != pending_.end(); ++it) {
-    if (it->second.pid != x->tgid || !is_execve(it->second.call.abi, it->second.call.nr)) continue;
-    Pending p = std::move(it->second);
-    const std::uint32_t tid = it->first;
-    pending_.erase(it);
-    complete(tid, std::move(p), std::optional<std::int64_t>(0), {}, e.time_ns);
-    if (open_line_tid_ == tid) open_line_tid_.reset();
-    break;
-  }
+  for (auto it = pending_.begin(); it != pending_.end(); ++it)
+    if (it->second.pid == x->tgid && is_execve(it->second.call.abi, it->second.call.nr)) {
+      complete_open(it, std::optional<std::int64_t>(0), e.time_ns);
+      break;
+    }
   return pushed;
 }
 

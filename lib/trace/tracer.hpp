@@ -324,6 +324,8 @@ class Tracer {
   bool all_ = false;
   std::map<std::uint32_t, Traced> procs_;        // by tgid
   std::map<std::uint32_t, Pending> pending_;     // by tid
+  std::map<std::uint32_t, Pending>::iterator complete_open(std::map<std::uint32_t, Pending>::iterator it,
+                                                           std::optional<std::int64_t> ret, std::uint64_t ns);
   std::optional<std::uint32_t> open_line_tid_;   // whose entry was the last thing seen
   std::map<std::uint64_t, std::pair<std::uint32_t, std::string>> comm_cache_;   // task address -> pid, comm
   std::map<std::string, SyscallCount> counts_;
